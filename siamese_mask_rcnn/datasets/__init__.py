@@ -1,0 +1,1 @@
+"""One-shot datasets: the common base, COCO, the embedded procedural data and Omniglot."""

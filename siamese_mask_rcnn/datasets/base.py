@@ -1,0 +1,488 @@
+"""The common base of every one-shot data source (paper §3 and §5.1; spec §3, §4).
+
+A one-shot training or evaluation example is a pair: a *query* image (a whole scene) and a
+*reference* crop of one object. The targets are only the query's instances of the
+reference's category; everything else is background. :class:`OneShotDataset` adds to
+matterport's ``Dataset`` API what such pairs need: a category → images index, a class split
+(training / background categories vs. held-out one-shot categories), samplers for the target
+category and for reference crops, target masks restricted to one category, and export to
+COCO format (for pycocotools evaluation or to write an in-memory dataset to disk).
+
+This module does not import TensorFlow.
+"""
+import bisect
+import contextlib
+import io
+import json
+import logging
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+
+from siamese_mask_rcnn.mrcnn import utils
+
+logger = logging.getLogger(__name__)
+
+
+class OneShotDataset(utils.Dataset):
+    """Base class of one-shot datasets (COCO, procedural shapes, Omniglot, ...).
+
+    Contract for subclasses
+    -----------------------
+    A subclass registers classes and images with matterport's ``add_class`` /
+    ``add_image`` and implements:
+
+    * ``instance_annotations(image_id) -> list[dict]``: cheap per-instance metadata of one
+      image, **without decoding masks**. Each dict has the keys
+
+      - ``class_id``: the *internal* class id (as after ``prepare()``), always positive,
+      - ``bbox``: ``(y1, x1, y2, x2)`` integer pixels, ``y2``/``x2`` exclusive,
+      - ``iscrowd``: ``bool``,
+      - ``area``: the instance's area in pixels (float or int).
+
+      Extra keys are allowed. The list must be in the same order as the instances returned
+      by ``load_mask`` (instance ``k`` of both describes the same object).
+    * ``load_image(image_id)`` -> ``uint8`` array ``[H, W, 3]`` (the inherited version
+      reads ``image_info[image_id]["path"]`` and raises ``utils.ImageLoadError``).
+    * ``load_mask(image_id)`` -> ``(masks [H, W, N] bool, class_ids [N] int32)`` with
+      matterport's crowd convention: a crowd instance has the *negative* class id.
+
+    Optionally a subclass may override :meth:`_coco_image_entry` and
+    :meth:`_coco_annotations_for_image` to give :meth:`to_coco_dict` a fast path that does
+    not decode masks.
+
+    What the base provides
+    ----------------------
+    * ``prepare(class_map=None)`` runs matterport's ``prepare`` and then
+      :meth:`build_index`, which fills
+
+      - ``category_index``: class id → sorted image ids holding at least one *usable
+        reference instance* of the class (non-crowd, shorter box side ≥
+        ``REFERENCE_MIN_SIZE``),
+      - ``image_categories``: image id → sorted class ids with a non-crowd instance in the
+        image (small instances count: they are still targets),
+      - ``reference_instances``: class id → list of ``(image_id, annotation_index)``,
+      - ``skipped_small``: class id → number of non-crowd instances too small to be a
+        reference, ``num_crowd``: number of crowd instances,
+      - ``unreferenceable_class_ids``: the classes without any usable reference instance
+        (they can never be sampled as a target category; logged at INFO level).
+    * Minimum-crop policy: ``REFERENCE_MIN_SIZE`` (class attribute, default 16 px) applies to
+      the shorter side of an instance's bounding box. Smaller instances are never used as
+      references, but they remain targets in the query. Set it on a subclass or an instance
+      **before** ``prepare()`` (or call ``build_index()`` again afterwards).
+    * Class split: :meth:`set_class_split` sets ``train_class_ids`` (background categories,
+      used for training) and ``oneshot_class_ids`` (held out). By default every class is a
+      training class. Classes in neither list are simply never sampled by default.
+    * Samplers: :meth:`sample_target_class`, :meth:`sample_reference`,
+      :meth:`sample_references` (k-shot) — all take a ``numpy.random.Generator``;
+      :meth:`query_image_ids` and :meth:`target_pairs` list the usable queries / pairs.
+    * Targets: :meth:`load_target` returns only one category's instances (crowd ones
+      labelled ``-1``).
+    * COCO export: :meth:`to_coco_dict`, :meth:`coco_gt`, :meth:`export_coco`.
+
+    Ids: all class ids and image ids in this API are the internal (matterport) ids.
+    """
+
+    #: Shorter side (pixels) of the bounding box below which an instance is never a reference.
+    REFERENCE_MIN_SIZE = 16
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._prepared = False
+        self._split_explicit = False
+        self.train_class_ids = []
+        self.oneshot_class_ids = []
+        self._reset_index()
+
+    # ------------------------------------------------------------------ contract
+    def instance_annotations(self, image_id):
+        """Per-instance metadata of one image (see the class docstring); subclasses implement."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement instance_annotations(image_id)")
+
+    # ------------------------------------------------------------------ preparation
+    def prepare(self, class_map=None):
+        """Run matterport's ``prepare`` and then build the one-shot index."""
+        super().prepare(class_map=class_map)
+        self._prepared = True
+        if self._split_explicit:
+            self._validate_split(self.train_class_ids, self.oneshot_class_ids)
+        else:
+            self.train_class_ids = self._all_class_ids()
+            self.oneshot_class_ids = []
+        self.build_index()
+
+    def _reset_index(self):
+        """Empty all index attributes."""
+        self.category_index = {}
+        self.image_categories = {}
+        self.reference_instances = {}
+        self._reference_by_image = {}
+        self.skipped_small = {}
+        self.num_crowd = 0
+        self.unreferenceable_class_ids = []
+
+    def _all_class_ids(self):
+        """Every class id except the background class 0."""
+        return [int(c) for c in range(1, self.num_classes)]
+
+    def _require_prepared(self, what):
+        """Raise a clear error when ``prepare()`` has not been called yet."""
+        if not self._prepared:
+            raise RuntimeError(f"{type(self).__name__}.{what} needs prepare() to be called first")
+
+    @staticmethod
+    def _is_usable_reference(ann, min_size):
+        """True when an annotation is a non-crowd instance with box sides ≥ ``min_size``."""
+        if ann["iscrowd"]:
+            return False
+        y1, x1, y2, x2 = ann["bbox"]
+        return min(y2 - y1, x2 - x1) >= min_size
+
+    def build_index(self):
+        """(Re)build ``category_index``, ``image_categories`` and the reference statistics."""
+        self._require_prepared("build_index()")
+        self._reset_index()
+        min_size = self.REFERENCE_MIN_SIZE
+        for image_id in self.image_ids:
+            image_id = int(image_id)
+            present = set()
+            for index, ann in enumerate(self.instance_annotations(image_id)):
+                class_id = int(ann["class_id"])
+                if ann["iscrowd"]:
+                    self.num_crowd += 1
+                    continue
+                present.add(class_id)
+                if not self._is_usable_reference(ann, min_size):
+                    self.skipped_small[class_id] = self.skipped_small.get(class_id, 0) + 1
+                    continue
+                self.reference_instances.setdefault(class_id, []).append((image_id, index))
+                self._reference_by_image.setdefault(class_id, {}).setdefault(
+                    image_id, []).append(index)
+            self.image_categories[image_id] = sorted(present)
+        for class_id, instances in self.reference_instances.items():
+            self.category_index[class_id] = sorted({img for img, _ in instances})
+        self.unreferenceable_class_ids = [c for c in self._all_class_ids()
+                                          if c not in self.category_index]
+        self._log_index_summary()
+
+    def _log_index_summary(self):
+        """Report skipped tiny instances and categories that can never be a reference."""
+        skipped = sum(self.skipped_small.values())
+        logger.info("%s index: %d reference-able classes, %d instances below %d px skipped "
+                    "as references, %d crowd instances", type(self).__name__,
+                    len(self.category_index), skipped, self.REFERENCE_MIN_SIZE, self.num_crowd)
+        if self.unreferenceable_class_ids:
+            names = [self.class_names[c] for c in self.unreferenceable_class_ids]
+            logger.info("classes without a usable reference instance (never sampled): %s",
+                        ", ".join(names))
+
+    # ------------------------------------------------------------------ class split
+    def _validate_split(self, train_class_ids, oneshot_class_ids):
+        """Check both lists hold known, non-background, mutually disjoint class ids."""
+        known = set(self._all_class_ids())
+        for label, ids in (("train_class_ids", train_class_ids),
+                           ("oneshot_class_ids", oneshot_class_ids)):
+            unknown = [c for c in ids if c not in known]
+            if unknown:
+                raise ValueError(f"{label} contains unknown class ids {unknown} "
+                                 f"(valid: 1..{self.num_classes - 1})")
+            if len(set(ids)) != len(ids):
+                dup = sorted({c for c in ids if list(ids).count(c) > 1})
+                raise ValueError(f"{label} contains duplicate class ids {dup}")
+        overlap = sorted(set(train_class_ids) & set(oneshot_class_ids))
+        if overlap:
+            names = [self.class_names[c] for c in overlap]
+            raise ValueError(f"train and one-shot classes must be disjoint; in both: "
+                             f"{overlap} ({', '.join(names)})")
+
+    def set_class_split(self, train_class_ids, oneshot_class_ids):
+        """Set the training (background) and held-out (one-shot) class ids.
+
+        Both are lists of internal class ids; they must be disjoint. Classes in neither list
+        are never sampled by default. Requires ``prepare()``.
+        """
+        self._require_prepared("set_class_split()")
+        train = [int(c) for c in train_class_ids]
+        oneshot = [int(c) for c in oneshot_class_ids]
+        self._validate_split(train, oneshot)
+        self.train_class_ids = sorted(train)
+        self.oneshot_class_ids = sorted(oneshot)
+        self._split_explicit = True
+
+    # ------------------------------------------------------------------ sampling
+    def sample_target_class(self, image_id, rng, class_ids=None):
+        """Draw a target category for a query image, or ``None`` if there is none.
+
+        Uniform over the classes of ``class_ids`` (default ``train_class_ids``) that have a
+        non-crowd instance in the image and at least one usable reference instance anywhere.
+        """
+        self._require_prepared("sample_target_class()")
+        candidates = self._eligible_classes(image_id, class_ids)
+        if not candidates:
+            return None
+        return int(candidates[int(rng.integers(len(candidates)))])
+
+    def _eligible_classes(self, image_id, class_ids):
+        """Classes of ``class_ids`` (default: training classes) present (non-crowd) in the
+        image and reference-able, sorted."""
+        allowed = set(self.train_class_ids if class_ids is None else (int(c) for c in class_ids))
+        return [c for c in self.image_categories.get(int(image_id), [])
+                if c in allowed and c in self.category_index]
+
+    def query_image_ids(self, class_ids=None):
+        """Image ids for which :meth:`sample_target_class` can return a class (sorted)."""
+        self._require_prepared("query_image_ids()")
+        return [int(i) for i in self.image_ids if self._eligible_classes(i, class_ids)]
+
+    def target_pairs(self, class_ids=None):
+        """Every ``(image_id, class_id)`` with the class present (non-crowd) in the image and
+        reference-able, for ``class_ids`` (default: training classes) — the evaluation
+        protocol's "every image and every category present in it"."""
+        self._require_prepared("target_pairs()")
+        return [(int(i), c) for i in self.image_ids for c in self._eligible_classes(i, class_ids)]
+
+    def _class_label(self, class_id):
+        """``'id (name)'`` for error messages."""
+        if 0 <= class_id < len(self.class_names):
+            return f"{class_id} ({self.class_names[class_id]})"
+        return str(class_id)
+
+    def _choose_instances(self, class_id, k, rng, exclude_image_id):
+        """Pick ``k`` reference instances ``(image_id, ann_index)`` and whether they are in
+        the excluded image.
+
+        ``min(k, #images)`` distinct images are drawn uniformly (without replacement), one
+        random instance each; if ``k`` exceeds the number of images, the images are visited
+        round robin for further distinct instances, and if the class has fewer than ``k``
+        instances some are repeated. The excluded image is only used when no other image has
+        a usable instance. Cost is O(k) per call plus the number of images when k > #images.
+        """
+        class_id = int(class_id)
+        by_image = self._reference_by_image.get(class_id)
+        if not by_image:
+            if not 0 < class_id < self.num_classes:
+                raise ValueError(f"unknown class id {class_id} (valid: 1..{self.num_classes - 1})")
+            raise ValueError(
+                f"class {self._class_label(class_id)} has no usable reference instance "
+                f"(all are crowd or smaller than REFERENCE_MIN_SIZE={self.REFERENCE_MIN_SIZE} px)")
+        images = self.category_index[class_id]
+        skip = bisect.bisect_left(images, exclude_image_id) if exclude_image_id in by_image \
+            else None
+        count = len(images) - (skip is not None)
+        same_image = count == 0
+        if same_image:
+            skip, count = None, len(images)
+        if k < count:
+            positions = rng.choice(count, size=k, replace=False)
+        else:
+            positions = rng.permutation(count)
+        order = [images[int(p) + (1 if skip is not None and p >= skip else 0)]
+                 for p in positions]
+        remaining = {img: [by_image[img][i] for i in rng.permutation(len(by_image[img]))]
+                     for img in order}
+        chosen = []
+        while len(chosen) < k and any(remaining.values()):
+            for img in order:
+                if remaining[img] and len(chosen) < k:
+                    chosen.append((img, remaining[img].pop()))
+        distinct = len(chosen)
+        while len(chosen) < k:
+            chosen.append(chosen[int(rng.integers(distinct))])
+        return chosen, same_image
+
+    def _crop_instance(self, image, bbox):
+        """Crop ``image`` by a ``(y1, x1, y2, x2)`` box, clipped to the image (≥ 1 px)."""
+        height, width = image.shape[:2]
+        y1, x1, y2, x2 = (int(v) for v in bbox)
+        y1 = min(max(y1, 0), height - 1)
+        x1 = min(max(x1, 0), width - 1)
+        y2 = min(max(y2, y1 + 1), height)
+        x2 = min(max(x2, x1 + 1), width)
+        return np.ascontiguousarray(image[y1:y2, x1:x2]), (y1, x1, y2, x2)
+
+    def sample_references(self, class_id, k, rng, exclude_image_id=None, return_info=False):
+        """Crop ``k`` reference instances of ``class_id`` (k-shot).
+
+        Instances are non-crowd, at least ``REFERENCE_MIN_SIZE`` px on the shorter box side,
+        distinct where possible and spread over different images; images other than
+        ``exclude_image_id`` are preferred (that image is used only when no other has one).
+        Returns a list of ``uint8`` crops (and, with ``return_info``, a list of info dicts
+        as in :meth:`sample_reference`). Raises ``ValueError`` if the class has no usable
+        instance or ``k < 1``.
+        """
+        self._require_prepared("sample_references()")
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        exclude = None if exclude_image_id is None else int(exclude_image_id)
+        chosen, same_image = self._choose_instances(class_id, int(k), rng, exclude)
+        crops, infos, images = [], [], {}
+        for image_id, index in chosen:
+            if image_id not in images:
+                images[image_id] = self.load_image(image_id)
+            ann = self.instance_annotations(image_id)[index]
+            crop, bbox = self._crop_instance(images[image_id], ann["bbox"])
+            crops.append(crop.astype(np.uint8, copy=False))
+            infos.append({"image_id": int(image_id), "annotation_index": int(index),
+                          "bbox": bbox, "class_id": int(class_id),
+                          "same_image": bool(same_image)})
+        return (crops, infos) if return_info else crops
+
+    def sample_reference(self, class_id, rng, exclude_image_id=None, return_info=False):
+        """Crop one random reference instance of ``class_id``.
+
+        A random image holding a usable instance (non-crowd, shorter box side ≥
+        ``REFERENCE_MIN_SIZE``) other than ``exclude_image_id`` is drawn, then a random
+        instance in it; the crop is the instance's bounding box (``uint8 [h, w, 3]``).
+        Only when no other image has one is ``exclude_image_id`` itself used
+        (``info["same_image"]`` is then True). With ``return_info`` returns
+        ``(crop, info)``, info = {image_id, annotation_index, bbox (y1, x1, y2, x2),
+        class_id, same_image}. Raises ``ValueError`` if the class has no usable instance.
+        """
+        crops, infos = self.sample_references(class_id, 1, rng, exclude_image_id,
+                                              return_info=True)
+        return (crops[0], infos[0]) if return_info else crops[0]
+
+    # ------------------------------------------------------------------ targets
+    def _image_shape(self, image_id):
+        """``(height, width)`` from ``image_info`` or, failing that, from the image."""
+        info = self.image_info[image_id]
+        if info.get("height") and info.get("width"):
+            return int(info["height"]), int(info["width"])
+        return tuple(int(v) for v in self.load_image(image_id).shape[:2])
+
+    def _masks_or_empty(self, image_id):
+        """``load_mask`` with an empty result normalised to shape ``[H, W, 0]``."""
+        masks, class_ids = self.load_mask(image_id)
+        class_ids = np.asarray(class_ids, dtype=np.int32).reshape(-1)
+        if class_ids.size == 0:
+            height, width = self._image_shape(image_id)
+            return np.zeros((height, width, 0), dtype=bool), class_ids
+        return np.asarray(masks).astype(bool, copy=False), class_ids
+
+    def load_target(self, image_id, class_id):
+        """Masks and labels of the query's instances of one category.
+
+        Returns ``(masks [H, W, n] bool, labels [n] int32)``: label 1 for a normal instance,
+        -1 for a crowd instance of the category (matterport's crowd convention). Instances
+        of every other category are omitted, i.e. they are background. ``n`` may be 0.
+        """
+        masks, class_ids = self._masks_or_empty(image_id)
+        keep = np.abs(class_ids) == int(class_id)
+        labels = np.where(class_ids[keep] < 0, -1, 1).astype(np.int32)
+        return masks[:, :, keep], labels
+
+    # ------------------------------------------------------------------ COCO export
+    def _coco_image_entry(self, image_id):
+        """The COCO ``images`` entry of one image (``id`` = internal image id)."""
+        height, width = self._image_shape(image_id)
+        path = self.image_info[image_id].get("path")
+        file_name = os.path.basename(str(path)) if path else f"{image_id:012d}.png"
+        return {"id": int(image_id), "width": width, "height": height, "file_name": file_name}
+
+    def _coco_annotations_for_image(self, image_id, class_ids):
+        """COCO annotations (without ``id``) of one image, from ``load_mask`` (slow path).
+
+        Segmentations are RLE; bbox/area come from the mask. Empty masks are skipped.
+        """
+        from pycocotools import mask as mask_utils
+        masks, ids = self._masks_or_empty(image_id)
+        anns = []
+        for k, raw_id in enumerate(ids):
+            class_id = abs(int(raw_id))
+            if class_id not in class_ids:
+                continue
+            rle = mask_utils.encode(np.asfortranarray(masks[:, :, k].astype(np.uint8)))
+            area = int(mask_utils.area(rle))
+            if area == 0:
+                continue
+            bbox = [float(v) for v in mask_utils.toBbox(rle)]
+            rle["counts"] = rle["counts"].decode("ascii")
+            anns.append({"image_id": int(image_id), "category_id": class_id,
+                         "segmentation": rle, "bbox": bbox, "area": float(area),
+                         "iscrowd": int(raw_id < 0)})
+        return anns
+
+    def to_coco_dict(self, class_ids=None, image_ids=None):
+        """The dataset as a COCO-format dict (internal image and class ids).
+
+        ``class_ids`` (default: all classes) restricts categories and annotations;
+        ``image_ids`` (default: all images) restricts images. Annotation ids run from 1.
+        """
+        self._require_prepared("to_coco_dict()")
+        class_ids = self._all_class_ids() if class_ids is None else [int(c) for c in class_ids]
+        image_ids = self.image_ids if image_ids is None else image_ids
+        wanted = set(class_ids)
+        images, annotations = [], []
+        for image_id in image_ids:
+            image_id = int(image_id)
+            images.append(self._coco_image_entry(image_id))
+            for ann in self._coco_annotations_for_image(image_id, wanted):
+                ann["id"] = len(annotations) + 1
+                annotations.append(ann)
+        categories = [{"id": c, "name": self.class_names[c],
+                       "supercategory": self.class_info[c].get("source", "")}
+                      for c in class_ids]
+        return {"info": {"description": f"exported from {type(self).__name__}"},
+                "licenses": [], "images": images, "categories": categories,
+                "annotations": annotations}
+
+    def coco_gt(self, class_ids=None, image_ids=None):
+        """A ``pycocotools.coco.COCO`` ground truth built in memory from :meth:`to_coco_dict`."""
+        from pycocotools.coco import COCO
+        coco = COCO()
+        coco.dataset = self.to_coco_dict(class_ids=class_ids, image_ids=image_ids)
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        return coco
+
+    def export_coco(self, json_path, image_dir=None, class_ids=None, image_ids=None):
+        """Write the dataset as a COCO JSON file (atomically) and optionally its images.
+
+        With ``image_dir`` every image is written there as ``{image_id:012d}.png`` and the
+        JSON's ``file_name`` entries point to those files, so the result loads like any
+        COCO-format dataset (e.g. ``OneShotCocoDataset.load_coco(annotation_file=...,
+        image_dir=...)``). Returns the JSON path.
+        """
+        data = self.to_coco_dict(class_ids=class_ids, image_ids=image_ids)
+        if image_dir is not None:
+            image_dir = pathlib.Path(image_dir)
+            image_dir.mkdir(parents=True, exist_ok=True)
+            for entry in data["images"]:
+                entry["file_name"] = f"{entry['id']:012d}.png"
+                _write_png_atomic(self.load_image(entry["id"]), image_dir / entry["file_name"])
+        json_path = pathlib.Path(json_path)
+        _write_text_atomic(json.dumps(data), json_path)
+        return json_path
+
+
+def _write_text_atomic(text, path):
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_png_atomic(image, path):
+    """Save a ``uint8`` image as PNG via a temporary file and a rename."""
+    from PIL import Image
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,300 @@
+"""MS-COCO as a one-shot dataset, and the four one-shot class splits S1–S4.
+
+Paper §3 and Table 3 (spec §4): the 80 COCO categories in COCO's order (person is the 1st,
+toothbrush the 80th) are split four ways; split ``S_i`` holds out every 4th category
+starting at the ``i``-th (20 one-shot categories), the other 60 are the background
+(training) categories. COCO's category ids are not 1..80, so categories are mapped by
+their **position** in the annotation file's category list sorted by id.
+
+This module does not import TensorFlow.
+"""
+import contextlib
+import io
+import json
+import os
+import pathlib
+import warnings
+
+import numpy as np
+
+from siamese_mask_rcnn.datasets.base import OneShotDataset
+
+#: The 80 COCO category names in COCO's order (sorted by category id).
+COCO_CLASS_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
+    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
+    "toothbrush",
+)
+
+#: The number of one-shot splits (S1..S4) and the stride of the held-out positions.
+NUM_SPLITS = 4
+
+SOURCE = "coco"
+
+
+def _check_split(split):
+    """Return ``split`` as an int in 1..4 or raise ``ValueError`` naming the value."""
+    if isinstance(split, bool) or not isinstance(split, (int, np.integer)) \
+            or not 1 <= int(split) <= NUM_SPLITS:
+        raise ValueError(f"unknown one-shot split {split!r}: expected 1, 2, 3 or 4 (S1..S4)")
+    return int(split)
+
+
+def split_positions(split, num_categories=len(COCO_CLASS_NAMES)):
+    """1-based category positions held out by split ``S_split``: split, split+4, ....
+
+    ``num_categories`` (default 80) bounds the positions, so the rule extends to category
+    lists of other lengths. Raises ``ValueError`` for a split outside 1..4.
+    """
+    split = _check_split(split)
+    return list(range(split, int(num_categories) + 1, NUM_SPLITS))
+
+
+def split_class_names(split):
+    """``(oneshot_names, background_names)`` of COCO split ``S_split`` in COCO order."""
+    held_out = set(split_positions(split))
+    oneshot = [n for p, n in enumerate(COCO_CLASS_NAMES, start=1) if p in held_out]
+    background = [n for p, n in enumerate(COCO_CLASS_NAMES, start=1) if p not in held_out]
+    return oneshot, background
+
+
+def ann_to_mask(segmentation, height, width):
+    """Decode a COCO segmentation (polygons, uncompressed or compressed RLE) to a bool mask."""
+    from pycocotools import mask as mask_utils
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = dict(segmentation)
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode("ascii")
+    with warnings.catch_warnings():
+        # pycocotools' decode triggers numpy 2's "__array__ copy keyword" deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(rle).astype(bool)
+
+
+def _read_coco_json(annotation_file):
+    """Load and sanity-check a COCO instances JSON; errors name the file."""
+    path = pathlib.Path(annotation_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    missing = [k for k in ("images", "annotations", "categories")
+               if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise ValueError(f"{path} is not a COCO instances file: missing {missing}")
+    return data
+
+
+def _coco_from_dict(data):
+    """A ``pycocotools.coco.COCO`` object built in memory (its prints silenced)."""
+    from pycocotools.coco import COCO
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _coco_bbox_to_yxyx(bbox):
+    """COCO ``[x, y, w, h]`` (float) → ``(y1, x1, y2, x2)`` rounded ints, y2/x2 exclusive."""
+    x, y, w, h = (float(v) for v in bbox)
+    return (int(round(y)), int(round(x)), int(round(y + h)), int(round(x + w)))
+
+
+class OneShotCocoDataset(OneShotDataset):
+    """COCO (or any COCO-format instances file) as a one-shot dataset.
+
+    Usage::
+
+        ds = OneShotCocoDataset()
+        ds.load_coco("/data/coco", "train", year="2017")     # matterport's layout
+        ds.set_split(1)                                        # S1 (may precede prepare)
+        ds.prepare()
+
+    Internal class ids follow the order of categories sorted by COCO id, so with one
+    annotation file internal class id == position (1..80 for COCO). Splits are by position
+    (see :func:`split_positions`): for a file with fewer categories, positions beyond the
+    count are ignored; with more, the every-4th pattern continues to the end.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.split = None
+        self._class_by_coco_id = None
+
+    # ------------------------------------------------------------------ loading
+    def load_coco(self, dataset_dir=None, subset=None, year="2017", annotation_file=None,
+                  image_dir=None, return_coco=False):
+        """Register the categories, images and annotations of a COCO instances file.
+
+        Paths: ``dataset_dir/annotations/instances_{subset}{year}.json`` and images in
+        ``dataset_dir/{subset}{year}/`` (matterport's layout), unless ``annotation_file``
+        and/or ``image_dir`` are given explicitly. Returns the ``pycocotools`` COCO object
+        when ``return_coco``. Call ``prepare()`` afterwards.
+        """
+        annotation_file, image_dir = self._resolve_paths(dataset_dir, subset, year,
+                                                         annotation_file, image_dir)
+        data = _read_coco_json(annotation_file)
+        categories = sorted(data["categories"], key=lambda c: c["id"])
+        for cat in categories:
+            self.add_class(SOURCE, int(cat["id"]), cat["name"])
+        known = {int(c["id"]) for c in categories}
+        by_image = {}
+        for ann in data["annotations"]:
+            if int(ann["category_id"]) not in known:
+                raise ValueError(f"{annotation_file}: annotation {ann.get('id')} has category "
+                                 f"{ann['category_id']} missing from the category list")
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        for img in sorted(data["images"], key=lambda i: i["id"]):
+            self.add_image(SOURCE, image_id=img["id"],
+                           path=os.path.join(str(image_dir), img["file_name"]),
+                           width=int(img["width"]), height=int(img["height"]),
+                           coco_url=img.get("coco_url"),
+                           annotations=by_image.get(img["id"], []))
+        self._class_by_coco_id = None
+        if return_coco:
+            return _coco_from_dict(data)
+        return None
+
+    @staticmethod
+    def _resolve_paths(dataset_dir, subset, year, annotation_file, image_dir):
+        """Annotation file and image folder from explicit paths or matterport's layout."""
+        if annotation_file is None or image_dir is None:
+            if dataset_dir is None or subset is None:
+                raise ValueError("give dataset_dir and subset, or both annotation_file "
+                                 "and image_dir")
+        if annotation_file is None:
+            annotation_file = os.path.join(dataset_dir, "annotations",
+                                           f"instances_{subset}{year}.json")
+        if image_dir is None:
+            image_dir = os.path.join(dataset_dir, f"{subset}{year}")
+        if not os.path.isfile(annotation_file):
+            raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}")
+        if not os.path.isdir(image_dir):
+            raise FileNotFoundError(f"COCO image folder not found: {image_dir}")
+        return annotation_file, image_dir
+
+    # ------------------------------------------------------------------ splits
+    def prepare(self, class_map=None):
+        """matterport's ``prepare``, the one-shot index and, if set, the class split."""
+        self._class_by_coco_id = None
+        super().prepare(class_map=class_map)
+        if self.split is not None:
+            self._apply_split()
+
+    def coco_class_ids_by_position(self):
+        """Internal class ids of the COCO categories, ordered by COCO category id."""
+        self._require_prepared("coco_class_ids_by_position()")
+        coco_ids = sorted(int(info["id"]) for info in self.class_info
+                          if info["source"] == SOURCE)
+        return [int(self.map_source_class_id(f"{SOURCE}.{cid}")) for cid in coco_ids]
+
+    def set_split(self, split):
+        """Use one-shot split ``S_split`` (1..4): held out = categories at
+        :func:`split_positions`, training = all other categories. May be called before
+        ``prepare()`` (applied there). Raises ``ValueError`` for an unknown split.
+        """
+        self.split = _check_split(split)
+        if self._prepared:
+            self._apply_split()
+
+    def _apply_split(self):
+        """Set ``train_class_ids`` / ``oneshot_class_ids`` from ``self.split``."""
+        by_position = self.coco_class_ids_by_position()
+        held_out = set(split_positions(self.split, len(by_position)))
+        oneshot = [c for p, c in enumerate(by_position, start=1) if p in held_out]
+        train = [c for p, c in enumerate(by_position, start=1) if p not in held_out]
+        self.set_class_split(train, oneshot)
+
+    # ------------------------------------------------------------------ annotations
+    def _internal_class_id(self, coco_category_id):
+        """Internal class id of a COCO category id (cached map)."""
+        if self._class_by_coco_id is None:
+            self._class_by_coco_id = {
+                int(info["id"]): int(self.map_source_class_id(f"{SOURCE}.{info['id']}"))
+                for info in self.class_info if info["source"] == SOURCE}
+        return self._class_by_coco_id[int(coco_category_id)]
+
+    def instance_annotations(self, image_id):
+        """Per-instance metadata from the JSON (no mask decoding); see the base contract.
+
+        Extra key ``annotation_id``: the COCO annotation id.
+        """
+        info = self.image_info[image_id]
+        if info["source"] != SOURCE:
+            return super().instance_annotations(image_id)
+        return [{"class_id": self._internal_class_id(ann["category_id"]),
+                 "bbox": _coco_bbox_to_yxyx(ann["bbox"]),
+                 "iscrowd": bool(ann.get("iscrowd", 0)),
+                 "area": float(ann.get("area", 0.0)),
+                 "annotation_id": ann.get("id")}
+                for ann in info["annotations"]]
+
+    def load_mask(self, image_id):
+        """Instance masks ``[H, W, N]`` bool and class ids ``[N]`` int32 (crowd negative),
+        one per annotation in file order (same order as :meth:`instance_annotations`).
+        """
+        info = self.image_info[image_id]
+        if info["source"] != SOURCE:
+            return super().load_mask(image_id)
+        height, width = int(info["height"]), int(info["width"])
+        anns = info["annotations"]
+        masks = np.zeros((height, width, len(anns)), dtype=bool)
+        class_ids = np.zeros((len(anns),), dtype=np.int32)
+        for k, ann in enumerate(anns):
+            masks[:, :, k] = ann_to_mask(ann["segmentation"], height, width)
+            class_id = self._internal_class_id(ann["category_id"])
+            class_ids[k] = -class_id if ann.get("iscrowd", 0) else class_id
+        return masks, class_ids
+
+    def image_reference(self, image_id):
+        """The image's COCO URL if known, else its file path."""
+        info = self.image_info[image_id]
+        if info["source"] != SOURCE:
+            return super().image_reference(image_id)
+        return info.get("coco_url") or info["path"]
+
+    # ------------------------------------------------------------------ COCO export (fast)
+    def _coco_image_entry(self, image_id):
+        """COCO ``images`` entry from the original metadata (id = internal image id)."""
+        info = self.image_info[image_id]
+        if info["source"] != SOURCE:
+            return super()._coco_image_entry(image_id)
+        entry = {"id": int(image_id), "width": int(info["width"]),
+                 "height": int(info["height"]), "file_name": os.path.basename(info["path"]),
+                 "coco_id": info["id"]}
+        if info.get("coco_url"):
+            entry["coco_url"] = info["coco_url"]
+        return entry
+
+    def _coco_annotations_for_image(self, image_id, class_ids):
+        """The original annotations with ids remapped to internal ids (no mask decoding)."""
+        info = self.image_info[image_id]
+        if info["source"] != SOURCE:
+            return super()._coco_annotations_for_image(image_id, class_ids)
+        anns = []
+        for ann in info["annotations"]:
+            class_id = self._internal_class_id(ann["category_id"])
+            if class_id not in class_ids:
+                continue
+            anns.append({"image_id": int(image_id), "category_id": class_id,
+                         "segmentation": ann["segmentation"],
+                         "bbox": [float(v) for v in ann["bbox"]],
+                         "area": float(ann.get("area", 0.0)),
+                         "iscrowd": int(bool(ann.get("iscrowd", 0)))})
+        return anns

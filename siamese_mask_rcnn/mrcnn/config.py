@@ -1,0 +1,331 @@
+"""Mask R-CNN configuration (matterport attribute names and defaults).
+
+A configuration is a plain object whose UPPER_CASE attributes hold the
+hyper-parameters. Customise it either by sub-classing (class attributes) or by
+keyword overrides::
+
+    class ShapesConfig(Config):
+        NAME = "shapes"
+        NUM_CLASSES = 4
+
+    config = ShapesConfig(IMAGES_PER_GPU=1, IMAGE_MAX_DIM=512)
+
+Derived attributes (``BATCH_SIZE``, ``IMAGE_SHAPE``, ``IMAGE_META_SIZE``) are
+recomputed after every override. Configurations serialise to JSON with
+:meth:`Config.to_dict` / :meth:`Config.save` and come back with
+:meth:`Config.from_dict` / :meth:`Config.load`.
+
+No TensorFlow here: this module must stay importable without it.
+"""
+
+import copy
+import json
+import os
+import tempfile
+
+import numpy as np
+
+#: Prefix used by :meth:`Config.to_dict` for callables (which JSON cannot hold).
+CALLABLE_PREFIX = "<callable:"
+
+#: Attributes computed in :meth:`Config.__init__`; never read back from a dict.
+DERIVED_ATTRIBUTES = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE")
+
+
+def _is_config_key(name):
+    """True for the names that are configuration values (UPPER_CASE, public)."""
+    return not name.startswith("_") and name.isupper()
+
+
+def _to_json_value(value):
+    """Convert a configuration value to something ``json.dump`` accepts.
+
+    numpy arrays and tuples become lists, numpy scalars become Python numbers,
+    dicts are converted recursively and callables become ``"<callable:name>"``.
+    """
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _to_json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json_value(v) for v in value]
+    if callable(value):
+        name = getattr(value, "__name__", type(value).__name__)
+        return f"{CALLABLE_PREFIX}{name}>"
+    return value
+
+
+def _from_json_value(value, default):
+    """Give a JSON value back the container type of the class default ``default``.
+
+    Lists become numpy arrays where the default is an array and tuples where the
+    default is a tuple; everything else is returned unchanged.
+    """
+    if isinstance(value, list):
+        if isinstance(default, np.ndarray):
+            return np.array(value, dtype=default.dtype)
+        if isinstance(default, tuple):
+            return tuple(value)
+    return value
+
+
+def is_callable_placeholder(value):
+    """True if ``value`` is the string :meth:`Config.to_dict` writes for a callable."""
+    return isinstance(value, str) and value.startswith(CALLABLE_PREFIX) and value.endswith(">")
+
+
+class Config:
+    """Base configuration class: sub-class it or pass keyword overrides.
+
+    Attribute names, meanings and defaults follow matterport's Mask R-CNN.
+    Two additions: ``SEED`` (an int makes data sampling reproducible) and
+    ``DATA_WORKERS`` (number of parallel data-loading workers).
+    """
+
+    # Name of the configuration, used for log/checkpoint directories.
+    NAME = None
+
+    # GPUs to use and images per GPU; the batch size is their product.
+    GPU_COUNT = 1
+    IMAGES_PER_GPU = 2
+
+    # Training steps per epoch and validation steps after every epoch.
+    STEPS_PER_EPOCH = 1000
+    VALIDATION_STEPS = 50
+
+    # "resnet50", "resnet101" or a callable building the backbone. With a
+    # callable, COMPUTE_BACKBONE_SHAPE must also be given.
+    BACKBONE = "resnet101"
+    COMPUTE_BACKBONE_SHAPE = None
+
+    # Strides of the FPN pyramid levels P2..P6.
+    BACKBONE_STRIDES = [4, 8, 16, 32, 64]
+
+    # Size of the fully-connected layers of the classification head.
+    FPN_CLASSIF_FC_LAYERS_SIZE = 1024
+
+    # Channels of the top-down FPN layers.
+    TOP_DOWN_PYRAMID_SIZE = 256
+
+    # Number of classes including the background.
+    NUM_CLASSES = 1
+
+    # Anchor side lengths in pixels (one per pyramid level), width/height
+    # ratios, and the anchor stride on the feature maps.
+    RPN_ANCHOR_SCALES = (32, 64, 128, 256, 512)
+    RPN_ANCHOR_RATIOS = [0.5, 1, 2]
+    RPN_ANCHOR_STRIDE = 1
+
+    # NMS threshold on RPN proposals and anchors per image for RPN training.
+    RPN_NMS_THRESHOLD = 0.7
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 256
+
+    # ROIs kept before and after proposal NMS.
+    PRE_NMS_LIMIT = 6000
+    POST_NMS_ROIS_TRAINING = 2000
+    POST_NMS_ROIS_INFERENCE = 1000
+
+    # Store instance masks cropped to their box and resized to MINI_MASK_SHAPE.
+    USE_MINI_MASK = True
+    MINI_MASK_SHAPE = (56, 56)
+
+    # Input image resizing, see utils.resize_image: "none", "square", "pad64", "crop".
+    IMAGE_RESIZE_MODE = "square"
+    IMAGE_MIN_DIM = 800
+    IMAGE_MAX_DIM = 1024
+    IMAGE_MIN_SCALE = 0
+    IMAGE_CHANNEL_COUNT = 3
+
+    # Mean pixel (RGB) subtracted from the input images.
+    MEAN_PIXEL = np.array([123.7, 116.8, 103.9])
+
+    # ROIs per image fed to the heads during training and their positive ratio.
+    TRAIN_ROIS_PER_IMAGE = 200
+    ROI_POSITIVE_RATIO = 0.33
+
+    # ROIAlign output sizes and mask output size.
+    POOL_SIZE = 7
+    MASK_POOL_SIZE = 14
+    MASK_SHAPE = [28, 28]
+
+    # Maximum ground-truth instances per image.
+    MAX_GT_INSTANCES = 100
+
+    # Standard deviations used to normalise the box-refinement targets.
+    RPN_BBOX_STD_DEV = np.array([0.1, 0.1, 0.2, 0.2])
+    BBOX_STD_DEV = np.array([0.1, 0.1, 0.2, 0.2])
+
+    # Detection output: maximum count, minimum score and NMS threshold.
+    DETECTION_MAX_INSTANCES = 100
+    DETECTION_MIN_CONFIDENCE = 0.7
+    DETECTION_NMS_THRESHOLD = 0.3
+
+    # SGD hyper-parameters.
+    LEARNING_RATE = 0.001
+    LEARNING_MOMENTUM = 0.9
+    WEIGHT_DECAY = 0.0001
+
+    # Loss weights.
+    LOSS_WEIGHTS = {
+        "rpn_class_loss": 1.,
+        "rpn_bbox_loss": 1.,
+        "mrcnn_class_loss": 1.,
+        "mrcnn_bbox_loss": 1.,
+        "mrcnn_mask_loss": 1.,
+    }
+
+    # Train the heads on RPN proposals (True) or on externally given ROIs.
+    USE_RPN_ROIS = True
+
+    # Batch normalisation training: False freezes BN layers (small batches).
+    TRAIN_BN = False
+
+    # Gradient clipping by global norm.
+    GRADIENT_CLIP_NORM = 5.0
+
+    # Additions to matterport: seed for reproducible data sampling (None means
+    # fresh entropy) and the number of parallel data-loading workers.
+    SEED = None
+    DATA_WORKERS = 2
+
+    def __init__(self, **overrides):
+        """Build a configuration, applying ``overrides`` then deriving values.
+
+        Raises:
+            ValueError: an override names an attribute the class does not have.
+        """
+        self._copy_mutable_defaults()
+        self._apply(overrides, allow_new=False)
+
+    # ------------------------------------------------------------------ building
+    def _copy_mutable_defaults(self):
+        """Give the instance its own copies of mutable class defaults.
+
+        Without this, editing ``config.LOSS_WEIGHTS["x"]`` would change every
+        configuration of the class.
+        """
+        for key in self.config_keys():
+            value = getattr(type(self), key, None)
+            if isinstance(value, (list, dict, np.ndarray)):
+                setattr(self, key, copy.deepcopy(value))
+
+    def _apply(self, overrides, allow_new):
+        """Set ``overrides`` on the instance, then recompute derived values."""
+        for key, value in overrides.items():
+            if key in DERIVED_ATTRIBUTES:
+                raise ValueError(
+                    f"Config attribute '{key}' is derived from other attributes and cannot be overridden")
+            if not allow_new and not (_is_config_key(key) and hasattr(type(self), key)):
+                raise ValueError(
+                    f"Unknown config attribute '{key}' for {type(self).__name__} "
+                    "(attributes are UPPER_CASE, e.g. IMAGES_PER_GPU)")
+            setattr(self, key, value)
+        self._derive()
+
+    def _derive(self):
+        """Compute BATCH_SIZE, IMAGE_SHAPE and IMAGE_META_SIZE from the other values."""
+        self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
+        if self.IMAGE_RESIZE_MODE == "crop":
+            side = self.IMAGE_MIN_DIM
+        else:
+            side = self.IMAGE_MAX_DIM
+        self.IMAGE_SHAPE = np.array([side, side, self.IMAGE_CHANNEL_COUNT])
+        # image_id + original shape (3) + image shape (3) + window (4) + scale + class ids
+        self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
+
+    def config_keys(self):
+        """Sorted names of every configuration attribute (UPPER_CASE)."""
+        names = set(k for k in dir(type(self)) if _is_config_key(k))
+        names.update(k for k in vars(self) if _is_config_key(k))
+        return sorted(names)
+
+    # ------------------------------------------------------------------ display
+    def display(self):
+        """Print every configuration attribute, sorted by name."""
+        print("\nConfigurations:")
+        for key in self.config_keys():
+            print(f"{key:30} {getattr(self, key)}")
+        print("\n")
+
+    def __repr__(self):
+        return f"<{type(self).__name__} NAME={self.NAME!r}>"
+
+    # ------------------------------------------------------------ serialisation
+    def to_dict(self):
+        """JSON-safe dict of all configuration attributes (derived ones included).
+
+        numpy values and tuples become lists; callables (e.g. a custom
+        ``BACKBONE``) become the string ``"<callable:NAME>"``.
+        """
+        return {key: _to_json_value(getattr(self, key)) for key in self.config_keys()}
+
+    @classmethod
+    def from_dict(cls, d, strict=True, backbone=None, compute_backbone_shape=None):
+        """Build an instance of ``cls`` from a dict written by :meth:`to_dict`.
+
+        Derived attributes in ``d`` are ignored (they are recomputed). Lists are
+        turned back into numpy arrays / tuples where the class default is one.
+
+        Callables cannot be restored from JSON: a ``"<callable:NAME>"`` value stays
+        a string unless a substitute is given with ``backbone=`` (for BACKBONE) or
+        ``compute_backbone_shape=`` (for COMPUTE_BACKBONE_SHAPE).
+
+        Args:
+            d: mapping of attribute name to value.
+            strict: if True, keys unknown to ``cls`` raise ValueError; if False
+                they are set on the instance anyway.
+            backbone: callable to use for BACKBONE instead of the stored value.
+            compute_backbone_shape: callable for COMPUTE_BACKBONE_SHAPE.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"Config.from_dict expects a dict, got {type(d).__name__}")
+        values = {}
+        for key, value in d.items():
+            if key in DERIVED_ATTRIBUTES:
+                continue
+            values[key] = _from_json_value(value, getattr(cls, key, None))
+        if backbone is not None:
+            values["BACKBONE"] = backbone
+        if compute_backbone_shape is not None:
+            values["COMPUTE_BACKBONE_SHAPE"] = compute_backbone_shape
+        config = cls.__new__(cls)
+        config._copy_mutable_defaults()
+        config._apply(values, allow_new=not strict)
+        return config
+
+    def save(self, path):
+        """Write :meth:`to_dict` as JSON to ``path`` atomically (tmp file + rename)."""
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp_path = tempfile.mkstemp(prefix=".config-", suffix=".json.tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            os.replace(tmp_path, path)
+        except BaseException:
+            if os.path.exists(tmp_path):
+                os.remove(tmp_path)
+            raise
+
+    @classmethod
+    def load(cls, path, strict=True, backbone=None, compute_backbone_shape=None):
+        """Read a configuration saved by :meth:`save` (see :meth:`from_dict`).
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            ValueError: the file is not valid JSON or holds unknown keys.
+        """
+        path = os.fspath(path)
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"Config file '{path}' is not valid JSON: {exc}") from exc
+        try:
+            return cls.from_dict(d, strict=strict, backbone=backbone,
+                                 compute_backbone_shape=compute_backbone_shape)
+        except ValueError as exc:
+            raise ValueError(f"Config file '{path}': {exc}") from exc

@@ -1,0 +1,107 @@
+"""Network heads: RPN (nested ``rpn_model``), box classifier and mask head.
+
+matterport wraps the per-ROI layers in ``TimeDistributed``; Keras 3 unrolls that over a
+static ROI axis, so here the ROI axis is folded into the batch axis
+(``[B, N, h, w, c] → [B·N, h, w, c]``) and unfolded afterwards. The weighted layers keep
+matterport's names and weight shapes (``mrcnn_class_conv1`` is a 7×7 valid conv, …).
+"""
+import keras
+import tensorflow as tf
+from keras import layers
+
+from .layers import BatchNorm, PyramidROIAlign
+
+
+class FoldRois(keras.layers.Layer):
+    """``[B, N, ...] → [B·N, ...]``."""
+
+    def call(self, x):
+        return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
+
+    def compute_output_shape(self, input_shape):
+        lead = None if None in input_shape[:2] else input_shape[0] * input_shape[1]
+        return (lead,) + tuple(input_shape[2:])
+
+
+class UnfoldRois(keras.layers.Layer):
+    """``[B·N, ...] → [B, N, ...]`` with ``N`` taken from a reference tensor ``[B, N, ...]``."""
+
+    def call(self, inputs):
+        x, reference = inputs
+        return tf.reshape(x, tf.concat([tf.shape(reference)[:2], tf.shape(x)[1:]], axis=0))
+
+    def compute_output_shape(self, input_shape):
+        x, reference = input_shape
+        return tuple(reference[:2]) + tuple(x[1:])
+
+
+class RpnOutputs(keras.layers.Layer):
+    """Reshape raw RPN conv maps to ``[B, anchors, k]``."""
+
+    def __init__(self, k, **kwargs):
+        super().__init__(**kwargs)
+        self.k = int(k)
+
+    def call(self, x):
+        return tf.reshape(x, [tf.shape(x)[0], -1, self.k])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None, self.k)
+
+
+def build_rpn_model(anchor_stride, anchors_per_location, depth):
+    """The Region Proposal Network as a nested model named ``rpn_model``.
+
+    Shared 3×3×512 conv, then 1×1 convs for 2 logits and 4 deltas per anchor. Applied to
+    every pyramid level with the same weights. Outputs
+    ``[rpn_class_logits [B, A, 2], rpn_probs [B, A, 2], rpn_bbox [B, A, 4]]``.
+    """
+    feature_map = keras.Input(shape=[None, None, depth], name="input_rpn_feature_map")
+    shared = layers.Conv2D(512, 3, padding="same", activation="relu", strides=anchor_stride,
+                           name="rpn_conv_shared")(feature_map)
+    x = layers.Conv2D(2 * anchors_per_location, 1, name="rpn_class_raw")(shared)
+    logits = RpnOutputs(2, name="rpn_class_logits_reshape")(x)
+    probs = layers.Activation("softmax", name="rpn_class_xxx")(logits)
+    x = layers.Conv2D(4 * anchors_per_location, 1, name="rpn_bbox_pred")(shared)
+    bbox = RpnOutputs(4, name="rpn_bbox_reshape")(x)
+    return keras.Model(feature_map, [logits, probs, bbox], name="rpn_model")
+
+
+def fpn_classifier_graph(rois, feature_maps, image_meta, pool_size, num_classes,
+                         train_bn=False, fc_layers_size=1024):
+    """Classifier + box regressor on ROIs pooled from P2..P5.
+
+    Returns ``(mrcnn_class_logits [B, N, C], mrcnn_probs [B, N, C], mrcnn_bbox [B, N, C, 4])``.
+    """
+    x = PyramidROIAlign([pool_size, pool_size], name="roi_align_classifier")([rois, image_meta] + feature_maps)
+    x = FoldRois(name="mrcnn_class_fold")(x)
+    x = layers.Conv2D(fc_layers_size, pool_size, padding="valid", name="mrcnn_class_conv1")(x)
+    x = BatchNorm(name="mrcnn_class_bn1", train_bn=train_bn)(x)
+    x = layers.Activation("relu")(x)
+    x = layers.Conv2D(fc_layers_size, 1, name="mrcnn_class_conv2")(x)
+    x = BatchNorm(name="mrcnn_class_bn2", train_bn=train_bn)(x)
+    x = layers.Activation("relu")(x)
+    shared = layers.Reshape([fc_layers_size], name="pool_squeeze")(x)
+    logits = layers.Dense(num_classes, name="mrcnn_class_logits")(shared)
+    logits = UnfoldRois(name="mrcnn_class_logits_unfold")([logits, rois])
+    probs = layers.Activation("softmax", name="mrcnn_class")(logits)
+    bbox = layers.Dense(num_classes * 4, name="mrcnn_bbox_fc")(shared)
+    bbox = layers.Reshape([num_classes, 4], name="mrcnn_bbox_reshape")(bbox)
+    bbox = UnfoldRois(name="mrcnn_bbox")([bbox, rois])
+    return logits, probs, bbox
+
+
+def build_fpn_mask_graph(rois, feature_maps, image_meta, pool_size, num_classes, train_bn=False):
+    """Mask head: four 3×3 convs + BN + ReLU, a 2×2 stride-2 deconv, a 1×1 sigmoid conv.
+
+    Returns masks ``[B, N, 2·pool, 2·pool, num_classes]``.
+    """
+    x = PyramidROIAlign([pool_size, pool_size], name="roi_align_mask")([rois, image_meta] + feature_maps)
+    x = FoldRois(name="mrcnn_mask_fold")(x)
+    for i in range(1, 5):
+        x = layers.Conv2D(256, 3, padding="same", name=f"mrcnn_mask_conv{i}")(x)
+        x = BatchNorm(name=f"mrcnn_mask_bn{i}", train_bn=train_bn)(x)
+        x = layers.Activation("relu")(x)
+    x = layers.Conv2DTranspose(256, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")(x)
+    x = layers.Conv2D(num_classes, 1, activation="sigmoid", name="mrcnn_mask")(x)
+    return UnfoldRois(name="mrcnn_mask_unfold")([x, rois])

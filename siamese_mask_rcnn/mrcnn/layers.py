@@ -1,0 +1,377 @@
+"""Custom Keras 3 layers of Mask R-CNN and the TensorFlow box operations they use.
+
+Every TensorFlow op lives inside a ``Layer.call`` (Keras 3 cannot pass a KerasTensor to a
+raw tf op). Boxes are ``(y1, x1, y2, x2)`` in normalised coordinates unless a name says
+otherwise. Per-image work is mapped over the batch with ``tf.map_fn``.
+"""
+import numpy as np
+import keras
+import tensorflow as tf
+
+
+# ----------------------------------------------------------------------------------------
+# Box operations (graph versions of the numpy helpers in utils)
+# ----------------------------------------------------------------------------------------
+
+def apply_box_deltas_graph(boxes, deltas):
+    """Apply ``(dy, dx, log dh, log dw)`` deltas to ``(y1, x1, y2, x2)`` boxes."""
+    height = boxes[:, 2] - boxes[:, 0]
+    width = boxes[:, 3] - boxes[:, 1]
+    cy = boxes[:, 0] + 0.5 * height + deltas[:, 0] * height
+    cx = boxes[:, 1] + 0.5 * width + deltas[:, 1] * width
+    height = height * tf.exp(deltas[:, 2])
+    width = width * tf.exp(deltas[:, 3])
+    return tf.stack([cy - 0.5 * height, cx - 0.5 * width, cy + 0.5 * height, cx + 0.5 * width], axis=1)
+
+
+def clip_boxes_graph(boxes, window):
+    """Clip boxes to ``window = (wy1, wx1, wy2, wx2)``."""
+    wy1, wx1, wy2, wx2 = tf.unstack(window)
+    y1, x1, y2, x2 = tf.unstack(boxes, axis=1)
+    y1 = tf.clip_by_value(y1, wy1, wy2)
+    x1 = tf.clip_by_value(x1, wx1, wx2)
+    y2 = tf.clip_by_value(y2, wy1, wy2)
+    x2 = tf.clip_by_value(x2, wx1, wx2)
+    return tf.stack([y1, x1, y2, x2], axis=1)
+
+
+def overlaps_graph(boxes1, boxes2):
+    """IoU matrix ``[len(boxes1), len(boxes2)]``."""
+    b1 = tf.expand_dims(boxes1, 1)
+    b2 = tf.expand_dims(boxes2, 0)
+    y1 = tf.maximum(b1[..., 0], b2[..., 0])
+    x1 = tf.maximum(b1[..., 1], b2[..., 1])
+    y2 = tf.minimum(b1[..., 2], b2[..., 2])
+    x2 = tf.minimum(b1[..., 3], b2[..., 3])
+    inter = tf.maximum(y2 - y1, 0.0) * tf.maximum(x2 - x1, 0.0)
+    area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
+    area2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])
+    union = area1 + area2 - inter
+    return tf.math.divide_no_nan(inter, union)
+
+
+def box_refinement_graph(box, gt_box):
+    """Deltas that turn ``box`` into ``gt_box`` (inverse of ``apply_box_deltas_graph``)."""
+    box = tf.cast(box, tf.float32)
+    gt_box = tf.cast(gt_box, tf.float32)
+    h = box[:, 2] - box[:, 0]
+    w = box[:, 3] - box[:, 1]
+    cy = box[:, 0] + 0.5 * h
+    cx = box[:, 1] + 0.5 * w
+    gh = gt_box[:, 2] - gt_box[:, 0]
+    gw = gt_box[:, 3] - gt_box[:, 1]
+    gcy = gt_box[:, 0] + 0.5 * gh
+    gcx = gt_box[:, 1] + 0.5 * gw
+    return tf.stack([(gcy - cy) / h, (gcx - cx) / w, tf.math.log(gh / h), tf.math.log(gw / w)], axis=1)
+
+
+def trim_zeros_graph(boxes):
+    """Drop all-zero padding rows; returns ``(boxes, non_zero_mask)``."""
+    non_zeros = tf.cast(tf.reduce_sum(tf.abs(boxes), axis=1), tf.bool)
+    return tf.boolean_mask(boxes, non_zeros), non_zeros
+
+
+def norm_boxes_graph(boxes, shape):
+    """Pixel boxes → normalised boxes (matterport convention, see ``utils.norm_boxes``)."""
+    h, w = tf.split(tf.cast(shape, tf.float32), 2)
+    scale = tf.concat([h, w, h, w], axis=-1) - 1.0
+    shift = tf.constant([0.0, 0.0, 1.0, 1.0])
+    return tf.math.divide(boxes - shift, scale)
+
+
+def parse_image_meta_graph(meta):
+    """Split an image-meta tensor ``[batch, META]`` into a dict of tensors."""
+    return {
+        "image_id": meta[:, 0],
+        "original_image_shape": meta[:, 1:4],
+        "image_shape": meta[:, 4:7],
+        "window": meta[:, 7:11],
+        "scale": meta[:, 11],
+        "active_class_ids": meta[:, 12:],
+    }
+
+
+def max_or_zero(matrix):
+    """Row-wise maximum of ``[N, M]``, 0 for rows when ``M == 0``."""
+    return tf.reduce_max(tf.pad(matrix, [[0, 0], [0, 1]]), axis=1)
+
+
+def pad_to(tensor, size):
+    """Zero-pad (or cut) the first axis of ``tensor`` to exactly ``size`` rows."""
+    tensor = tensor[:size]
+    pad = tf.maximum(size - tf.shape(tensor)[0], 0)
+    paddings = [[0, pad]] + [[0, 0]] * (len(tensor.shape) - 1)
+    return tf.pad(tensor, paddings)
+
+
+# ----------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------
+
+class BatchNorm(keras.layers.BatchNormalization):
+    """Batch normalisation that stays frozen unless asked to train.
+
+    ``train_bn=False`` (matterport's default with small batches): always inference mode,
+    the statistics stay as loaded. ``True``: always training mode. ``None``: follow the
+    ``training`` flag of the call.
+    """
+
+    def __init__(self, train_bn=False, **kwargs):
+        kwargs.setdefault("epsilon", 1e-3)
+        super().__init__(**kwargs)
+        self.train_bn = train_bn
+
+    def call(self, inputs, training=None):
+        if self.train_bn is None:
+            mode = bool(training)
+        else:
+            mode = bool(self.train_bn) and bool(training)
+        return super().call(inputs, training=mode)
+
+    def get_config(self):
+        return {**super().get_config(), "train_bn": self.train_bn}
+
+
+class AnchorsLayer(keras.layers.Layer):
+    """Holds the normalised anchors of a fixed image shape and tiles them over the batch."""
+
+    def __init__(self, anchors, **kwargs):
+        super().__init__(**kwargs)
+        self.anchors = np.asarray(anchors, dtype=np.float32)
+
+    def call(self, reference):
+        batch = tf.shape(reference)[0]
+        anchors = tf.constant(self.anchors)
+        return tf.tile(anchors[None], [batch, 1, 1])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],) + self.anchors.shape
+
+
+class NormBoxesLayer(keras.layers.Layer):
+    """Normalise pixel GT boxes ``[batch, N, 4]`` by the image shape ``(h, w)``."""
+
+    def __init__(self, image_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = tuple(int(v) for v in image_shape[:2])
+
+    def call(self, boxes):
+        return norm_boxes_graph(tf.cast(boxes, tf.float32), tf.constant(self.image_shape))
+
+
+class ProposalLayer(keras.layers.Layer):
+    """RPN scores + deltas + anchors → ``proposal_count`` boxes per image after NMS.
+
+    Inputs: ``[rpn_probs [B, A, 2], rpn_bbox [B, A, 4], anchors [B, A, 4]]``.
+    Output: ``[B, proposal_count, 4]`` normalised boxes, zero-padded.
+    """
+
+    def __init__(self, proposal_count, nms_threshold, pre_nms_limit, bbox_std_dev, **kwargs):
+        super().__init__(**kwargs)
+        self.proposal_count = int(proposal_count)
+        self.nms_threshold = float(nms_threshold)
+        self.pre_nms_limit = int(pre_nms_limit)
+        self.bbox_std_dev = np.reshape(np.asarray(bbox_std_dev, np.float32), [1, 4])
+
+    def _one(self, args):
+        scores, deltas, anchors = args
+        k = tf.minimum(self.pre_nms_limit, tf.shape(anchors)[0])
+        scores, ix = tf.math.top_k(scores, k, sorted=True)
+        deltas = tf.gather(deltas, ix) * self.bbox_std_dev
+        anchors = tf.gather(anchors, ix)
+        boxes = apply_box_deltas_graph(anchors, deltas)
+        boxes = clip_boxes_graph(boxes, tf.constant([0.0, 0.0, 1.0, 1.0]))
+        keep = tf.image.non_max_suppression(boxes, scores, self.proposal_count, self.nms_threshold)
+        return pad_to(tf.gather(boxes, keep), self.proposal_count)
+
+    def call(self, inputs):
+        probs, deltas, anchors = inputs
+        return tf.map_fn(self._one, (probs[:, :, 1], deltas, anchors),
+                         fn_output_signature=tf.TensorSpec([self.proposal_count, 4], tf.float32))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], self.proposal_count, 4)
+
+
+class PyramidROIAlign(keras.layers.Layer):
+    """ROIAlign over the pyramid: each box is cropped from the level its size selects.
+
+    Inputs: ``[boxes [B, N, 4], image_meta [B, META], P2, P3, P4, P5]``.
+    Output: ``[B, N, pool, pool, C]``. Level = clip(4 + log2(sqrt(hw) / (224 / sqrt(image
+    area))), 2, 5), matterport's (and the FPN paper's) assignment.
+    """
+
+    def __init__(self, pool_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_shape = tuple(pool_shape)
+
+    def call(self, inputs):
+        boxes, image_meta = inputs[0], inputs[1]
+        feature_maps = inputs[2:]
+        y1, x1, y2, x2 = tf.split(boxes, 4, axis=2)
+        h, w = y2 - y1, x2 - x1
+        image_shape = parse_image_meta_graph(image_meta)["image_shape"][0]
+        image_area = tf.cast(image_shape[0] * image_shape[1], tf.float32)
+        roi_level = tf.math.log(tf.sqrt(h * w) / (224.0 / tf.sqrt(image_area)) + 1e-12) / tf.math.log(2.0)
+        roi_level = tf.minimum(5, tf.maximum(2, 4 + tf.cast(tf.round(roi_level), tf.int32)))
+        roi_level = tf.squeeze(roi_level, 2)
+
+        pooled, order = [], []
+        for i, level in enumerate(range(2, 6)):
+            ix = tf.where(tf.equal(roi_level, level))
+            level_boxes = tf.stop_gradient(tf.gather_nd(boxes, ix))
+            box_indices = tf.stop_gradient(tf.cast(ix[:, 0], tf.int32))
+            pooled.append(tf.image.crop_and_resize(feature_maps[i], level_boxes, box_indices,
+                                                   self.pool_shape, method="bilinear"))
+            order.append(ix)
+        pooled = tf.concat(pooled, axis=0)
+        order = tf.concat(order, axis=0)
+        # Put the crops back in (batch, box) order.
+        flat_index = order[:, 0] * tf.cast(tf.shape(boxes)[1], tf.int64) + order[:, 1]
+        pooled = tf.gather(pooled, tf.argsort(flat_index))
+        shape = tf.concat([tf.shape(boxes)[:2], tf.shape(pooled)[1:]], axis=0)
+        return tf.reshape(pooled, shape)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0][:2]) + self.pool_shape + (input_shape[2][-1],)
+
+
+class DetectionTargetLayer(keras.layers.Layer):
+    """Sample training ROIs from proposals and build their class, box and mask targets.
+
+    Inputs: ``[proposals [B, N, 4], gt_class_ids [B, G], gt_boxes [B, G, 4] (normalised),
+    gt_masks [B, h, w, G]]``. Negative class ids are crowds: proposals overlapping a crowd
+    are never negatives. Outputs: rois ``[B, R, 4]``, class ids ``[B, R]``, deltas
+    ``[B, R, 4]`` (divided by BBOX_STD_DEV), masks ``[B, R, mh, mw]``, zero-padded.
+    """
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.train_rois = int(config.TRAIN_ROIS_PER_IMAGE)
+        self.positive_ratio = float(config.ROI_POSITIVE_RATIO)
+        self.bbox_std_dev = np.asarray(config.BBOX_STD_DEV, np.float32)
+        self.mask_shape = tuple(config.MASK_SHAPE)
+        self.use_mini_mask = bool(config.USE_MINI_MASK)
+
+    def _one(self, args):
+        proposals, gt_class_ids, gt_boxes, gt_masks = args
+        proposals, _ = trim_zeros_graph(proposals)
+        gt_boxes, non_zeros = trim_zeros_graph(gt_boxes)
+        gt_class_ids = tf.boolean_mask(gt_class_ids, non_zeros)
+        gt_masks = tf.boolean_mask(gt_masks, non_zeros, axis=2)
+
+        crowd = gt_class_ids < 0
+        crowd_boxes = tf.boolean_mask(gt_boxes, crowd)
+        gt_class_ids = tf.boolean_mask(gt_class_ids, ~crowd)
+        gt_boxes = tf.boolean_mask(gt_boxes, ~crowd)
+        gt_masks = tf.boolean_mask(gt_masks, ~crowd, axis=2)
+
+        overlaps = overlaps_graph(proposals, gt_boxes)
+        crowd_max = max_or_zero(overlaps_graph(proposals, crowd_boxes))
+        no_crowd = crowd_max < 0.001
+        best = max_or_zero(overlaps)
+        positive = tf.where(best >= 0.5)[:, 0]
+        negative = tf.where(tf.logical_and(best < 0.5, no_crowd))[:, 0]
+
+        pos_count = int(self.train_rois * self.positive_ratio)
+        positive = tf.random.shuffle(positive)[:pos_count]
+        pos_count = tf.shape(positive)[0]
+        neg_count = tf.cast(tf.cast(pos_count, tf.float32) / self.positive_ratio, tf.int32) - pos_count
+        negative = tf.random.shuffle(negative)[:neg_count]
+
+        pos_rois = tf.gather(proposals, positive)
+        neg_rois = tf.gather(proposals, negative)
+        pos_overlaps = tf.gather(overlaps, positive)
+        assignment = tf.cond(tf.shape(pos_overlaps)[1] > 0,
+                             lambda: tf.argmax(pos_overlaps, axis=1, output_type=tf.int32),
+                             lambda: tf.zeros([tf.shape(pos_overlaps)[0]], tf.int32))
+        roi_gt_boxes = tf.gather(gt_boxes, assignment)
+        roi_class_ids = tf.gather(gt_class_ids, assignment)
+        deltas = box_refinement_graph(pos_rois, roi_gt_boxes) / self.bbox_std_dev
+
+        masks = tf.gather(tf.transpose(gt_masks, [2, 0, 1]), assignment)[..., None]
+        boxes = pos_rois
+        if self.use_mini_mask:
+            # Express the ROI in the coordinate frame of its GT box (mini-masks are box crops).
+            y1, x1, y2, x2 = tf.split(pos_rois, 4, axis=1)
+            gy1, gx1, gy2, gx2 = tf.split(roi_gt_boxes, 4, axis=1)
+            gh, gw = gy2 - gy1, gx2 - gx1
+            boxes = tf.concat([(y1 - gy1) / gh, (x1 - gx1) / gw, (y2 - gy1) / gh, (x2 - gx1) / gw], 1)
+        box_ids = tf.range(tf.shape(masks)[0])
+        masks = tf.image.crop_and_resize(tf.cast(masks, tf.float32), boxes, box_ids, self.mask_shape)
+        masks = tf.round(tf.squeeze(masks, 3))
+
+        rois = tf.concat([pos_rois, neg_rois], axis=0)
+        rois = pad_to(rois, self.train_rois)
+        roi_class_ids = pad_to(roi_class_ids, self.train_rois)
+        deltas = pad_to(deltas, self.train_rois)
+        masks = pad_to(masks, self.train_rois)
+        return rois, roi_class_ids, deltas, masks
+
+    def call(self, inputs):
+        proposals, gt_class_ids, gt_boxes, gt_masks = inputs
+        r = self.train_rois
+        sig = (tf.TensorSpec([r, 4], tf.float32), tf.TensorSpec([r], tf.int32),
+               tf.TensorSpec([r, 4], tf.float32), tf.TensorSpec([r] + list(self.mask_shape), tf.float32))
+        return tf.map_fn(self._one, (proposals, tf.cast(gt_class_ids, tf.int32),
+                                     tf.cast(gt_boxes, tf.float32), tf.cast(gt_masks, tf.bool)),
+                         fn_output_signature=sig)
+
+    def compute_output_shape(self, input_shape):
+        b, r = input_shape[0][0], self.train_rois
+        return [(b, r, 4), (b, r), (b, r, 4), (b, r) + self.mask_shape]
+
+
+class DetectionLayer(keras.layers.Layer):
+    """Final detections: refine ROIs by class, drop background and weak scores, per-class NMS.
+
+    Inputs: ``[rois [B, N, 4], mrcnn_class [B, N, C], mrcnn_bbox [B, N, C, 4], image_meta]``.
+    Output: ``[B, DETECTION_MAX_INSTANCES, 6]`` rows ``(y1, x1, y2, x2, class_id, score)``
+    in normalised coordinates, zero-padded.
+    """
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.max_instances = int(config.DETECTION_MAX_INSTANCES)
+        self.min_confidence = float(config.DETECTION_MIN_CONFIDENCE)
+        self.nms_threshold = float(config.DETECTION_NMS_THRESHOLD)
+        self.bbox_std_dev = np.asarray(config.BBOX_STD_DEV, np.float32)
+
+    def _one(self, args):
+        rois, probs, deltas, window = args
+        class_ids = tf.argmax(probs, axis=1, output_type=tf.int32)
+        index = tf.stack([tf.range(tf.shape(probs)[0]), class_ids], axis=1)
+        scores = tf.gather_nd(probs, index)
+        deltas = tf.gather_nd(deltas, index) * self.bbox_std_dev
+        boxes = clip_boxes_graph(apply_box_deltas_graph(rois, deltas), window)
+        keep = tf.where((class_ids > 0) & (scores >= self.min_confidence))[:, 0]
+
+        def nms_for_class(class_id):
+            ix = tf.gather(keep, tf.where(tf.equal(tf.gather(class_ids, keep), class_id))[:, 0])
+            kept = tf.image.non_max_suppression(tf.gather(boxes, ix), tf.gather(scores, ix),
+                                                self.max_instances, self.nms_threshold)
+            kept = tf.gather(ix, kept)
+            return tf.pad(kept, [[0, self.max_instances - tf.shape(kept)[0]]], constant_values=-1)
+
+        unique = tf.unique(tf.gather(class_ids, keep))[0]
+        kept = tf.map_fn(nms_for_class, unique, fn_output_signature=tf.TensorSpec([self.max_instances], tf.int64))
+        kept = tf.reshape(kept, [-1])
+        kept = tf.gather(kept, tf.where(kept > -1)[:, 0])
+        top = tf.minimum(tf.shape(kept)[0], self.max_instances)
+        order = tf.math.top_k(tf.gather(scores, kept), k=top, sorted=True)[1]
+        kept = tf.gather(kept, order)
+        det = tf.concat([tf.gather(boxes, kept),
+                         tf.cast(tf.gather(class_ids, kept), tf.float32)[:, None],
+                         tf.gather(scores, kept)[:, None]], axis=1)
+        return pad_to(det, self.max_instances)
+
+    def call(self, inputs):
+        rois, probs, deltas, image_meta = inputs
+        meta = parse_image_meta_graph(image_meta)
+        shape = meta["image_shape"][0]
+        window = norm_boxes_graph(meta["window"], shape[:2])
+        return tf.map_fn(self._one, (rois, probs, deltas, window),
+                         fn_output_signature=tf.TensorSpec([self.max_instances, 6], tf.float32))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], self.max_instances, 6)

@@ -1,0 +1,401 @@
+"""Mask R-CNN on Keras 3 / TensorFlow 2, with matterport's public API and layer names.
+
+``MaskRCNN(mode, config, model_dir)`` builds the training or inference graph. The graph
+is assembled from small pieces that live in their own modules:
+
+* ``backbone``  — ResNet-50/101 (or a callable) + FPN,
+* ``heads``     — RPN (nested ``rpn_model``), classifier, mask head,
+* ``layers``    — proposal, ROI-target, pyramid ROIAlign and detection layers,
+* ``losses``    — the five per-image losses,
+* ``pipeline``  — the ``tf.data`` input pipeline,
+* ``weights``   — matterport-layout ``.h5`` files, read and written by layer name,
+* ``data``      — image molding, image metas, RPN targets (numpy).
+
+Training uses a custom loop (``tf.GradientTape`` inside ``strategy.run``) so that the same
+code runs on one device, on several GPUs (``MirroredStrategy``) and on several machines
+(``MultiWorkerMirroredStrategy``), with losses averaged over the global batch.
+"""
+import datetime
+import json
+import logging
+import os
+import re
+import time
+
+import numpy as np
+import keras
+import tensorflow as tf
+from keras import layers as KL
+
+from . import data as mdata
+from . import utils
+from . import weights as mweights
+from .backbone import build_backbone_fpn
+from .heads import build_fpn_mask_graph, build_rpn_model, fpn_classifier_graph
+from .layers import (AnchorsLayer, DetectionLayer, DetectionTargetLayer, NormBoxesLayer,
+                     ProposalLayer, parse_image_meta_graph)
+from .losses import LOSS_NAMES, MaskRCNNLosses, weight_decay_loss
+from .pipeline import SkipCounter, SkipExample, build_dataset
+
+log = logging.getLogger(__name__)
+
+# Re-exported numpy helpers (matterport keeps them in model.py).
+compose_image_meta = mdata.compose_image_meta
+parse_image_meta = mdata.parse_image_meta
+mold_image = mdata.mold_image
+unmold_image = mdata.unmold_image
+load_image_gt = mdata.load_image_gt
+build_rpn_targets = mdata.build_rpn_targets
+compute_backbone_shapes = mdata.compute_backbone_shapes
+
+LAYER_PRESETS = {
+    # Which layers train; "heads" also covers the FPN, as in matterport.
+    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "all": ".*",
+}
+
+
+class ActiveClassIds(KL.Layer):
+    """Slice the active-class flags out of the image meta."""
+
+    def call(self, image_meta):
+        return parse_image_meta_graph(image_meta)["active_class_ids"]
+
+
+class SliceDetectionBoxes(KL.Layer):
+    """Boxes ``[B, N, 4]`` of detection rows ``[B, N, 6]``."""
+
+    def call(self, detections):
+        return detections[..., :4]
+
+
+def default_strategy(config):
+    """``MirroredStrategy`` when ``GPU_COUNT > 1``, the default strategy otherwise."""
+    if int(getattr(config, "GPU_COUNT", 1)) > 1:
+        gpus = tf.config.list_logical_devices("GPU")
+        if len(gpus) < config.GPU_COUNT:
+            raise ValueError(f"GPU_COUNT={config.GPU_COUNT} but only {len(gpus)} GPU(s) are visible")
+        return tf.distribute.MirroredStrategy([g.name for g in gpus[:config.GPU_COUNT]])
+    return tf.distribute.get_strategy()
+
+
+def select_trainable_layers(keras_model, layers):
+    """The weighted layers whose names match a preset or a regex (matterport semantics)."""
+    pattern = LAYER_PRESETS.get(layers, layers)
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"layers={layers!r} is neither a preset {sorted(LAYER_PRESETS)} nor a valid regex: {err}")
+    chosen = []
+    for name, layer in mweights.iter_weighted_layers(keras_model):
+        if regex.fullmatch(name):
+            chosen.append(layer)
+    if not chosen:
+        raise ValueError(f"layers={layers!r} matches no weighted layer of the model")
+    return chosen
+
+
+class MaskRCNN:
+    """Mask R-CNN with matterport's API.
+
+    ``mode`` is ``"training"`` or ``"inference"``. ``strategy`` is a ``tf.distribute``
+    strategy (default: ``MirroredStrategy`` over ``GPU_COUNT`` GPUs when > 1).
+    """
+
+    def __init__(self, mode, config, model_dir, strategy=None):
+        if mode not in ("training", "inference"):
+            raise ValueError(f"mode must be 'training' or 'inference', got {mode!r}")
+        self.mode = mode
+        self.config = config
+        self.model_dir = str(model_dir)
+        self.strategy = strategy or default_strategy(config)
+        self.epoch = 0
+        self.log_dir = None
+        self.checkpoint_path = None
+        self._predict_fn = None
+        self.set_log_dir()
+        with self.strategy.scope():
+            self.keras_model = self.build(mode=mode, config=config)
+
+    # ------------------------------------------------------------------ graph
+    def input_specs(self, mode):
+        """``(name, shape, dtype)`` of every model input, in order (no batch axis)."""
+        c = self.config
+        specs = [("input_image", list(c.IMAGE_SHAPE), "float32"),
+                 ("input_image_meta", [c.IMAGE_META_SIZE], "float32")]
+        specs += self.extra_input_specs()
+        if mode == "training":
+            anchors = len(self.get_anchors(c.IMAGE_SHAPE))
+            gt = c.MAX_GT_INSTANCES
+            mask_shape = list(c.MINI_MASK_SHAPE) if c.USE_MINI_MASK else list(c.IMAGE_SHAPE[:2])
+            specs += [("input_rpn_match", [anchors, 1], "int32"),
+                      ("input_rpn_bbox", [c.RPN_TRAIN_ANCHORS_PER_IMAGE, 4], "float32"),
+                      ("input_gt_class_ids", [gt], "int32"),
+                      ("input_gt_boxes", [gt, 4], "float32"),
+                      ("input_gt_masks", mask_shape + [gt], "bool")]
+        return specs
+
+    def extra_input_specs(self):
+        """Inputs a subclass adds after image and meta (the Siamese model's references)."""
+        return []
+
+    def build_feature_maps(self, input_image, extra_inputs):
+        """``(rpn_feature_maps P2..P6, mrcnn_feature_maps P2..P5)`` for the heads."""
+        maps = build_backbone_fpn(input_image, self.config)
+        return maps, maps[:4]
+
+    def num_mask_channels(self):
+        return self.config.NUM_CLASSES
+
+    def build(self, mode, config):
+        """Build the Keras model of ``mode`` (called by ``__init__``)."""
+        h, w = config.IMAGE_SHAPE[:2]
+        if h / 2 ** 6 != int(h / 2 ** 6) or w / 2 ** 6 != int(w / 2 ** 6):
+            raise ValueError(f"IMAGE_SHAPE {config.IMAGE_SHAPE[:2]} must be divisible by 64 "
+                             "at least 6 times (e.g. 256, 320, 384, 448, 512, ...)")
+        specs = self.input_specs(mode)
+        inputs = [keras.Input(shape=shape, name=name, dtype=dtype) for name, shape, dtype in specs]
+        input_image, input_image_meta = inputs[0], inputs[1]
+        n_extra = len(self.extra_input_specs())
+        extra = inputs[2:2 + n_extra]
+
+        rpn_maps, mrcnn_maps = self.build_feature_maps(input_image, extra)
+        anchors = AnchorsLayer(self.get_anchors(config.IMAGE_SHAPE), name="anchors")(input_image)
+
+        rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS), rpn_maps[0].shape[-1])
+        level_outputs = [rpn(p) for p in rpn_maps]
+        rpn_class_logits, rpn_class, rpn_bbox = [
+            KL.Concatenate(axis=1, name=n)([o[i] for o in level_outputs])
+            for i, n in enumerate(["rpn_class_logits", "rpn_class", "rpn_bbox"])]
+
+        proposal_count = config.POST_NMS_ROIS_TRAINING if mode == "training" else config.POST_NMS_ROIS_INFERENCE
+        rpn_rois = ProposalLayer(proposal_count, config.RPN_NMS_THRESHOLD, config.PRE_NMS_LIMIT,
+                                 config.RPN_BBOX_STD_DEV, name="ROI")([rpn_class, rpn_bbox, anchors])
+        n_classes = config.NUM_CLASSES
+        fc = config.FPN_CLASSIF_FC_LAYERS_SIZE
+
+        if mode == "training":
+            (input_rpn_match, input_rpn_bbox, input_gt_class_ids,
+             input_gt_boxes, input_gt_masks) = inputs[2 + n_extra:]
+            active_class_ids = ActiveClassIds(name="active_class_ids")(input_image_meta)
+            gt_boxes = NormBoxesLayer(config.IMAGE_SHAPE, name="norm_gt_boxes")(input_gt_boxes)
+            rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
+                config, name="proposal_targets")([rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks])
+            class_logits, _, bbox = fpn_classifier_graph(
+                rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
+                train_bn=config.TRAIN_BN, fc_layers_size=fc)
+            masks = build_fpn_mask_graph(rois, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
+                                         self.num_mask_channels(), train_bn=config.TRAIN_BN)
+            losses = MaskRCNNLosses(name="losses")([
+                input_rpn_match, input_rpn_bbox, rpn_class_logits, rpn_bbox,
+                target_class_ids, target_bbox, target_mask, rois,
+                class_logits, bbox, masks, active_class_ids])
+            return keras.Model(inputs, losses, name="mask_rcnn")
+
+        _, class_probs, bbox = fpn_classifier_graph(
+            rpn_rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
+            train_bn=config.TRAIN_BN, fc_layers_size=fc)
+        detections = DetectionLayer(config, name="mrcnn_detection")([rpn_rois, class_probs, bbox, input_image_meta])
+        det_boxes = SliceDetectionBoxes(name="detection_boxes")(detections)
+        masks = build_fpn_mask_graph(det_boxes, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
+                                     self.num_mask_channels(), train_bn=config.TRAIN_BN)
+        outputs = [detections, class_probs, bbox, masks, rpn_rois, rpn_class, rpn_bbox]
+        return keras.Model(inputs, outputs, name="mask_rcnn")
+
+    def get_anchors(self, image_shape):
+        """Normalised anchors for ``image_shape`` (cached)."""
+        return mdata.get_anchors(self.config, image_shape)
+
+    # ----------------------------------------------------------- checkpoints
+    def find_last(self):
+        """Path of the last checkpoint of the newest run directory of this model's NAME."""
+        name = self.config.NAME.lower()
+        if not os.path.isdir(self.model_dir):
+            raise FileNotFoundError(f"no model directory {self.model_dir}")
+        runs = sorted(d for d in os.listdir(self.model_dir)
+                      if d.startswith(name) and os.path.isdir(os.path.join(self.model_dir, d)))
+        for run in reversed(runs):
+            run_dir = os.path.join(self.model_dir, run)
+            ckpts = sorted(f for f in os.listdir(run_dir)
+                           if f.startswith(f"mask_rcnn_{name}_") and f.endswith(".h5"))
+            if ckpts:
+                return os.path.join(run_dir, ckpts[-1])
+        raise FileNotFoundError(f"no checkpoint of '{name}' under {self.model_dir}")
+
+    def set_log_dir(self, model_path=None):
+        """Set the run directory and epoch; resuming from ``model_path`` reuses its directory
+        and continues after its epoch."""
+        self.epoch = 0
+        now = datetime.datetime.now()
+        name = (self.config.NAME or "model").lower()
+        if model_path:
+            m = re.match(r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]mask\_rcnn\_[\w-]+(\d{4})\.h5$",
+                         str(model_path))
+            if m:
+                now = datetime.datetime(*map(int, m.groups()[:5]))
+                self.epoch = int(m.group(6))
+                log.info("resuming at epoch %d", self.epoch + 1)
+        self.log_dir = os.path.join(self.model_dir, f"{name}{now:%Y%m%dT%H%M}")
+        self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_*epoch*.h5").replace(
+            "*epoch*", "{:04d}")
+
+    def load_weights(self, filepath, by_name=False, exclude=None, skip_mismatch=False):
+        """Load a legacy-layout ``.h5`` (matterport, the official release, or ours).
+
+        ``by_name=True`` matches layers by name (``exclude`` drops layers); a checkpoint
+        path of this project also restores the epoch (``set_log_dir``).
+        """
+        report = mweights.load_weights_by_name(self.keras_model, filepath, by_name=by_name,
+                                               exclude=exclude, skip_mismatch=skip_mismatch)
+        self.set_log_dir(filepath)
+        return report
+
+    def save_weights(self, filepath):
+        """Write the weights in the by-name legacy layout (atomically)."""
+        mweights.save_weights_by_name(self.keras_model, filepath)
+
+    def get_imagenet_weights(self):
+        """Keras' ImageNet ResNet-50 weights cannot be downloaded here; pass a local file."""
+        raise RuntimeError("Downloading weights is not supported: pass a local ImageNet weights file "
+                           "to load_weights(path, by_name=True)")
+
+    # -------------------------------------------------------------- training
+    def compile(self, learning_rate, momentum):
+        """Create the SGD optimiser (momentum, gradient clipping by GRADIENT_CLIP_NORM)."""
+        with self.strategy.scope():
+            self.optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
+                                                  clipnorm=self.config.GRADIENT_CLIP_NORM)
+        return self.optimizer
+
+    def load_training_example(self, dataset, image_id, rng, augmentation=None):
+        """The training inputs of one image (after image and meta come the extra inputs, then
+        RPN and GT targets), as numpy arrays in ``input_specs`` order."""
+        c = self.config
+        image, image_meta, class_ids, boxes, masks = mdata.load_image_gt(
+            dataset, c, image_id, augmentation=augmentation, rng=rng)
+        if not np.any(class_ids > 0):
+            raise SkipExample()
+        return self._pack_targets(image, image_meta, class_ids, boxes, masks, rng, extra=[])
+
+    def _pack_targets(self, image, image_meta, class_ids, boxes, masks, rng, extra):
+        c = self.config
+        anchors_px = mdata.get_anchors_pixels(c, image.shape)
+        rpn_match, rpn_bbox = mdata.build_rpn_targets(image.shape, anchors_px, class_ids, boxes, c, rng=rng)
+        n = min(len(class_ids), c.MAX_GT_INSTANCES)
+        if len(class_ids) > n:
+            keep = rng.choice(len(class_ids), n, replace=False)
+            class_ids, boxes, masks = class_ids[keep], boxes[keep], masks[..., keep]
+        gt_ids = np.zeros([c.MAX_GT_INSTANCES], np.int32)
+        gt_boxes = np.zeros([c.MAX_GT_INSTANCES, 4], np.float32)
+        gt_masks = np.zeros(list(masks.shape[:2]) + [c.MAX_GT_INSTANCES], bool)
+        gt_ids[:n], gt_boxes[:n], gt_masks[..., :n] = class_ids[:n], boxes[:n], masks[..., :n]
+        return [mdata.mold_image(image, c), image_meta] + list(extra) + [
+            rpn_match[:, None], rpn_bbox, gt_ids, gt_boxes, gt_masks]
+
+    def _make_dataset(self, dataset, augmentation, seed, start, counter, global_batch):
+        specs = self.input_specs("training")
+
+        def load(image_id, rng):
+            return self.load_training_example(dataset, image_id, rng, augmentation)
+
+        ds, counter = build_dataset(load, self.training_image_ids(dataset), specs, global_batch, seed=seed,
+                                    start=start, workers=getattr(self.config, "DATA_WORKERS", 2),
+                                    counter=counter)
+        return ds, counter
+
+    def training_image_ids(self, dataset):
+        """Image ids a training epoch draws from (all, by default)."""
+        return list(dataset.image_ids)
+
+    def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
+              augmentation=None, custom_callbacks=None, no_augmentation_sources=None,
+              steps_per_epoch=None, validation_steps=None, verbose=1):
+        """Train ``layers`` (preset or regex) from ``self.epoch`` up to ``epochs``.
+
+        Writes a checkpoint per epoch, TensorBoard scalars to ``self.log_dir`` and the
+        config (``config.json``) beside the checkpoints. Returns the per-epoch history.
+        """
+        if self.mode != "training":
+            raise RuntimeError("create the model in training mode to train")
+        from .training import run_training
+        return run_training(self, train_dataset, val_dataset, learning_rate, epochs, layers,
+                            augmentation=augmentation, custom_callbacks=custom_callbacks,
+                            steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+                            verbose=verbose)
+
+    # ------------------------------------------------------------- inference
+    def mold_inputs(self, images):
+        return mdata.mold_inputs(images, self.config)
+
+    def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape, window):
+        """Detections of one image back to original-image pixels, one mask per detection."""
+        detections = np.asarray(detections)
+        n = detections.shape[0]
+        class_ids = detections[:, 4].astype(np.int32)
+        if mrcnn_mask.shape[-1] == 1:
+            masks = mrcnn_mask[:n, :, :, 0]
+        else:
+            masks = mrcnn_mask[np.arange(n), :, :, class_ids]
+        return mdata.unmold_detections(detections, masks, original_image_shape, image_shape, window)
+
+    def _predict(self, inputs):
+        """Run the inference graph through one cached ``tf.function`` (no retracing)."""
+        if self._predict_fn is None:
+            signature = [tf.TensorSpec([None] + list(s), tf.as_dtype(d), name=n)
+                         for n, s, d in self.input_specs("inference")]
+            model = self.keras_model
+
+            @tf.function(input_signature=signature, reduce_retracing=True)
+            def predict(*args):
+                return model(list(args), training=False)
+
+            self._predict_fn = predict
+        dtypes = [tf.as_dtype(d) for _, _, d in self.input_specs("inference")]
+        outs = self._predict_fn(*[tf.convert_to_tensor(np.asarray(x), dtype=d) for x, d in zip(inputs, dtypes)])
+        return [o.numpy() for o in outs]
+
+    def detect(self, images, verbose=0):
+        """Detect on a list of images (``len(images) == BATCH_SIZE``).
+
+        Returns one dict per image: ``rois`` [N, (y1, x1, y2, x2)] in image pixels,
+        ``class_ids`` [N], ``scores`` [N], ``masks`` [H, W, N] bool.
+        """
+        if self.mode != "inference":
+            raise RuntimeError("create the model in inference mode to detect")
+        molded, metas, windows = self.mold_inputs(images)
+        return self._detect_molded_batch(images, molded, metas, windows, extra=[])
+
+    def _detect_molded_batch(self, images, molded, metas, windows, extra):
+        detections, _, _, mrcnn_mask, _, _, _ = self._predict([molded, metas] + list(extra))
+        results = []
+        for i, image in enumerate(images):
+            rows = detections[i]
+            rows = rows[rows[:, 4] > 0]
+            rois, class_ids, scores, masks = self.unmold_detections(
+                rows, mrcnn_mask[i], image.shape, molded[i].shape, windows[i])
+            results.append({"rois": rois, "class_ids": class_ids, "scores": scores, "masks": masks})
+        return results
+
+    def detect_molded(self, molded_images, image_metas, verbose=0):
+        """Detect on images already molded (resized, padded, mean-subtracted)."""
+        molded_images = np.asarray(molded_images, np.float32)
+        image_metas = np.asarray(image_metas, np.float32)
+        meta = mdata.parse_image_meta(image_metas)
+        images = [np.zeros(tuple(int(v) for v in s), np.uint8) for s in meta["original_image_shape"]]
+        return self._detect_molded_batch(images, molded_images, image_metas, meta["window"], extra=[])
+
+    def run_graph(self, inputs, outputs):
+        """Intermediate tensors by layer name, in place of matterport's ``run_graph``.
+
+        ``inputs`` are the model inputs (e.g. ``[molded_images, image_metas]``) and
+        ``outputs`` a list of ``(label, layer_name)``; returns ``{label: numpy array}``.
+        """
+        tensors = [self.keras_model.get_layer(name).output for _, name in outputs]
+        probe = keras.Model(self.keras_model.inputs, tensors)
+        values = probe(list(inputs), training=False)
+        if not isinstance(values, (list, tuple)):
+            values = [values]
+        return {label: np.asarray(v) for (label, _), v in zip(outputs, values)}

@@ -1,0 +1,171 @@
+"""The training loop behind ``MaskRCNN.train``.
+
+One step: the model computes the five per-image losses; each is summed over the replica's
+images and divided by the **global** batch, weighted by ``LOSS_WEIGHTS``; weight decay is
+added once per step (divided by the number of replicas, because replica gradients are
+summed). Gradients flow only into the selected layers. Runs unchanged on one device,
+``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``.
+"""
+import json
+import logging
+import math
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from . import weights as mweights
+from .losses import LOSS_NAMES, weight_decay_loss
+from .pipeline import SkipCounter
+
+log = logging.getLogger(__name__)
+
+
+def make_step_functions(model, trainable_layers, optimizer):
+    """Build the distributed train and validation step ``tf.function``s."""
+    config = model.config
+    strategy = model.strategy
+    keras_model = model.keras_model
+    global_batch = config.BATCH_SIZE
+    weights = tf.constant([float(config.LOSS_WEIGHTS.get(n, 1.0)) for n in LOSS_NAMES])
+    train_vars = []
+    for layer in trainable_layers:
+        train_vars.extend(layer.trainable_weights)
+    seen, unique = set(), []
+    for v in train_vars:  # a shared layer (the Siamese encoder) must appear once
+        if id(v) not in seen:
+            seen.add(id(v))
+            unique.append(v)
+    train_vars = unique
+    replicas = strategy.num_replicas_in_sync
+
+    def losses_of(inputs, training):
+        per_image = keras_model(list(inputs), training=training)  # [b, 5]
+        return tf.reduce_sum(per_image, axis=0) / global_batch  # this replica's share
+
+    def train_fn(inputs):
+        with tf.GradientTape() as tape:
+            losses = losses_of(inputs, True)
+            reg = 0.0
+            if config.WEIGHT_DECAY:
+                reg = weight_decay_loss(train_vars, config.WEIGHT_DECAY) / replicas
+            total = tf.reduce_sum(losses * weights) + reg
+        grads = tape.gradient(total, train_vars)
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, train_vars)]
+        optimizer.apply_gradients(zip(grads, train_vars))
+        return tf.concat([losses, tf.reshape(total, [1])], axis=0)
+
+    def val_fn(inputs):
+        losses = losses_of(inputs, False)
+        return tf.concat([losses, tf.reshape(tf.reduce_sum(losses * weights), [1])], axis=0)
+
+    @tf.function
+    def train_step(inputs):
+        out = strategy.run(train_fn, args=(inputs,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, out, axis=None)
+
+    @tf.function
+    def val_step(inputs):
+        out = strategy.run(val_fn, args=(inputs,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, out, axis=None)
+
+    return train_step, val_step, train_vars
+
+
+def _call_callbacks(callbacks, method, *args):
+    for cb in callbacks or []:
+        fn = getattr(cb, method, None)
+        if fn is not None:
+            fn(*args)
+
+
+def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layers,
+                 augmentation=None, custom_callbacks=None, steps_per_epoch=None,
+                 validation_steps=None, verbose=1):
+    """Train ``model`` from ``model.epoch`` to ``epochs`` (see ``MaskRCNN.train``)."""
+    from .model import select_trainable_layers
+
+    config = model.config
+    steps = int(steps_per_epoch or config.STEPS_PER_EPOCH)
+    val_steps = int(validation_steps if validation_steps is not None else config.VALIDATION_STEPS)
+    if model.epoch >= epochs:
+        log.info("already at epoch %d >= %d: nothing to train", model.epoch, epochs)
+        return []
+    seed = int(config.SEED) if getattr(config, "SEED", None) is not None else 0
+    strategy = model.strategy
+    global_batch = config.BATCH_SIZE
+    if global_batch % strategy.num_replicas_in_sync:
+        raise ValueError(f"batch {global_batch} is not divisible by {strategy.num_replicas_in_sync} replicas")
+
+    trainable_layers = select_trainable_layers(model.keras_model, layers)
+    optimizer = model.compile(learning_rate, config.LEARNING_MOMENTUM)
+    with strategy.scope():
+        train_step, val_step, train_vars = make_step_functions(model, trainable_layers, optimizer)
+
+    counter = SkipCounter()
+    start = model.epoch * steps * global_batch
+    train_ds, _ = model._make_dataset(train_dataset, augmentation, seed, start, counter, global_batch)
+    train_iter = iter(strategy.experimental_distribute_dataset(train_ds))
+    val_iter = None
+    if val_dataset is not None and val_steps > 0:
+        val_ds, _ = model._make_dataset(val_dataset, None, seed + 1, 0, SkipCounter(), global_batch)
+        val_iter = iter(strategy.experimental_distribute_dataset(val_ds))
+
+    os.makedirs(model.log_dir, exist_ok=True)
+    config.save(os.path.join(model.log_dir, "config.json"))
+    writer = tf.summary.create_file_writer(model.log_dir)
+    log.info("training %d variables of layers=%r from epoch %d to %d, lr=%g, in %s",
+             len(train_vars), layers, model.epoch + 1, epochs, learning_rate, model.log_dir)
+    _call_callbacks(custom_callbacks, "set_model", model.keras_model)
+    _call_callbacks(custom_callbacks, "on_train_begin", {})
+    history = []
+    names = list(LOSS_NAMES) + ["loss"]
+    for epoch in range(model.epoch, epochs):
+        _call_callbacks(custom_callbacks, "on_epoch_begin", epoch, {})
+        sums = np.zeros(len(names))
+        t0 = time.time()
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not verbose, leave=True)
+        for step in bar:
+            values = train_step(next(train_iter)).numpy()
+            if not np.all(np.isfinite(values)):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} step {step + 1}: "
+                                         f"{dict(zip(names, values))}")
+            sums += values
+            bar.set_postfix(loss=f"{sums[-1] / (step + 1):.4f}")
+            global_step = epoch * steps + step + 1
+            with writer.as_default(step=global_step):
+                for n, v in zip(names, values):
+                    tf.summary.scalar(f"train/{n}", v)
+        logs = {n: float(v / steps) for n, v in zip(names, sums)}
+        if val_iter is not None:
+            vsums = np.zeros(len(names))
+            for _ in range(val_steps):
+                vsums += val_step(next(val_iter)).numpy()
+            logs.update({f"val_{n}": float(v / val_steps) for n, v in zip(names, vsums)})
+        logs["seconds"] = time.time() - t0
+        logs.update(counter.summary())
+        with writer.as_default(step=(epoch + 1) * steps):
+            for n, v in logs.items():
+                tf.summary.scalar(f"epoch/{n}", v)
+        writer.flush()
+        model.epoch = epoch + 1
+        path = model.checkpoint_path.format(model.epoch)
+        mweights.save_weights_by_name(model.keras_model, path)
+        logs["checkpoint"] = path
+        history.append(logs)
+        _append_history(model.log_dir, epoch + 1, logs)
+        if verbose:
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in logs.items() if isinstance(v, float) and "loss" in k)
+            print(f"epoch {epoch + 1}: {shown} ({logs['seconds']:.1f}s) -> {path}")
+        _call_callbacks(custom_callbacks, "on_epoch_end", epoch, logs)
+    _call_callbacks(custom_callbacks, "on_train_end", {})
+    return history
+
+
+def _append_history(log_dir, epoch, logs):
+    """Append one JSON line per epoch to ``history.jsonl`` (survives crashes)."""
+    with open(os.path.join(log_dir, "history.jsonl"), "a") as f:
+        f.write(json.dumps({"epoch": epoch, **{k: v for k, v in logs.items()
+                                               if isinstance(v, (int, float, str))}}) + "\n")

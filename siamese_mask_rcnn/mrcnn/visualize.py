@@ -1,0 +1,360 @@
+"""Drawing helpers for detections, masks and one-shot (reference, query) results.
+
+The public names follow matterport's ``mrcnn.visualize`` (``random_colors``,
+``apply_mask``, ``display_images``, ``display_instances``, ``draw_boxes``,
+``plot_precision_recall``) and add ``display_siamese_instances`` (the paper's
+Fig. 5 layout: the query with coloured masks and boxes, the reference image as an
+inset in the lower-left corner) and ``save_figure``.
+
+Everything works headless: every ``display_*`` function returns its matplotlib
+``Figure`` and only calls ``plt.show()`` when it created the figure itself *and*
+matplotlib runs an interactive (windowed) backend. With the Agg backend (servers,
+CI, scripts) nothing is shown; save the figure with :func:`save_figure`.
+
+Boxes are ``(y1, x1, y2, x2)`` in image pixels and masks are ``[H, W, N]``
+booleans, as everywhere in the library. No TensorFlow is imported here.
+"""
+import colorsys
+import os
+
+import numpy as np
+
+import matplotlib
+import matplotlib.pyplot as plt
+from matplotlib import lines, patches
+from matplotlib.patches import Polygon
+
+
+############################################################
+#  Figure handling
+############################################################
+
+def _backend_is_interactive():
+    """True when matplotlib runs a windowed backend on which ``plt.show()`` displays."""
+    backend = str(matplotlib.get_backend()).lower()
+    try:
+        from matplotlib.backends import BackendFilter, backend_registry
+        interactive = backend_registry.list_builtin(BackendFilter.INTERACTIVE)
+    except ImportError:  # matplotlib < 3.9
+        from matplotlib import rcsetup
+        interactive = getattr(rcsetup, "interactive_bk", [])
+    return backend in {name.lower() for name in interactive}
+
+
+def _new_axes(figsize):
+    """Create a figure with one axes; returns ``(fig, ax)``."""
+    fig, ax = plt.subplots(1, figsize=figsize)
+    return fig, ax
+
+
+def _finish(fig, created, show=None):
+    """Show ``fig`` on interactive backends when we created it; return the figure.
+
+    ``show=None`` means "automatic": show only when the figure was created here
+    and the backend is interactive. ``show=True``/``False`` force the choice, but
+    nothing is ever shown on a non-interactive backend such as Agg.
+    """
+    if show is None:
+        show = created
+    if show and _backend_is_interactive():
+        plt.show()
+    return fig
+
+
+def save_figure(fig, path, dpi=100, close=False):
+    """Write ``fig`` to ``path`` as a PNG, creating missing parent directories.
+
+    Works without a display (uses the figure's own canvas, whatever the backend).
+    Returns the path written. ``close=True`` releases the figure from pyplot.
+    """
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight")
+    if close:
+        plt.close(fig)
+    return path
+
+
+############################################################
+#  Colours and masks
+############################################################
+
+def random_colors(N, bright=True, seed=None):
+    """Return ``N`` visually distinct RGB colours (floats in [0, 1]).
+
+    Colours are evenly spaced hues (brightness 1.0, or 0.7 with ``bright=False``)
+    in a shuffled order. ``seed`` makes the order reproducible; without it the
+    order is random (a fresh numpy Generator, never the global RNG).
+    """
+    if N <= 0:
+        return []
+    value = 1.0 if bright else 0.7
+    colors = [colorsys.hsv_to_rgb(i / N, 1.0, value) for i in range(N)]
+    order = np.random.default_rng(seed).permutation(N)
+    return [tuple(float(c) for c in colors[i]) for i in order]
+
+
+def apply_mask(image, mask, color, alpha=0.5):
+    """Blend ``color`` into ``image`` where ``mask`` is set; returns a new array.
+
+    image: [H, W, 3] array (uint8 or float); mask: [H, W] (bool or 0/1);
+    color: RGB floats in [0, 1]; alpha: opacity of the colour. Pixels outside the
+    mask are returned unchanged. Unlike matterport the input is not modified.
+    """
+    image = np.asarray(image)
+    mask = np.asarray(mask)
+    if image.ndim != 3 or image.shape[2] < 3:
+        raise ValueError(f"apply_mask: image must be [H, W, 3], got shape {image.shape}")
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"apply_mask: mask shape {mask.shape} does not match image shape {image.shape[:2]}")
+    where = mask.astype(bool)
+    out = image.copy()
+    blended = image[where].astype(np.float64)
+    for c in range(3):
+        blended[:, c] = blended[:, c] * (1 - alpha) + alpha * float(color[c]) * 255
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        blended = np.clip(np.round(blended), info.min, info.max)
+    out[where] = blended.astype(image.dtype)
+    return out
+
+
+def _mask_contours(mask):
+    """Outline polygons of a binary mask as lists of (x, y) vertices."""
+    from skimage.measure import find_contours
+    padded = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), dtype=np.uint8)
+    padded[1:-1, 1:-1] = mask.astype(np.uint8)
+    outlines = []
+    for contour in find_contours(padded, 0.5):
+        # contour is (row, col) in padded coordinates: drop the padding, swap to (x, y)
+        outlines.append(np.fliplr(contour) - 1)
+    return outlines
+
+
+def _as_display_image(image):
+    """Convert an image to uint8 RGB for imshow (grey images are repeated)."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    if image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    return image
+
+
+############################################################
+#  Display functions
+############################################################
+
+def display_images(images, titles=None, cols=4, cmap=None, norm=None, interpolation=None):
+    """Show a grid of images (``cols`` per row) with optional titles; returns the Figure."""
+    images = list(images)
+    if not images:
+        raise ValueError("display_images: no images given")
+    titles = list(titles) if titles is not None else [""] * len(images)
+    if len(titles) != len(images):
+        raise ValueError(f"display_images: {len(titles)} titles for {len(images)} images")
+    cols = max(1, min(int(cols), len(images)))
+    rows = (len(images) + cols - 1) // cols
+    fig = plt.figure(figsize=(14, 14 * rows / cols))
+    for i, (image, title) in enumerate(zip(images, titles), start=1):
+        ax = fig.add_subplot(rows, cols, i)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[..., 0]
+        ax.imshow(image.astype(np.uint8) if image.ndim == 3 else image,
+                  cmap=cmap, norm=norm, interpolation=interpolation)
+    return _finish(fig, created=True)
+
+
+def _check_instances(boxes, masks, n, name):
+    """Validate that boxes/masks describe ``n`` instances."""
+    if boxes is not None and len(boxes) != n:
+        raise ValueError(f"{name}: {len(boxes)} boxes for {n} instances")
+    if masks is not None and np.asarray(masks).shape[-1] != n:
+        raise ValueError(f"{name}: masks have {np.asarray(masks).shape[-1]} channels for {n} instances")
+
+
+def _draw_box(ax, box, color, linestyle="dashed", alpha=0.7, linewidth=2):
+    """Draw a ``(y1, x1, y2, x2)`` rectangle outline on ``ax``."""
+    y1, x1, y2, x2 = [float(v) for v in box]
+    ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, linewidth=linewidth,
+                                   alpha=alpha, linestyle=linestyle, edgecolor=color,
+                                   facecolor="none"))
+
+
+def _draw_mask_outline(ax, mask, color):
+    """Draw the contour(s) of ``mask`` on ``ax``."""
+    for outline in _mask_contours(mask):
+        ax.add_patch(Polygon(outline, facecolor="none", edgecolor=color))
+
+
+def _prepare_canvas(ax, image, title, figsize):
+    """Create axes if needed, fix the limits to the image, hide ticks."""
+    created = ax is None
+    if created:
+        fig, ax = _new_axes(figsize)
+    else:
+        fig = ax.figure
+    height, width = np.asarray(image).shape[:2]
+    ax.set_ylim(height + 10, -10)
+    ax.set_xlim(-10, width + 10)
+    ax.axis("off")
+    ax.set_title(title)
+    return fig, ax, created
+
+
+def display_instances(image, boxes, masks, class_ids, class_names, scores=None, title="",
+                      figsize=(16, 16), ax=None, show_mask=True, show_bbox=True,
+                      colors=None, captions=None):
+    """Draw instances (boxes, masks, captions) on ``image``; returns the Figure.
+
+    boxes: [N, 4] ``(y1, x1, y2, x2)``; masks: [H, W, N]; class_ids: [N];
+    class_names: list indexed by class id; scores: optional [N];
+    captions: optional list of N strings replacing "name score".
+    Instances whose box is all zeros are skipped.
+    """
+    boxes = np.zeros((0, 4)) if boxes is None else np.asarray(boxes)
+    n = boxes.shape[0]
+    _check_instances(boxes, masks if show_mask else None, n, "display_instances")
+    if class_ids is not None and len(class_ids) != n:
+        raise ValueError(f"display_instances: {len(class_ids)} class ids for {n} boxes")
+    fig, ax, created = _prepare_canvas(ax, image, title, figsize)
+    colors = colors or random_colors(n, seed=0)
+    canvas = _as_display_image(image).astype(np.uint8)
+    for i in range(n):
+        if not np.any(boxes[i]):
+            continue
+        color = colors[i]
+        if show_bbox:
+            _draw_box(ax, boxes[i], color)
+        if captions is not None:
+            caption = captions[i]
+        else:
+            class_id = int(class_ids[i])
+            label = class_names[class_id] if class_names is not None and class_id < len(class_names) else str(class_id)
+            caption = f"{label} {scores[i]:.3f}" if scores is not None else label
+        y1, x1 = float(boxes[i][0]), float(boxes[i][1])
+        ax.text(x1, y1 + 8, caption, color="w", size=11, backgroundcolor="none")
+        if show_mask and masks is not None:
+            mask = np.asarray(masks)[:, :, i]
+            canvas = apply_mask(canvas, mask, color)
+            _draw_mask_outline(ax, mask, color)
+    ax.imshow(canvas)
+    return _finish(fig, created)
+
+
+def draw_boxes(image, boxes=None, refined_boxes=None, masks=None, captions=None,
+               visibilities=None, title="", ax=None):
+    """Draw boxes, refined boxes (with a line from the original corner), masks and captions.
+
+    boxes / refined_boxes: [N, 4] ``(y1, x1, y2, x2)`` (either may be None);
+    masks: [H, W, N]; captions: N strings; visibilities: N values in {0, 1, 2}
+    (0 hidden, 1 faint, 2 fully visible; default 2). With both box sets the
+    original boxes are dotted and the refined ones solid. Returns the Figure.
+    """
+    if boxes is None and refined_boxes is None:
+        raise ValueError("draw_boxes: give boxes or refined_boxes")
+    reference = boxes if boxes is not None else refined_boxes
+    n = len(reference)
+    if boxes is not None and refined_boxes is not None and len(refined_boxes) != n:
+        raise ValueError(f"draw_boxes: {len(boxes)} boxes but {len(refined_boxes)} refined boxes")
+    _check_instances(None, masks, n, "draw_boxes")
+    if captions is not None and len(captions) != n:
+        raise ValueError(f"draw_boxes: {len(captions)} captions for {n} boxes")
+    fig, ax, created = _prepare_canvas(ax, image, title, (12, 12))
+    colors = random_colors(n, seed=0)
+    canvas = _as_display_image(image).astype(np.uint8)
+    for i in range(n):
+        visibility = 2 if visibilities is None else int(visibilities[i])
+        if visibility == 0:
+            continue
+        color = colors[i] if visibility == 2 else (0.5, 0.5, 0.5)
+        alpha = 1.0 if visibility == 2 else 0.5
+        if boxes is not None:
+            style = "dotted" if refined_boxes is not None else "solid"
+            _draw_box(ax, boxes[i], color, linestyle=style, alpha=alpha)
+        if refined_boxes is not None:
+            _draw_box(ax, refined_boxes[i], color, linestyle="solid", alpha=alpha)
+            if boxes is not None:
+                (y1, x1), (ry1, rx1) = boxes[i][:2], refined_boxes[i][:2]
+                ax.add_line(lines.Line2D([x1, rx1], [y1, ry1], color=color, alpha=alpha))
+        if captions is not None:
+            y1, x1 = [float(v) for v in reference[i][:2]]
+            ax.text(x1, y1, captions[i], size=11, verticalalignment="top", color="w",
+                    bbox={"facecolor": color, "alpha": 0.5, "pad": 2, "edgecolor": "none"})
+        if masks is not None:
+            mask = np.asarray(masks)[:, :, i]
+            canvas = apply_mask(canvas, mask, color)
+            _draw_mask_outline(ax, mask, color)
+    ax.imshow(canvas)
+    return _finish(fig, created)
+
+
+def plot_precision_recall(AP, precisions, recalls):
+    """Plot a precision-recall curve titled with its AP; returns the Figure."""
+    fig, ax = _new_axes((8, 6))
+    ax.set_title(f"Precision-Recall Curve. AP@50 = {float(AP):.3f}")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_ylim(0, 1.1)
+    ax.set_xlim(0, 1.1)
+    ax.plot(np.asarray(recalls), np.asarray(precisions))
+    return _finish(fig, created=True)
+
+
+def display_siamese_instances(reference, query, boxes, masks, scores, title="one-shot detections",
+                              ax=None, figsize=(12, 12), colors=None, inset_fraction=0.3,
+                              show_scores=True):
+    """Fig.-5 style plot: query with coloured masks and boxes, reference inset lower-left.
+
+    reference: [h, w, 3] crop; query: [H, W, 3]; boxes: [N, 4] ``(y1, x1, y2, x2)``;
+    masks: [H, W, N]; scores: [N] (shown as captions when ``show_scores``).
+    ``inset_fraction`` is the reference's longer side relative to the query's
+    shorter side. Returns the Figure.
+    """
+    boxes = np.zeros((0, 4)) if boxes is None else np.asarray(boxes)
+    n = boxes.shape[0]
+    _check_instances(boxes, masks, n, "display_siamese_instances")
+    if scores is not None and len(scores) != n:
+        raise ValueError(f"display_siamese_instances: {len(scores)} scores for {n} boxes")
+    query = np.asarray(query)
+    fig, ax, created = _prepare_canvas(ax, query, title, figsize)
+    ax.set_ylim(query.shape[0], 0)
+    ax.set_xlim(0, query.shape[1])
+    colors = colors or random_colors(n, seed=0)
+    canvas = _as_display_image(query).astype(np.uint8)
+    for i in range(n):
+        color = colors[i]
+        if masks is not None:
+            mask = np.asarray(masks)[:, :, i]
+            canvas = apply_mask(canvas, mask, color)
+            _draw_mask_outline(ax, mask, color)
+        _draw_box(ax, boxes[i], color)
+        if show_scores and scores is not None:
+            ax.text(float(boxes[i][1]), float(boxes[i][0]) + 8, f"{float(scores[i]):.2f}",
+                    color="w", size=11)
+    ax.imshow(canvas)
+    _add_reference_inset(ax, reference, query.shape[:2], inset_fraction)
+    return _finish(fig, created)
+
+
+def _add_reference_inset(ax, reference, query_shape, inset_fraction):
+    """Place ``reference`` in the lower-left corner of ``ax`` keeping its aspect ratio."""
+    reference = _as_display_image(reference)
+    qh, qw = query_shape
+    rh, rw = reference.shape[:2]
+    scale = inset_fraction * min(qh, qw) / max(rh, rw, 1)
+    frac_w, frac_h = rw * scale / qw, rh * scale / qh
+    inset = ax.inset_axes([0.0, 0.0, frac_w, frac_h])
+    inset.imshow(reference)
+    inset.set_xticks([])
+    inset.set_yticks([])
+    for spine in inset.spines.values():
+        spine.set_edgecolor("white")
+        spine.set_linewidth(2)
+    return inset

@@ -1,0 +1,151 @@
+"""Tests for siamese_mask_rcnn.mrcnn.config.Config."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from siamese_mask_rcnn.mrcnn.config import Config, is_callable_placeholder
+
+
+class ShapesConfig(Config):
+    NAME = "shapes"
+    NUM_CLASSES = 4
+    IMAGES_PER_GPU = 3
+    IMAGE_MAX_DIM = 256
+    IMAGE_MIN_DIM = 128
+
+
+def my_backbone(inputs):
+    return inputs
+
+
+def my_shapes(image_shape):
+    return np.array([[image_shape[0] // s, image_shape[1] // s] for s in (4, 8, 16, 32, 64)])
+
+
+def test_defaults_match_matterport():
+    c = Config()
+    assert c.NAME is None
+    assert c.BACKBONE == "resnet101"
+    assert c.BACKBONE_STRIDES == [4, 8, 16, 32, 64]
+    assert c.RPN_ANCHOR_SCALES == (32, 64, 128, 256, 512)
+    assert c.RPN_ANCHOR_RATIOS == [0.5, 1, 2]
+    assert c.PRE_NMS_LIMIT == 6000
+    assert c.MINI_MASK_SHAPE == (56, 56)
+    np.testing.assert_allclose(c.MEAN_PIXEL, [123.7, 116.8, 103.9])
+    np.testing.assert_allclose(c.BBOX_STD_DEV, [0.1, 0.1, 0.2, 0.2])
+    assert c.LOSS_WEIGHTS["mrcnn_mask_loss"] == 1.0
+    assert c.SEED is None and c.DATA_WORKERS == 2
+    # derived
+    assert c.BATCH_SIZE == 2
+    assert c.IMAGE_SHAPE.tolist() == [1024, 1024, 3]
+    assert c.IMAGE_META_SIZE == 1 + 3 + 3 + 4 + 1 + 1
+
+
+def test_subclass_and_overrides_rederive():
+    c = ShapesConfig()
+    assert c.BATCH_SIZE == 3
+    assert c.IMAGE_SHAPE.tolist() == [256, 256, 3]
+    assert c.IMAGE_META_SIZE == 16
+    c2 = ShapesConfig(GPU_COUNT=2, NUM_CLASSES=7, IMAGE_RESIZE_MODE="crop", IMAGE_CHANNEL_COUNT=1)
+    assert c2.BATCH_SIZE == 6
+    assert c2.IMAGE_META_SIZE == 19
+    assert c2.IMAGE_SHAPE.tolist() == [128, 128, 1]  # crop uses IMAGE_MIN_DIM
+    assert ShapesConfig(IMAGE_RESIZE_MODE="pad64").IMAGE_SHAPE.tolist() == [256, 256, 3]
+    # the class itself is untouched
+    assert ShapesConfig.NUM_CLASSES == 4
+
+
+def test_unknown_override_names_key():
+    with pytest.raises(ValueError, match="IMAGES_PER_GUP"):
+        Config(IMAGES_PER_GUP=4)
+    with pytest.raises(ValueError, match="images_per_gpu"):
+        Config(images_per_gpu=4)
+    with pytest.raises(ValueError, match="BATCH_SIZE"):
+        Config(BATCH_SIZE=4)
+
+
+def test_mutable_defaults_not_shared():
+    a, b = Config(), Config()
+    a.LOSS_WEIGHTS["rpn_class_loss"] = 5.0
+    a.MEAN_PIXEL[0] = 0
+    assert b.LOSS_WEIGHTS["rpn_class_loss"] == 1.0
+    assert Config.LOSS_WEIGHTS["rpn_class_loss"] == 1.0
+    assert b.MEAN_PIXEL[0] == pytest.approx(123.7)
+
+
+def test_display_prints_sorted_upper_case(capsys):
+    ShapesConfig().display()
+    out = capsys.readouterr().out
+    keys = [line.split()[0] for line in out.splitlines() if line and line.split()[0].isupper()]
+    assert "NUM_CLASSES" in keys and "BATCH_SIZE" in keys and "SEED" in keys
+    assert keys == sorted(keys)
+
+
+def test_to_dict_is_json_safe_and_round_trips():
+    c = ShapesConfig(LEARNING_RATE=0.02, SEED=7)
+    d = c.to_dict()
+    text = json.dumps(d)  # must not raise
+    assert d["MEAN_PIXEL"] == [123.7, 116.8, 103.9]
+    assert d["RPN_ANCHOR_SCALES"] == [32, 64, 128, 256, 512]
+    assert d["IMAGE_SHAPE"] == [256, 256, 3]
+    c2 = ShapesConfig.from_dict(json.loads(text))
+    assert isinstance(c2, ShapesConfig)
+    assert c2.to_dict() == d
+    for key in ("MEAN_PIXEL", "RPN_BBOX_STD_DEV", "BBOX_STD_DEV"):
+        assert isinstance(getattr(c2, key), np.ndarray)
+    assert c2.RPN_ANCHOR_SCALES == (32, 64, 128, 256, 512)
+    assert c2.MINI_MASK_SHAPE == (56, 56)
+    assert c2.LEARNING_RATE == 0.02 and c2.SEED == 7
+    # from_dict on the base class gives a base Config with the same values
+    c3 = Config.from_dict(d)
+    assert type(c3) is Config and c3.to_dict() == d
+
+
+def test_from_dict_unknown_key_strict_and_lenient():
+    d = Config().to_dict()
+    d["EXTRA_SETTING"] = 3
+    with pytest.raises(ValueError, match="EXTRA_SETTING"):
+        Config.from_dict(d)
+    c = Config.from_dict(d, strict=False)
+    assert c.EXTRA_SETTING == 3
+    assert c.to_dict()["EXTRA_SETTING"] == 3
+
+
+def test_callables_become_placeholders():
+    c = Config(BACKBONE=my_backbone, COMPUTE_BACKBONE_SHAPE=my_shapes)
+    d = c.to_dict()
+    assert d["BACKBONE"] == "<callable:my_backbone>"
+    assert is_callable_placeholder(d["COMPUTE_BACKBONE_SHAPE"])
+    json.dumps(d)
+    restored = Config.from_dict(d)
+    assert restored.BACKBONE == "<callable:my_backbone>"  # cannot be restored
+    substituted = Config.from_dict(d, backbone=my_backbone, compute_backbone_shape=my_shapes)
+    assert substituted.BACKBONE is my_backbone
+    assert substituted.COMPUTE_BACKBONE_SHAPE is my_shapes
+    assert substituted.to_dict() == d
+
+
+def test_save_load_atomic(tmp_path):
+    c = ShapesConfig(WEIGHT_DECAY=0.5)
+    path = tmp_path / "sub" / "config.json"
+    c.save(path)
+    assert sorted(os.listdir(path.parent)) == ["config.json"]  # no temp file left
+    loaded = ShapesConfig.load(path)
+    assert loaded.WEIGHT_DECAY == 0.5
+    assert loaded.to_dict() == c.to_dict()
+    # overwrite in place
+    ShapesConfig(WEIGHT_DECAY=0.25).save(path)
+    assert ShapesConfig.load(str(path)).WEIGHT_DECAY == 0.25
+
+
+def test_load_bad_file_names_path(tmp_path):
+    bad = tmp_path / "broken.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json"):
+        Config.load(bad)
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"NOPE": 1}))
+    with pytest.raises(ValueError, match="unknown.json.*NOPE"):
+        Config.load(unknown)
