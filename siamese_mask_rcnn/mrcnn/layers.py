@@ -112,8 +112,10 @@ class BatchNorm(keras.layers.BatchNormalization):
     """Batch normalisation that stays frozen unless asked to train.
 
     ``train_bn=False`` (matterport's default with small batches): always inference mode,
-    the statistics stay as loaded. ``True``: always training mode. ``None``: follow the
-    ``training`` flag of the call.
+    the statistics stay as loaded, whatever ``training`` flag the call gets. ``True`` or
+    ``None``: follow the ``training`` flag of the call (batch statistics in the training
+    step, moving statistics at detection time; unlike matterport, ``True`` never puts
+    the inference graph in training mode).
     """
 
     def __init__(self, train_bn=False, **kwargs):
@@ -139,8 +141,8 @@ class AnchorsLayer(keras.layers.Layer):
         super().__init__(**kwargs)
         self.anchors = np.asarray(anchors, dtype=np.float32)
 
-    def call(self, reference):
-        batch = tf.shape(reference)[0]
+    def call(self, batch_reference):
+        batch = tf.shape(batch_reference)[0]
         anchors = tf.constant(self.anchors)
         return tf.tile(anchors[None], [batch, 1, 1])
 
@@ -276,7 +278,9 @@ class DetectionTargetLayer(keras.layers.Layer):
         pos_count = int(self.train_rois * self.positive_ratio)
         positive = tf.random.shuffle(positive)[:pos_count]
         pos_count = tf.shape(positive)[0]
-        neg_count = tf.cast(tf.cast(pos_count, tf.float32) / self.positive_ratio, tf.int32) - pos_count
+        # float64 + a tiny epsilon: in float32, 66 / 0.33 is 199.99998 and one ROI was lost.
+        total = tf.floor(tf.cast(pos_count, tf.float64) / self.positive_ratio + 1e-6)
+        neg_count = tf.cast(total, tf.int32) - pos_count
         negative = tf.random.shuffle(negative)[:neg_count]
 
         pos_rois = tf.gather(proposals, positive)

@@ -98,6 +98,14 @@ def select_trainable_layers(keras_model, layers):
     return chosen
 
 
+def check_image_shape(config):
+    """The pyramid needs image sides divisible by 2**6."""
+    h, w = config.IMAGE_SHAPE[:2]
+    if h % 64 or w % 64:
+        raise ValueError(f"IMAGE_SHAPE {list(config.IMAGE_SHAPE[:2])} must be divisible by 64 "
+                         "(e.g. 256, 320, 384, 448, 512, ..., 1024)")
+
+
 class MaskRCNN:
     """Mask R-CNN with matterport's API.
 
@@ -152,19 +160,25 @@ class MaskRCNN:
 
     def build(self, mode, config):
         """Build the Keras model of ``mode`` (called by ``__init__``)."""
-        h, w = config.IMAGE_SHAPE[:2]
-        if h / 2 ** 6 != int(h / 2 ** 6) or w / 2 ** 6 != int(w / 2 ** 6):
-            raise ValueError(f"IMAGE_SHAPE {config.IMAGE_SHAPE[:2]} must be divisible by 64 "
-                             "at least 6 times (e.g. 256, 320, 384, 448, 512, ...)")
+        check_image_shape(config)
         specs = self.input_specs(mode)
         inputs = [keras.Input(shape=shape, name=name, dtype=dtype) for name, shape, dtype in specs]
         input_image, input_image_meta = inputs[0], inputs[1]
         n_extra = len(self.extra_input_specs())
         extra = inputs[2:2 + n_extra]
-
         rpn_maps, mrcnn_maps = self.build_feature_maps(input_image, extra)
-        anchors = AnchorsLayer(self.get_anchors(config.IMAGE_SHAPE), name="anchors")(input_image)
+        outputs = self.build_heads(mode, input_image_meta, rpn_maps, mrcnn_maps, inputs[2 + n_extra:])
+        return keras.Model(inputs, outputs, name="mask_rcnn")
 
+    def build_heads(self, mode, input_image_meta, rpn_maps, mrcnn_maps, gt_inputs=()):
+        """RPN, proposals, classifier and mask heads on given feature maps.
+
+        Training: ``gt_inputs`` are the RPN and GT target inputs and the output is the
+        ``[B, 5]`` per-image loss tensor. Inference: the outputs are ``[detections,
+        mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, rpn_class, rpn_bbox]``.
+        """
+        config = self.config
+        anchors = AnchorsLayer(self.get_anchors(config.IMAGE_SHAPE), name="anchors")(input_image_meta)
         rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS), rpn_maps[0].shape[-1])
         level_outputs = [rpn(p) for p in rpn_maps]
         rpn_class_logits, rpn_class, rpn_bbox = [
@@ -178,8 +192,7 @@ class MaskRCNN:
         fc = config.FPN_CLASSIF_FC_LAYERS_SIZE
 
         if mode == "training":
-            (input_rpn_match, input_rpn_bbox, input_gt_class_ids,
-             input_gt_boxes, input_gt_masks) = inputs[2 + n_extra:]
+            input_rpn_match, input_rpn_bbox, input_gt_class_ids, input_gt_boxes, input_gt_masks = gt_inputs
             active_class_ids = ActiveClassIds(name="active_class_ids")(input_image_meta)
             gt_boxes = NormBoxesLayer(config.IMAGE_SHAPE, name="norm_gt_boxes")(input_gt_boxes)
             rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
@@ -189,11 +202,10 @@ class MaskRCNN:
                 train_bn=config.TRAIN_BN, fc_layers_size=fc)
             masks = build_fpn_mask_graph(rois, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
                                          self.num_mask_channels(), train_bn=config.TRAIN_BN)
-            losses = MaskRCNNLosses(name="losses")([
+            return MaskRCNNLosses(name="losses")([
                 input_rpn_match, input_rpn_bbox, rpn_class_logits, rpn_bbox,
                 target_class_ids, target_bbox, target_mask, rois,
                 class_logits, bbox, masks, active_class_ids])
-            return keras.Model(inputs, losses, name="mask_rcnn")
 
         _, class_probs, bbox = fpn_classifier_graph(
             rpn_rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
@@ -202,8 +214,7 @@ class MaskRCNN:
         det_boxes = SliceDetectionBoxes(name="detection_boxes")(detections)
         masks = build_fpn_mask_graph(det_boxes, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
                                      self.num_mask_channels(), train_bn=config.TRAIN_BN)
-        outputs = [detections, class_probs, bbox, masks, rpn_rois, rpn_class, rpn_bbox]
-        return keras.Model(inputs, outputs, name="mask_rcnn")
+        return [detections, class_probs, bbox, masks, rpn_rois, rpn_class, rpn_bbox]
 
     def get_anchors(self, image_shape):
         """Normalised anchors for ``image_shape`` (cached)."""
@@ -348,7 +359,7 @@ class MaskRCNN:
                          for n, s, d in self.input_specs("inference")]
             model = self.keras_model
 
-            @tf.function(input_signature=signature, reduce_retracing=True)
+            @tf.function(input_signature=signature, reduce_retracing=True, autograph=False)
             def predict(*args):
                 return model(list(args), training=False)
 

@@ -61,12 +61,12 @@ def make_step_functions(model, trainable_layers, optimizer):
         losses = losses_of(inputs, False)
         return tf.concat([losses, tf.reshape(tf.reduce_sum(losses * weights), [1])], axis=0)
 
-    @tf.function
+    @tf.function(autograph=False)
     def train_step(inputs):
         out = strategy.run(train_fn, args=(inputs,))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, out, axis=None)
 
-    @tf.function
+    @tf.function(autograph=False)
     def val_step(inputs):
         out = strategy.run(val_fn, args=(inputs,))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, out, axis=None)
