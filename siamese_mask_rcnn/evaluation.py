@@ -104,7 +104,9 @@ def _draw_pairs(dataset, class_ids, seed, shots, limit, load_crops):
             crops, infos = dataset.sample_references(class_id, int(shots), rng,
                                                      exclude_image_id=image_id,
                                                      return_info=True)
-            pairs.append(EvalPair(image_id, class_id, crops if load_crops else None, infos))
+            # Rendered references (procedural data) have no source box to re-cut: keep them.
+            rendered = any(info.get("bbox") is None for info in infos)
+            pairs.append(EvalPair(image_id, class_id, crops if (load_crops or rendered) else None, infos))
     if skipped:
         logger.info("%d (image, category) combinations have no reference in another image "
                     "and are left out of the evaluation", len(skipped))
@@ -533,7 +535,8 @@ def evaluate(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None, progre
               "class_names": _class_names(dataset, class_ids),
               "skipped": [list(s) for s in skipped],
               "pairs": [{"image_id": int(p.image_id), "class_id": int(p.class_id),
-                         "references": [dict(info, bbox=[int(v) for v in info["bbox"]])
+                         "references": [dict(info, bbox=None if info.get("bbox") is None
+                                             else [int(v) for v in info["bbox"]])
                                         for info in p.reference_info]} for p in pairs],
               "results": results}
     if not evaluated:

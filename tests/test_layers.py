@@ -109,7 +109,7 @@ def test_norm_boxes_graph_matches_numpy():
 def test_parse_image_meta_graph_matches_numpy():
     meta = data.compose_image_meta(5, (480, 640, 3), (1024, 1024, 3), (128, 0, 896, 1024), 1.6,
                                    [1, 0, 1, 1])
-    metas = np.stack([meta, meta * 0 + meta]).astype(np.float32)
+    metas = np.stack([meta, meta]).astype(np.float32)
     metas[1, 0] = 9
     got = L.parse_image_meta_graph(tf.constant(metas))
     want = data.parse_image_meta(metas)
@@ -518,7 +518,7 @@ def test_mask_rcnn_losses_layer_is_per_image():
     b, a, r, c, m = 2, 6, 4, 3, 4
     rpn_match = rng.choice([-1, 0, 1], (b, a, 1)).astype(np.int32)
     rpn_match[:, 0] = 1
-    rpn_bbox_t = rng.normal(size=(b, 3, 4)).astype(np.float32)
+    rpn_bbox_t = rng.normal(size=(b, a, 4)).astype(np.float32)
     rpn_logits = rng.normal(size=(b, a, 2)).astype(np.float32)
     rpn_bbox = rng.normal(size=(b, a, 4)).astype(np.float32)
     tids = np.array([[1, 2, 0, 0], [2, 0, 0, 0]], np.int32)

@@ -108,9 +108,20 @@ def tiny_backbone(input_image, stage5=True, train_bn=None, widths=(16, 32, 64, 1
     return [c1] + outs
 
 
+REGISTERED_BACKBONES = {"tiny_backbone": tiny_backbone}
+# Callables a saved config can name (``Config.to_dict`` stores "<callable:name>").
+
+
 def build_backbone(input_image, config):
-    """C1..C5 for ``config.BACKBONE`` (a ResNet name or a matterport-style callable)."""
+    """C1..C5 for ``config.BACKBONE`` (a ResNet name, a matterport-style callable, or the
+    ``"<callable:name>"`` placeholder a saved config holds for a registered callable)."""
     backbone = config.BACKBONE
+    if isinstance(backbone, str) and backbone.startswith("<callable:"):
+        name = backbone[len("<callable:"):-1]
+        if name not in REGISTERED_BACKBONES:
+            raise ValueError(f"config.BACKBONE {backbone!r} is not a registered backbone "
+                             f"{sorted(REGISTERED_BACKBONES)}; pass the callable to Config.load(backbone=...)")
+        backbone = REGISTERED_BACKBONES[name]
     if getattr(backbone, "__self__", None) is config:  # a function set as class attribute
         backbone = backbone.__func__
     if callable(backbone):

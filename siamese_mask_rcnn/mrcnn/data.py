@@ -142,11 +142,12 @@ def compute_backbone_shapes(config, image_shape):
     """``[levels, (height, width)]`` of the backbone feature maps for ``image_shape``.
 
     Uses ``config.COMPUTE_BACKBONE_SHAPE(image_shape)`` if set, else
-    ``ceil(image_side / stride)`` for every stride in BACKBONE_STRIDES.
+    ``ceil(image_side / stride)`` for every stride in BACKBONE_STRIDES (also for a
+    callable BACKBONE: it must then produce feature maps with those strides, as
+    ``backbone.tiny_backbone`` does).
 
     Raises:
-        ValueError: BACKBONE is a callable without COMPUTE_BACKBONE_SHAPE, or
-            COMPUTE_BACKBONE_SHAPE is a string left by :meth:`Config.from_dict`.
+        ValueError: COMPUTE_BACKBONE_SHAPE is a string left by :meth:`Config.from_dict`.
     """
     custom = config.COMPUTE_BACKBONE_SHAPE
     if custom is not None:
@@ -155,8 +156,6 @@ def compute_backbone_shapes(config, image_shape):
                 f"config.COMPUTE_BACKBONE_SHAPE is {custom!r}, not a callable (callables cannot be "
                 "restored from JSON; pass compute_backbone_shape= to Config.from_dict/load)")
         return np.asarray(custom(image_shape))
-    if callable(config.BACKBONE):
-        raise ValueError("config.BACKBONE is a callable: set config.COMPUTE_BACKBONE_SHAPE too")
     return np.array([[int(math.ceil(image_shape[0] / stride)), int(math.ceil(image_shape[1] / stride))]
                      for stride in config.BACKBONE_STRIDES])
 

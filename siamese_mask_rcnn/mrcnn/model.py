@@ -323,11 +323,13 @@ class MaskRCNN:
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
               augmentation=None, custom_callbacks=None, no_augmentation_sources=None,
-              steps_per_epoch=None, validation_steps=None, verbose=1):
+              steps_per_epoch=None, validation_steps=None, verbose=1, max_seconds=None):
         """Train ``layers`` (preset or regex) from ``self.epoch`` up to ``epochs``.
 
         Writes a checkpoint per epoch, TensorBoard scalars to ``self.log_dir`` and the
-        config (``config.json``) beside the checkpoints. Returns the per-epoch history.
+        config (``config.json``) beside the checkpoints. ``steps_per_epoch`` and
+        ``validation_steps`` override the config; ``max_seconds`` stops after the epoch
+        that exhausts a wall-clock budget. Returns the per-epoch history.
         """
         if self.mode != "training":
             raise RuntimeError("create the model in training mode to train")
@@ -335,7 +337,7 @@ class MaskRCNN:
         return run_training(self, train_dataset, val_dataset, learning_rate, epochs, layers,
                             augmentation=augmentation, custom_callbacks=custom_callbacks,
                             steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
-                            verbose=verbose)
+                            verbose=verbose, max_seconds=max_seconds)
 
     # ------------------------------------------------------------- inference
     def mold_inputs(self, images):

@@ -83,8 +83,11 @@ def _call_callbacks(callbacks, method, *args):
 
 def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layers,
                  augmentation=None, custom_callbacks=None, steps_per_epoch=None,
-                 validation_steps=None, verbose=1):
-    """Train ``model`` from ``model.epoch`` to ``epochs`` (see ``MaskRCNN.train``)."""
+                 validation_steps=None, verbose=1, max_seconds=None):
+    """Train ``model`` from ``model.epoch`` to ``epochs`` (see ``MaskRCNN.train``).
+
+    ``max_seconds``: stop after the first epoch that ends past this wall-clock budget.
+    """
     from .model import select_trainable_layers
 
     config = model.config
@@ -122,6 +125,7 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
     _call_callbacks(custom_callbacks, "on_train_begin", {})
     history = []
     names = list(LOSS_NAMES) + ["loss"]
+    started = time.time()
     for epoch in range(model.epoch, epochs):
         _call_callbacks(custom_callbacks, "on_epoch_begin", epoch, {})
         sums = np.zeros(len(names))
@@ -160,6 +164,11 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
             shown = ", ".join(f"{k}={v:.4f}" for k, v in logs.items() if isinstance(v, float) and "loss" in k)
             print(f"epoch {epoch + 1}: {shown} ({logs['seconds']:.1f}s) -> {path}")
         _call_callbacks(custom_callbacks, "on_epoch_end", epoch, logs)
+        if max_seconds is not None and time.time() - started > max_seconds and model.epoch < epochs:
+            log.info("time budget of %.0f s used: stopping after epoch %d", max_seconds, model.epoch)
+            if verbose:
+                print(f"time budget of {max_seconds:.0f} s used: stopping after epoch {model.epoch}")
+            break
     _call_callbacks(custom_callbacks, "on_train_end", {})
     return history
 
