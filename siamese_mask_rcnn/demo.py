@@ -28,7 +28,8 @@ def demo_config(image_size=128, reference_size=32, **overrides):
         IMAGE_MIN_DIM=image_size, IMAGE_MAX_DIM=image_size,
         TARGET_MIN_DIM=reference_size, TARGET_MAX_DIM=reference_size,
         RPN_ANCHOR_SCALES=(8, 16, 32, 64, 128), TOP_DOWN_PYRAMID_SIZE=64, MATCHING_CHANNELS=96,
-        FPN_CLASSIF_FC_LAYERS_SIZE=128, RPN_TRAIN_ANCHORS_PER_IMAGE=64,
+        FPN_CLASSIF_FC_LAYERS_SIZE=128, RPN_TRAIN_ANCHORS_PER_IMAGE=64, RPN_CONV_CHANNELS=128,
+        MASK_CONV_CHANNELS=64,
         POST_NMS_ROIS_TRAINING=200, POST_NMS_ROIS_INFERENCE=100, TRAIN_ROIS_PER_IMAGE=32,
         MAX_GT_INSTANCES=12, DETECTION_MAX_INSTANCES=12, DETECTION_MIN_CONFIDENCE=0.5,
         MINI_MASK_SHAPE=(28, 28), LEARNING_RATE=0.01, WEIGHT_DECAY=0.0001,
@@ -93,7 +94,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, minutes=15
     overrides = dict(config_overrides or {})
     if steps_per_epoch:
         overrides["STEPS_PER_EPOCH"] = int(steps_per_epoch)
-    config = demo_config(SEED=seed, **overrides)
+    config = demo_config(**{**overrides, "SEED": seed})
     train, val = make_datasets(dataset, data_dir, num_train, num_val, config.IMAGE_MAX_DIM, seed)
     if verbose:
         print(f"data: {len(train.image_ids)} training scenes, {len(val.image_ids)} evaluation scenes, "
@@ -107,7 +108,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, minutes=15
     train_seconds = time.time() - t0
     checkpoint = model.find_last()
 
-    inference = SiameseMaskRCNN("inference", demo_config(SEED=seed, IMAGES_PER_GPU=1, **overrides),
+    inference = SiameseMaskRCNN("inference", demo_config(**{**overrides, "SEED": seed, "IMAGES_PER_GPU": 1}),
                                 model_dir=str(out_dir / "checkpoints"))
     inference.load_weights(checkpoint, by_name=True)
     predict = inference.predict_fn()

@@ -265,9 +265,15 @@ def mold_reference(crop, config):
     return mdata.mold_image(resized.astype(np.float32), config)
 
 
-def build_predictor(weights, config=None, preset="small", **overrides):
-    """Load an inference model from ``weights`` and return its evaluation ``predict_fn``."""
-    config = config or siamese_config(preset, IMAGES_PER_GPU=1, GPU_COUNT=1, **overrides)
+def build_predictor(weights, config=None, preset="small"):
+    """Load an inference model from ``weights`` and return its evaluation ``predict_fn``.
+
+    The config is ``config``, else the ``config.json`` training wrote beside the weights,
+    else the ``preset``."""
+    from .predict import load_model
+
+    if config is None:
+        return load_model(weights, preset=preset).predict_fn()
     model = SiameseMaskRCNN("inference", config, model_dir="logs")
     model.load_weights(weights, by_name=True)
     return model.predict_fn()

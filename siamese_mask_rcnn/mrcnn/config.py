@@ -108,6 +108,10 @@ class Config:
 
     # Channels of the top-down FPN layers.
     TOP_DOWN_PYRAMID_SIZE = 256
+    # Widths of the RPN's shared 3x3 conv and of the mask head's convs. matterport's values
+    # (512, 256) are the defaults; smaller values make CPU-sized models much faster.
+    RPN_CONV_CHANNELS = 512
+    MASK_CONV_CHANNELS = 256
 
     # Number of classes including the background.
     NUM_CLASSES = 1

@@ -49,15 +49,15 @@ class RpnOutputs(keras.layers.Layer):
         return (input_shape[0], None, self.k)
 
 
-def build_rpn_model(anchor_stride, anchors_per_location, depth):
+def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_channels=512):
     """The Region Proposal Network as a nested model named ``rpn_model``.
 
-    Shared 3×3×512 conv, then 1×1 convs for 2 logits and 4 deltas per anchor. Applied to
+    Shared 3×3 conv (512 channels by default), then 1×1 convs for 2 logits and 4 deltas per anchor. Applied to
     every pyramid level with the same weights. Outputs
     ``[rpn_class_logits [B, A, 2], rpn_probs [B, A, 2], rpn_bbox [B, A, 4]]``.
     """
     feature_map = keras.Input(shape=[None, None, depth], name="input_rpn_feature_map")
-    shared = layers.Conv2D(512, 3, padding="same", activation="relu", strides=anchor_stride,
+    shared = layers.Conv2D(conv_channels, 3, padding="same", activation="relu", strides=anchor_stride,
                            name="rpn_conv_shared")(feature_map)
     x = layers.Conv2D(2 * anchors_per_location, 1, name="rpn_class_raw")(shared)
     logits = RpnOutputs(2, name="rpn_class_logits_reshape")(x)
@@ -91,17 +91,19 @@ def fpn_classifier_graph(rois, feature_maps, image_meta, pool_size, num_classes,
     return logits, probs, bbox
 
 
-def build_fpn_mask_graph(rois, feature_maps, image_meta, pool_size, num_classes, train_bn=False):
-    """Mask head: four 3×3 convs + BN + ReLU, a 2×2 stride-2 deconv, a 1×1 sigmoid conv.
+def build_fpn_mask_graph(rois, feature_maps, image_meta, pool_size, num_classes, train_bn=False,
+                         conv_channels=256):
+    """Mask head: four 3×3 convs (256 channels by default) + BN + ReLU, a 2×2 stride-2
+    deconv, a 1×1 sigmoid conv.
 
     Returns masks ``[B, N, 2·pool, 2·pool, num_classes]``.
     """
     x = PyramidROIAlign([pool_size, pool_size], name="roi_align_mask")([rois, image_meta] + feature_maps)
     x = FoldRois(name="mrcnn_mask_fold")(x)
     for i in range(1, 5):
-        x = layers.Conv2D(256, 3, padding="same", name=f"mrcnn_mask_conv{i}")(x)
+        x = layers.Conv2D(conv_channels, 3, padding="same", name=f"mrcnn_mask_conv{i}")(x)
         x = BatchNorm(name=f"mrcnn_mask_bn{i}", train_bn=train_bn)(x)
         x = layers.Activation("relu")(x)
-    x = layers.Conv2DTranspose(256, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")(x)
+    x = layers.Conv2DTranspose(conv_channels, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")(x)
     x = layers.Conv2D(num_classes, 1, activation="sigmoid", name="mrcnn_mask")(x)
     return UnfoldRois(name="mrcnn_mask_unfold")([x, rois])

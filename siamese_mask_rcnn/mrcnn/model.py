@@ -179,7 +179,8 @@ class MaskRCNN:
         """
         config = self.config
         anchors = AnchorsLayer(self.get_anchors(config.IMAGE_SHAPE), name="anchors")(input_image_meta)
-        rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS), rpn_maps[0].shape[-1])
+        rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS), rpn_maps[0].shape[-1],
+                              conv_channels=config.RPN_CONV_CHANNELS)
         level_outputs = [rpn(p) for p in rpn_maps]
         rpn_class_logits, rpn_class, rpn_bbox = [
             KL.Concatenate(axis=1, name=n)([o[i] for o in level_outputs])
@@ -201,7 +202,8 @@ class MaskRCNN:
                 rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
                 train_bn=config.TRAIN_BN, fc_layers_size=fc)
             masks = build_fpn_mask_graph(rois, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
-                                         self.num_mask_channels(), train_bn=config.TRAIN_BN)
+                                         self.num_mask_channels(), train_bn=config.TRAIN_BN,
+                                         conv_channels=config.MASK_CONV_CHANNELS)
             return MaskRCNNLosses(name="losses")([
                 input_rpn_match, input_rpn_bbox, rpn_class_logits, rpn_bbox,
                 target_class_ids, target_bbox, target_mask, rois,
@@ -213,7 +215,8 @@ class MaskRCNN:
         detections = DetectionLayer(config, name="mrcnn_detection")([rpn_rois, class_probs, bbox, input_image_meta])
         det_boxes = SliceDetectionBoxes(name="detection_boxes")(detections)
         masks = build_fpn_mask_graph(det_boxes, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
-                                     self.num_mask_channels(), train_bn=config.TRAIN_BN)
+                                     self.num_mask_channels(), train_bn=config.TRAIN_BN,
+                                         conv_channels=config.MASK_CONV_CHANNELS)
         return [detections, class_probs, bbox, masks, rpn_rois, rpn_class, rpn_bbox]
 
     def get_anchors(self, image_shape):

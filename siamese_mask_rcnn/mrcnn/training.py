@@ -5,6 +5,14 @@ images and divided by the **global** batch, weighted by ``LOSS_WEIGHTS``; weight
 added once per step (divided by the number of replicas, because replica gradients are
 summed). Gradients flow only into the selected layers. Runs unchanged on one device,
 ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``.
+
+Gradient clipping must see the gradient of the *global* batch: Keras optimizers clip inside
+``apply_gradients`` *before* they sum the replicas' gradients, which under ``tf.distribute``
+would clip each replica's partial gradient (up to ``replicas × clipnorm`` after the sum, and
+a different update than on one device). The step therefore sums the gradients itself
+(``ReplicaContext.all_reduce``), clips the sum with the optimizer's settings, and hands the
+optimizer ``1/replicas`` of it, which the optimizer's own sum turns back into the clipped
+global gradient (its own clipping is then a no-op: every norm is already within bounds).
 """
 import json
 import logging
@@ -23,8 +31,29 @@ from .pipeline import SkipCounter
 log = logging.getLogger(__name__)
 
 
+def clip_gradients(grads, optimizer):
+    """Apply ``optimizer``'s clipping (``clipnorm`` per tensor, ``global_clipnorm`` or
+    ``clipvalue``, as Keras does) to ``grads``, which must be the global-batch gradients."""
+    clipnorm = getattr(optimizer, "clipnorm", None)
+    global_clipnorm = getattr(optimizer, "global_clipnorm", None)
+    clipvalue = getattr(optimizer, "clipvalue", None)
+    if clipnorm and clipnorm > 0:
+        return [tf.clip_by_norm(g, clipnorm) for g in grads]
+    if global_clipnorm and global_clipnorm > 0:
+        return tf.clip_by_global_norm(grads, global_clipnorm)[0]
+    if clipvalue and clipvalue > 0:
+        return [tf.clip_by_value(g, -clipvalue, clipvalue) for g in grads]
+    return list(grads)
+
+
 def make_step_functions(model, trainable_layers, optimizer):
-    """Build the distributed train and validation step ``tf.function``s."""
+    """Build the distributed train and validation step ``tf.function``s.
+
+    Returns ``(train_step, val_step, train_vars)``; both steps take one element of a
+    distributed dataset and return the five losses and the total (``[6]``), reduced over
+    replicas. The optimizer is built here, in the strategy's scope (creating its slots
+    lazily inside a ``MirroredStrategy`` replica function fails).
+    """
     config = model.config
     strategy = model.strategy
     keras_model = model.keras_model
@@ -40,6 +69,9 @@ def make_step_functions(model, trainable_layers, optimizer):
             unique.append(v)
     train_vars = unique
     replicas = strategy.num_replicas_in_sync
+    with strategy.scope():
+        if not optimizer.built:
+            optimizer.build(train_vars)
 
     def losses_of(inputs, training):
         per_image = keras_model(list(inputs), training=training)  # [b, 5]
@@ -54,7 +86,10 @@ def make_step_functions(model, trainable_layers, optimizer):
             total = tf.reduce_sum(losses * weights) + reg
         grads = tape.gradient(total, train_vars)
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, train_vars)]
-        optimizer.apply_gradients(zip(grads, train_vars))
+        # Sum over replicas first, then clip: see the module docstring.
+        grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        grads = clip_gradients(grads, optimizer)
+        optimizer.apply_gradients(zip([g / replicas for g in grads], train_vars))
         return tf.concat([losses, tf.reshape(total, [1])], axis=0)
 
     def val_fn(inputs):
