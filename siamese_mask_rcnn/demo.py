@@ -56,8 +56,9 @@ def make_datasets(dataset="synthetic", data_dir=None, num_train=2000, num_val=15
     raise ValueError(f"unknown dataset {dataset!r}: choose 'synthetic' or 'omniglot'")
 
 
-def save_examples(model, dataset, class_ids, out_dir, count=4, seed=0):
-    """Fig.-5-style pictures: query with the detections of one held-out category, reference inset."""
+def save_examples(model, dataset, class_ids, out_dir, count=4, seed=0, min_score=0.9):
+    """Fig.-5-style pictures: query with the detections (score ≥ ``min_score``) of one held-out
+    category, reference inset lower-left."""
     import matplotlib.pyplot as plt
     from .mrcnn import visualize
 
@@ -71,9 +72,10 @@ def save_examples(model, dataset, class_ids, out_dir, count=4, seed=0):
         reference = dataset.sample_reference(class_id, rng, exclude_image_id=image_id)
         image = dataset.load_image(image_id)
         result = model.detect_embeddings(image, {class_id: model.embed_category([reference])})[class_id]
+        keep = result["scores"] >= min_score
         fig = visualize.display_siamese_instances(
-            reference, image, result["rois"], result["masks"], result["scores"],
-            title=f"one-shot: {dataset.class_names[class_id]}", figsize=(5, 5))
+            reference, image, result["rois"][keep], result["masks"][:, :, keep], result["scores"][keep],
+            title=f"one-shot: {dataset.class_names[class_id]} (score ≥ {min_score})", figsize=(5, 5))
         path = out_dir / f"example_{len(paths)}_{dataset.class_names[class_id]}.png"
         visualize.save_figure(fig, path)
         plt.close(fig)
@@ -123,7 +125,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, minutes=15
     absent = evaluation.absent_category_test(val, predict, val.oneshot_class_ids, seed=seed,
                                              score_threshold=inference.config.DETECTION_MIN_CONFIDENCE,
                                              limit=eval_limit if eval_limit else 50,
-                                             max_categories_per_image=5)
+                                             max_categories_per_image=5, progress=bool(verbose))
     info = {"dataset": dataset, "train_scenes": len(train.image_ids), "eval_scenes": len(val.image_ids),
             "epochs_trained": model.epoch, "steps": model.epoch * config.STEPS_PER_EPOCH,
             "train_seconds": round(train_seconds, 1), "checkpoint": checkpoint,

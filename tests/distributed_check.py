@@ -72,8 +72,11 @@ def configure_devices():
     tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
     tf.config.threading.set_intra_op_parallelism_threads(2)
     tf.config.threading.set_inter_op_parallelism_threads(2)
-    tf.random.set_seed(0)
+    import keras
+    keras.utils.set_random_seed(0)  # the same initial weights on every run
     tf.config.experimental.enable_op_determinism()
+    # Grappler's graph rewrites take longer than this tiny step itself.
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
@@ -186,6 +189,8 @@ def one_step(model, batch, learning_rate, momentum):
             model, select_trainable_layers(model.keras_model, "all"), optimizer)
     inputs = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(tuple(batch)))))
     before = [v.numpy().copy() for v in train_vars]
+    train_step.get_concrete_function(inputs)
+    log("traced")
     out = train_step(inputs).numpy()
     after = [v.numpy().copy() for v in train_vars]
     return out, before, after
@@ -208,7 +213,7 @@ def variable_rows(variables, grads, clipnorm, learning_rate, runs):
         g = g.astype(np.float64)
         norm = float(np.linalg.norm(g))
         expected = -learning_rate * g * min(1.0, clipnorm / norm) if norm > 0 else np.zeros_like(g)
-        row = {"name": v.path, "grad_norm": norm, "clipped": bool(norm > clipnorm),
+        row = {"name": v.path, "size": int(g.size), "grad_norm": norm, "clipped": bool(norm > clipnorm),
                "expected_update_norm": float(np.linalg.norm(expected)),
                "max_abs_expected_update": float(np.abs(expected).max())}
         first = None

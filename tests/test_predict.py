@@ -1,0 +1,211 @@
+"""``siamese-mrcnn predict`` and ``siamese_mask_rcnn.predict.predict`` on your own files.
+
+The weights come from a tiny untrained model whose classifier is set so that every proposal is
+a "match" with probability exactly 0.75 (zero kernel, logit bias ``[0, ln 3]``): every
+detection then has score 0.75, which makes the score threshold testable by hand.
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from siamese_mask_rcnn import cli
+from siamese_mask_rcnn import predict as predict_module
+from siamese_mask_rcnn.demo import demo_config
+from siamese_mask_rcnn.predict import InputError, predict, read_user_image, resolve_config
+
+TINY_MODEL = dict(IMAGES_PER_GPU=1, TOP_DOWN_PYRAMID_SIZE=16, MATCHING_CHANNELS=24,
+                  FPN_CLASSIF_FC_LAYERS_SIZE=32, RPN_CONV_CHANNELS=32, MASK_CONV_CHANNELS=16,
+                  POST_NMS_ROIS_INFERENCE=50, DETECTION_MAX_INSTANCES=5)
+MATCH_SCORE = 0.75  # softmax([0, ln 3])[1]
+QUERY_SHAPE = (100, 128, 3)  # not square: masks must come back at the query's size
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A tiny checkpoint with ``config.json`` beside it, as training writes them."""
+    from siamese_mask_rcnn.siamese import SiameseMaskRCNN
+
+    run_dir = tmp_path_factory.mktemp("run")
+    config = demo_config(**TINY_MODEL)
+    model = SiameseMaskRCNN("inference", config, model_dir=str(run_dir))
+    (kernel,) = [w for w in model.keras_model.weights if w.path == "mrcnn_class_logits/kernel"]
+    (bias,) = [w for w in model.keras_model.weights if w.path == "mrcnn_class_logits/bias"]
+    kernel.assign(np.zeros(kernel.shape, np.float32))
+    bias.assign(np.array([0.0, math.log(3.0)], np.float32))
+    path = run_dir / "mask_rcnn_demo_0001.h5"
+    model.save_weights(str(path))
+    config.save(str(run_dir / "config.json"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A reference PNG and a query PNG from the embedded data, plus their arrays."""
+    from skimage import io as skio
+
+    from siamese_mask_rcnn.datasets.synthetic import make_train_val
+
+    folder = tmp_path_factory.mktemp("images")
+    _, scenes = make_train_val(num_train=1, num_val=2, seed=3)
+    class_id = scenes.image_categories[0][0]
+    reference = scenes.sample_reference(class_id, np.random.default_rng(0), exclude_image_id=0)
+    query = np.ascontiguousarray(scenes.load_image(0)[:QUERY_SHAPE[0]])
+    skio.imsave(folder / "reference.png", reference, check_contrast=False)
+    skio.imsave(folder / "query.png", query, check_contrast=False)
+    return {"reference": folder / "reference.png", "query": folder / "query.png",
+            "reference_array": reference, "query_array": query}
+
+
+@pytest.fixture(scope="module")
+def model(weights):
+    return predict_module.load_model(str(weights))
+
+
+def run_cli(*argv):
+    return cli.main(["predict", *map(str, argv)])
+
+
+# ------------------------------------------------------------------ command line, good input
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on numpy 2
+def test_cli_writes_png_and_json(weights, images, tmp_path, capsys):
+    out_png, out_json = tmp_path / "out" / "result.png", tmp_path / "out" / "result.json"
+    code = run_cli("--weights", weights, "--reference", images["reference"], "--query", images["query"],
+                   "--out", out_png, "--json", out_json)
+    assert code == 0
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    payload = json.loads(out_json.read_text())
+    assert set(payload) >= {"query", "references", "count", "detections"}
+    assert payload["query"] == str(images["query"]) and payload["references"] == [str(images["reference"])]
+    assert 1 <= payload["count"] == len(payload["detections"]) <= TINY_MODEL["DETECTION_MAX_INSTANCES"]
+    assert f"{payload['count']} detections" in capsys.readouterr().out
+
+    from pycocotools import mask as mask_util
+    for det in payload["detections"]:
+        assert set(det) >= {"score", "box_yxyx", "box_xywh", "mask_rle", "mask_area"}
+        assert det["score"] == pytest.approx(MATCH_SCORE, abs=1e-4)
+        y1, x1, y2, x2 = det["box_yxyx"]
+        assert det["box_xywh"] == [x1, y1, x2 - x1, y2 - y1]
+        assert 0 <= y1 <= y2 <= QUERY_SHAPE[0] and 0 <= x1 <= x2 <= QUERY_SHAPE[1]
+        assert det["mask_rle"]["size"] == list(QUERY_SHAPE[:2])
+        rle = {"size": det["mask_rle"]["size"], "counts": det["mask_rle"]["counts"].encode()}
+        mask = mask_util.decode([rle])[:, :, 0]
+        assert mask.shape == QUERY_SHAPE[:2] and int(mask.sum()) == det["mask_area"]
+
+
+def test_cli_min_confidence_above_every_score_finds_nothing(weights, images, tmp_path, capsys):
+    out_json = tmp_path / "none.json"
+    code = run_cli("--weights", weights, "--reference", images["reference"], "--query", images["query"],
+                   "--json", out_json, "--min-confidence", "0.8")
+    assert code == 0
+    assert json.loads(out_json.read_text())["count"] == 0
+    assert capsys.readouterr().out.startswith("0 detections")
+
+
+# ------------------------------------------------------------------------------ Python API
+def test_python_predict_returns_image_sized_masks(model, images):
+    result = predict(None, images["reference"], images["query"], model=model)
+    n = len(result["scores"])
+    assert n >= 1
+    assert result["rois"].shape == (n, 4)
+    assert result["masks"].shape == QUERY_SHAPE[:2] + (n,) and result["masks"].dtype == bool
+    assert np.allclose(result["scores"], MATCH_SCORE, atol=1e-4)
+    assert np.all(result["class_ids"] == 1)
+    # arrays work as well as paths (PNG is lossless: same pixels, same result)
+    from_arrays = predict(None, [images["reference_array"]], images["query_array"], model=model)
+    np.testing.assert_array_equal(from_arrays["rois"], result["rois"])
+    np.testing.assert_array_equal(from_arrays["masks"], result["masks"])
+
+
+def test_k_shot_of_identical_references_equals_one_shot(model, images):
+    ref = images["reference_array"]
+    one = predict(None, [ref], images["query_array"], model=model)
+    three = predict(None, [ref, ref, ref], images["query_array"], model=model)
+    np.testing.assert_array_equal(three["rois"], one["rois"])
+    np.testing.assert_allclose(three["scores"], one["scores"], atol=1e-6)
+
+
+def test_resolve_config_reads_config_beside_weights(weights, tmp_path):
+    config = resolve_config(str(weights))
+    assert (config.IMAGES_PER_GPU, config.MATCHING_CHANNELS, config.DETECTION_MAX_INSTANCES) == (1, 24, 5)
+    assert list(config.IMAGE_SHAPE) == [128, 128, 3]
+    lonely = tmp_path / "w.h5"
+    lonely.write_bytes(b"")
+    fallback = resolve_config(str(lonely), preset="small")
+    assert list(fallback.IMAGE_SHAPE) == [512, 512, 3] and fallback.IMAGES_PER_GPU == 1
+
+
+# ------------------------------------------------------------------- bad input: exit code 2
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail if anything tries to build a model (input errors must come first)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+    monkeypatch.setattr(predict_module, "load_model", refuse)
+
+
+@pytest.fixture
+def files(tmp_path, images):
+    """Good and bad input files; ``weights`` is a placeholder that must never be read."""
+    (tmp_path / "notes.jpg").write_bytes(b"this is text, not a JPEG\n")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "w.h5").write_bytes(b"not read")
+    return {"missing_ref": tmp_path / "missing_reference.png", "missing_query": tmp_path / "missing_query.png",
+            "text": tmp_path / "notes.jpg", "empty": tmp_path / "empty.png", "dir": tmp_path / "folder",
+            "ref": images["reference"], "query": images["query"], "weights": tmp_path / "w.h5"}
+
+
+@pytest.mark.parametrize("reference, query, bad, words", [
+    ("missing_ref", "query", "missing_ref", "reference image not found"),
+    ("ref", "missing_query", "missing_query", "query image not found"),
+    ("text", "query", "text", "not a readable image"),
+    ("ref", "text", "text", "not a readable image"),
+    ("empty", "query", "empty", "not a readable image"),
+    ("dir", "query", "dir", "directory"),
+    ("ref", "dir", "dir", "directory"),
+], ids=["missing-reference", "missing-query", "text-reference", "text-query", "empty-file",
+        "directory-reference", "directory-query"])
+def test_bad_input_exits_2_naming_the_file(files, no_model, capsys, reference, query, bad, words):
+    code = run_cli("--weights", files["weights"], "--reference", files[reference], "--query", files[query])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("siamese-mrcnn predict: error:")
+    assert str(files[bad]) in err and words in err
+
+
+def test_bad_second_reference_is_named(files, no_model, capsys):
+    code = run_cli("--weights", files["weights"], "--reference", files["ref"], "--reference", files["text"],
+                   "--query", files["query"])
+    assert code == 2
+    assert str(files["text"]) in capsys.readouterr().err
+
+
+def test_missing_weights_and_config_exit_2(files, tmp_path, capsys):
+    code = run_cli("--weights", tmp_path / "nope.h5", "--reference", files["ref"], "--query", files["query"])
+    assert code == 2
+    assert f"weights file not found: {tmp_path / 'nope.h5'}" in capsys.readouterr().err
+    code = run_cli("--weights", files["weights"], "--config", tmp_path / "nope.json", "--reference", files["ref"],
+                   "--query", files["query"])
+    assert code == 2
+    assert f"config file not found: {tmp_path / 'nope.json'}" in capsys.readouterr().err
+
+
+def test_read_user_image_converts_to_rgb(tmp_path):
+    from skimage import io as skio
+
+    grey = (np.arange(12 * 10) % 256).astype(np.uint8).reshape(12, 10)
+    skio.imsave(tmp_path / "grey.png", grey, check_contrast=False)
+    image = read_user_image(tmp_path / "grey.png", "reference")
+    assert image.shape == (12, 10, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image[..., 1], grey)
+    with pytest.raises(InputError, match="query image not found"):
+        read_user_image(tmp_path / "absent.png", "query")
+
+
+def test_predict_command_requires_reference_and_query(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["predict", "--weights", "w.h5", "--query", "q.png"])
+    assert info.value.code == 2
+    assert "--reference" in capsys.readouterr().err
