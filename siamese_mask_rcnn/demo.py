@@ -9,7 +9,6 @@ one-shot categories (never used as references or labels in training), background
 """
 import json
 import logging
-import os
 import pathlib
 import time
 

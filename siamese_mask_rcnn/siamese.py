@@ -22,7 +22,6 @@ import keras
 import tensorflow as tf
 from keras import layers as KL
 
-from .config import SiameseConfig  # noqa: F401  (re-exported for users)
 from .mrcnn import data as mdata
 from .mrcnn import utils
 from .mrcnn.backbone import build_backbone_fpn

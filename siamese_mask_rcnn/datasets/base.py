@@ -17,11 +17,11 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 
 import numpy as np
 
 from siamese_mask_rcnn.mrcnn import utils
+from siamese_mask_rcnn.mrcnn.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -459,30 +459,13 @@ class OneShotDataset(utils.Dataset):
 
 
 def _write_text_atomic(text, path):
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` to ``path`` atomically (temporary file + rename)."""
+    with atomic_write(path) as tmp:
+        pathlib.Path(tmp).write_text(text, encoding="utf-8")
 
 
 def _write_png_atomic(image, path):
-    """Save a ``uint8`` image as PNG via a temporary file and a rename."""
+    """Save a ``uint8`` image as PNG atomically (temporary file + rename)."""
     from PIL import Image
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -23,47 +23,36 @@ def _block_letters(count):
     return [chr(ord("a") + i) for i in range(count)]
 
 
-def identity_block(x, kernel_size, filters, stage, block, use_bias=True, train_bn=None):
-    """Bottleneck block whose shortcut is the identity."""
-    f1, f2, f3 = filters
-    conv = f"res{stage}{block}_branch"
-    bn = f"bn{stage}{block}_branch"
-    y = layers.Conv2D(f1, 1, name=conv + "2a", use_bias=use_bias)(x)
-    y = BatchNorm(name=bn + "2a", train_bn=train_bn)(y)
-    y = layers.Activation("relu")(y)
-    y = layers.Conv2D(f2, kernel_size, padding="same", name=conv + "2b", use_bias=use_bias)(y)
-    y = BatchNorm(name=bn + "2b", train_bn=train_bn)(y)
-    y = layers.Activation("relu")(y)
-    y = layers.Conv2D(f3, 1, name=conv + "2c", use_bias=use_bias)(y)
-    y = BatchNorm(name=bn + "2c", train_bn=train_bn)(y)
-    y = layers.Add()([y, x])
-    return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
+def bottleneck_block(x, filters, stage, block, strides=1, projection=False, use_bias=True, train_bn=None):
+    """ResNet bottleneck (1x1, 3x3, 1x1 convs + BN) with matterport's layer names.
 
-
-def conv_block(x, kernel_size, filters, stage, block, strides=2, use_bias=True, train_bn=None):
-    """Bottleneck block with a projection (1x1 strided conv) shortcut."""
+    The shortcut is the identity, or with ``projection=True`` a strided 1x1 conv + BN
+    (``res{stage}{block}_branch1``), as in the first block of every stage.
+    """
     f1, f2, f3 = filters
     conv = f"res{stage}{block}_branch"
     bn = f"bn{stage}{block}_branch"
     y = layers.Conv2D(f1, 1, strides=strides, name=conv + "2a", use_bias=use_bias)(x)
     y = BatchNorm(name=bn + "2a", train_bn=train_bn)(y)
     y = layers.Activation("relu")(y)
-    y = layers.Conv2D(f2, kernel_size, padding="same", name=conv + "2b", use_bias=use_bias)(y)
+    y = layers.Conv2D(f2, 3, padding="same", name=conv + "2b", use_bias=use_bias)(y)
     y = BatchNorm(name=bn + "2b", train_bn=train_bn)(y)
     y = layers.Activation("relu")(y)
     y = layers.Conv2D(f3, 1, name=conv + "2c", use_bias=use_bias)(y)
     y = BatchNorm(name=bn + "2c", train_bn=train_bn)(y)
-    shortcut = layers.Conv2D(f3, 1, strides=strides, name=conv + "1", use_bias=use_bias)(x)
-    shortcut = BatchNorm(name=bn + "1", train_bn=train_bn)(shortcut)
+    shortcut = x
+    if projection:
+        shortcut = layers.Conv2D(f3, 1, strides=strides, name=conv + "1", use_bias=use_bias)(x)
+        shortcut = BatchNorm(name=bn + "1", train_bn=train_bn)(shortcut)
     y = layers.Add()([y, shortcut])
     return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
 
 
 def _stage(x, stage, blocks, filters, strides, train_bn):
     letters = _block_letters(blocks)
-    x = conv_block(x, 3, filters, stage, letters[0], strides=strides, train_bn=train_bn)
+    x = bottleneck_block(x, filters, stage, letters[0], strides=strides, projection=True, train_bn=train_bn)
     for letter in letters[1:]:
-        x = identity_block(x, 3, filters, stage, letter, train_bn=train_bn)
+        x = bottleneck_block(x, filters, stage, letter, train_bn=train_bn)
     return x
 
 

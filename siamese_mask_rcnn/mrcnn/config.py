@@ -21,9 +21,10 @@ No TensorFlow here: this module must stay importable without it.
 import copy
 import json
 import os
-import tempfile
 
 import numpy as np
+
+from .fileio import atomic_write
 
 #: Prefix used by :meth:`Config.to_dict` for callables (which JSON cannot hold).
 CALLABLE_PREFIX = "<callable:"
@@ -301,18 +302,9 @@ class Config:
 
     def save(self, path):
         """Write :meth:`to_dict` as JSON to ``path`` atomically (tmp file + rename)."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp_path = tempfile.mkstemp(prefix=".config-", suffix=".json.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as f:
+        with atomic_write(path) as tmp_path:
+            with open(tmp_path, "w") as f:
                 json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            os.replace(tmp_path, path)
-        except BaseException:
-            if os.path.exists(tmp_path):
-                os.remove(tmp_path)
-            raise
 
     @classmethod
     def load(cls, path, strict=True, backbone=None, compute_backbone_shape=None):

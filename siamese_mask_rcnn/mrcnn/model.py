@@ -16,11 +16,9 @@ code runs on one device, on several GPUs (``MirroredStrategy``) and on several m
 (``MultiWorkerMirroredStrategy``), with losses averaged over the global batch.
 """
 import datetime
-import json
 import logging
 import os
 import re
-import time
 
 import numpy as np
 import keras
@@ -28,14 +26,13 @@ import tensorflow as tf
 from keras import layers as KL
 
 from . import data as mdata
-from . import utils
 from . import weights as mweights
 from .backbone import build_backbone_fpn
 from .heads import build_fpn_mask_graph, build_rpn_model, fpn_classifier_graph
 from .layers import (AnchorsLayer, DetectionLayer, DetectionTargetLayer, NormBoxesLayer,
                      ProposalLayer, parse_image_meta_graph)
-from .losses import LOSS_NAMES, MaskRCNNLosses, weight_decay_loss
-from .pipeline import SkipCounter, SkipExample, build_dataset
+from .losses import MaskRCNNLosses
+from .pipeline import SkipExample, build_dataset
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ global gradient (its own clipping is then a no-op: every norm is already within 
 """
 import json
 import logging
-import math
 import os
 import time
 

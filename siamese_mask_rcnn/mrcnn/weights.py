@@ -23,12 +23,13 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 import warnings
 
 import h5py
 import keras
 import numpy as np
+
+from .fileio import atomic_write
 
 #: Attributes larger than this many bytes are split into numbered chunks (HDF5 header limit).
 HDF5_ATTRIBUTE_LIMIT = 64512
@@ -420,23 +421,10 @@ def _write_layer_group(h5file, layer_name, entries):
 
 def _atomic_h5_write(filepath, write_fn):
     """Call ``write_fn(h5file)`` on a temp file next to ``filepath``, then move it in place."""
-    path = os.path.abspath(os.fspath(filepath))
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", suffix=".h5", dir=directory)
-    os.close(fd)
-    os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; give the usual file permissions
-    try:
+    with atomic_write(filepath, suffix=".h5") as tmp_path:
         with h5py.File(tmp_path, "w") as h5file:
             write_fn(h5file)
             h5file.flush()
-        with open(tmp_path, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
 
 
 def _write_root_attrs(h5file, layer_names):
