@@ -31,10 +31,13 @@ Determinism: ROI sampling (``DetectionTargetLayer``) shuffles proposals with
 batches of 2 on two replicas. The config keeps *every* proposal: with ``N`` proposals per
 image, ``ROI_POSITIVE_RATIO = 1/N`` and ``TRAIN_ROIS_PER_IMAGE = N*N``, the positive cap
 ``int(N*N/N) = N`` and the negative budget ``floor(P*N) - P >= N - P`` (for P >= 1
-positives) are never reached, so the shuffle only permutes the ROIs; every loss is a mean
+positives; an image without positives gets no ROI at all) are never reached, so the
+shuffle only permutes the ROIs; every loss is a mean
 over ROIs and every gradient a sum over them, hence permutation-invariant up to float
-rounding. The objects are large, so every image has positive proposals and all five losses
-are exercised (the per-image losses are reported so the test can check that).
+rounding. The objects are large, so the untrained RPN's whole-image proposal is positive
+(always for the shapes, for most of the procedural scenes) and all five losses are
+exercised; the per-image losses are reported, twice (two passes draw different shuffles),
+so the test can check both.
 """
 import argparse
 import json
@@ -118,6 +121,7 @@ def big_shapes_dataset(count, seed, size=64):
 
 
 def make_mrcnn(images_per_gpu, gpu_count, weight_decay, strategy, model_dir):
+    """A tiny training-mode ``MaskRCNN`` (4 classes: background + the three shapes)."""
     from siamese_mask_rcnn.mrcnn.config import Config
     from siamese_mask_rcnn.mrcnn.model import MaskRCNN
     config = Config(NUM_CLASSES=4, **tiny_settings(images_per_gpu, gpu_count, weight_decay))
@@ -125,6 +129,7 @@ def make_mrcnn(images_per_gpu, gpu_count, weight_decay, strategy, model_dir):
 
 
 def make_siamese(images_per_gpu, gpu_count, weight_decay, strategy, model_dir):
+    """A tiny training-mode ``SiameseMaskRCNN`` (32² references, 32 matching channels)."""
     from siamese_mask_rcnn.config import siamese_config
     from siamese_mask_rcnn.siamese import SiameseMaskRCNN
     settings = tiny_settings(images_per_gpu, gpu_count, weight_decay)
@@ -241,6 +246,9 @@ def run(kind, weight_decay, learning_rate, momentum, clip_quantile, train):
     with tempfile.TemporaryDirectory() as tmp:
         one = make(GLOBAL_BATCH, 1, weight_decay, tf.distribute.get_strategy(), tmp)
         batch = first_training_batch(one, dataset)
+        anchors = len(one.get_anchors(one.config.IMAGE_SHAPE))
+        if anchors != ANCHORS:
+            raise RuntimeError(f"the config yields {anchors} anchors, not {ANCHORS}: update ANCHORS")
         init = os.path.join(tmp, "init.h5")
         one.save_weights(init)
         two = make(GLOBAL_BATCH // 2, 2, weight_decay, tf.distribute.MirroredStrategy(devices[:2]), tmp)
@@ -286,7 +294,7 @@ def run(kind, weight_decay, learning_rate, momentum, clip_quantile, train):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("mrcnn", "siamese"), default="mrcnn")
-    parser.add_argument("--weight-decay", type=float, default=0.5)
+    parser.add_argument("--weight-decay", type=float, default=2.0)
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--clip-quantile", type=float, default=0.5,

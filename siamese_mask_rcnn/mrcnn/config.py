@@ -187,7 +187,8 @@ class Config:
     # Batch normalisation training: False freezes BN layers (small batches).
     TRAIN_BN = False
 
-    # Gradient clipping by global norm.
+    # Gradient clipping: each gradient tensor is clipped to this L2 norm (Keras clipnorm),
+    # applied to the global-batch gradient under tf.distribute.
     GRADIENT_CLIP_NORM = 5.0
 
     # Additions to matterport: seed for reproducible data sampling (None means
