@@ -52,8 +52,9 @@ def test_compute_backbone_shapes():
         [[25, 50], [13, 25], [7, 13], [4, 7], [2, 4]]
     custom = Config(COMPUTE_BACKBONE_SHAPE=lambda shape: np.array([[1, 2]]))
     assert data.compute_backbone_shapes(custom, (64, 64, 3)).tolist() == [[1, 2]]
-    with pytest.raises(ValueError, match="COMPUTE_BACKBONE_SHAPE"):
-        data.compute_backbone_shapes(Config(BACKBONE=lambda x: x), (64, 64, 3))
+    # A callable backbone without COMPUTE_BACKBONE_SHAPE is assumed to have BACKBONE_STRIDES
+    assert data.compute_backbone_shapes(Config(BACKBONE=lambda x: x), (64, 96, 3)).tolist() == \
+        [[16, 24], [8, 12], [4, 6], [2, 3], [1, 2]]
     with pytest.raises(ValueError, match="not a callable"):
         data.compute_backbone_shapes(Config(COMPUTE_BACKBONE_SHAPE="<callable:f>"), (64, 64, 3))
 
