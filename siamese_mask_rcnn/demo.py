@@ -55,9 +55,9 @@ def make_datasets(dataset="synthetic", data_dir=None, num_train=2000, num_val=15
     raise ValueError(f"unknown dataset {dataset!r}: choose 'synthetic' or 'omniglot'")
 
 
-def save_examples(model, dataset, class_ids, out_dir, count=4, seed=0, min_score=0.9):
-    """Fig.-5-style pictures: query with the detections (score ≥ ``min_score``) of one held-out
-    category, reference inset lower-left."""
+def save_examples(model, dataset, class_ids, out_dir, count=4, seed=0, top_k=3):
+    """Fig.-5-style pictures: query with the ``top_k`` highest-scoring detections for one
+    held-out category, reference inset lower-left."""
     import matplotlib.pyplot as plt
     from .mrcnn import visualize
 
@@ -71,10 +71,11 @@ def save_examples(model, dataset, class_ids, out_dir, count=4, seed=0, min_score
         reference = dataset.sample_reference(class_id, rng, exclude_image_id=image_id)
         image = dataset.load_image(image_id)
         result = model.detect_embeddings(image, {class_id: model.embed_category([reference])})[class_id]
-        keep = result["scores"] >= min_score
+        keep = np.argsort(-result["scores"])[:top_k]
         fig = visualize.display_siamese_instances(
             reference, image, result["rois"][keep], result["masks"][:, :, keep], result["scores"][keep],
-            title=f"one-shot: {dataset.class_names[class_id]} (score ≥ {min_score})", figsize=(5, 5))
+            title=f"one-shot: {dataset.class_names[class_id]} (top {len(keep)} of {len(result['scores'])})",
+            figsize=(5, 5))
         path = out_dir / f"example_{len(paths)}_{dataset.class_names[class_id]}.png"
         visualize.save_figure(fig, path)
         plt.close(fig)

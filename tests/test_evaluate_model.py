@@ -1,4 +1,5 @@
-"""``samples/coco/evaluate_siamese.py`` with a real (tiny) Siamese model on the COCO subset."""
+"""``samples/coco/evaluate_siamese.py`` with a real (tiny, untrained) Siamese model on the COCO
+subset, through every analysis: both category sets, runs, confusion, clutter, absent categories."""
 import importlib.util
 import json
 import math
@@ -46,7 +47,7 @@ def test_evaluate_cli_runs_a_trained_model_through_the_protocol(project_root, co
     out = tmp_path / "eval"
     cli.main(["--annotations", str(coco_subset_annotations), "--images", str(coco_subset_dir / "images"),
               "--split", "1", "--weights", str(weights), "--classes", "both", "--runs", "2",
-              "--absent", "--out", str(out), "--quiet"])
+              "--absent", "--confusion", "--clutter", "--out", str(out), "--quiet"])
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["rows"]
     assert {"background", "one-shot"} <= set(rows)
@@ -56,4 +57,6 @@ def test_evaluate_cli_runs_a_trained_model_through_the_protocol(project_root, co
     for r in results:
         assert set(r) >= {"image_id", "category_id", "bbox", "score", "segmentation"}
         assert isinstance(r["segmentation"]["counts"], str)
-    assert (out / "table.txt").exists() and (out / "absent.json").exists()
+    for name in ("table.txt", "absent.json", "confusion.png", "confusion.csv", "confusion.json",
+                 "clutter.png", "clutter.csv", "clutter.json"):
+        assert (out / name).exists(), name
