@@ -45,3 +45,47 @@ def omniglot_dir():
 @pytest.fixture(scope="session")
 def matterport_layout_dir():
     return _need(MATTERPORT_LAYOUT)
+
+
+# Tiny inference settings on top of ``demo.demo_config`` and the score of a classifier that
+# always says "match": softmax([0, ln 3])[1] = 0.75.
+TINY_INFERENCE = dict(IMAGES_PER_GPU=1, TOP_DOWN_PYRAMID_SIZE=16, MATCHING_CHANNELS=24,
+                      FPN_CLASSIF_FC_LAYERS_SIZE=32, RPN_CONV_CHANNELS=32, MASK_CONV_CHANNELS=16,
+                      POST_NMS_ROIS_INFERENCE=50, DETECTION_MAX_INSTANCES=5)
+MATCH_SCORE = 0.75
+
+
+@pytest.fixture(scope="session")
+def always_match_checkpoint(tmp_path_factory):
+    """An untrained tiny Siamese checkpoint whose classifier scores every proposal as a match
+    with probability exactly ``MATCH_SCORE``, with the ``config.json`` training writes beside it."""
+    import math
+
+    import numpy as np
+
+    from siamese_mask_rcnn.demo import demo_config
+    from siamese_mask_rcnn.siamese import SiameseMaskRCNN
+
+    run_dir = tmp_path_factory.mktemp("always_match_run")
+    config = demo_config(**TINY_INFERENCE)
+    model = SiameseMaskRCNN("inference", config, model_dir=str(run_dir))
+    (kernel,) = [w for w in model.keras_model.weights if w.path == "mrcnn_class_logits/kernel"]
+    (bias,) = [w for w in model.keras_model.weights if w.path == "mrcnn_class_logits/bias"]
+    kernel.assign(np.zeros(kernel.shape, np.float32))
+    bias.assign(np.array([0.0, math.log(MATCH_SCORE / (1 - MATCH_SCORE))], np.float32))
+    path = run_dir / "mask_rcnn_demo_0001.h5"
+    model.save_weights(str(path))
+    config.save(str(run_dir / "config.json"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def coco_split1(coco_subset_annotations, coco_subset_dir):
+    """The shared COCO subset as a one-shot dataset with split S1 applied."""
+    from siamese_mask_rcnn.datasets.coco import OneShotCocoDataset
+
+    dataset = OneShotCocoDataset()
+    dataset.load_coco(annotation_file=str(coco_subset_annotations), image_dir=str(coco_subset_dir / "images"))
+    dataset.set_split(1)
+    dataset.prepare()
+    return dataset

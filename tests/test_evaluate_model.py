@@ -2,16 +2,11 @@
 subset, through every analysis: both category sets, runs, confusion, clutter, absent categories."""
 import importlib.util
 import json
-import math
 
-import numpy as np
 import pytest
 
-from siamese_mask_rcnn.demo import demo_config
 
-TINY_MODEL = dict(IMAGES_PER_GPU=1, TOP_DOWN_PYRAMID_SIZE=16, MATCHING_CHANNELS=24,
-                  FPN_CLASSIF_FC_LAYERS_SIZE=32, RPN_CONV_CHANNELS=32, MASK_CONV_CHANNELS=16,
-                  POST_NMS_ROIS_INFERENCE=50, DETECTION_MAX_INSTANCES=5)
+from conftest import MATCH_SCORE  # noqa: E402
 
 
 def load_cli(project_root):
@@ -23,22 +18,8 @@ def load_cli(project_root):
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """An untrained tiny checkpoint whose classifier always says "match" (score 0.75), with
-    the ``config.json`` that training writes beside it."""
-    from siamese_mask_rcnn.siamese import SiameseMaskRCNN
-
-    run_dir = tmp_path_factory.mktemp("run")
-    config = demo_config(**TINY_MODEL)
-    model = SiameseMaskRCNN("inference", config, model_dir=str(run_dir))
-    for path, value in (("mrcnn_class_logits/kernel", 0.0), ("mrcnn_class_logits/bias", None)):
-        (var,) = [w for w in model.keras_model.weights if w.path == path]
-        var.assign(np.zeros(var.shape, np.float32) if value is not None
-                   else np.array([0.0, math.log(3.0)], np.float32))
-    path = run_dir / "mask_rcnn_demo_0001.h5"
-    model.save_weights(str(path))
-    config.save(str(run_dir / "config.json"))
-    return path
+def weights(always_match_checkpoint):
+    return always_match_checkpoint
 
 
 def test_evaluate_cli_runs_a_trained_model_through_the_protocol(project_root, coco_subset_annotations,
@@ -53,7 +34,7 @@ def test_evaluate_cli_runs_a_trained_model_through_the_protocol(project_root, co
     assert {"background", "one-shot"} <= set(rows)
     results = json.loads(next(out.glob("results_one_shot_seed*.json")).read_text())
     assert results, "the model's detections must reach the COCO results"
-    assert [r["score"] for r in results] == pytest.approx([0.75] * len(results), abs=1e-5)
+    assert [r["score"] for r in results] == pytest.approx([MATCH_SCORE] * len(results), abs=1e-5)
     for r in results:
         assert set(r) >= {"image_id", "category_id", "bbox", "score", "segmentation"}
         assert isinstance(r["segmentation"]["counts"], str)

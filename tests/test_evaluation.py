@@ -13,14 +13,8 @@ from siamese_mask_rcnn import evaluation as ev
 
 
 @pytest.fixture(scope="module")
-def dataset(coco_subset_dir, coco_subset_annotations):
-    from siamese_mask_rcnn.datasets.coco import OneShotCocoDataset
-    ds = OneShotCocoDataset()
-    ds.load_coco(annotation_file=str(coco_subset_annotations),
-                 image_dir=str(coco_subset_dir / "images"))
-    ds.set_split(1)
-    ds.prepare()
-    return ds
+def dataset(coco_split1):
+    return coco_split1
 
 
 @pytest.fixture(scope="module")

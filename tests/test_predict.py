@@ -5,39 +5,22 @@ a "match" with probability exactly 0.75 (zero kernel, logit bias ``[0, ln 3]``):
 detection then has score 0.75, which makes the score threshold testable by hand.
 """
 import json
-import math
 
 import numpy as np
 import pytest
 
 from siamese_mask_rcnn import cli
 from siamese_mask_rcnn import predict as predict_module
-from siamese_mask_rcnn.demo import demo_config
 from siamese_mask_rcnn.predict import InputError, predict, read_user_image, resolve_config
 
-TINY_MODEL = dict(IMAGES_PER_GPU=1, TOP_DOWN_PYRAMID_SIZE=16, MATCHING_CHANNELS=24,
-                  FPN_CLASSIF_FC_LAYERS_SIZE=32, RPN_CONV_CHANNELS=32, MASK_CONV_CHANNELS=16,
-                  POST_NMS_ROIS_INFERENCE=50, DETECTION_MAX_INSTANCES=5)
-MATCH_SCORE = 0.75  # softmax([0, ln 3])[1]
+from conftest import MATCH_SCORE, TINY_INFERENCE  # noqa: E402
+
 QUERY_SHAPE = (100, 128, 3)  # not square: masks must come back at the query's size
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """A tiny checkpoint with ``config.json`` beside it, as training writes them."""
-    from siamese_mask_rcnn.siamese import SiameseMaskRCNN
-
-    run_dir = tmp_path_factory.mktemp("run")
-    config = demo_config(**TINY_MODEL)
-    model = SiameseMaskRCNN("inference", config, model_dir=str(run_dir))
-    (kernel,) = [w for w in model.keras_model.weights if w.path == "mrcnn_class_logits/kernel"]
-    (bias,) = [w for w in model.keras_model.weights if w.path == "mrcnn_class_logits/bias"]
-    kernel.assign(np.zeros(kernel.shape, np.float32))
-    bias.assign(np.array([0.0, math.log(3.0)], np.float32))
-    path = run_dir / "mask_rcnn_demo_0001.h5"
-    model.save_weights(str(path))
-    config.save(str(run_dir / "config.json"))
-    return path
+def weights(always_match_checkpoint):
+    return always_match_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +61,7 @@ def test_cli_writes_png_and_json(weights, images, tmp_path, capsys):
     payload = json.loads(out_json.read_text())
     assert set(payload) >= {"query", "references", "count", "detections"}
     assert payload["query"] == str(images["query"]) and payload["references"] == [str(images["reference"])]
-    assert 1 <= payload["count"] == len(payload["detections"]) <= TINY_MODEL["DETECTION_MAX_INSTANCES"]
+    assert 1 <= payload["count"] == len(payload["detections"]) <= TINY_INFERENCE["DETECTION_MAX_INSTANCES"]
     assert f"{payload['count']} detections" in capsys.readouterr().out
 
     from pycocotools import mask as mask_util

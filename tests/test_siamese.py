@@ -155,17 +155,6 @@ def test_detect_checks_number_of_references(three_shot_model, random_pair):
 
 # --------------------------------------------------------------------------- real COCO
 @pytest.fixture(scope="module")
-def coco_split1(coco_subset_annotations, coco_subset_dir):
-    from siamese_mask_rcnn.datasets.coco import OneShotCocoDataset
-    dataset = OneShotCocoDataset()
-    dataset.load_coco(annotation_file=str(coco_subset_annotations),
-                      image_dir=str(coco_subset_dir / "images"))
-    dataset.set_split(1)
-    dataset.prepare()
-    return dataset
-
-
-@pytest.fixture(scope="module")
 def tiny_training_model(tmp_path_factory):
     keras.utils.set_random_seed(2)
     return SiameseMaskRCNN("training", tiny_config(), model_dir=str(tmp_path_factory.mktemp("logs")))
