@@ -75,3 +75,30 @@ def test_detections_overlap_the_shapes(trained):
         mask_iou = utils.compute_overlaps_masks(masks, result["masks"])
         matched += int(np.sum((box_iou.max(axis=1) >= 0.5) & (mask_iou.max(axis=1) >= 0.5)))
     assert matched >= 0.5 * total, f"only {matched} of {total} shapes found with box and mask IoU >= 0.5"
+
+
+def test_augmentation_reaches_the_batches_except_for_listed_sources(tmp_path):
+    """An albumentations transform given to ``train`` is applied to every training image
+    (and its masks); sources in ``no_augmentation_sources`` are left as they are."""
+    import albumentations as A
+
+    from siamese_mask_rcnn.mrcnn.model import MaskRCNN
+    from siamese_mask_rcnn.mrcnn.pipeline import SkipCounter
+
+    model = MaskRCNN("training", ShapesConfig(), str(tmp_path))
+    data = ShapesDataset(8, seed=3)
+
+    def first_batch(augmentation, plain_sources=None):
+        ds, _ = model._make_dataset(data, augmentation, 0, 0, SkipCounter(), 4, plain_sources)
+        return [t.numpy() for t in next(iter(ds))]
+
+    plain = first_batch(None)
+    flipped = first_batch(A.HorizontalFlip(p=1.0))
+    untouched = first_batch(A.HorizontalFlip(p=1.0), ["shapes"])
+    np.testing.assert_allclose(flipped[0], plain[0][:, :, ::-1])            # images mirrored
+    boxes, flipped_boxes = plain[5], flipped[5]  # gt boxes (y1, x1, y2, x2), from the flipped masks
+    real = boxes.any(axis=-1)
+    np.testing.assert_array_equal(flipped_boxes[real][:, [0, 2]], boxes[real][:, [0, 2]])
+    np.testing.assert_array_equal(np.sort(flipped_boxes[real][:, 1]), np.sort(128 - boxes[real][:, 3]))
+    for a, b in zip(untouched, plain):
+        np.testing.assert_array_equal(a, b)

@@ -223,7 +223,7 @@ class MaskRCNN:
     # ----------------------------------------------------------- checkpoints
     def find_last(self):
         """Path of the last checkpoint of the newest run directory of this model's NAME."""
-        name = self.config.NAME.lower()
+        name = (self.config.NAME or "model").lower()
         if not os.path.isdir(self.model_dir):
             raise FileNotFoundError(f"no model directory {self.model_dir}")
         runs = sorted(d for d in os.listdir(self.model_dir)
@@ -306,11 +306,15 @@ class MaskRCNN:
         return [mdata.mold_image(image, c), image_meta] + list(extra) + [
             rpn_match[:, None], rpn_bbox, gt_ids, gt_boxes, gt_masks]
 
-    def _make_dataset(self, dataset, augmentation, seed, start, counter, global_batch):
+    def _make_dataset(self, dataset, augmentation, seed, start, counter, global_batch,
+                      no_augmentation_sources=None):
         specs = self.input_specs("training")
+        plain_sources = set(no_augmentation_sources or ())
 
         def load(image_id, rng):
-            return self.load_training_example(dataset, image_id, rng, augmentation)
+            source = dataset.image_info[image_id].get("source") if plain_sources else None
+            return self.load_training_example(dataset, image_id, rng,
+                                              None if source in plain_sources else augmentation)
 
         ds, counter = build_dataset(load, self.training_image_ids(dataset), specs, global_batch, seed=seed,
                                     start=start, workers=getattr(self.config, "DATA_WORKERS", 2),
@@ -327,7 +331,8 @@ class MaskRCNN:
         """Train ``layers`` (preset or regex) from ``self.epoch`` up to ``epochs``.
 
         Writes a checkpoint per epoch, TensorBoard scalars to ``self.log_dir`` and the
-        config (``config.json``) beside the checkpoints. ``steps_per_epoch`` and
+        config (``config.json``) beside the checkpoints. Images of the dataset sources in
+        ``no_augmentation_sources`` are not augmented. ``steps_per_epoch`` and
         ``validation_steps`` override the config; ``max_seconds`` stops after the epoch
         that exhausts a wall-clock budget. Returns the per-epoch history.
         """
@@ -336,6 +341,7 @@ class MaskRCNN:
         from .training import run_training
         return run_training(self, train_dataset, val_dataset, learning_rate, epochs, layers,
                             augmentation=augmentation, custom_callbacks=custom_callbacks,
+                            no_augmentation_sources=no_augmentation_sources,
                             steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
                             verbose=verbose, max_seconds=max_seconds)
 

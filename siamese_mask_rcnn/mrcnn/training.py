@@ -116,7 +116,7 @@ def _call_callbacks(callbacks, method, *args):
 
 
 def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layers,
-                 augmentation=None, custom_callbacks=None, steps_per_epoch=None,
+                 augmentation=None, custom_callbacks=None, no_augmentation_sources=None, steps_per_epoch=None,
                  validation_steps=None, verbose=1, max_seconds=None):
     """Train ``model`` from ``model.epoch`` to ``epochs`` (see ``MaskRCNN.train``).
 
@@ -143,7 +143,8 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
 
     counter = SkipCounter()
     start = model.epoch * steps * global_batch
-    train_ds, _ = model._make_dataset(train_dataset, augmentation, seed, start, counter, global_batch)
+    train_ds, _ = model._make_dataset(train_dataset, augmentation, seed, start, counter, global_batch,
+                                      no_augmentation_sources)
     train_iter = iter(strategy.experimental_distribute_dataset(train_ds))
     val_iter = None
     if val_dataset is not None and val_steps > 0:
