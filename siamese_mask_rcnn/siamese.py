@@ -180,17 +180,11 @@ class SiameseMaskRCNN(MaskRCNN):
         return self._pack_targets(image, meta, class_ids, boxes, masks, rng, extra=[targets])
 
     # ------------------------------------------------------------------ inference
-    def _tf_fn(self, key, fn, signature):
-        cache = self.__dict__.setdefault("_fn_cache", {})
-        if key not in cache:
-            cache[key] = tf.function(fn, input_signature=signature, reduce_retracing=True, autograph=False)
-        return cache[key]
-
     def encode_references(self, references):
         """Embeddings ``[N, 5, C]`` of reference crops (uint8 images of any size)."""
         c = self.config
         molded = np.stack([mold_reference(r, c) for r in references]).astype(np.float32)
-        fn = self._tf_fn("ref", lambda x: self.reference_model(x, training=False),
+        fn = self.cached_function("ref", lambda x: self.reference_model(x, training=False),
                          [tf.TensorSpec([None] + list(c.TARGET_SHAPE), tf.float32)])
         return fn(molded).numpy()
 
@@ -201,7 +195,7 @@ class SiameseMaskRCNN(MaskRCNN):
     def encode_query(self, image):
         """Mold one query and run the encoder once: ``(molded, meta, window, maps)``."""
         molded, metas, windows = self.mold_inputs([image])
-        fn = self._tf_fn("query", lambda x: self.encoder(x, training=False),
+        fn = self.cached_function("query", lambda x: self.encoder(x, training=False),
                          [tf.TensorSpec([None] + list(self.config.IMAGE_SHAPE), tf.float32)])
         maps = [m.numpy() for m in fn(molded.astype(np.float32))]
         return molded, metas.astype(np.float32), windows, maps
@@ -218,15 +212,14 @@ class SiameseMaskRCNN(MaskRCNN):
         signature = ([tf.TensorSpec([None, c.IMAGE_META_SIZE], tf.float32),
                       tf.TensorSpec([None, len(LEVELS), c.TOP_DOWN_PYRAMID_SIZE], tf.float32)] +
                      [tf.TensorSpec([None] + list(m.shape[1:]), tf.float32) for m in maps])
-        fn = self._tf_fn("head", lambda *x: self.head_model(list(x), training=False), signature)
+        fn = self.cached_function("head", lambda *x: self.head_model(list(x), training=False), signature)
+        maps = [tf.convert_to_tensor(m) for m in maps]  # once, not once per category
         results = {}
         for key, emb in embeddings.items():
             emb = np.asarray(emb, np.float32).reshape(1, len(LEVELS), -1)
             detections, _, _, mrcnn_mask, _, _, _ = [o.numpy() for o in fn(metas, emb, *maps)]
-            rows = detections[0][detections[0][:, 4] > 0]
-            rois, class_ids, scores, masks = self.unmold_detections(
-                rows, mrcnn_mask[0], image.shape, molded[0].shape, windows[0])
-            results[key] = {"rois": rois, "class_ids": class_ids, "scores": scores, "masks": masks}
+            results[key] = self.detection_result(detections[0], mrcnn_mask[0], image.shape,
+                                                 molded[0].shape, windows[0])
         return results
 
     def detect(self, targets, images, verbose=0):

@@ -120,7 +120,7 @@ class MaskRCNN:
         self.epoch = 0
         self.log_dir = None
         self.checkpoint_path = None
-        self._predict_fn = None
+        self._functions = {}
         self.set_log_dir()
         with self.strategy.scope():
             self.keras_model = self.build(mode=mode, config=config)
@@ -360,21 +360,29 @@ class MaskRCNN:
             masks = mrcnn_mask[np.arange(n), :, :, class_ids]
         return mdata.unmold_detections(detections, masks, original_image_shape, image_shape, window)
 
+    def cached_function(self, key, fn, signature):
+        """``fn`` as a ``tf.function`` with a fixed input signature, built once per ``key``
+        (inference never retraces per call)."""
+        if key not in self._functions:
+            self._functions[key] = tf.function(fn, input_signature=signature, reduce_retracing=True,
+                                               autograph=False)
+        return self._functions[key]
+
     def _predict(self, inputs):
-        """Run the inference graph through one cached ``tf.function`` (no retracing)."""
-        if self._predict_fn is None:
-            signature = [tf.TensorSpec([None] + list(s), tf.as_dtype(d), name=n)
-                         for n, s, d in self.input_specs("inference")]
-            model = self.keras_model
-
-            @tf.function(input_signature=signature, reduce_retracing=True, autograph=False)
-            def predict(*args):
-                return model(list(args), training=False)
-
-            self._predict_fn = predict
-        dtypes = [tf.as_dtype(d) for _, _, d in self.input_specs("inference")]
-        outs = self._predict_fn(*[tf.convert_to_tensor(np.asarray(x), dtype=d) for x, d in zip(inputs, dtypes)])
+        """Run the inference graph through one cached ``tf.function``."""
+        specs = self.input_specs("inference")
+        signature = [tf.TensorSpec([None] + list(s), tf.as_dtype(d), name=n) for n, s, d in specs]
+        predict = self.cached_function("predict", lambda *x: self.keras_model(list(x), training=False), signature)
+        outs = predict(*[tf.convert_to_tensor(np.asarray(x), dtype=s.dtype) for x, s in zip(inputs, signature)])
         return [o.numpy() for o in outs]
+
+    def detection_result(self, detections, mrcnn_mask, original_image_shape, molded_shape, window):
+        """One image's padded detection rows and masks → ``{"rois", "class_ids", "scores", "masks"}``
+        in original-image pixels."""
+        rows = detections[detections[:, 4] > 0]
+        rois, class_ids, scores, masks = self.unmold_detections(
+            rows, mrcnn_mask, original_image_shape, molded_shape, window)
+        return {"rois": rois, "class_ids": class_ids, "scores": scores, "masks": masks}
 
     def detect(self, images, verbose=0):
         """Detect on a list of images (``len(images) == BATCH_SIZE``).
@@ -389,14 +397,8 @@ class MaskRCNN:
 
     def _detect_molded_batch(self, images, molded, metas, windows, extra):
         detections, _, _, mrcnn_mask, _, _, _ = self._predict([molded, metas] + list(extra))
-        results = []
-        for i, image in enumerate(images):
-            rows = detections[i]
-            rows = rows[rows[:, 4] > 0]
-            rois, class_ids, scores, masks = self.unmold_detections(
-                rows, mrcnn_mask[i], image.shape, molded[i].shape, windows[i])
-            results.append({"rois": rois, "class_ids": class_ids, "scores": scores, "masks": masks})
-        return results
+        return [self.detection_result(detections[i], mrcnn_mask[i], image.shape, molded[i].shape, windows[i])
+                for i, image in enumerate(images)]
 
     def detect_molded(self, molded_images, image_metas, verbose=0):
         """Detect on images already molded (resized, padded, mean-subtracted)."""
