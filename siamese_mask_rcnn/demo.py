@@ -131,18 +131,17 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, minutes=15
             "train_seconds": round(train_seconds, 1), "checkpoint": checkpoint,
             "final_loss": history[-1]["loss"] if history else None,
             "config": config.to_dict()}
-    written = evaluation.write_outputs(out_dir, rows, absent=absent, config=info,
-                                       title=f"one-shot instance segmentation on {dataset} (mAP50, %)")
+    title = f"one-shot instance segmentation on {dataset} (mAP50, %)"
+    written = evaluation.write_outputs(out_dir, rows, absent=absent, config=info, title=title)
     examples = save_examples(inference, val, val.oneshot_class_ids, out_dir / "examples", seed=seed)
     summary = {label: {"map50_bbox": r["map50_bbox"], "map50_segm": r["map50_segm"], "n_pairs": r["n_pairs"]}
                for label, r in rows.items()}
-    summary.update({"absent_false_positives_per_image": absent.get("mean_false_positives_per_image")
-                    if isinstance(absent, dict) else None,
+    summary.update({"absent_false_positives_per_image": absent["mean_false_positives_per_image"],
                     "total_seconds": round(time.time() - t0, 1), "examples": examples,
                     "outputs": {k: str(v) for k, v in written.items()}, **{k: info[k] for k in
                     ("dataset", "epochs_trained", "steps", "train_seconds", "checkpoint")}})
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if verbose:
-        print(evaluation.format_table(rows, title=f"one-shot instance segmentation on {dataset} (mAP50, %)"))
+        print(evaluation.format_table(rows, title=title))
         print(f"results in {out_dir} ({summary['total_seconds']:.0f}s in total)")
     return summary

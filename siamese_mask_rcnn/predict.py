@@ -37,17 +37,19 @@ def read_user_image(path, role):
         raise InputError(f"{role} image {path} is not a readable image ({err})") from None
 
 
-def resolve_config(weights, config_path=None, preset="small"):
-    """The config for ``weights``: an explicit JSON, the run's ``config.json``, or a preset."""
+def resolve_config(weights, config_path=None, preset="small", **overrides):
+    """The single-image inference config for ``weights``: an explicit JSON, the run's
+    ``config.json``, or a preset; ``overrides`` (config keys) are applied on top."""
     from .config import SiameseConfig, siamese_config
 
+    overrides = {"IMAGES_PER_GPU": 1, "GPU_COUNT": 1, **overrides}
     if config_path and not os.path.exists(config_path):
         raise InputError(f"config file not found: {config_path}")
     path = config_path or os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
     if not os.path.exists(path):
-        return siamese_config(preset, IMAGES_PER_GPU=1, GPU_COUNT=1)
+        return siamese_config(preset, **overrides)
     saved = SiameseConfig.load(path, strict=False).to_dict()
-    return SiameseConfig.from_dict({**saved, "IMAGES_PER_GPU": 1, "GPU_COUNT": 1}, strict=False)
+    return SiameseConfig.from_dict({**saved, **overrides}, strict=False)
 
 
 def load_model(weights, config_path=None, preset="small", min_confidence=None):
@@ -56,10 +58,8 @@ def load_model(weights, config_path=None, preset="small", min_confidence=None):
 
     if not os.path.exists(weights):
         raise InputError(f"weights file not found: {weights}")
-    config = resolve_config(weights, config_path, preset)
-    if min_confidence is not None:
-        config = type(config).from_dict({**config.to_dict(), "DETECTION_MIN_CONFIDENCE": float(min_confidence)},
-                                        strict=False)
+    overrides = {} if min_confidence is None else {"DETECTION_MIN_CONFIDENCE": float(min_confidence)}
+    config = resolve_config(weights, config_path, preset, **overrides)
     model = SiameseMaskRCNN("inference", config, model_dir=os.path.dirname(os.path.abspath(weights)))
     model.load_weights(weights, by_name=True)
     return model
