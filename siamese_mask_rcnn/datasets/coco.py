@@ -8,8 +8,6 @@ their **position** in the annotation file's category list sorted by id.
 
 This module does not import TensorFlow.
 """
-import contextlib
-import io
 import json
 import os
 import pathlib
@@ -17,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from siamese_mask_rcnn.cocoformat import coco_from_dict
 from siamese_mask_rcnn.datasets.base import OneShotDataset
 
 #: The 80 COCO category names in COCO's order (sorted by category id).
@@ -100,16 +99,6 @@ def _read_coco_json(annotation_file):
     return data
 
 
-def _coco_from_dict(data):
-    """A ``pycocotools.coco.COCO`` object built in memory (its prints silenced)."""
-    from pycocotools.coco import COCO
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
 def _coco_bbox_to_yxyx(bbox):
     """COCO ``[x, y, w, h]`` (float) → ``(y1, x1, y2, x2)`` rounded ints, y2/x2 exclusive."""
     x, y, w, h = (float(v) for v in bbox)
@@ -168,7 +157,7 @@ class OneShotCocoDataset(OneShotDataset):
                            annotations=by_image.get(img["id"], []))
         self._class_by_coco_id = None
         if return_coco:
-            return _coco_from_dict(data)
+            return coco_from_dict(data)
         return None
 
     @staticmethod
