@@ -217,7 +217,11 @@ def worker_logs_dir(logs, tf_config_text):
 
 def make_strategy(args):
     """``MultiWorkerMirroredStrategy`` for ``--multi-worker``, else None (the model then uses
-    ``MirroredStrategy`` over ``GPU_COUNT`` GPUs, or the default strategy for one)."""
+    ``MirroredStrategy`` over ``GPU_COUNT`` GPUs, or the default strategy for one).
+
+    Raises:
+        ValueError: ``TF_CONFIG`` is not a valid cluster description (from TensorFlow).
+    """
     if not args.multi_worker:
         return None
     import tensorflow as tf  # TensorFlow only once training is asked for

@@ -37,6 +37,10 @@ def confusion_matrix(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None
     Returns ``class_ids``, ``class_names`` (list, in order), ``matrix`` (numpy [K, K]),
     ``column_sums`` (nan-ignoring sums over rows), ``column_sums_off_diagonal``,
     ``iou_type``.
+
+    Raises:
+        ValueError: any error of :func:`evaluate` (when ``evaluation`` is not given) or
+            of :func:`coco_ap50`.
     """
     if evaluation is None:
         evaluation = evaluate(dataset, predict_fn, class_ids, seed=seed, shots=shots,
@@ -99,6 +103,9 @@ def clutter_analysis(dataset, results, coco_gt, class_ids, bins=DEFAULT_CLUTTER_
     is evaluated with ``params.imgIds`` restricted to its images. Returns ``{"bins": [{label,
     min, max, n_images, map50_bbox, map50_segm, ap50_bbox, ap50_segm}], "instance_counts":
     {image_id: count}}``; empty bins have nan mAP.
+
+    Raises:
+        ValueError: ``results`` name images missing from ``coco_gt``.
     """
     class_ids = sorted(set(int(c) for c in class_ids))
     ann_ids = coco_gt.getAnnIds(catIds=class_ids, iscrowd=False)
@@ -141,6 +148,10 @@ def absent_category_test(dataset, predict_fn, class_ids, seed=0, score_threshold
     ``fraction_pairs_with_false_positive``, ``per_category`` ({class_id: name, n_queries,
     false_positives, mean_per_query, fraction_queries_with_false_positive}) and
     ``per_image`` (image_id, n_categories, false_positives, max_score).
+
+    Raises:
+        ValueError: unknown class ids, or ``predict_fn`` returns malformed detections
+            (image and category named).
     """
     class_ids = _check_class_ids(dataset, class_ids)
     rng = np.random.default_rng(seed)

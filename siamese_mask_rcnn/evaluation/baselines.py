@@ -64,26 +64,37 @@ class _GroundTruthLookup:
         return rois, masks
 
 
+def _lookup_predictor(dataset, detections_of):
+    """A predict_fn answering every category of ``references`` with
+    ``detections_of(image_id, class_id, rois, masks)`` of its non-crowd ground truth
+    (the reference crops are ignored)."""
+    lookup = _GroundTruthLookup(dataset)
+
+    def predict(image, references, image_id=None):
+        """Detections made from the ground truth of every category in ``references``."""
+        image_id = lookup.image_id(image) if image_id is None else int(image_id)
+        return {class_id: detections_of(image_id, class_id, *lookup.instances(image_id, class_id))
+                for class_id in references}
+
+    return predict
+
+
 def ground_truth_predictor(dataset):
     """A predict_fn returning the ground-truth instances of each requested category.
 
     Boxes are the annotations' exact (float) boxes, masks the annotations' masks,
     scores 1. Run through :func:`evaluate` it must give AP50 = 1 for every category with
     ground truth: a check of the whole evaluation path.
+
+    Raises:
+        ValueError: (from the returned predict_fn) called without ``image_id`` on an
+            image that is not one of the dataset's.
     """
-    lookup = _GroundTruthLookup(dataset)
+    def exact(image_id, class_id, rois, masks):
+        """The ground truth itself, scored 1."""
+        return {"rois": rois, "scores": np.ones((rois.shape[0],)), "masks": masks}
 
-    def predict(image, references, image_id=None):
-        """Ground truth of every category in ``references`` (the crops are ignored)."""
-        image_id = lookup.image_id(image) if image_id is None else int(image_id)
-        output = {}
-        for class_id in references:
-            rois, masks = lookup.instances(image_id, class_id)
-            output[class_id] = {"rois": rois, "scores": np.ones((rois.shape[0],)),
-                                "masks": masks}
-        return output
-
-    return predict
+    return _lookup_predictor(dataset, exact)
 
 
 def _shift_instance(box, mask, rng):
@@ -109,21 +120,18 @@ def random_boxes_predictor(dataset, seed=0):
     uniformly random position inside the image with its mask moved along, scores uniform
     in [0.8, 1]. The draws depend only on ``(seed, image_id, class_id)``, so results do not
     depend on the order of the calls.
+
+    Raises:
+        ValueError: (from the returned predict_fn) called without ``image_id`` on an
+            image that is not one of the dataset's.
     """
-    lookup = _GroundTruthLookup(dataset)
+    def shifted(image_id, class_id, rois, masks):
+        """The ground truth moved to random places, scored uniformly in [0.8, 1]."""
+        rng = np.random.default_rng([int(seed), int(image_id), int(class_id)])
+        scores = np.zeros((rois.shape[0],))
+        for k in range(rois.shape[0]):
+            rois[k], masks[:, :, k] = _shift_instance(rois[k], masks[:, :, k], rng)
+            scores[k] = rng.uniform(0.8, 1.0)
+        return {"rois": rois, "scores": scores, "masks": masks}
 
-    def predict(image, references, image_id=None):
-        """Randomly placed ground truth of every category in ``references``."""
-        image_id = lookup.image_id(image) if image_id is None else int(image_id)
-        output = {}
-        for class_id in references:
-            rng = np.random.default_rng([int(seed), int(image_id), int(class_id)])
-            rois, masks = lookup.instances(image_id, class_id)
-            scores = np.zeros((rois.shape[0],))
-            for k in range(rois.shape[0]):
-                rois[k], masks[:, :, k] = _shift_instance(rois[k], masks[:, :, k], rng)
-                scores[k] = rng.uniform(0.8, 1.0)
-            output[class_id] = {"rois": rois, "scores": scores, "masks": masks}
-        return output
-
-    return predict
+    return _lookup_predictor(dataset, shifted)

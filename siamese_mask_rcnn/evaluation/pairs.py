@@ -85,6 +85,10 @@ def build_eval_pairs(dataset, class_ids, seed, shots=1, limit=None, load_crops=T
     Returns a list of :data:`EvalPair` ``(image_id, class_id, references, reference_info)``.
     With ``load_crops=False`` the crops are not kept (``references`` is None) and are
     re-cut from ``reference_info`` when predicting, which keeps memory flat on large sets.
+
+    Raises:
+        ValueError: ``shots`` < 1, ``limit`` < 1 or class ids the dataset does not
+            have (named).
     """
     pairs, _ = _draw_pairs(dataset, class_ids, seed, shots, limit, load_crops)
     return pairs

@@ -50,6 +50,9 @@ def detections_to_coco(image_id, class_id, rois, scores, masks):
     """COCO result dicts of one category's detections in one image.
 
     Boxes ``(y1, x1, y2, x2)`` become ``[x, y, w, h]``; masks become RLE (``counts`` str).
+
+    Raises:
+        ValueError: a mask is not two-dimensional.
     """
     results = []
     for i in range(rois.shape[0]):
@@ -66,6 +69,11 @@ def run_predictions(dataset, predict_fn, pairs, progress=True):
     Pairs are grouped by query image so ``predict_fn`` is called once per image with all
     of its categories. Every detection gets the reference's category. Returns a list of
     dicts ``image_id, category_id, bbox [x, y, w, h], score, segmentation (RLE)``.
+
+    Raises:
+        ValueError: a pair occurs twice, or ``predict_fn`` returns something other
+            than a dict, misses a category or gives rois / scores / masks of mismatched
+            shapes (image and category named).
     """
     groups = _group_by_image(pairs)
     cache = _ImageCache(dataset)

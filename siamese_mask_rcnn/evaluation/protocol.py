@@ -26,6 +26,10 @@ def coco_ap50(coco_gt, results, class_ids, iou_type="bbox", img_ids=None, verbos
     from the mean and reported under ``no_gt``.
 
     Returns ``{"ap50": {class_id: AP}, "map50": mean (nan if no category), "no_gt": [...]}``.
+
+    Raises:
+        ValueError: ``iou_type`` is not ``"bbox"``/``"segm"``, ``class_ids`` is empty,
+            results name images missing from ``coco_gt`` or lack masks for ``"segm"``.
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
@@ -65,6 +69,9 @@ def evaluation_ground_truth(dataset, pairs, class_ids, verbose=False):
     All images stay (so any result image id is valid), but only the annotations of the
     pairs that were actually run are kept: with ``limit`` or skipped combinations (no
     reference in another image) the unseen instances are not counted as misses.
+
+    Raises:
+        RuntimeError: the dataset is not prepared (from ``to_coco_dict``).
     """
     data = dataset.to_coco_dict(class_ids=sorted(set(int(c) for c in class_ids)))
     evaluated = {(int(p.image_id), int(p.class_id)) for p in pairs}
@@ -88,6 +95,10 @@ def evaluate(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None, progre
     category combinations without a reference elsewhere), ``pairs`` (image id, class id and
     reference info of every pair), ``results`` (COCO results), ``coco_gt`` (the restricted
     ground truth, a pycocotools object), ``seed``, ``shots``, ``limit``.
+
+    Raises:
+        ValueError: unknown class ids, ``shots`` < 1 or ``limit`` < 1 (the value is
+            named), or ``predict_fn`` returns malformed detections (image and category named).
     """
     class_ids = _check_class_ids(dataset, class_ids)
     pairs, skipped = _draw_pairs(dataset, class_ids, seed, shots, limit, load_crops=False)
@@ -140,6 +151,10 @@ def evaluate_runs(dataset, predict_fn, class_ids, runs=5, seed=0, shots=1, limit
     ``map50_bbox`` / ``map50_segm``, their 95% intervals ``ci95_bbox`` / ``ci95_segm``
     (1.96·std(run values)/√runs), the mean per-category ``ap50_bbox`` / ``ap50_segm``, and
     ``evaluations`` (the full :func:`evaluate` dicts).
+
+    Raises:
+        ValueError: ``runs`` < 1, neither ``predict_fn`` nor ``predict_fn_for_seed``,
+            or any error of :func:`evaluate`.
     """
     if int(runs) < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")

@@ -57,8 +57,24 @@ def _csv_number(value):
     return "" if math.isnan(value) else f"{value:.6f}"
 
 
+def _write_csv(path, rows):
+    """Write ``rows`` (lists, the header first) as CSV to ``path``; returns the path.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    path = _prepare_path(path)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)
+    return path
+
+
 def write_json(data, path):
-    """Write ``data`` as JSON (numpy → Python, nan → null); returns the path."""
+    """Write ``data`` as JSON (numpy → Python, nan → null); returns the path.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
     path = _prepare_path(path)
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(_jsonable(data), handle, indent=1)
@@ -70,13 +86,28 @@ def write_json(data, path):
 ############################################################
 
 
+def _finish_figure(fig, path):
+    """Lay ``fig`` out and write it to ``path`` (PNG) when given; returns the Figure.
+
+    Raises:
+        OSError: ``path`` cannot be written.
+    """
+    from ..mrcnn.visualize import save_figure  # pyplot only once a plot is drawn
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
 def plot_confusion(confusion, path=None, title=None):
     """Fig.-7 style plot: the AP50 matrix and, below it, the column sums (false positives).
 
     Returns the Figure; writes a PNG to ``path`` when given.
+
+    Raises:
+        OSError: ``path`` cannot be written.
     """
     import matplotlib.pyplot as plt
-    from siamese_mask_rcnn.mrcnn.visualize import save_figure
     names = confusion["class_names"]
     size = len(names)
     side = max(6.0, 0.35 * size + 3)
@@ -97,37 +128,41 @@ def plot_confusion(confusion, path=None, title=None):
     ax_sums.set_xticklabels(names, rotation=90, fontsize=8)
     ax_sums.set_ylabel("off-diagonal column sum")
     ax_matrix.set_title(title or f"confusion matrix ({confusion['iou_type']} AP50)")
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    return fig
+    return _finish_figure(fig, path)
 
 
 def write_confusion_csv(confusion, path):
     """Write the matrix as CSV: a header of category names, one row per reference category,
-    then the column sums (all, and off-diagonal)."""
-    path = _prepare_path(path)
+    then the column sums (all, and off-diagonal).
+
+    Raises:
+        OSError: the file cannot be written.
+    """
     names = confusion["class_names"]
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["reference \\ evaluated as"] + names)
-        for name, row in zip(names, confusion["matrix"]):
-            writer.writerow([name] + [_csv_number(v) for v in row])
-        writer.writerow(["column sum"] + [_csv_number(v) for v in confusion["column_sums"]])
-        writer.writerow(["column sum (off-diagonal)"] +
-                        [_csv_number(v) for v in confusion["column_sums_off_diagonal"]])
-    return path
+    rows = [["reference \\ evaluated as"] + names]
+    rows += [[name] + [_csv_number(v) for v in row] for name, row in zip(names, confusion["matrix"])]
+    rows.append(["column sum"] + [_csv_number(v) for v in confusion["column_sums"]])
+    rows.append(["column sum (off-diagonal)"] +
+                [_csv_number(v) for v in confusion["column_sums_off_diagonal"]])
+    return _write_csv(path, rows)
 
 
 def write_confusion_json(confusion, path):
-    """Write the confusion matrix as JSON (nan → null)."""
+    """Write the confusion matrix as JSON (nan → null).
+
+    Raises:
+        OSError: the file cannot be written.
+    """
     return write_json(confusion, path)
 
 
 def plot_clutter(clutter, path=None, title="effect of clutter"):
-    """Fig.-8 style plot of mAP50 (%) against the number of instances; returns the Figure."""
+    """Fig.-8 style plot of mAP50 (%) against the number of instances; returns the Figure.
+
+    Raises:
+        OSError: ``path`` cannot be written.
+    """
     import matplotlib.pyplot as plt
-    from siamese_mask_rcnn.mrcnn.visualize import save_figure
     labels = [b["label"] for b in clutter["bins"]]
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -140,37 +175,34 @@ def plot_clutter(clutter, path=None, title="effect of clutter"):
     ax.set_ylabel("mAP50 (%)")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    return fig
+    return _finish_figure(fig, path)
 
 
 def write_clutter_csv(clutter, path):
-    """Write one CSV row per bin: label, min, max, images, detection and segmentation mAP50."""
-    path = _prepare_path(path)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["instances", "min", "max", "n_images", "map50_bbox", "map50_segm"])
-        for b in clutter["bins"]:
-            writer.writerow([b["label"], b["min"], "" if b["max"] is None else b["max"],
-                             b["n_images"], _csv_number(b["map50_bbox"]),
-                             _csv_number(b["map50_segm"])])
-    return path
+    """Write one CSV row per bin: label, min, max, images, detection and segmentation mAP50.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    rows = [["instances", "min", "max", "n_images", "map50_bbox", "map50_segm"]]
+    rows += [[b["label"], b["min"], "" if b["max"] is None else b["max"], b["n_images"],
+              _csv_number(b["map50_bbox"]), _csv_number(b["map50_segm"])]
+             for b in clutter["bins"]]
+    return _write_csv(path, rows)
 
 
 def write_absent_csv(absent, path):
-    """Write the per-category false-positive statistics of :func:`absent_category_test`."""
-    path = _prepare_path(path)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["class_id", "name", "n_queries", "false_positives", "mean_per_query",
-                         "fraction_queries_with_false_positive"])
-        for class_id, s in absent["per_category"].items():
-            writer.writerow([class_id, s["name"], s["n_queries"], s["false_positives"],
-                             _csv_number(s["mean_per_query"]),
-                             _csv_number(s["fraction_queries_with_false_positive"])])
-    return path
+    """Write the per-category false-positive statistics of :func:`absent_category_test`.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    rows = [["class_id", "name", "n_queries", "false_positives", "mean_per_query",
+             "fraction_queries_with_false_positive"]]
+    rows += [[class_id, s["name"], s["n_queries"], s["false_positives"],
+              _csv_number(s["mean_per_query"]), _csv_number(s["fraction_queries_with_false_positive"])]
+             for class_id, s in absent["per_category"].items()]
+    return _write_csv(path, rows)
 
 
 ############################################################
@@ -245,9 +277,12 @@ def summarize(entry):
 
 
 def plot_per_category(entry, path=None, title="AP50 per category"):
-    """Bar plot of per-category AP50 (%), detection and segmentation; returns the Figure."""
+    """Bar plot of per-category AP50 (%), detection and segmentation; returns the Figure.
+
+    Raises:
+        OSError: ``path`` cannot be written.
+    """
     import matplotlib.pyplot as plt
-    from siamese_mask_rcnn.mrcnn.visualize import save_figure
     names = entry["class_names"]
     ids = sorted(set(entry["ap50_bbox"]) | set(entry["ap50_segm"]))
     x = np.arange(len(ids))
@@ -262,10 +297,7 @@ def plot_per_category(entry, path=None, title="AP50 per category"):
     ax.set_ylim(0, 105)
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    return fig
+    return _finish_figure(fig, path)
 
 
 def write_outputs(out_dir, summary, confusion=None, clutter=None, absent=None, config=None,
@@ -276,6 +308,10 @@ def write_outputs(out_dir, summary, confusion=None, clutter=None, absent=None, c
     * ``summary.json``: the numbers of every row (+ ``config``), ``table.txt``: the table;
     * ``ap50_<row>.png``: per-category AP50;
     * optional ``confusion.{png,csv,json}``, ``clutter.{png,csv,json}``, ``absent.{json,csv}``.
+
+    Raises:
+        OSError: ``out_dir`` or a file in it cannot be written.
+        KeyError: a row lacks the numbers of :func:`evaluate` / :func:`evaluate_runs`.
     """
     import matplotlib.pyplot as plt
     out_dir = pathlib.Path(out_dir)
@@ -296,18 +332,15 @@ def write_outputs(out_dir, summary, confusion=None, clutter=None, absent=None, c
     table_path = out_dir / "table.txt"
     table_path.write_text(format_table(summary, title=title), encoding="utf-8")
     written["table"] = table_path
-    if confusion is not None:
-        fig = plot_confusion(confusion, out_dir / "confusion.png")
-        plt.close(fig)
-        written["confusion_png"] = out_dir / "confusion.png"
-        written["confusion_csv"] = write_confusion_csv(confusion, out_dir / "confusion.csv")
-        written["confusion_json"] = write_confusion_json(confusion, out_dir / "confusion.json")
-    if clutter is not None:
-        fig = plot_clutter(clutter, out_dir / "clutter.png")
-        plt.close(fig)
-        written["clutter_png"] = out_dir / "clutter.png"
-        written["clutter_csv"] = write_clutter_csv(clutter, out_dir / "clutter.csv")
-        written["clutter_json"] = write_json(clutter, out_dir / "clutter.json")
+    analyses = (("confusion", confusion, plot_confusion, write_confusion_csv, write_confusion_json),
+                ("clutter", clutter, plot_clutter, write_clutter_csv, write_json))
+    for name, analysis, plot, write_csv, write_numbers in analyses:
+        if analysis is None:
+            continue
+        plt.close(plot(analysis, out_dir / f"{name}.png"))
+        written[f"{name}_png"] = out_dir / f"{name}.png"
+        written[f"{name}_csv"] = write_csv(analysis, out_dir / f"{name}.csv")
+        written[f"{name}_json"] = write_numbers(analysis, out_dir / f"{name}.json")
     if absent is not None:
         written["absent_json"] = write_json(absent, out_dir / "absent.json")
         written["absent_csv"] = write_absent_csv(absent, out_dir / "absent.csv")
