@@ -11,7 +11,8 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from siamese_mask_rcnn.mrcnn import data, utils  # noqa: E402
+from siamese_mask_rcnn.mrcnn import image_meta as mmeta  # noqa: E402
+from siamese_mask_rcnn.mrcnn import utils  # noqa: E402
 from siamese_mask_rcnn.mrcnn import heads as H  # noqa: E402
 from siamese_mask_rcnn.mrcnn import layers as L  # noqa: E402
 from siamese_mask_rcnn.mrcnn import losses as LS  # noqa: E402
@@ -30,7 +31,7 @@ def random_boxes(rng, n, scale=1.0):
 
 def meta_1024(num_classes=81, window=(0, 0, 1024, 1024), batch=1):
     """Image metas ``[batch, META]`` of a 1024² molded image."""
-    meta = data.compose_image_meta(7, (1024, 1024, 3), (1024, 1024, 3), window, 1.0,
+    meta = mmeta.compose_image_meta(7, (1024, 1024, 3), (1024, 1024, 3), window, 1.0,
                                    np.ones(num_classes))
     return np.tile(meta[None].astype(np.float32), [batch, 1])
 
@@ -107,12 +108,12 @@ def test_norm_boxes_graph_matches_numpy():
 
 
 def test_parse_image_meta_graph_matches_numpy():
-    meta = data.compose_image_meta(5, (480, 640, 3), (1024, 1024, 3), (128, 0, 896, 1024), 1.6,
+    meta = mmeta.compose_image_meta(5, (480, 640, 3), (1024, 1024, 3), (128, 0, 896, 1024), 1.6,
                                    [1, 0, 1, 1])
     metas = np.stack([meta, meta]).astype(np.float32)
     metas[1, 0] = 9
     got = L.parse_image_meta_graph(tf.constant(metas))
-    want = data.parse_image_meta(metas)
+    want = mmeta.parse_image_meta(metas)
     assert set(got) == set(want)
     for key in want:
         np.testing.assert_allclose(got[key].numpy(), want[key], rtol=1e-6)
@@ -402,7 +403,7 @@ def detection_inputs():
     deltas = np.zeros((7, 3, 4), np.float32)
     deltas[6] = 9.0  # deltas of the other classes must be ignored
     deltas[6, 2] = [1.0, 0.0, 0.0, 0.0]  # ·0.1 std → moves down by 0.1·0.2
-    meta = data.compose_image_meta(0, (96, 128, 3), (128, 128, 3), (16, 0, 112, 128), 1.0, np.ones(3))
+    meta = mmeta.compose_image_meta(0, (96, 128, 3), (128, 128, 3), (16, 0, 112, 128), 1.0, np.ones(3))
     return rois[None], probs[None], deltas[None], meta[None].astype(np.float32)
 
 

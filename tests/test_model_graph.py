@@ -211,8 +211,12 @@ def test_save_load_round_trip_reproduces_detections(tiny, tmp_path):
 def test_run_graph_returns_intermediate_tensors_by_layer_name(tiny):
     image = random_image(2, (128, 128, 3))
     molded, metas, _ = tiny.mold_inputs([image])
-    out = tiny.run_graph([molded, metas], [("rois", "ROI"), ("p2", "fpn_p2"), ("p6", "fpn_p6"),
-                                           ("anchors", "anchors"), ("detections", "mrcnn_detection")])
+    outputs = [("rois", "ROI"), ("p2", "fpn_p2"), ("p6", "fpn_p6"),
+               ("anchors", "anchors"), ("detections", "mrcnn_detection")]
+    out = tiny.run_graph(molded, outputs, image_metas=metas)
+    raw_images = tiny.run_graph([image], outputs)  # matterport's call: raw images, molded inside
+    for key in out:
+        np.testing.assert_allclose(raw_images[key], out[key], rtol=1e-5, atol=1e-6)
     assert set(out) == {"rois", "p2", "p6", "anchors", "detections"}
     assert out["rois"].shape == (1, 50, 4)
     assert out["p2"].shape == (1, 32, 32, 32) and out["p6"].shape == (1, 2, 2, 32)

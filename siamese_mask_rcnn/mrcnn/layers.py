@@ -8,6 +8,8 @@ import numpy as np
 import keras
 import tensorflow as tf
 
+from .image_meta import parse_image_meta_graph
+
 
 # ----------------------------------------------------------------------------------------
 # Box operations (graph versions of the numpy helpers in utils)
@@ -77,18 +79,6 @@ def norm_boxes_graph(boxes, shape):
     scale = tf.concat([h, w, h, w], axis=-1) - 1.0
     shift = tf.constant([0.0, 0.0, 1.0, 1.0])
     return tf.math.divide(boxes - shift, scale)
-
-
-def parse_image_meta_graph(meta):
-    """Split an image-meta tensor ``[batch, META]`` into a dict of tensors."""
-    return {
-        "image_id": meta[:, 0],
-        "original_image_shape": meta[:, 1:4],
-        "image_shape": meta[:, 4:7],
-        "window": meta[:, 7:11],
-        "scale": meta[:, 11],
-        "active_class_ids": meta[:, 12:],
-    }
 
 
 def max_or_zero(matrix):
