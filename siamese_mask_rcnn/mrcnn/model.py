@@ -174,7 +174,8 @@ class MaskRCNN:
             active_class_ids = ActiveClassIds(name="active_class_ids")(input_image_meta)
             gt_boxes = NormBoxesLayer(config.IMAGE_SHAPE, name="norm_gt_boxes")(input_gt_boxes)
             rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
-                config, name="proposal_targets")([rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks])
+                config.TRAIN_ROIS_PER_IMAGE, config.ROI_POSITIVE_RATIO, config.BBOX_STD_DEV,
+                config.MASK_SHAPE, config.USE_MINI_MASK, name="proposal_targets")([rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks])
             class_logits, _, bbox = fpn_classifier_graph(
                 rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
                 train_bn=config.TRAIN_BN, fc_layers_size=fc)
@@ -189,11 +190,13 @@ class MaskRCNN:
         _, class_probs, bbox = fpn_classifier_graph(
             rpn_rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
             train_bn=config.TRAIN_BN, fc_layers_size=fc)
-        detections = DetectionLayer(config, name="mrcnn_detection")([rpn_rois, class_probs, bbox, input_image_meta])
+        detections = DetectionLayer(config.DETECTION_MAX_INSTANCES, config.DETECTION_MIN_CONFIDENCE,
+                                    config.DETECTION_NMS_THRESHOLD, config.BBOX_STD_DEV,
+                                    name="mrcnn_detection")([rpn_rois, class_probs, bbox, input_image_meta])
         det_boxes = SliceDetectionBoxes(name="detection_boxes")(detections)
         masks = build_fpn_mask_graph(det_boxes, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
                                      self.num_mask_channels(), train_bn=config.TRAIN_BN,
-                                         conv_channels=config.MASK_CONV_CHANNELS)
+                                     conv_channels=config.MASK_CONV_CHANNELS)
         return [detections, class_probs, bbox, masks, rpn_rois, rpn_class, rpn_bbox]
 
     def get_anchors(self, image_shape):
