@@ -65,6 +65,25 @@ def load_model(weights, config_path=None, preset="small", min_confidence=None):
     return model
 
 
+def build_predictor(weights, config=None, preset="small"):
+    """Load an inference model from ``weights`` and return its evaluation ``predict_fn``
+    (``predict_fn(image, {class_id: [crops]}) → {class_id: result}``, see
+    ``SiameseMaskRCNN.predict_fn``).
+
+    The config is ``config``, else the ``config.json`` training wrote beside the weights,
+    else the ``preset``. Raises ``InputError`` naming a missing weights file.
+    """
+    if config is None:
+        return load_model(weights, preset=preset).predict_fn()
+    from .siamese import SiameseMaskRCNN
+
+    if not os.path.exists(weights):
+        raise InputError(f"weights file not found: {weights}")
+    model = SiameseMaskRCNN("inference", config, model_dir="logs")
+    model.load_weights(weights, by_name=True)
+    return model.predict_fn()
+
+
 def result_to_json(result, reference_paths, query_path):
     """A JSON-ready description: boxes (x1, y1, x2, y2 and y1, x1, y2, x2), scores, RLE masks."""
     from pycocotools import mask as mask_util

@@ -114,7 +114,7 @@ def test_held_out_alphabets_are_never_training_targets_or_references(dataset):
     for seed in range(5):
         rng = np.random.default_rng(seed)
         for image_id in dataset.image_ids:
-            class_id = dataset.sample_target_class(image_id, rng)
+            class_id = dataset.sample_reference_class(image_id, rng)
             if class_id is None:
                 continue
             assert class_id not in oneshot

@@ -199,7 +199,7 @@ def test_held_out_categories_are_never_training_targets_or_references(dataset):
     for seed in range(5):
         rng = np.random.default_rng(seed)
         for image_id in dataset.image_ids:
-            class_id = dataset.sample_target_class(image_id, rng)
+            class_id = dataset.sample_reference_class(image_id, rng)
             if class_id is None:
                 continue
             assert class_id not in oneshot and class_id in dataset.train_class_ids
@@ -207,14 +207,14 @@ def test_held_out_categories_are_never_training_targets_or_references(dataset):
                                                  return_info=True)
             assert info["class_id"] == class_id and info["rendered"] and not info["same_image"]
             assert ref.dtype == np.uint8 and ref.ndim == 3 and ref.shape[2] == 3
-            masks, labels = dataset.load_target(image_id, class_id)
+            masks, labels = dataset.load_class_gt(image_id, class_id)
             _, class_ids = dataset.load_mask(image_id)
             assert masks.shape[2] == int(np.sum(class_ids == class_id)) >= 1
             drawn += 1
     assert drawn > 200
     # Evaluation draws held-out categories when asked to.
     rng = np.random.default_rng(0)
-    picks = [dataset.sample_target_class(i, rng, class_ids=dataset.oneshot_class_ids)
+    picks = [dataset.sample_reference_class(i, rng, class_ids=dataset.oneshot_class_ids)
              for i in dataset.image_ids]
     picks = [p for p in picks if p is not None]
     assert picks and set(picks) <= oneshot

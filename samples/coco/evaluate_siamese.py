@@ -115,7 +115,7 @@ def make_predictor_factory(args, dataset):
         return lambda seed: predictor
     if args.model == "random":
         return lambda seed: evaluation.random_boxes_predictor(dataset, seed)
-    from siamese_mask_rcnn.siamese import build_predictor  # imports TensorFlow
+    from siamese_mask_rcnn.predict import build_predictor  # imports TensorFlow
     predictor = build_predictor(args.weights, preset=args.preset)
     return lambda seed: predictor
 

@@ -215,7 +215,7 @@ class GeneratedSceneDataset(OneShotDataset):
     # ------------------------------------------------------------------ references
     def build_index(self):
         """The base index; with rendered references every category present in some
-        image is a possible target, whatever the size of its instances."""
+        image is a possible reference category, whatever the size of its instances."""
         super().build_index()
         if not self.render_references:
             return

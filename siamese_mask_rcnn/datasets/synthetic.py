@@ -53,7 +53,7 @@ As in the COCO splits of the paper, every 4th category (starting at the
 ``split``-th, ``split`` in 1..4) is a one-shot (held-out) category, the others are
 background (training) categories; an explicit ``oneshot_class_ids`` overrides this.
 Held-out categories still appear in training scenes, but only as unlabelled
-clutter: the base class never picks them as targets or references there.
+clutter: the base class never picks them as reference categories there.
 
 By default (``render_references=True``) a reference is a **fresh, isolated instance**
 of the category on a plain neutral-grey background, rendered with its own random
