@@ -306,16 +306,22 @@ def test_generation_speed_is_printed():
     print(f"\nsynthetic: {per_scene:.2f} ms per 128x128 scene")
 
 
-def test_scene_machinery_and_omniglot_do_not_import_the_synthetic_categories():
-    """The generic scene dataset (``datasets.scenes``) and Omniglot stand alone: importing
-    them loads neither the procedural dataset nor its category styles (nor TensorFlow)."""
+def _modules_loaded_by(imports, candidates):
+    """Which of ``candidates`` a fresh interpreter has loaded after ``import imports``."""
     import subprocess
     import sys
-    code = ("import sys\n"
-            "import siamese_mask_rcnn.datasets.scenes, siamese_mask_rcnn.datasets.omniglot\n"
-            "bad = [m for m in ('siamese_mask_rcnn.datasets.synthetic',\n"
-            "                   'siamese_mask_rcnn.datasets.synthetic_styles', 'tensorflow')\n"
-            "       if m in sys.modules]\n"
-            "print(bad)\n")
+    code = (f"import sys\nimport {imports}\n"
+            f"print([m for m in {list(candidates)!r} if m in sys.modules])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    return out.stdout.strip()
+
+
+def test_scene_machinery_and_omniglot_do_not_import_the_synthetic_categories():
+    """The generic scene dataset (``datasets.scenes``) and Omniglot stand alone: importing
+    them loads neither the procedural dataset, its category styles, the COCO module nor
+    TensorFlow; the procedural dataset does not need the COCO module either."""
+    pkg = "siamese_mask_rcnn.datasets"
+    assert _modules_loaded_by(f"{pkg}.scenes, {pkg}.omniglot",
+                              [f"{pkg}.synthetic", f"{pkg}.synthetic_styles", f"{pkg}.coco",
+                               "tensorflow"]) == "[]"
+    assert _modules_loaded_by(f"{pkg}.synthetic", [f"{pkg}.coco", "tensorflow"]) == "[]"

@@ -40,9 +40,9 @@ import zipfile
 
 import numpy as np
 
-from siamese_mask_rcnn.datasets.coco import split_positions
 from siamese_mask_rcnn.datasets.scenes import (GeneratedSceneDataset, Scene, bilinear_upsample,
                                                finish_image, place_instances, scene_plan)
+from siamese_mask_rcnn.datasets.splits import split_positions
 
 SOURCE = "omniglot"
 #: A member ``.../<Alphabet>/<characterXX>/<image id>_<drawer>.png`` of an Omniglot archive.

@@ -71,9 +71,9 @@ import math
 
 import numpy as np
 
-from siamese_mask_rcnn.datasets.coco import split_positions
 from siamese_mask_rcnn.datasets.scenes import (GeneratedSceneDataset, Scene, bilinear_upsample,
                                                finish_image, place_instances, scene_plan)
+from siamese_mask_rcnn.datasets.splits import split_positions
 from siamese_mask_rcnn.datasets.synthetic_styles import (make_category_styles, pattern_mask,
                                                          shape_mask)
 
