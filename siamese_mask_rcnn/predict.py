@@ -25,7 +25,8 @@ class InputError(ValueError):
 
 
 def read_user_image(path, role):
-    """Read an image file as uint8 RGB; ``InputError`` naming ``path`` if it cannot."""
+    """Read an image file as uint8 RGB ``[H, W, 3]``; raises ``InputError`` naming ``path``
+    (and ``role``, e.g. "query") if it is missing, a directory or unreadable."""
     path = pathlib.Path(path)
     if not path.exists():
         raise InputError(f"{role} image not found: {path}")
@@ -39,7 +40,8 @@ def read_user_image(path, role):
 
 def resolve_config(weights, config_path=None, preset="small", **overrides):
     """The single-image inference config for ``weights``: an explicit JSON, the run's
-    ``config.json``, or a preset; ``overrides`` (config keys) are applied on top."""
+    ``config.json``, or a preset; ``overrides`` (config keys) are applied on top.
+    Raises ``InputError`` naming an explicit config file that does not exist."""
     from .config import SiameseConfig, siamese_config
 
     overrides = {"IMAGES_PER_GPU": 1, "GPU_COUNT": 1, **overrides}
@@ -53,7 +55,8 @@ def resolve_config(weights, config_path=None, preset="small", **overrides):
 
 
 def load_model(weights, config_path=None, preset="small", min_confidence=None):
-    """An inference ``SiameseMaskRCNN`` with ``weights`` loaded by layer name."""
+    """An inference ``SiameseMaskRCNN`` with ``weights`` loaded by layer name (config as in
+    :func:`resolve_config`). Raises ``InputError`` naming a missing weights or config file."""
     from .siamese import SiameseMaskRCNN
 
     if not os.path.exists(weights):

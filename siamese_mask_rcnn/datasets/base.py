@@ -100,7 +100,8 @@ class OneShotDataset(utils.Dataset):
 
     # ------------------------------------------------------------------ contract
     def instance_annotations(self, image_id):
-        """Per-instance metadata of one image (see the class docstring); subclasses implement."""
+        """Per-instance metadata of one image (see the class docstring); subclasses implement
+        it (``NotImplementedError`` here)."""
         raise NotImplementedError(
             f"{type(self).__name__} must implement instance_annotations(image_id)")
 

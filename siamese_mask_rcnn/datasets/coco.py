@@ -127,6 +127,10 @@ class OneShotCocoDataset(OneShotDataset):
         ``dataset_dir/{subset}{year}/`` (matterport's layout), unless ``annotation_file``
         and/or ``image_dir`` are given explicitly. Returns the ``pycocotools`` COCO object
         when ``return_coco``. Call ``prepare()`` afterwards.
+
+        Raises ``FileNotFoundError`` naming a missing annotation file or image folder and
+        ``ValueError`` naming a file that is not COCO instances JSON, an annotation with an
+        unknown category, or a call without ``dataset_dir``/``subset`` nor explicit paths.
         """
         annotation_file, image_dir = self._resolve_paths(dataset_dir, subset, year,
                                                          annotation_file, image_dir)

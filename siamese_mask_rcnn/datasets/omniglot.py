@@ -109,7 +109,8 @@ def index_archives(archives):
 
 
 def decode_glyph(png_bytes, name="<bytes>"):
-    """Stroke mask (True = ink) of an Omniglot PNG (white background, black strokes)."""
+    """Stroke mask (True = ink), bool [h, w], of an Omniglot PNG (white background, black
+    strokes). Raises ``ValueError`` naming ``name`` when the bytes are not a readable image."""
     from PIL import Image
     try:
         with Image.open(io.BytesIO(png_bytes)) as image:
@@ -206,6 +207,11 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
     Attributes: ``archives``, ``archive_alphabets``, ``alphabets`` (sorted distinct),
     ``categories`` (``(alphabet, character)`` per class id - 1), ``drawers``
     (class id → sorted drawer numbers), ``oneshot_alphabets``.
+
+    Raises ``FileNotFoundError`` naming a missing directory or one without archives and
+    ``ValueError`` naming a bad archive, an unknown scene option or alphabet, or an
+    invalid ``present_class_ids``. The alphabet split follows the paper's rule for the
+    COCO splits (Section 3).
     """
 
     DEFAULT_SCENE_OPTIONS = {
@@ -299,7 +305,8 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
         return archive
 
     def glyph(self, class_id, drawer):
-        """Stroke mask of character ``class_id`` by ``drawer``, cropped to its strokes."""
+        """Stroke mask (bool [h, w]) of character ``class_id`` by ``drawer``, cropped to its
+        strokes. Raises ``ValueError`` when that drawer did not draw the character."""
         key = (int(class_id), int(drawer))
         strokes = self._glyph_cache.get(key)
         if strokes is None:
@@ -382,7 +389,8 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
         """The character by a drawer absent from query ``exclude_image_id``'s instances of
         it, dark strokes on a plain light background, cropped with ``margin`` px.
 
-        Returns ``(uint8 [h, w, 3], {"drawer": d})``.
+        Returns ``(uint8 [h, w, 3], {"drawer": d})``. Raises ``ValueError`` when every
+        drawer of the character appears in the query.
         """
         used = set() if exclude_image_id is None else set(self.scene_drawers(exclude_image_id, class_id))
         candidates = [d for d in self.drawers[int(class_id)] if d not in used]

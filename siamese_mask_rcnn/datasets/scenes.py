@@ -153,12 +153,14 @@ class GeneratedSceneDataset(OneShotDataset):
 
     # ------------------------------------------------------------------ to implement
     def generate_scene(self, image_id):
-        """Render scene ``image_id`` (deterministic); subclasses implement."""
+        """Render scene ``image_id`` (deterministic); subclasses implement it
+        (``NotImplementedError`` here)."""
         raise NotImplementedError(f"{type(self).__name__} must implement generate_scene(image_id)")
 
     def render_reference_image(self, class_id, rng, exclude_image_id=None):
         """A fresh reference of ``class_id``: ``(uint8 [h, w, 3], info_extras dict)``;
-        subclasses implement (``exclude_image_id`` is the query the reference is for)."""
+        subclasses implement it (``NotImplementedError`` here; ``exclude_image_id`` is the
+        query the reference is for)."""
         raise NotImplementedError(
             f"{type(self).__name__} must implement render_reference_image(class_id, rng)")
 
@@ -233,7 +235,9 @@ class GeneratedSceneDataset(OneShotDataset):
         With ``render_references`` each is a freshly rendered isolated instance (see
         :meth:`render_reference_image`); its info dict has ``image_id``,
         ``annotation_index`` and ``bbox`` set to None, ``same_image`` False,
-        ``rendered`` True, plus the source's extras. Otherwise the base class's crops from other scenes.
+        ``rendered`` True, plus the source's extras. Otherwise the base class's crops from
+        other scenes. Raises ``RuntimeError`` before ``prepare()`` and ``ValueError`` for an
+        unknown class id or ``k < 1``.
         """
         if not self.render_references:
             return super().sample_references(class_id, k, rng, exclude_image_id, return_info)

@@ -268,6 +268,9 @@ class SyntheticOneShotDataset(GeneratedSceneDataset):
             instances in other scenes (False).
         scene_options: keyword arguments for :func:`generate_scene` (e.g.
             ``distractor_range``, ``radius_range``, ``min_visible_area``).
+
+    Raises ``ValueError`` for ``num_images < 0``, ``num_categories < 1``, an unknown scene
+    option, a split outside 1..4 or an invalid ``present_class_ids``.
     """
 
     def __init__(self, num_categories=400, num_images=1000, image_size=128, seed=0,
@@ -321,7 +324,7 @@ class SyntheticOneShotDataset(GeneratedSceneDataset):
         return ids
 
     def style(self, class_id):
-        """The :class:`CategoryStyle` of ``class_id``."""
+        """The :class:`CategoryStyle` of ``class_id``; ``ValueError`` for an unknown id."""
         class_id = int(class_id)
         if not 0 < class_id <= len(self.styles):
             raise ValueError(f"unknown class id {class_id} (valid: 1..{len(self.styles)})")

@@ -134,7 +134,11 @@ def _sample_colours(rng):
 
 
 def make_category_style(class_id, rng, used_signatures=None):
-    """Draw one category's appearance, retrying until its coarse signature is new."""
+    """Draw one category's appearance, retrying until its coarse signature is new.
+
+    ``used_signatures`` (a set, updated in place) holds the signatures already taken.
+    Raises ``RuntimeError`` when 1000 draws find no new signature (too many categories).
+    """
     used = used_signatures if used_signatures is not None else set()
     for _ in range(1000):
         family = SHAPE_FAMILIES[int(rng.integers(0, len(SHAPE_FAMILIES)))]
@@ -161,7 +165,7 @@ def make_category_styles(num_categories, seed=0):
 
     Category ``c`` is drawn from ``default_rng([seed, c])`` (retrying only on a
     signature clash), so adding categories does not change the earlier ones unless
-    they clash.
+    they clash. Raises ``ValueError`` for ``num_categories < 1``.
     """
     if num_categories < 1:
         raise ValueError(f"num_categories must be >= 1, got {num_categories}")
@@ -188,7 +192,9 @@ def _polygon_radius(theta, sides, phase):
 
 
 def shape_mask(style, u, v):
-    """Bool mask of the category's shape at normalised coordinates ``u`` (x), ``v`` (y)."""
+    """Bool mask of the category's shape at normalised coordinates ``u`` (x), ``v`` (y)
+    (arrays of one broadcast shape; the shape fits the unit disc). Raises ``ValueError``
+    for an unknown shape family."""
     p = style.shape
     family = style.family
     if family in ("polygon", "star", "blob", "ring"):
@@ -226,7 +232,8 @@ def _segment_distance(u, v, x0, y0, x1, y1):
 
 
 def pattern_mask(style, u, v):
-    """Bool map: True where the primary colour shows, False for the secondary colour."""
+    """Bool map at normalised ``(u, v)``: True where the primary colour shows, False for the
+    secondary colour. Raises ``ValueError`` for an unknown pattern."""
     p = style.pattern_params
     name = style.pattern
     if name == "solid":
