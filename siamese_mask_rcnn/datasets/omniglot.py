@@ -41,7 +41,8 @@ import zipfile
 import numpy as np
 
 from siamese_mask_rcnn.datasets.scenes import (GeneratedSceneDataset, Scene, bilinear_upsample,
-                                               finish_image, place_instances, scene_plan)
+                                               finish_image, place_instances,
+                                               resolve_present_class_ids, scene_plan)
 from siamese_mask_rcnn.datasets.splits import split_positions
 
 SOURCE = "omniglot"
@@ -251,7 +252,8 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
         held_out = set(self.oneshot_alphabets)
         oneshot = [k for k, (a, _) in enumerate(self.categories, start=1) if a in held_out]
         train = [k for k, (a, _) in enumerate(self.categories, start=1) if a not in held_out]
-        self.present_class_ids = self._resolve_present(present_class_ids, train, oneshot)
+        self.present_class_ids = resolve_present_class_ids(present_class_ids, train, oneshot,
+                                                            len(self.categories))
         self.prepare()
         self.set_class_split(train, oneshot)
 
@@ -268,23 +270,6 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
         if len(set(names)) == len(self.alphabets):
             raise ValueError("oneshot_alphabets holds every alphabet: no training categories left")
         return sorted(set(names))
-
-    def _resolve_present(self, present, train, oneshot):
-        """The class pool of "present" characters (None = all)."""
-        if present is None:
-            return None
-        if isinstance(present, str):
-            if present not in ("train", "oneshot"):
-                raise ValueError(f"present_class_ids must be None, 'train', 'oneshot' or a list "
-                                 f"of class ids, got {present!r}")
-            ids = list(train if present == "train" else oneshot)
-        else:
-            ids = sorted(int(c) for c in present)
-        bad = [c for c in ids if not 0 < c <= len(self.categories)]
-        if bad or not ids:
-            raise ValueError(f"present_class_ids {ids} must be a non-empty list of class ids in "
-                             f"1..{len(self.categories)}")
-        return ids
 
     # ------------------------------------------------------------------ reading
     def __getstate__(self):

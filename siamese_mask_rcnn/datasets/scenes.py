@@ -6,6 +6,7 @@ Omniglot scenes (:mod:`siamese_mask_rcnn.datasets.omniglot`):
 * :class:`Scene` — one rendered query image with its instance label map;
 * compositing helpers — :func:`place_instances` (draw an object without hiding earlier
   ones too much), :func:`scene_plan` (which categories a scene shows),
+  :func:`resolve_present_class_ids` (the pool of "present" categories),
   :func:`bilinear_upsample` (smooth colour fields) and :func:`finish_image` (noise,
   uint8);
 * :class:`GeneratedSceneDataset` — a :class:`~siamese_mask_rcnn.datasets.base.OneShotDataset`
@@ -127,6 +128,30 @@ def scene_plan(rng, class_pool, distractor_pool, present_range=(1, 2), instances
         plan += [int(c) for c in rng.choice(others, size=min(n_distract, others.size), replace=False)]
     rng.shuffle(plan)
     return plan
+
+
+def resolve_present_class_ids(present, train, oneshot, num_categories):
+    """The class pool of a scene's "present" categories (1-3 instances each).
+
+    ``present``: None (every category, returns None), ``"train"`` / ``"oneshot"`` (the
+    given ``train`` / ``oneshot`` class ids) or a list of class ids in
+    ``1..num_categories``. Returns a sorted list (None for None). Raises ``ValueError``
+    naming the value for any other string, an empty list or an id out of range.
+    """
+    if present is None:
+        return None
+    if isinstance(present, str):
+        if present not in ("train", "oneshot"):
+            raise ValueError(f"present_class_ids must be None, 'train', 'oneshot' or a "
+                             f"list of class ids, got {present!r}")
+        ids = list(train if present == "train" else oneshot)
+    else:
+        ids = sorted(int(c) for c in present)
+    bad = [c for c in ids if not 0 < c <= num_categories]
+    if bad or not ids:
+        raise ValueError(f"present_class_ids {ids} must be a non-empty list of class ids "
+                         f"in 1..{num_categories}")
+    return ids
 
 
 # ---------------------------------------------------------------------------

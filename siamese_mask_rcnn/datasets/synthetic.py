@@ -72,7 +72,8 @@ import math
 import numpy as np
 
 from siamese_mask_rcnn.datasets.scenes import (GeneratedSceneDataset, Scene, bilinear_upsample,
-                                               finish_image, place_instances, scene_plan)
+                                               finish_image, place_instances,
+                                               resolve_present_class_ids, scene_plan)
 from siamese_mask_rcnn.datasets.splits import split_positions
 from siamese_mask_rcnn.datasets.synthetic_styles import (make_category_styles, pattern_mask,
                                                          shape_mask)
@@ -302,26 +303,10 @@ class SyntheticOneShotDataset(GeneratedSceneDataset):
         oneshot = (default_oneshot_class_ids(len(self.styles), split) if oneshot_class_ids is None
                    else sorted(int(c) for c in oneshot_class_ids))
         train = [c for c in all_ids if c not in set(oneshot)]
-        self.present_class_ids = self._resolve_present(present_class_ids, train, oneshot)
+        self.present_class_ids = resolve_present_class_ids(present_class_ids, train, oneshot,
+                                                            len(self.styles))
         self.prepare()
         self.set_class_split(train, oneshot)
-
-    def _resolve_present(self, present, train, oneshot):
-        """The class pool for "present" categories (see the class docstring)."""
-        if present is None:
-            return None
-        if isinstance(present, str):
-            if present not in ("train", "oneshot"):
-                raise ValueError(f"present_class_ids must be None, 'train', 'oneshot' or a "
-                                 f"list of class ids, got {present!r}")
-            ids = list(train if present == "train" else oneshot)
-        else:
-            ids = sorted(int(c) for c in present)
-        bad = [c for c in ids if not 0 < c <= len(self.styles)]
-        if bad or not ids:
-            raise ValueError(f"present_class_ids {ids} must be a non-empty list of class ids "
-                             f"in 1..{len(self.styles)}")
-        return ids
 
     def style(self, class_id):
         """The :class:`CategoryStyle` of ``class_id``; ``ValueError`` for an unknown id."""
