@@ -107,7 +107,7 @@ def test_split_by_alphabet(dataset, omniglot_dir):
         omni.OmniglotOneShotDataset(omniglot_dir, num_images=1, oneshot_alphabets=["Klingon"])
 
 
-def test_held_out_alphabets_are_never_training_targets_or_references(dataset):
+def test_held_out_alphabets_are_never_reference_categories_in_training(dataset):
     oneshot = set(dataset.oneshot_class_ids)
     assert any(set(c) & oneshot for c in dataset.image_categories.values())
     drawn = 0

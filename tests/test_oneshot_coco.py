@@ -218,7 +218,7 @@ def test_min_size_policy_reports_unreferenceable(coco_subset_annotations, coco_s
 
 # ---------------------------------------------------------------- samplers
 @pytest.mark.parametrize("split", [1, 2, 3, 4])
-def test_target_sampler_never_returns_held_out(coco_ds, split):
+def test_reference_class_sampler_never_returns_held_out(coco_ds, split):
     coco_ds.set_split(split)
     rng = np.random.default_rng(split)
     seen = set()
@@ -237,7 +237,7 @@ def test_target_sampler_never_returns_held_out(coco_ds, split):
     assert seen == expected          # every eligible background category gets drawn
 
 
-def test_target_sampler_hand_cases(coco_ds):
+def test_reference_class_sampler_hand_cases(coco_ds):
     coco_ds.set_split(1)     # person, elephant, chair, dining table, mouse held out
     rng = np.random.default_rng(0)
     assert coco_ds.sample_reference_class(_internal_image(coco_ds, 166563), rng) is None
@@ -330,8 +330,8 @@ def test_k_shot_references(coco_ds):
         coco_ds.sample_references(person, 0, rng)
 
 
-# ---------------------------------------------------------------- targets and masks
-def test_load_target_matches_pycocotools(coco_ds, raw_coco):
+# ----------------------------------------------------------- ground truth and masks
+def test_load_class_gt_matches_pycocotools(coco_ds, raw_coco):
     for coco_image, name in ((74646, "person"), (193245, "person"), (193245, "kite"),
                              (182202, "keyboard"), (166563, "person")):
         img = _internal_image(coco_ds, coco_image)

@@ -256,9 +256,9 @@ def test_training_targets_are_the_sampled_category(tiny_training_model, coco_spl
             assert class_id in train_ids and class_id not in held_out
             assert excluded == image_id  # references come from other images
             sampled.add(class_id)
-            targets, gt_ids, gt_boxes = arrays[2], arrays[5], arrays[6]
-            assert targets.shape == (1, 32, 32, 3)
-            np.testing.assert_allclose(targets[0], mold_reference(crops[0], config))
+            references, gt_ids, gt_boxes = arrays[2], arrays[5], arrays[6]
+            assert references.shape == (1, 32, 32, 3)
+            np.testing.assert_allclose(references[0], mold_reference(crops[0], config))
             labels, boxes = _expected_targets(dataset, config, image_id, class_id)
             n = int(np.sum(gt_ids != 0))
             assert n == min(len(labels), config.MAX_GT_INSTANCES)

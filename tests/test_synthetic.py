@@ -191,7 +191,7 @@ def test_split_every_fourth_category_is_held_out(dataset):
                                     scene_options={"radius_rnage": (0.1, 0.2)})
 
 
-def test_held_out_categories_are_never_training_targets_or_references(dataset):
+def test_held_out_categories_are_never_reference_categories_in_training(dataset):
     oneshot = set(dataset.oneshot_class_ids)
     # Held-out categories do appear in the training scenes (as unlabelled clutter).
     assert any(set(cats) & oneshot for cats in dataset.image_categories.values())
