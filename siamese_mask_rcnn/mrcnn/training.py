@@ -212,7 +212,7 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
     os.makedirs(model.log_dir, exist_ok=True)
     config.save(os.path.join(model.log_dir, "config.json"))
     writer = tf.summary.create_file_writer(model.log_dir)
-    log.info("training %d variables of layers=%r from epoch %d to %d, lr=%g, in %s",
+    log.info("training %d variables of layers=%r from epoch %d to %d, lr=%s, in %s",
              len(train_vars), layers, model.epoch + 1, epochs, learning_rate, model.log_dir)
     _call_callbacks(custom_callbacks, "set_model", model.keras_model)
     _call_callbacks(custom_callbacks, "on_train_begin", {})
@@ -235,6 +235,7 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
             with writer.as_default(step=global_step):
                 for n, v in zip(names, values):
                     tf.summary.scalar(f"train/{n}", v)
+            _call_callbacks(custom_callbacks, "on_train_batch_end", step, {"loss": float(values[-1])})
         logs = {n: float(v / steps) for n, v in zip(names, sums)}
         if val_iter is not None:
             vsums = np.zeros(len(names))
