@@ -2,7 +2,7 @@
 
 Run by hand (not part of the tests), on an otherwise idle machine::
 
-    python benchmarks/bench_training.py [--presets demo small] [--threads 2] [--inter-op 1]
+    python benchmarks/bench_training.py [--presets demo small] [--threads 2] [--inter-op 2]
     python benchmarks/bench_training.py --presets demo --sweep 1x1 2x1 2x2 4x1 8x2
 
 Per preset, with the main job's data path (every scene rendered once and kept in memory,
@@ -212,7 +212,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="TensorFlow intra-op threads (default: the demo's default; 0: "
                              "TensorFlow's own default)")
-    parser.add_argument("--inter-op", type=int, default=1, help="TensorFlow inter-op threads (default 1)")
+    parser.add_argument("--inter-op", type=int, default=2, help="TensorFlow inter-op threads (default 2)")
     parser.add_argument("--batch", type=int, default=None, help="images per step (default: the preset's)")
     parser.add_argument("--scenes", type=int, default=None, help="training scenes to cache")
     parser.add_argument("--references", type=int, default=16, help="bank references per category")

@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 
 #: Training steps of the main job (batch 4); see the README's "Benchmarks" section.
 DEFAULT_STEPS = 3000
-#: TensorFlow intra-op threads (inter-op: 1), the fastest setting measured on 2 cores.
+#: TensorFlow intra-op threads, the fastest setting measured on 2 cores (with 2 inter-op
+#: threads; see the README's "Benchmarks").
 DEFAULT_THREADS = 2
+#: TensorFlow inter-op threads (concurrent ops).
+INTER_OP_THREADS = 2
 #: Rendered references per training category in the reference bank.
 REFERENCES_PER_CLASS = 16
 #: Processes that render the training scenes and the reference bank.
@@ -126,7 +129,7 @@ def save_examples(model, dataset, class_ids, out_dir, count=4, seed=0, top_k=3):
     return paths
 
 
-def configure_threads(threads, inter_op_threads=1):
+def configure_threads(threads, inter_op_threads=INTER_OP_THREADS):
     """Run TensorFlow's ops on ``threads`` threads (intra-op) and ``inter_op_threads``
     concurrent ops. Must run before TensorFlow executes its first op.
 

@@ -184,9 +184,13 @@ def test_same_seed_gives_the_same_checkpoint_and_table(demo_run, tmp_path, capsy
 
     def weights(path):
         arrays = {}
+
+        def keep(name, obj):  # must return None, or visititems stops
+            if isinstance(obj, h5py.Dataset):
+                arrays[name] = obj[()]
+
         with h5py.File(path, "r") as f:
-            f.visititems(lambda name, obj: arrays.setdefault(name, obj[()]) if isinstance(obj, h5py.Dataset)
-                         else None)
+            f.visititems(keep)
         return arrays
 
     a, b = weights(first["checkpoint"]), weights(second["checkpoint"])
