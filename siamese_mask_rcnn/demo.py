@@ -196,7 +196,7 @@ class JobProgress:
     def __init__(self, total_units, enabled=True):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=round(total_units, 1), disable=not enabled, unit="work",
+        self.bar = tqdm(total=round(total_units, 1), disable=not enabled, unit="work", mininterval=1.0,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}")
 
     def stage(self, name):
@@ -220,8 +220,12 @@ class _StepProgress:
     def __init__(self, progress):
         self.progress = progress
         self.loss = None
+        self.traced = False
 
     def on_train_batch_end(self, step, logs=None):
+        if not self.traced:  # the first step also built the training graph
+            self.traced = True
+            self.progress.advance("build", 0.5)
         self.progress.advance("step")
         if logs and "loss" in logs:
             loss = float(logs["loss"])
@@ -327,7 +331,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
 
     keras.utils.set_random_seed(int(seed))  # weight initialisation and in-graph sampling
     model = SiameseMaskRCNN("training", config, model_dir=str(out_dir / "checkpoints"))
-    progress.advance("build")
+    progress.advance("build", 0.5)
     progress.stage("training")
     t_train = time.time()
     history = model.train(train, val, learning_rate_schedule(config.LEARNING_RATE, total_steps),
