@@ -10,8 +10,10 @@ This module holds the logic of ``samples/coco/train_siamese.py`` and of
 ``siamese-mrcnn train`` (same flags): :func:`main` parses the arguments and trains.
 TensorFlow is imported only when training starts.
 
-Checkpoints (``mask_rcnn_siamese_NNNN.h5``), ``config.json``, ``history.jsonl`` and
-TensorBoard scalars go to ``<logs>/siamese<YYYYMMDDTHHMM>/``.
+Checkpoints (``mask_rcnn_siamese_NNNN.h5`` with the training state beside them),
+``config.json``, ``history.jsonl`` and TensorBoard scalars go to a new folder
+``<logs>/siamese<YYYYmmddTHHMMSS>-<suffix>/``; ``--weights last`` resumes the newest run of
+``--logs`` that has a checkpoint, in its folder (see :mod:`.mrcnn.checkpoints`).
 """
 import argparse
 import collections
@@ -21,6 +23,7 @@ import os
 import sys
 
 from .config import siamese_config
+from .mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
 from .datasets.coco import OneShotCocoDataset
 from .presets import preset_changes
 
@@ -148,7 +151,8 @@ def check_args(parser, args):
 
     Raises:
         SystemExit: (status 2, via ``parser.error``) missing data paths, files or folders
-            not found, non-positive counts, an impossible schedule or learning rate.
+            not found, non-positive counts, an impossible schedule or learning rate, or a
+            ``--logs`` folder that cannot be written (checked before any data are read).
     """
     if args.dataset is None and (args.train_annotations is None or args.train_images is None):
         parser.error("give --dataset DIR, or both --train-annotations FILE and --train-images DIR")
@@ -180,6 +184,10 @@ def check_args(parser, args):
         parser.error(f"schedule: {err}")
     if args.lr is not None and not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
+    try:
+        ensure_writable_dir(args.logs, "--logs folder")
+    except UnwritableOutputError as err:
+        parser.error(str(err))
 
 
 # ------------------------------------------------------------------------- pieces
@@ -306,7 +314,8 @@ def load_initial_weights(model, weights, exclude=None):
         except FileNotFoundError as err:
             raise FileNotFoundError(f"--weights last: {err}") from None
         model.load_weights(path, by_name=True)
-        log.info("resuming %s after epoch %d", path, model.epoch)
+        print(f"--weights last: resuming run {model.log_dir} from {os.path.basename(path)} "
+              f"(after epoch {model.epoch}; the newest run of {model.model_dir} with a checkpoint)")
         return path
     report = model.load_weights(weights, by_name=True, exclude=exclude, skip_mismatch=True)
     if not report.loaded:
@@ -329,6 +338,8 @@ def main(argv=None, prog=None):
         FileNotFoundError: missing data or ``--weights last`` without a checkpoint.
         ValueError: invalid data or weights (see :func:`load_datasets`,
             :func:`load_initial_weights`).
+        FloatingPointError: (``TrainingDiverged``) a loss or weight became NaN or infinite;
+            the message names the last good checkpoint, which ``--weights last`` resumes.
     """
     parser = build_parser(prog)
     args = parser.parse_args(argv)
@@ -365,10 +376,11 @@ def main(argv=None, prog=None):
 
 def run(argv=None, prog=None):
     """:func:`main` for the command line: a missing file or a bad value ends the program
-    with ``error: <message>`` on stderr (exit status 1) instead of a traceback; argument
-    errors exit with status 2 (argparse)."""
+    with ``error: <message>`` on stderr (exit status 1) instead of a traceback, and so does a
+    diverging run (the message names the last good checkpoint); argument errors and an
+    unwritable ``--logs`` exit with status 2 (argparse)."""
     try:
         main(argv, prog)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, FloatingPointError) as error:
         sys.exit(f"error: {error}")
     return 0

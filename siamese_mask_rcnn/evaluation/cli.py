@@ -17,6 +17,7 @@ import datetime
 import logging
 import os
 
+from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
 from ..presets import PRESET_NAMES
 from ..train_coco import load_split_dataset
 from .analyses import absent_category_test, clutter_analysis, confusion_matrix
@@ -81,7 +82,9 @@ def check_args(parser, args):
 
     Raises:
         SystemExit: (status 2, via ``parser.error``) no data, ``--model siamese`` without
-            weights, a weights file not found, or a non-positive count.
+            weights, a weights file not found, a non-positive count, or an output folder
+            (``--out``, default ``logs/eval_<timestamp>``) that cannot be written: checked
+            (and created) here, before any prediction, so no evaluation is lost.
     """
     if args.dataset is None and (args.annotations is None or args.images is None):
         parser.error("give --dataset DIR, or both --annotations FILE and --images DIR")
@@ -94,6 +97,11 @@ def check_args(parser, args):
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
+    args.out = args.out or default_out_dir()
+    try:
+        ensure_writable_dir(args.out, "--out folder")
+    except UnwritableOutputError as err:
+        parser.error(str(err))
 
 
 def load_dataset(args):
@@ -177,7 +185,7 @@ def main(argv=None, prog=None):
     title = (f"model {args.model}, split S{args.split}, {args.shots}-shot, "
              f"{args.runs} run(s) from seed {args.seed}"
              + (f", first {args.limit} images" if args.limit else ""))
-    out_dir = args.out or default_out_dir()
+    out_dir = args.out  # checked writable by check_args
     config = {k: v for k, v in vars(args).items()}
     config["out"] = out_dir
     write_outputs(out_dir, summary, confusion=confusion, clutter=clutter,
