@@ -114,8 +114,8 @@ def build_parser(prog=None):
                        help="backbone; 'tiny' is a few-layer CNN with 128² images for CPU "
                             "smoke runs (default resnet50)")
     model.add_argument("--weights", default=None,
-                       help="'last' (resume the newest run in --logs), a checkpoint of this "
-                            "model, or a pretrained file loaded by layer name (e.g. an "
+                       help="'last' (resume the newest run in --logs that has a checkpoint), "
+                            "a checkpoint of this model, or a pretrained file loaded by layer name (e.g. an "
                             "ImageNet-687 ResNet-50 or Keras' ResNet-50 'notop' h5). "
                             "Default: random initialisation")
     model.add_argument("--exclude", action="append", default=None, metavar="LAYER_REGEX",
