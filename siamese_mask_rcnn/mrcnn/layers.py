@@ -67,8 +67,11 @@ def box_refinement_graph(box, gt_box):
     return tf.stack([(gcy - cy) / h, (gcx - cx) / w, tf.math.log(gh / h), tf.math.log(gw / w)], axis=1)
 
 
-def trim_zeros_graph(boxes):
-    """Drop all-zero padding rows; returns ``(boxes, non_zero_mask)``."""
+def trim_zeros_graph(boxes, name="trim_zeros"):
+    """Drop all-zero padding rows of ``[N, 4]``; returns ``(boxes [n, 4], non_zero_mask [N] bool)``.
+
+    ``name`` is accepted for matterport's signature (Keras 3 has no graph names to set).
+    """
     non_zeros = tf.cast(tf.reduce_sum(tf.abs(boxes), axis=1), tf.bool)
     return tf.boolean_mask(boxes, non_zeros), non_zeros
 
