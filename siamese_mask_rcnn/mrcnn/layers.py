@@ -269,7 +269,7 @@ class DetectionTargetLayer(keras.layers.Layer):
     gt_masks [B, h, w, G]]``. Negative class ids are crowds: proposals overlapping a crowd
     are never negatives. Outputs: rois ``[B, R, 4]``, class ids ``[B, R]``, deltas
     ``[B, R, 4]`` (divided by BBOX_STD_DEV), masks ``[B, R, mh, mw]``, zero-padded.
-    Positives have IoU >= 0.5 with a GT box, negatives < 0.5 (Mask R-CNN paper §3.1).
+    Positives have IoU >= 0.5 with a GT box, negatives < 0.5 (Mask R-CNN's rule; paper §4.1).
 
     Args:
         train_rois_per_image: ``R``, ROIs sampled per image (``TRAIN_ROIS_PER_IMAGE``).
