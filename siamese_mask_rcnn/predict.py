@@ -17,6 +17,7 @@ import pathlib
 
 import numpy as np
 
+from .cocoformat import box_yxyx_to_xywh, encode_mask
 from .mrcnn import utils
 
 
@@ -89,17 +90,13 @@ def build_predictor(weights, config=None, preset="small"):
 
 def result_to_json(result, reference_paths, query_path):
     """A JSON-ready description: boxes (x1, y1, x2, y2 and y1, x1, y2, x2), scores, RLE masks."""
-    from pycocotools import mask as mask_util
-
     detections = []
     for i in range(len(result["scores"])):
         y1, x1, y2, x2 = (int(v) for v in result["rois"][i])
-        rle = mask_util.encode(np.asfortranarray(result["masks"][:, :, i].astype(np.uint8)))
         detections.append({"score": float(result["scores"][i]), "box_yxyx": [y1, x1, y2, x2],
-                           "box_xywh": [x1, y1, x2 - x1, y2 - y1],
+                           "box_xywh": box_yxyx_to_xywh((y1, x1, y2, x2)),
                            "mask_area": int(result["masks"][:, :, i].sum()),
-                           "mask_rle": {"size": [int(v) for v in rle["size"]],
-                                        "counts": rle["counts"].decode("ascii")}})
+                           "mask_rle": encode_mask(result["masks"][:, :, i])})
     return {"query": str(query_path), "references": [str(p) for p in reference_paths],
             "count": len(detections), "detections": detections}
 

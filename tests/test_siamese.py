@@ -10,23 +10,17 @@ keras = pytest.importorskip("keras")
 from siamese_mask_rcnn.config import siamese_config  # noqa: E402
 from siamese_mask_rcnn.mrcnn import data as mdata  # noqa: E402
 from siamese_mask_rcnn.mrcnn import utils  # noqa: E402
-from siamese_mask_rcnn.mrcnn.backbone import tiny_backbone  # noqa: E402
 from siamese_mask_rcnn import siamese  # noqa: E402
 from siamese_mask_rcnn.siamese import LEVELS, SiameseMaskRCNN, mold_reference  # noqa: E402
 
-#: CPU-sized settings on top of the "small" preset (its structure, tiny sizes).
-TINY = dict(BACKBONE=tiny_backbone, IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128,
-            TARGET_MIN_DIM=32, TARGET_MAX_DIM=32, RPN_ANCHOR_SCALES=(8, 16, 32, 64, 128),
-            TOP_DOWN_PYRAMID_SIZE=32, MATCHING_CHANNELS=48, FPN_CLASSIF_FC_LAYERS_SIZE=64,
-            POST_NMS_ROIS_TRAINING=200, POST_NMS_ROIS_INFERENCE=100, PRE_NMS_LIMIT=1000,
-            TRAIN_ROIS_PER_IMAGE=32, MAX_GT_INSTANCES=10, RPN_TRAIN_ANCHORS_PER_IMAGE=64,
-            DETECTION_MAX_INSTANCES=10, MINI_MASK_SHAPE=(28, 28), IMAGES_PER_GPU=1,
-            DATA_WORKERS=1)
+#: One image per batch, one data worker on top of the "smoke" preset (small's structure at
+#: 128² with ``tiny_backbone``; see siamese_mask_rcnn.presets).
+TINY = dict(IMAGES_PER_GPU=1, DATA_WORKERS=1)
 
 
 def tiny_config(**overrides):
-    """The small preset's structure with tiny sizes (see ``TINY``)."""
-    return siamese_config("small", **{**TINY, **overrides})
+    """The "smoke" preset (small's structure, tiny sizes) with ``TINY`` and ``overrides``."""
+    return siamese_config("smoke", **{**TINY, **overrides})
 
 
 def weight_by_path(model, path):

@@ -12,8 +12,6 @@ to write an in-memory dataset to disk).
 This module does not import TensorFlow.
 """
 import bisect
-import contextlib
-import io
 import json
 import logging
 import os
@@ -21,6 +19,7 @@ import pathlib
 
 import numpy as np
 
+from siamese_mask_rcnn.cocoformat import coco_from_dict, encode_mask_with_box
 from siamese_mask_rcnn.mrcnn import utils
 from siamese_mask_rcnn.mrcnn.fileio import atomic_write
 
@@ -392,19 +391,15 @@ class OneShotDataset(utils.Dataset):
 
         Segmentations are RLE; bbox/area come from the mask. Empty masks are skipped.
         """
-        from pycocotools import mask as mask_utils
         masks, ids = self._masks_or_empty(image_id)
         anns = []
         for k, raw_id in enumerate(ids):
             class_id = abs(int(raw_id))
             if class_id not in class_ids:
                 continue
-            rle = mask_utils.encode(np.asfortranarray(masks[:, :, k].astype(np.uint8)))
-            area = int(mask_utils.area(rle))
+            rle, area, bbox = encode_mask_with_box(masks[:, :, k])
             if area == 0:
                 continue
-            bbox = [float(v) for v in mask_utils.toBbox(rle)]
-            rle["counts"] = rle["counts"].decode("ascii")
             anns.append({"image_id": int(image_id), "category_id": class_id,
                          "segmentation": rle, "bbox": bbox, "area": float(area),
                          "iscrowd": int(raw_id < 0)})
@@ -436,12 +431,7 @@ class OneShotDataset(utils.Dataset):
 
     def coco_gt(self, class_ids=None, image_ids=None):
         """A ``pycocotools.coco.COCO`` ground truth built in memory from :meth:`to_coco_dict`."""
-        from pycocotools.coco import COCO
-        coco = COCO()
-        coco.dataset = self.to_coco_dict(class_ids=class_ids, image_ids=image_ids)
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
-        return coco
+        return coco_from_dict(self.to_coco_dict(class_ids=class_ids, image_ids=image_ids))
 
     def export_coco(self, json_path, image_dir=None, class_ids=None, image_ids=None):
         """Write the dataset as a COCO JSON file (atomically) and optionally its images.

@@ -9,8 +9,6 @@ itself lives in :mod:`siamese_mask_rcnn.datasets.splits`).
 
 This module does not import TensorFlow.
 """
-import contextlib
-import io
 import json
 import os
 import pathlib
@@ -18,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from siamese_mask_rcnn.cocoformat import coco_from_dict
 from siamese_mask_rcnn.datasets.base import OneShotDataset
 from siamese_mask_rcnn.datasets.splits import NUM_SPLITS, check_split, split_positions  # noqa: F401
 
@@ -79,16 +78,6 @@ def _read_coco_json(annotation_file):
     if missing:
         raise ValueError(f"{path} is not a COCO instances file: missing {missing}")
     return data
-
-
-def _coco_from_dict(data):
-    """A ``pycocotools.coco.COCO`` object built in memory (its prints silenced)."""
-    from pycocotools.coco import COCO
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
 
 
 def _coco_bbox_to_yxyx(bbox):
@@ -153,7 +142,7 @@ class OneShotCocoDataset(OneShotDataset):
                            annotations=by_image.get(img["id"], []))
         self._class_by_coco_id = None
         if return_coco:
-            return _coco_from_dict(data)
+            return coco_from_dict(data)
         return None
 
     @staticmethod
