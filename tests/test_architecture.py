@@ -7,15 +7,8 @@ it does not remove it), absolute and relative (resolved against the importing mo
 import ast
 import pathlib
 
-import pytest
-
 PACKAGE = "siamese_mask_rcnn"
 ROOT = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
-
-# The one cycle known when this test was written; issue 11 removes it (siamese.build_predictor
-# calls predict.load_model, predict imports siamese). Nothing else may join it.
-KNOWN_CYCLES = [{"siamese_mask_rcnn.siamese", "siamese_mask_rcnn.predict"}]
-
 
 def module_name(path):
     parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
@@ -135,14 +128,6 @@ def test_mrcnn_has_no_import_cycle():
     assert not cycles, "import cycles in mrcnn:\n" + "\n".join(describe(graph, c) for c in cycles)
 
 
-def test_package_has_no_import_cycle_beyond_the_known_one():
-    graph = import_graph(all_modules())
-    cycles = [c for c in find_cycles(graph) if set(c) not in KNOWN_CYCLES]
-    assert not cycles, "import cycles:\n" + "\n".join(describe(graph, c) for c in cycles)
-
-
-@pytest.mark.xfail(strict=False, reason="siamese.py <-> predict.py (build_predictor) is removed by "
-                   "another part of issue 11; drop this mark and KNOWN_CYCLES once merged")
 def test_package_has_no_import_cycle():
     graph = import_graph(all_modules())
     cycles = find_cycles(graph)
