@@ -41,6 +41,8 @@ if __package__ in (None, ""):
     # allow `python samples/coco/train_siamese.py` from a source checkout
     sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
+from siamese_mask_rcnn.datasets.coco import parse_split, split_label  # noqa: E402 (no TensorFlow)
+
 log = logging.getLogger("train_siamese")
 
 #: The paper's schedule in epochs of 1,000 steps (spec §3): heads to 1, all to 120, all to 160.
@@ -127,9 +129,10 @@ def build_parser():
     data.add_argument("--train-images", help="training image folder (instead of --dataset)")
     data.add_argument("--val-annotations", help="validation instances JSON (instead of --dataset)")
     data.add_argument("--val-images", help="validation image folder (instead of --dataset)")
-    data.add_argument("--split", type=int, choices=[1, 2, 3, 4], default=1,
+    data.add_argument("--split", type=parse_split, default=1, metavar="{1,2,3,4,all}",
                       help="one-shot split S1..S4: its 20 held-out categories are never "
-                           "trained on (default 1)")
+                           "trained on; 'all': no held-out categories, all 80 are trained "
+                           "on (paper Table 1) (default 1)")
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=["paper", "small"], default="paper",
                        help="configuration preset (default paper: 1024² query, 192² reference)")
@@ -281,7 +284,7 @@ def load_datasets(args):
                                  args.val_images, args.split)
     if not train.query_image_ids():
         raise ValueError(f"the training set has no image with a reference-able training "
-                         f"category of split S{args.split}")
+                         f"category of split {split_label(args.split)}")
     return train, val
 
 
@@ -332,7 +335,7 @@ def main(argv=None):
     stages = schedule_stages(args.heads_epochs, args.all_epochs, args.total_epochs,
                              config.LEARNING_RATE)
     todo = remaining_stages(stages, model.epoch)
-    print(f"split S{args.split}: {len(train_set.train_class_ids)} training categories, "
+    print(f"split {split_label(args.split)}: {len(train_set.train_class_ids)} training categories, "
           f"{len(train_set.oneshot_class_ids)} held out; batch {config.BATCH_SIZE}; "
           f"starting after epoch {model.epoch}; stages to run: "
           + (", ".join(f"{s.layers} to epoch {s.until_epoch} at lr {s.learning_rate:g}" for s in todo)

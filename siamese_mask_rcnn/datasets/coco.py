@@ -1,10 +1,13 @@
 """MS-COCO as a one-shot dataset, and the four one-shot class splits S1–S4.
 
-Paper §3 and Table 3 (spec §4): the 80 COCO categories in COCO's order (person is the 1st,
+Paper §3 and Table 3: the 80 COCO categories in COCO's order (person is the 1st,
 toothbrush the 80th) are split four ways; split ``S_i`` holds out every 4th category
 starting at the ``i``-th (20 one-shot categories), the other 60 are the background
 (training) categories. COCO's category ids are not 1..80, so categories are mapped by
 their **position** in the annotation file's category list sorted by id.
+
+The split ``"all"`` holds out nothing: every category is a training category (the Siamese
+row of the paper's Table 1, trained and evaluated on all 80 categories).
 
 This module does not import TensorFlow.
 """
@@ -36,25 +39,54 @@ COCO_CLASS_NAMES = (
 
 #: The number of one-shot splits (S1..S4) and the stride of the held-out positions.
 NUM_SPLITS = 4
+#: The split without held-out categories (paper Table 1: all 80 categories are trained on).
+SPLIT_ALL = "all"
 
 SOURCE = "coco"
 
 
 def _check_split(split):
-    """Return ``split`` as an int in 1..4 or raise ``ValueError`` naming the value."""
+    """Return ``split`` as an int in 1..4, or ``"all"``; raise ``ValueError`` naming the value."""
+    if isinstance(split, str) and split.strip().lower() == SPLIT_ALL:
+        return SPLIT_ALL
     if isinstance(split, bool) or not isinstance(split, (int, np.integer)) \
             or not 1 <= int(split) <= NUM_SPLITS:
-        raise ValueError(f"unknown one-shot split {split!r}: expected 1, 2, 3 or 4 (S1..S4)")
+        raise ValueError(f"unknown one-shot split {split!r}: expected 1, 2, 3 or 4 (S1..S4) "
+                         f"or {SPLIT_ALL!r} (no held-out categories)")
     return int(split)
+
+
+def parse_split(text):
+    """``argparse`` type of a ``--split`` option: ``"1"``..``"4"`` → int, ``"all"`` → ``"all"``.
+
+    Raises ``argparse.ArgumentTypeError`` (a clean usage error) for anything else.
+    """
+    import argparse
+    value = str(text).strip()
+    try:
+        return _check_split(int(value) if value.lstrip("-").isdigit() else value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid split {text!r}: choose 1, 2, 3, 4 (one-shot splits S1..S4) or "
+            f"{SPLIT_ALL!r} (all categories are training categories)") from None
+
+
+def split_label(split):
+    """Display name of a split: ``"S1"``..``"S4"`` or ``"all"``."""
+    split = _check_split(split)
+    return SPLIT_ALL if split == SPLIT_ALL else f"S{split}"
 
 
 def split_positions(split, num_categories=len(COCO_CLASS_NAMES)):
     """1-based category positions held out by split ``S_split``: split, split+4, ....
 
     ``num_categories`` (default 80) bounds the positions, so the rule extends to category
-    lists of other lengths. Raises ``ValueError`` for a split outside 1..4.
+    lists of other lengths. The split ``"all"`` holds out nothing (an empty list). Raises
+    ``ValueError`` for a split other than 1..4 or ``"all"``.
     """
     split = _check_split(split)
+    if split == SPLIT_ALL:
+        return []
     return list(range(split, int(num_categories) + 1, NUM_SPLITS))
 
 
@@ -206,7 +238,8 @@ class OneShotCocoDataset(OneShotDataset):
 
     def set_split(self, split):
         """Use one-shot split ``S_split`` (1..4): held out = categories at
-        :func:`split_positions`, training = all other categories. May be called before
+        :func:`split_positions`, training = all other categories. ``"all"``: every category
+        is a training category and none is held out (paper Table 1). May be called before
         ``prepare()`` (applied there). Raises ``ValueError`` for an unknown split.
         """
         self.split = _check_split(split)
