@@ -1,21 +1,13 @@
 """``--split all`` (paper Table 1, Siamese row): no held-out categories; all 80 COCO
 categories are training categories, and evaluation covers every category present.
-On the real COCO subset, through ``samples/coco/train_siamese.py`` and ``evaluate_siamese.py``."""
+On the real COCO subset, through the logic of ``samples/coco/train_siamese.py`` and
+``evaluate_siamese.py`` (``siamese_mask_rcnn.train_coco`` and ``siamese_mask_rcnn.evaluation.cli``)."""
 import argparse
-import importlib.util
 import json
 
 import pytest
 
 from siamese_mask_rcnn.datasets import coco as C
-
-
-def _load_script(project_root, name):
-    spec = importlib.util.spec_from_file_location(f"{name}_split_all",
-                                                  project_root / "samples" / "coco" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_split_all_values():
@@ -44,14 +36,14 @@ def test_dataset_split_all_trains_on_every_category(coco_subset_annotations, coc
     split1.set_split(1)
     split1.prepare()
     # every pair of S1's training and held-out sets is a training pair of "all"
-    pairs_all = set(dataset.target_pairs())
-    assert pairs_all == set(split1.target_pairs()) | set(split1.target_pairs(split1.oneshot_class_ids))
-    assert set(split1.target_pairs()) < pairs_all
+    pairs_all = set(dataset.query_class_pairs())
+    assert pairs_all == set(split1.query_class_pairs()) | set(split1.query_class_pairs(split1.oneshot_class_ids))
+    assert set(split1.query_class_pairs()) < pairs_all
 
 
 def test_train_siamese_split_all(coco_subset_annotations, coco_subset_dir, tmp_path, project_root,
                                  capsys):
-    cli = _load_script(project_root, "train_siamese")
+    from siamese_mask_rcnn import train_coco as cli
     images = str(coco_subset_dir / "images")
     argv = ["--train-annotations", str(coco_subset_annotations), "--train-images", images,
             "--split", "all", "--backbone", "tiny", "--images-per-gpu", "1",
@@ -70,7 +62,7 @@ def test_train_siamese_split_all(coco_subset_annotations, coco_subset_dir, tmp_p
 
 def test_evaluate_siamese_split_all_covers_present_categories(coco_subset_annotations, coco_subset_dir,
                                                               tmp_path, project_root, capsys):
-    cli = _load_script(project_root, "evaluate_siamese")
+    from siamese_mask_rcnn.evaluation import cli
     summary = cli.main(["--annotations", str(coco_subset_annotations), "--images",
                         str(coco_subset_dir / "images"), "--split", "all", "--model", "gt",
                         "--quiet", "--out", str(tmp_path / "ev")])
@@ -85,7 +77,7 @@ def test_evaluate_siamese_split_all_covers_present_categories(coco_subset_annota
     dataset.load_coco(annotation_file=str(coco_subset_annotations),
                       image_dir=str(coco_subset_dir / "images"))
     dataset.prepare()
-    expected = {dataset.get_source_class_id(cid, "coco") for image_id, cid in dataset.target_pairs()
+    expected = {dataset.get_source_class_id(cid, "coco") for image_id, cid in dataset.query_class_pairs()
                 if any(other != image_id for other in dataset.category_index[cid])}
     assert expected <= present
     assert evaluated_coco_ids == expected and len(expected) >= 5
