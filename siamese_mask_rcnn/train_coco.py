@@ -24,7 +24,7 @@ import sys
 
 from .config import siamese_config
 from .mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
-from .datasets.coco import OneShotCocoDataset
+from .datasets.coco import OneShotCocoDataset, parse_split, split_label
 from .presets import preset_changes
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,10 @@ def build_parser(prog=None):
     data.add_argument("--train-images", help="training image folder (instead of --dataset)")
     data.add_argument("--val-annotations", help="validation instances JSON (instead of --dataset)")
     data.add_argument("--val-images", help="validation image folder (instead of --dataset)")
-    data.add_argument("--split", type=int, choices=[1, 2, 3, 4], default=1,
+    data.add_argument("--split", type=parse_split, default=1, metavar="{1,2,3,4,all}",
                       help="one-shot split S1..S4: its 20 held-out categories are never "
-                           "trained on (default 1)")
+                           "trained on; 'all': no held-out categories, all 80 are trained "
+                           "on (paper Table 1) (default 1)")
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=["paper", "small"], default="paper",
                        help="configuration preset (default paper: 1024² query, 192² reference)")
@@ -263,7 +264,7 @@ def build_config(args, replicas=None):
 
 
 def load_split_dataset(dataset_dir, subset, year, annotation_file, image_dir, split):
-    """A prepared ``OneShotCocoDataset`` with one-shot split ``split`` (1-4) applied.
+    """A prepared ``OneShotCocoDataset`` with one-shot split ``split`` (1-4 or "all") applied.
 
     Raises:
         FileNotFoundError: the annotation file or image folder does not exist.
@@ -293,7 +294,7 @@ def load_datasets(args):
                                  args.val_images, args.split)
     if not train.query_image_ids():
         raise ValueError(f"the training set has no image with a reference-able training "
-                         f"category of split S{args.split}")
+                         f"category of split {split_label(args.split)}")
     return train, val
 
 
@@ -360,7 +361,7 @@ def main(argv=None, prog=None):
     stages = schedule_stages(args.heads_epochs, args.all_epochs, args.total_epochs,
                              config.LEARNING_RATE)
     todo = remaining_stages(stages, model.epoch)
-    print(f"split S{args.split}: {len(train_set.train_class_ids)} training categories, "
+    print(f"split {split_label(args.split)}: {len(train_set.train_class_ids)} training categories, "
           f"{len(train_set.oneshot_class_ids)} held out; batch {config.BATCH_SIZE}; "
           f"starting after epoch {model.epoch}; stages to run: "
           + (", ".join(f"{s.layers} to epoch {s.until_epoch} at lr {s.learning_rate:g}" for s in todo)
