@@ -13,6 +13,7 @@ import sys
 from . import demo as demo_job
 from . import train_coco
 from .evaluation import cli as evaluation_cli
+from .mrcnn.fileio import UnwritableOutputError
 from .predict import InputError, predict
 from .presets import PRESET_NAMES
 
@@ -65,7 +66,8 @@ def build_parser():
 
 
 def main(argv=None):
-    """Run a subcommand; returns the exit status (0 on success, 2 for a user error).
+    """Run a subcommand; returns the exit status (0 on success, 2 for a user error, such as
+    an output folder that cannot be written, checked before any long work).
 
     Raises:
         SystemExit: bad arguments (status 2, from argparse) and, for ``train``, a missing
@@ -84,10 +86,14 @@ def main(argv=None):
                 parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if args.minutes is not None and args.minutes <= 0:
             parser.error(f"--minutes must be > 0, got {args.minutes}")
-        demo_job.run_demo(out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir,
-                          steps=args.steps, minutes=args.minutes, threads=args.threads,
-                          steps_per_epoch=args.steps_per_epoch, num_train=args.train_scenes,
-                          num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit)
+        try:
+            demo_job.run_demo(out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir,
+                              steps=args.steps, minutes=args.minutes, threads=args.threads,
+                              steps_per_epoch=args.steps_per_epoch, num_train=args.train_scenes,
+                              num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit)
+        except UnwritableOutputError as err:
+            print(f"siamese-mrcnn demo: error: {err}", file=sys.stderr)
+            return 2
         return 0
     try:
         result = predict(args.weights, args.reference, args.query, out_png=args.out, out_json=args.json,

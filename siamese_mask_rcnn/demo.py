@@ -26,6 +26,7 @@ import numpy as np
 
 from . import evaluation
 from .config import siamese_config
+from .mrcnn.fileio import ensure_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -287,12 +288,13 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         ValueError: unknown dataset or config key (see :func:`make_datasets`,
             :func:`demo_config`), ``steps < 1`` or ``minutes <= 0``.
         FileNotFoundError: Omniglot archives missing.
+        UnwritableOutputError: (an ``OSError``) ``out_dir`` cannot be created or written;
+            checked first.
     """
     if minutes is not None and float(minutes) <= 0:
         raise ValueError(f"minutes must be > 0, got {minutes}")
     t0 = time.time()
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = pathlib.Path(ensure_writable_dir(out_dir, "demo output folder"))  # before any work
     overrides = dict(config_overrides or {})
     base = demo_config(**{**overrides, "SEED": seed})
     epochs, per_epoch = epochs_for_steps(steps, steps_per_epoch or base.STEPS_PER_EPOCH)

@@ -10,7 +10,6 @@ keras = pytest.importorskip("keras")
 from siamese_mask_rcnn.config import siamese_config  # noqa: E402
 from siamese_mask_rcnn.mrcnn import molding as mmolding  # noqa: E402
 from siamese_mask_rcnn.mrcnn import utils  # noqa: E402
-from siamese_mask_rcnn.mrcnn.backbone import tiny_backbone  # noqa: E402
 from siamese_mask_rcnn import siamese  # noqa: E402
 from siamese_mask_rcnn.siamese import LEVELS, SiameseMaskRCNN, mold_reference  # noqa: E402
 
