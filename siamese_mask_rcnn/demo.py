@@ -46,7 +46,9 @@ RENDER_WORKERS = 2
 WARMUP_STEPS = 200
 
 #: Seconds of each unit of work on the machine of the README's benchmark (2-core AMD
-#: EPYC): the progress bar's weights, so that its ETA covers every stage.
+#: EPYC): the progress bar's weights, so that its ETA covers every stage ("epoch": the
+#: validation steps and the checkpoint after each epoch; "build": the model and the
+#: tracing of the training step).
 WORK_SECONDS = {"scene": 0.005, "reference": 0.0006, "build": 20.0, "step": 0.17,
                 "epoch": 0.5, "query": 0.008, "category": 0.018, "report": 4.0, "example": 0.6}
 
@@ -306,17 +308,20 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         print(f"training stops after {minutes:g} minutes at most: the result then depends on the "
               "machine's speed (without --minutes it does not)")
 
-    progress = JobProgress(0, enabled=bool(verbose))
+    def job_work(train_classes, eval_work):
+        """The whole job's work units (the bar's total)."""
+        return (WORK_SECONDS["scene"] * (num_train + num_val)
+                + WORK_SECONDS["reference"] * train_classes * int(references_per_class)
+                + WORK_SECONDS["build"] + WORK_SECONDS["step"] * total_steps
+                + WORK_SECONDS["epoch"] * epochs + eval_work)
+
+    # a first estimate (3/4 of 400 categories train, 150 scenes evaluated), exact once the data exist
+    progress = JobProgress(job_work(300, 50 * WORK_SECONDS["report"] / 4), enabled=bool(verbose))
     progress.stage("rendering scenes")
     train, val = make_datasets(dataset, data_dir, num_train, num_val, config.IMAGE_MAX_DIM, seed,
                                cache_size=None, workers=workers)
     bank_count = len(train.train_class_ids) * int(references_per_class)
-    eval_work = _evaluation_work(val, eval_limit)
-    progress.bar.total = round(
-        WORK_SECONDS["scene"] * (num_train + num_val) + WORK_SECONDS["reference"] * bank_count
-        + WORK_SECONDS["build"] + (WORK_SECONDS["step"] + config.VALIDATION_STEPS * WORK_SECONDS["step"]
-                                   / per_epoch) * total_steps + WORK_SECONDS["epoch"] * epochs
-        + eval_work, 1)
+    progress.bar.total = round(job_work(len(train.train_class_ids), _evaluation_work(val, eval_limit)), 1)
     progress.advance("scene", num_train + num_val)
     if references_per_class:
         progress.stage("rendering references")
