@@ -28,8 +28,9 @@ def build_parser():
     pred.add_argument("--out", help="write a picture of the result (PNG)")
     pred.add_argument("--json", help="write boxes, scores and RLE masks as JSON")
     pred.add_argument("--config", help="config JSON (default: config.json beside the weights)")
-    pred.add_argument("--preset", choices=["paper", "small"], default="small",
-                      help="used when no config is found")
+    pred.add_argument("--preset", choices=["paper", "small"], default=None,
+                      help="used when no config is found (default: inferred from the weights' "
+                           "classifier width, e.g. the release's small_siamese_mrcnn_0160.h5 -> small)")
     pred.add_argument("--min-confidence", type=float, help="score threshold (default: the config's)")
     return parser
 

@@ -9,7 +9,7 @@ Presets (``siamese_config("paper")`` / ``siamese_config("small")``):
 * ``paper`` — 1024² query, 192² reference, FC 1024, 256 RPN anchors, 2000/1000 post-NMS
   ROIs, 200 training ROIs, 100 instances, detection NMS 0.5, min confidence 0.7,
   weight decay 1e-4, clip norm 5, learning rate 0.02, 3 images per GPU (batch 12 on 4).
-* ``small`` — 512² query, 96² reference, FC 512, 64 RPN anchors, 500/500 ROIs,
+* ``small`` — 512² query (shorter side scaled up to at least 400, as in the release), 96² reference, FC 512, 64 RPN anchors, 500/500 ROIs,
   100 training ROIs, 30 instances (the official release's small model).
 """
 import numpy as np
@@ -69,7 +69,7 @@ class SiameseConfig(Config):
 PRESETS = {
     "paper": {},
     "small": {
-        "IMAGE_MIN_DIM": 512, "IMAGE_MAX_DIM": 512,
+        "IMAGE_MIN_DIM": 400, "IMAGE_MAX_DIM": 512,
         "TARGET_MIN_DIM": 75, "TARGET_MAX_DIM": 96,
         "FPN_CLASSIF_FC_LAYERS_SIZE": 512,
         "RPN_TRAIN_ANCHORS_PER_IMAGE": 64,

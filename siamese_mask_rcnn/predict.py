@@ -9,11 +9,15 @@ Command line: ``siamese-mrcnn predict --weights W.h5 --reference ref.jpg --query
 --out result.png --json result.json``.
 
 The model's configuration comes from ``--config``, else from the ``config.json`` that
-training writes beside its checkpoints, else from a preset.
+training writes beside its checkpoints, else from ``--preset``, else from the preset whose
+classifier width (``FPN_CLASSIF_FC_LAYERS_SIZE``) matches the file: the official release's
+``small_siamese_mrcnn_0160.h5`` (FC 512) gets ``small``, its ``large_*.h5`` files (FC 1024)
+get ``paper``.
 """
 import json
 import os
 import pathlib
+import sys
 
 import numpy as np
 
@@ -37,9 +41,36 @@ def read_user_image(path, role):
         raise InputError(f"{role} image {path} is not a readable image ({err})") from None
 
 
-def resolve_config(weights, config_path=None, preset="small", **overrides):
+def infer_preset(weights):
+    """``(preset, reason)``: the preset whose ``FPN_CLASSIF_FC_LAYERS_SIZE`` equals the width of
+    the file's ``mrcnn_class_logits`` kernel ``[FC, 2]``.
+
+    Raises ``InputError`` naming the file if it has no such layer or no preset has its width.
+    """
+    from .config import PRESETS, siamese_config
+    from .mrcnn.weights import read_h5_weight_shapes
+
+    try:
+        shapes = dict(read_h5_weight_shapes(weights).get("mrcnn_class_logits", []))
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read weights file {weights}: {err}") from None
+    if "kernel" not in shapes:
+        raise InputError(f"{weights} has no mrcnn_class_logits layer: cannot infer its preset "
+                         "(pass --preset or --config)")
+    width = int(shapes["kernel"][0])
+    for name in PRESETS:
+        if siamese_config(name).FPN_CLASSIF_FC_LAYERS_SIZE == width:
+            return name, f"its classifier is {width} wide (FPN_CLASSIF_FC_LAYERS_SIZE)"
+    widths = {name: siamese_config(name).FPN_CLASSIF_FC_LAYERS_SIZE for name in PRESETS}
+    raise InputError(f"{weights}: classifier width {width} matches no preset {widths}; "
+                     "pass --config with the model's config.json")
+
+
+def resolve_config(weights, config_path=None, preset=None, **overrides):
     """The single-image inference config for ``weights``: an explicit JSON, the run's
-    ``config.json``, or a preset; ``overrides`` (config keys) are applied on top."""
+    ``config.json``, ``preset``, or (``preset=None``) the preset inferred from the file's
+    shapes (``infer_preset``, which says so on stderr); ``overrides`` (config keys) are
+    applied on top."""
     from .config import SiameseConfig, siamese_config
 
     overrides = {"IMAGES_PER_GPU": 1, "GPU_COUNT": 1, **overrides}
@@ -47,13 +78,18 @@ def resolve_config(weights, config_path=None, preset="small", **overrides):
         raise InputError(f"config file not found: {config_path}")
     path = config_path or os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
     if not os.path.exists(path):
+        if preset is None:
+            preset, reason = infer_preset(weights)
+            print(f"no config.json beside {weights}: assuming preset {preset!r} ({reason}); "
+                  "pass --preset or --config to choose", file=sys.stderr)
         return siamese_config(preset, **overrides)
     saved = SiameseConfig.load(path, strict=False).to_dict()
     return SiameseConfig.from_dict({**saved, **overrides}, strict=False)
 
 
-def load_model(weights, config_path=None, preset="small", min_confidence=None):
-    """An inference ``SiameseMaskRCNN`` with ``weights`` loaded by layer name."""
+def load_model(weights, config_path=None, preset=None, min_confidence=None):
+    """An inference ``SiameseMaskRCNN`` with ``weights`` loaded by layer name (config as in
+    ``resolve_config``)."""
     from .siamese import SiameseMaskRCNN
 
     if not os.path.exists(weights):
@@ -61,7 +97,10 @@ def load_model(weights, config_path=None, preset="small", min_confidence=None):
     overrides = {} if min_confidence is None else {"DETECTION_MIN_CONFIDENCE": float(min_confidence)}
     config = resolve_config(weights, config_path, preset, **overrides)
     model = SiameseMaskRCNN("inference", config, model_dir=os.path.dirname(os.path.abspath(weights)))
-    model.load_weights(weights, by_name=True)
+    try:
+        model.load_weights(weights, by_name=True)
+    except ValueError as err:
+        raise InputError(f"{weights} does not fit the {config.NAME!r} model of this config: {err}") from None
     return model
 
 
@@ -82,7 +121,7 @@ def result_to_json(result, reference_paths, query_path):
             "count": len(detections), "detections": detections}
 
 
-def predict(weights, references, query, out_png=None, out_json=None, config_path=None, preset="small",
+def predict(weights, references, query, out_png=None, out_json=None, config_path=None, preset=None,
             min_confidence=None, model=None):
     """Find every instance of the references' category in ``query``.
 

@@ -114,7 +114,12 @@ class SiameseMaskRCNN(MaskRCNN):
         return [("input_targets", [c.NUM_TARGETS] + list(c.TARGET_SHAPE), "float32")]
 
     def num_mask_channels(self):
+        """One class-agnostic mask (the release's ``mrcnn_mask`` kernel ``[1, 1, 256, 1]``)."""
         return 1
+
+    def class_agnostic_bbox(self):
+        """One class-agnostic box regressor (the release's ``mrcnn_bbox_fc`` kernel ``[FC, 4]``)."""
+        return True
 
     def build(self, mode, config):
         check_image_shape(config)
@@ -257,11 +262,11 @@ def mold_reference(crop, config):
     return mdata.mold_image(resized.astype(np.float32), config)
 
 
-def build_predictor(weights, config=None, preset="small"):
+def build_predictor(weights, config=None, preset=None):
     """Load an inference model from ``weights`` and return its evaluation ``predict_fn``.
 
     The config is ``config``, else the ``config.json`` training wrote beside the weights,
-    else the ``preset``."""
+    else the ``preset``, else the preset inferred from the file (``predict.infer_preset``)."""
     from .predict import load_model
 
     if config is None:

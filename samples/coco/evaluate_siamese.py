@@ -57,8 +57,9 @@ def build_parser():
                        help="siamese (needs --weights), gt (ground truth as predictions) "
                             "or random (the random-boxes baseline)")
     model.add_argument("--weights", help="trained Siamese Mask R-CNN weights (.h5)")
-    model.add_argument("--preset", default="small", choices=["small", "paper"],
-                       help="model configuration preset (default small)")
+    model.add_argument("--preset", default=None, choices=["small", "paper"],
+                       help="model configuration preset when no config.json is beside the weights "
+                            "(default: inferred from the weights' classifier width)")
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument("--runs", type=int, default=1,
                           help="evaluation runs with seeds seed, seed+1, ... (paper: 5)")

@@ -187,9 +187,17 @@ class Config:
     # Batch normalisation training: False freezes BN layers (small batches).
     TRAIN_BN = False
 
-    # Gradient clipping: each gradient tensor is clipped to this L2 norm (Keras clipnorm),
-    # applied to the global-batch gradient under tf.distribute.
+    # Gradient clipping: the global L2 norm of all gradients together is clipped to this value
+    # (tf.clip_by_global_norm; Keras 2's optimizer ``clipnorm``, which matterport and the
+    # official release used), applied to the global-batch gradient under tf.distribute.
     GRADIENT_CLIP_NORM = 5.0
+
+    # How the losses are normalised (see mrcnn.losses):
+    # "release" (matterport and the official Siamese release): the classifier loss is the mean
+    #   over all TRAIN_ROIS_PER_IMAGE rows (padding rows included); the other losses are pooled
+    #   over the anchors / positive ROIs of a replica's whole batch; replicas are averaged.
+    # "per_image": each loss is a mean over one image's valid rows, averaged over the global batch.
+    LOSS_NORMALIZATION = "release"
 
     # Additions to matterport: seed for reproducible data sampling (None means
     # fresh entropy) and the number of parallel data-loading workers.
@@ -240,6 +248,9 @@ class Config:
         self.IMAGE_SHAPE = np.array([side, side, self.IMAGE_CHANNEL_COUNT])
         # image_id + original shape (3) + image shape (3) + window (4) + scale + class ids
         self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
+        if self.LOSS_NORMALIZATION not in ("release", "per_image"):
+            raise ValueError(f"LOSS_NORMALIZATION must be 'release' or 'per_image', "
+                             f"got {self.LOSS_NORMALIZATION!r}")
 
     def config_keys(self):
         """Sorted names of every configuration attribute (UPPER_CASE)."""

@@ -13,14 +13,20 @@ import tensorflow as tf
 # Box operations (graph versions of the numpy helpers in utils)
 # ----------------------------------------------------------------------------------------
 
+#: Largest log-scale change a box delta may apply (a box grows at most 10⁶-fold): without it
+#: a huge delta on a zero-height box gives 0·inf = NaN and crashes ROIAlign.
+MAX_LOG_SCALE_DELTA = float(np.log(1e6))
+
+
 def apply_box_deltas_graph(boxes, deltas):
-    """Apply ``(dy, dx, log dh, log dw)`` deltas to ``(y1, x1, y2, x2)`` boxes."""
+    """Apply ``(dy, dx, log dh, log dw)`` deltas to ``(y1, x1, y2, x2)`` boxes; the log
+    scales are capped at ``MAX_LOG_SCALE_DELTA`` (never reached by a trained model)."""
     height = boxes[:, 2] - boxes[:, 0]
     width = boxes[:, 3] - boxes[:, 1]
     cy = boxes[:, 0] + 0.5 * height + deltas[:, 0] * height
     cx = boxes[:, 1] + 0.5 * width + deltas[:, 1] * width
-    height = height * tf.exp(deltas[:, 2])
-    width = width * tf.exp(deltas[:, 3])
+    height = height * tf.exp(tf.minimum(deltas[:, 2], MAX_LOG_SCALE_DELTA))
+    width = width * tf.exp(tf.minimum(deltas[:, 3], MAX_LOG_SCALE_DELTA))
     return tf.stack([cy - 0.5 * height, cx - 0.5 * width, cy + 0.5 * height, cx + 0.5 * width], axis=1)
 
 

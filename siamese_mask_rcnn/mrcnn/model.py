@@ -6,7 +6,7 @@ is assembled from small pieces that live in their own modules:
 * ``backbone``  — ResNet-50/101 (or a callable) + FPN,
 * ``heads``     — RPN (nested ``rpn_model``), classifier, mask head,
 * ``layers``    — proposal, ROI-target, pyramid ROIAlign and detection layers,
-* ``losses``    — the five per-image losses,
+* ``losses``    — the five losses (release or per-image normalisation),
 * ``pipeline``  — the ``tf.data`` input pipeline,
 * ``weights``   — matterport-layout ``.h5`` files, read and written by layer name,
 * ``data``      — image molding, image metas, RPN targets (numpy).
@@ -153,7 +153,12 @@ class MaskRCNN:
         return maps, maps[:4]
 
     def num_mask_channels(self):
+        """Mask channels of the mask head: one per class (matterport)."""
         return self.config.NUM_CLASSES
+
+    def class_agnostic_bbox(self):
+        """Whether ``mrcnn_bbox_fc`` predicts one box for all classes (False: one per class)."""
+        return False
 
     def build(self, mode, config):
         """Build the Keras model of ``mode`` (called by ``__init__``)."""
@@ -171,7 +176,7 @@ class MaskRCNN:
         """RPN, proposals, classifier and mask heads on given feature maps.
 
         Training: ``gt_inputs`` are the RPN and GT target inputs and the output is the
-        ``[B, 5]`` per-image loss tensor. Inference: the outputs are ``[detections,
+        ``[B, 5, 2]`` per-image loss parts (``losses.reduce_losses``). Inference: the outputs are ``[detections,
         mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, rpn_class, rpn_bbox]``.
         """
         config = self.config
@@ -197,18 +202,20 @@ class MaskRCNN:
                 config, name="proposal_targets")([rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks])
             class_logits, _, bbox = fpn_classifier_graph(
                 rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
-                train_bn=config.TRAIN_BN, fc_layers_size=fc)
+                train_bn=config.TRAIN_BN, fc_layers_size=fc,
+                class_agnostic_bbox=self.class_agnostic_bbox())
             masks = build_fpn_mask_graph(rois, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
                                          self.num_mask_channels(), train_bn=config.TRAIN_BN,
                                          conv_channels=config.MASK_CONV_CHANNELS)
-            return MaskRCNNLosses(name="losses")([
+            return MaskRCNNLosses(config.LOSS_NORMALIZATION, name="losses")([
                 input_rpn_match, input_rpn_bbox, rpn_class_logits, rpn_bbox,
                 target_class_ids, target_bbox, target_mask, rois,
                 class_logits, bbox, masks, active_class_ids])
 
         _, class_probs, bbox = fpn_classifier_graph(
             rpn_rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
-            train_bn=config.TRAIN_BN, fc_layers_size=fc)
+            train_bn=config.TRAIN_BN, fc_layers_size=fc,
+                class_agnostic_bbox=self.class_agnostic_bbox())
         detections = DetectionLayer(config, name="mrcnn_detection")([rpn_rois, class_probs, bbox, input_image_meta])
         det_boxes = SliceDetectionBoxes(name="detection_boxes")(detections)
         masks = build_fpn_mask_graph(det_boxes, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
@@ -275,10 +282,13 @@ class MaskRCNN:
 
     # -------------------------------------------------------------- training
     def compile(self, learning_rate, momentum):
-        """Create the SGD optimiser (momentum, gradient clipping by GRADIENT_CLIP_NORM)."""
+        """Create the SGD optimiser: momentum, and the *global* norm of all gradients clipped
+        to ``GRADIENT_CLIP_NORM`` (Keras 2's ``clipnorm``, as in matterport and the release;
+        Keras 3 calls it ``global_clipnorm``)."""
+        clip = self.config.GRADIENT_CLIP_NORM
         with self.strategy.scope():
             self.optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
-                                                  clipnorm=self.config.GRADIENT_CLIP_NORM)
+                                                  global_clipnorm=clip if clip else None)
         return self.optimizer
 
     def load_training_example(self, dataset, image_id, rng, augmentation=None):

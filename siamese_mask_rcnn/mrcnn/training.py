@@ -1,17 +1,20 @@
 """The training loop behind ``MaskRCNN.train``.
 
-One step: the model computes the five per-image losses; each is summed over the replica's
-images and divided by the **global** batch, weighted by ``LOSS_WEIGHTS``; weight decay is
-added once per step (divided by the number of replicas, because replica gradients are
-summed). Gradients flow only into the selected layers. Runs unchanged on one device,
-``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``.
+One step: the model computes each image's loss parts; ``losses.reduce_losses`` turns them
+into this replica's share of the five losses (``LOSS_NORMALIZATION="release"``: pooled over
+the replica's images, divided by the number of replicas; ``"per_image"``: per-image means
+divided by the global batch), weighted by ``LOSS_WEIGHTS``; weight decay is added once per
+step (divided by the number of replicas, because replica gradients are summed). Gradients
+flow only into the selected layers. Runs unchanged on one device, ``MirroredStrategy`` and
+``MultiWorkerMirroredStrategy``.
 
 Gradient clipping must see the gradient of the *global* batch: Keras optimizers clip inside
 ``apply_gradients`` *before* they sum the replicas' gradients, which under ``tf.distribute``
 would clip each replica's partial gradient (up to ``replicas × clipnorm`` after the sum, and
 a different update than on one device). The step therefore sums the gradients itself
-(``ReplicaContext.all_reduce``), clips the sum with the optimizer's settings, and hands the
-optimizer ``1/replicas`` of it, which the optimizer's own sum turns back into the clipped
+(``ReplicaContext.all_reduce``), clips the sum with the optimizer's settings (``compile``
+sets ``global_clipnorm``: ``tf.clip_by_global_norm`` of all gradients together), and hands
+the optimizer ``1/replicas`` of it, which the optimizer's own sum turns back into the clipped
 global gradient (its own clipping is then a no-op: every norm is already within bounds).
 """
 import json
@@ -24,7 +27,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from . import weights as mweights
-from .losses import LOSS_NAMES, weight_decay_loss
+from .losses import LOSS_NAMES, reduce_losses, weight_decay_loss
 from .pipeline import SkipCounter
 
 log = logging.getLogger(__name__)
@@ -72,9 +75,11 @@ def make_step_functions(model, trainable_layers, optimizer):
         if not optimizer.built:
             optimizer.build(train_vars)
 
+    normalization = config.LOSS_NORMALIZATION
+
     def losses_of(inputs, training):
-        per_image = keras_model(list(inputs), training=training)  # [b, 5]
-        return tf.reduce_sum(per_image, axis=0) / global_batch  # this replica's share
+        parts = keras_model(list(inputs), training=training)  # [b, 5, 2]
+        return reduce_losses(parts, normalization, global_batch, replicas)  # this replica's share
 
     def train_fn(inputs):
         with tf.GradientTape() as tape:

@@ -37,6 +37,7 @@ HDF5_ATTRIBUTE_LIMIT = 64512
 __all__ = [
     "LoadReport",
     "read_h5_weights",
+    "read_h5_weight_shapes",
     "iter_weighted_layers",
     "load_weights_by_name",
     "save_weights_by_name",
@@ -167,6 +168,29 @@ def read_h5_weights(filepath):
                     continue
                 owner[layer] = group_name
                 result.setdefault(layer, []).append((short, array))
+    return result
+
+
+def read_h5_weight_shapes(filepath):
+    """Like :func:`read_h5_weights` but without reading the arrays: ``layer name ->
+    [(short weight name, shape tuple), ...]`` (fast on large files).
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`read_h5_weights`.
+    """
+    path = os.fspath(filepath)
+    result = {}
+    with _open_h5(path) as h5file:
+        root = _weights_root(h5file, path)
+        layer_names = _read_str_list_attr(root, "layer_names") or list(root.keys())
+        for group_name in layer_names:
+            if group_name not in root:
+                continue
+            group = root[group_name]
+            for weight_name in _read_str_list_attr(group, "weight_names") or []:
+                if weight_name in group:
+                    layer, short = _split_weight_name(weight_name, group_name)
+                    result.setdefault(layer, []).append((short, tuple(group[weight_name].shape)))
     return result
 
 
