@@ -21,6 +21,7 @@ import sys
 
 import numpy as np
 
+from .cocoformat import box_yxyx_to_xywh, encode_mask
 from .mrcnn import utils
 
 
@@ -29,7 +30,8 @@ class InputError(ValueError):
 
 
 def read_user_image(path, role):
-    """Read an image file as uint8 RGB; ``InputError`` naming ``path`` if it cannot."""
+    """Read an image file as uint8 RGB ``[H, W, 3]``; raises ``InputError`` naming ``path``
+    (and ``role``, e.g. "query") if it is missing, a directory or unreadable."""
     path = pathlib.Path(path)
     if not path.exists():
         raise InputError(f"{role} image not found: {path}")
@@ -41,36 +43,52 @@ def read_user_image(path, role):
         raise InputError(f"{role} image {path} is not a readable image ({err})") from None
 
 
-def infer_preset(weights):
-    """``(preset, reason)``: the preset whose ``FPN_CLASSIF_FC_LAYERS_SIZE`` equals the width of
-    the file's ``mrcnn_class_logits`` kernel ``[FC, 2]``.
+def _preset_signature(config):
+    """The weight shapes that tell the presets apart: classifier width, matching conv kernel,
+    and whether the backbone is a ResNet (``res2a_branch2a``)."""
+    depth = int(config.TOP_DOWN_PYRAMID_SIZE)
+    return (int(config.FPN_CLASSIF_FC_LAYERS_SIZE), (1, 1, 2 * depth, int(config.MATCHING_CHANNELS)),
+            isinstance(config.BACKBONE, str))
 
-    Raises ``InputError`` naming the file if it has no such layer or no preset has its width.
+
+def infer_preset(weights):
+    """``(preset, reason)``: the preset (``siamese_mask_rcnn.presets``) whose weight shapes the
+    file has: the width of ``mrcnn_class_logits`` (``FPN_CLASSIF_FC_LAYERS_SIZE``), the
+    ``fpn_distance_P2`` kernel (pyramid and matching channels) and a ResNet backbone or not.
+    The release's ``small_siamese_mrcnn_0160.h5`` (FC 512) gives ``small``, its
+    ``large_*.h5`` files (FC 1024) give ``paper``.
+
+    Raises ``InputError`` naming the file if it cannot be read, lacks these layers, or no
+    preset has its shapes.
     """
-    from .config import PRESETS, siamese_config
+    from .config import siamese_config
     from .mrcnn.weights import read_h5_weight_shapes
+    from .presets import PRESET_NAMES
 
     try:
-        shapes = dict(read_h5_weight_shapes(weights).get("mrcnn_class_logits", []))
+        layers = read_h5_weight_shapes(weights)
     except (OSError, ValueError) as err:
         raise InputError(f"cannot read weights file {weights}: {err}") from None
-    if "kernel" not in shapes:
-        raise InputError(f"{weights} has no mrcnn_class_logits layer: cannot infer its preset "
-                         "(pass --preset or --config)")
-    width = int(shapes["kernel"][0])
-    for name in PRESETS:
-        if siamese_config(name).FPN_CLASSIF_FC_LAYERS_SIZE == width:
-            return name, f"its classifier is {width} wide (FPN_CLASSIF_FC_LAYERS_SIZE)"
-    widths = {name: siamese_config(name).FPN_CLASSIF_FC_LAYERS_SIZE for name in PRESETS}
-    raise InputError(f"{weights}: classifier width {width} matches no preset {widths}; "
-                     "pass --config with the model's config.json")
+    logits = dict(layers.get("mrcnn_class_logits", []))
+    matching = dict(layers.get("fpn_distance_P2", []))
+    if "kernel" not in logits or "kernel" not in matching:
+        raise InputError(f"{weights} has no mrcnn_class_logits / fpn_distance_P2 kernel: cannot infer "
+                         "its preset (pass --preset or --config)")
+    found = (int(logits["kernel"][0]), tuple(int(d) for d in matching["kernel"]), "res2a_branch2a" in layers)
+    for name in PRESET_NAMES:
+        if _preset_signature(siamese_config(name)) == found:
+            return name, (f"its classifier is {found[0]} wide and its matching kernel is "
+                          f"{list(found[1])}")
+    raise InputError(f"{weights}: classifier width {found[0]}, matching kernel {list(found[1])} "
+                     f"match no preset of {list(PRESET_NAMES)}; pass --config with the model's config.json")
 
 
 def resolve_config(weights, config_path=None, preset=None, **overrides):
     """The single-image inference config for ``weights``: an explicit JSON, the run's
     ``config.json``, ``preset``, or (``preset=None``) the preset inferred from the file's
     shapes (``infer_preset``, which says so on stderr); ``overrides`` (config keys) are
-    applied on top."""
+    applied on top. Raises ``InputError`` naming an explicit config file that does not
+    exist, or a file whose preset cannot be inferred."""
     from .config import SiameseConfig, siamese_config
 
     overrides = {"IMAGES_PER_GPU": 1, "GPU_COUNT": 1, **overrides}
@@ -89,7 +107,8 @@ def resolve_config(weights, config_path=None, preset=None, **overrides):
 
 def load_model(weights, config_path=None, preset=None, min_confidence=None):
     """An inference ``SiameseMaskRCNN`` with ``weights`` loaded by layer name (config as in
-    ``resolve_config``)."""
+    :func:`resolve_config`). Raises ``InputError`` naming a missing weights or config file,
+    or weights that do not fit the config."""
     from .siamese import SiameseMaskRCNN
 
     if not os.path.exists(weights):
@@ -104,19 +123,35 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None):
     return model
 
 
+def build_predictor(weights, config=None, preset=None):
+    """Load an inference model from ``weights`` and return its evaluation ``predict_fn``
+    (``predict_fn(image, {class_id: [crops]}) → {class_id: result}``, see
+    ``SiameseMaskRCNN.predict_fn``).
+
+    The config is ``config``, else the ``config.json`` training wrote beside the weights,
+    else the ``preset``, else the preset inferred from the file (:func:`infer_preset`).
+    Raises ``InputError`` naming a missing weights file.
+    """
+    if config is None:
+        return load_model(weights, preset=preset).predict_fn()
+    from .siamese import SiameseMaskRCNN
+
+    if not os.path.exists(weights):
+        raise InputError(f"weights file not found: {weights}")
+    model = SiameseMaskRCNN("inference", config, model_dir="logs")
+    model.load_weights(weights, by_name=True)
+    return model.predict_fn()
+
+
 def result_to_json(result, reference_paths, query_path):
     """A JSON-ready description: boxes (x1, y1, x2, y2 and y1, x1, y2, x2), scores, RLE masks."""
-    from pycocotools import mask as mask_util
-
     detections = []
     for i in range(len(result["scores"])):
         y1, x1, y2, x2 = (int(v) for v in result["rois"][i])
-        rle = mask_util.encode(np.asfortranarray(result["masks"][:, :, i].astype(np.uint8)))
         detections.append({"score": float(result["scores"][i]), "box_yxyx": [y1, x1, y2, x2],
-                           "box_xywh": [x1, y1, x2 - x1, y2 - y1],
+                           "box_xywh": box_yxyx_to_xywh((y1, x1, y2, x2)),
                            "mask_area": int(result["masks"][:, :, i].sum()),
-                           "mask_rle": {"size": [int(v) for v in rle["size"]],
-                                        "counts": rle["counts"].decode("ascii")}})
+                           "mask_rle": encode_mask(result["masks"][:, :, i])})
     return {"query": str(query_path), "references": [str(p) for p in reference_paths],
             "count": len(detections), "detections": detections}
 

@@ -175,13 +175,15 @@ def test_preset_is_inferred_from_the_file_without_config_json(small_release, tmp
     # an explicit preset wins (and says nothing)
     assert resolve_config(str(large), preset="small").FPN_CLASSIF_FC_LAYERS_SIZE == 512
     assert "assuming" not in capsys.readouterr().err
-    # a width no preset has: a clear error naming the file
+    # shapes no preset has: a clear error naming the file
     odd = tmp_path / "odd.h5"
-    manifest = {"layers": [{"name": "mrcnn_class_logits", "weights": [
-        {"shape": [77, 2], "h5_weight_name": "mrcnn_class_logits/kernel:0"}]}]}
+    manifest = {"layers": [
+        {"name": "mrcnn_class_logits", "weights": [{"shape": [77, 2], "h5_weight_name": "mrcnn_class_logits/kernel:0"}]},
+        {"name": "fpn_distance_P2", "weights": [
+            {"shape": [1, 1, 512, 384], "h5_weight_name": "fpn_distance_P2/kernel:0"}]}]}
     (tmp_path / "odd.json").write_text(json.dumps(manifest))
     W.write_manifest_h5(tmp_path / "odd.json", odd)
-    with pytest.raises(InputError, match="odd.h5: classifier width 77 matches no preset"):
+    with pytest.raises(InputError, match="odd.h5: classifier width 77, matching kernel"):
         infer_preset(odd)
 
 
