@@ -248,23 +248,23 @@ def expected_updates(grads, clipnorm, learning_rate):
 
 def variable_rows(variables, expected, runs):
     """Per-variable statistics of every run: its update vs its expected update and vs the
-    one-device update. ``expected[run]`` is the list of expected updates of ``run``."""
+    one-device update of the same batch. ``expected[run]`` is the list of expected updates."""
     rows = []
     for i, v in enumerate(variables):
         row = {"name": v.path, "size": int(v.shape.num_elements())}
-        first = None
+        updates = {key: after[i].astype(np.float64) - before[i] for key, (before, after) in runs.items()}
         for key, (before, after) in runs.items():
             exp = expected[key][i]
-            update = after[i].astype(np.float64) - before[i]
+            update = updates[key]
             row[f"{key}_max_abs_expected_update"] = float(np.abs(exp).max())
             row[f"{key}_start_equals_one_device"] = bool(np.array_equal(before[i], runs["one_device"][0][i]))
             row[f"{key}_max_abs_weight"] = float(max(np.abs(before[i]).max(), np.abs(after[i]).max()))
             row[f"{key}_update_sq"] = float(np.sum(update ** 2))
             row[f"{key}_max_abs_diff_expected"] = float(np.abs(update - exp).max())
-            if first is None:
-                first = update
-            else:
-                row[f"{key}_max_abs_diff_one_device"] = float(np.abs(update - first).max())
+            # the one-device run of the same batch: "same_halves_*" runs have their own
+            baseline = "same_halves_one_device" if key.startswith("same_halves_") else "one_device"
+            if key != baseline:
+                row[f"{key}_max_abs_diff_one_device"] = float(np.abs(update - updates[baseline]).max())
         row["max_abs_expected_update"] = row["one_device_max_abs_expected_update"]
         rows.append(row)
     return rows
