@@ -8,6 +8,8 @@ import numpy as np
 import keras
 import tensorflow as tf
 
+from .image_meta import parse_image_meta_graph
+
 
 # ----------------------------------------------------------------------------------------
 # Box operations (graph versions of the numpy helpers in utils)
@@ -71,8 +73,11 @@ def box_refinement_graph(box, gt_box):
     return tf.stack([(gcy - cy) / h, (gcx - cx) / w, tf.math.log(gh / h), tf.math.log(gw / w)], axis=1)
 
 
-def trim_zeros_graph(boxes):
-    """Drop all-zero padding rows; returns ``(boxes, non_zero_mask)``."""
+def trim_zeros_graph(boxes, name="trim_zeros"):
+    """Drop all-zero padding rows of ``[N, 4]``; returns ``(boxes [n, 4], non_zero_mask [N] bool)``.
+
+    ``name`` is accepted for matterport's signature (Keras 3 has no graph names to set).
+    """
     non_zeros = tf.cast(tf.reduce_sum(tf.abs(boxes), axis=1), tf.bool)
     return tf.boolean_mask(boxes, non_zeros), non_zeros
 
@@ -83,18 +88,6 @@ def norm_boxes_graph(boxes, shape):
     scale = tf.concat([h, w, h, w], axis=-1) - 1.0
     shift = tf.constant([0.0, 0.0, 1.0, 1.0])
     return tf.math.divide(boxes - shift, scale)
-
-
-def parse_image_meta_graph(meta):
-    """Split an image-meta tensor ``[batch, META]`` into a dict of tensors."""
-    return {
-        "image_id": meta[:, 0],
-        "original_image_shape": meta[:, 1:4],
-        "image_shape": meta[:, 4:7],
-        "window": meta[:, 7:11],
-        "scale": meta[:, 11],
-        "active_class_ids": meta[:, 12:],
-    }
 
 
 def max_or_zero(matrix):
@@ -141,11 +134,22 @@ class BatchNorm(keras.layers.BatchNormalization):
 
 
 class AnchorsLayer(keras.layers.Layer):
-    """Holds the normalised anchors of a fixed image shape and tiles them over the batch."""
+    """Holds the normalised anchors of a fixed image shape and tiles them over the batch.
+
+    Args:
+        anchors: ``[A, (y1, x1, y2, x2)]`` normalised anchors.
+
+    Input: any tensor whose first axis is the batch ``B``. Output: ``[B, A, 4]`` float32.
+    """
 
     def __init__(self, anchors, **kwargs):
         super().__init__(**kwargs)
         self.anchors = np.asarray(anchors, dtype=np.float32)
+        if self.anchors.ndim != 2 or self.anchors.shape[-1] != 4:
+            raise ValueError(f"AnchorsLayer: anchors must be [A, 4], got shape {self.anchors.shape}")
+
+    def get_config(self):
+        return {**super().get_config(), "anchors": self.anchors.tolist()}
 
     def call(self, batch_reference):
         batch = tf.shape(batch_reference)[0]
@@ -157,11 +161,17 @@ class AnchorsLayer(keras.layers.Layer):
 
 
 class NormBoxesLayer(keras.layers.Layer):
-    """Normalise pixel GT boxes ``[batch, N, 4]`` by the image shape ``(h, w)``."""
+    """Normalise pixel GT boxes ``[batch, N, 4]`` by the image shape ``(h, w)`` (pixels).
+
+    Output: ``[batch, N, 4]`` float32 normalised boxes (matterport convention).
+    """
 
     def __init__(self, image_shape, **kwargs):
         super().__init__(**kwargs)
         self.image_shape = tuple(int(v) for v in image_shape[:2])
+
+    def get_config(self):
+        return {**super().get_config(), "image_shape": list(self.image_shape)}
 
     def call(self, boxes):
         return norm_boxes_graph(tf.cast(boxes, tf.float32), tf.constant(self.image_shape))
@@ -170,8 +180,14 @@ class NormBoxesLayer(keras.layers.Layer):
 class ProposalLayer(keras.layers.Layer):
     """RPN scores + deltas + anchors → ``proposal_count`` boxes per image after NMS.
 
-    Inputs: ``[rpn_probs [B, A, 2], rpn_bbox [B, A, 4], anchors [B, A, 4]]``.
-    Output: ``[B, proposal_count, 4]`` normalised boxes, zero-padded.
+    Args:
+        proposal_count: boxes kept per image after NMS (``POST_NMS_ROIS_*``).
+        nms_threshold: IoU above which NMS drops a lower-scoring box.
+        pre_nms_limit: the best-scoring anchors considered before NMS (``PRE_NMS_LIMIT``).
+        bbox_std_dev: 4 values the RPN deltas are multiplied by (``RPN_BBOX_STD_DEV``).
+
+    Inputs: ``[rpn_probs [B, A, 2], rpn_bbox [B, A, 4], anchors [B, A, 4] (normalised)]``.
+    Output: ``[B, proposal_count, 4]`` normalised boxes clipped to the image, zero-padded.
     """
 
     def __init__(self, proposal_count, nms_threshold, pre_nms_limit, bbox_std_dev, **kwargs):
@@ -180,6 +196,11 @@ class ProposalLayer(keras.layers.Layer):
         self.nms_threshold = float(nms_threshold)
         self.pre_nms_limit = int(pre_nms_limit)
         self.bbox_std_dev = np.reshape(np.asarray(bbox_std_dev, np.float32), [1, 4])
+
+    def get_config(self):
+        return {**super().get_config(), "proposal_count": self.proposal_count,
+                "nms_threshold": self.nms_threshold, "pre_nms_limit": self.pre_nms_limit,
+                "bbox_std_dev": self.bbox_std_dev.ravel().tolist()}
 
     def _one(self, args):
         scores, deltas, anchors = args
@@ -211,7 +232,10 @@ class PyramidROIAlign(keras.layers.Layer):
 
     def __init__(self, pool_shape, **kwargs):
         super().__init__(**kwargs)
-        self.pool_shape = tuple(pool_shape)
+        self.pool_shape = tuple(int(v) for v in pool_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_shape": list(self.pool_shape)}
 
     def call(self, inputs):
         boxes, image_meta = inputs[0], inputs[1]
@@ -251,18 +275,40 @@ class DetectionTargetLayer(keras.layers.Layer):
     gt_masks [B, h, w, G]]``. Negative class ids are crowds: proposals overlapping a crowd
     are never negatives. Outputs: rois ``[B, R, 4]``, class ids ``[B, R]``, deltas
     ``[B, R, 4]`` (divided by BBOX_STD_DEV), masks ``[B, R, mh, mw]``, zero-padded.
+    Positives have IoU >= 0.5 with a GT box, negatives < 0.5 (Mask R-CNN's rule; paper §4.1).
+
+    Args:
+        train_rois_per_image: ``R``, ROIs sampled per image (``TRAIN_ROIS_PER_IMAGE``).
+        roi_positive_ratio: at most this fraction of the ``R`` ROIs is positive.
+        bbox_std_dev: 4 values the box deltas are divided by (``BBOX_STD_DEV``).
+        mask_shape: ``(mh, mw)`` of the mask targets (``MASK_SHAPE``).
+        use_mini_mask: the GT masks are mini-masks cropped to their boxes.
+        seed: integer seed of the ROI subsampling (None: drawn from Python's seeded
+            ``random``). The sampling is stateless, driven by a ``keras.random.SeedGenerator``
+            whose state (not a weight: ``.h5`` files are unchanged) is saved with the
+            training state, so a resumed run draws the same ROIs as an uninterrupted one.
     """
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, train_rois_per_image, roi_positive_ratio, bbox_std_dev, mask_shape,
+                 use_mini_mask, seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.train_rois = int(config.TRAIN_ROIS_PER_IMAGE)
-        self.positive_ratio = float(config.ROI_POSITIVE_RATIO)
-        self.bbox_std_dev = np.asarray(config.BBOX_STD_DEV, np.float32)
-        self.mask_shape = tuple(config.MASK_SHAPE)
-        self.use_mini_mask = bool(config.USE_MINI_MASK)
+        self.seed = None if seed is None else int(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name=f"{self.name}_seed")
+        self.train_rois = int(train_rois_per_image)
+        self.positive_ratio = float(roi_positive_ratio)
+        self.bbox_std_dev = np.asarray(bbox_std_dev, np.float32)
+        self.mask_shape = tuple(int(v) for v in mask_shape)
+        self.use_mini_mask = bool(use_mini_mask)
+
+    def get_config(self):
+        return {**super().get_config(), "train_rois_per_image": self.train_rois,
+                "roi_positive_ratio": self.positive_ratio, "bbox_std_dev": self.bbox_std_dev.tolist(),
+                "mask_shape": list(self.mask_shape), "use_mini_mask": self.use_mini_mask,
+                "seed": self.seed}
 
     def _one(self, args):
-        proposals, gt_class_ids, gt_boxes, gt_masks = args
+        proposals, gt_class_ids, gt_boxes, gt_masks, seed = args
+        pos_seed, neg_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         proposals, _ = trim_zeros_graph(proposals)
         gt_boxes, non_zeros = trim_zeros_graph(gt_boxes)
         gt_class_ids = tf.boolean_mask(gt_class_ids, non_zeros)
@@ -282,12 +328,12 @@ class DetectionTargetLayer(keras.layers.Layer):
         negative = tf.where(tf.logical_and(best < 0.5, no_crowd))[:, 0]
 
         pos_count = int(self.train_rois * self.positive_ratio)
-        positive = tf.random.shuffle(positive)[:pos_count]
+        positive = tf.random.experimental.stateless_shuffle(positive, seed=pos_seed)[:pos_count]
         pos_count = tf.shape(positive)[0]
         # float64 + a tiny epsilon: in float32, 66 / 0.33 is 199.99998 and one ROI was lost.
         total = tf.floor(tf.cast(pos_count, tf.float64) / self.positive_ratio + 1e-6)
         neg_count = tf.cast(total, tf.int32) - pos_count
-        negative = tf.random.shuffle(negative)[:neg_count]
+        negative = tf.random.experimental.stateless_shuffle(negative, seed=neg_seed)[:neg_count]
 
         pos_rois = tf.gather(proposals, positive)
         neg_rois = tf.gather(proposals, negative)
@@ -323,8 +369,11 @@ class DetectionTargetLayer(keras.layers.Layer):
         r = self.train_rois
         sig = (tf.TensorSpec([r, 4], tf.float32), tf.TensorSpec([r], tf.int32),
                tf.TensorSpec([r, 4], tf.float32), tf.TensorSpec([r] + list(self.mask_shape), tf.float32))
+        # one stateless seed per call from the generator, split into one per image
+        seeds = tf.random.experimental.stateless_split(tf.cast(self.seed_generator.next(), tf.int64),
+                                                        tf.shape(proposals)[0])
         return tf.map_fn(self._one, (proposals, tf.cast(gt_class_ids, tf.int32),
-                                     tf.cast(gt_boxes, tf.float32), tf.cast(gt_masks, tf.bool)),
+                                     tf.cast(gt_boxes, tf.float32), tf.cast(gt_masks, tf.bool), seeds),
                          fn_output_signature=sig)
 
     def compute_output_shape(self, input_shape):
@@ -336,16 +385,27 @@ class DetectionLayer(keras.layers.Layer):
     """Final detections: refine ROIs by class, drop background and weak scores, per-class NMS.
 
     Inputs: ``[rois [B, N, 4], mrcnn_class [B, N, C], mrcnn_bbox [B, N, C, 4], image_meta]``.
-    Output: ``[B, DETECTION_MAX_INSTANCES, 6]`` rows ``(y1, x1, y2, x2, class_id, score)``
-    in normalised coordinates, zero-padded.
+    Output: ``[B, max_instances, 6]`` rows ``(y1, x1, y2, x2, class_id, score)``
+    in normalised coordinates, clipped to the image window, best score first, zero-padded.
+
+    Args:
+        max_instances: detections kept per image (``DETECTION_MAX_INSTANCES``).
+        min_confidence: class score below which a ROI is dropped (``DETECTION_MIN_CONFIDENCE``).
+        nms_threshold: per-class NMS IoU threshold (``DETECTION_NMS_THRESHOLD``).
+        bbox_std_dev: 4 values the predicted deltas are multiplied by (``BBOX_STD_DEV``).
     """
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, max_instances, min_confidence, nms_threshold, bbox_std_dev, **kwargs):
         super().__init__(**kwargs)
-        self.max_instances = int(config.DETECTION_MAX_INSTANCES)
-        self.min_confidence = float(config.DETECTION_MIN_CONFIDENCE)
-        self.nms_threshold = float(config.DETECTION_NMS_THRESHOLD)
-        self.bbox_std_dev = np.asarray(config.BBOX_STD_DEV, np.float32)
+        self.max_instances = int(max_instances)
+        self.min_confidence = float(min_confidence)
+        self.nms_threshold = float(nms_threshold)
+        self.bbox_std_dev = np.asarray(bbox_std_dev, np.float32)
+
+    def get_config(self):
+        return {**super().get_config(), "max_instances": self.max_instances,
+                "min_confidence": self.min_confidence, "nms_threshold": self.nms_threshold,
+                "bbox_std_dev": self.bbox_std_dev.tolist()}
 
     def _one(self, args):
         rois, probs, deltas, window = args

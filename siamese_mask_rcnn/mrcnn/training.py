@@ -20,17 +20,81 @@ global gradient (its own clipping is then a no-op: every norm is already within 
 import json
 import logging
 import os
+import re
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from . import checkpoints
 from . import weights as mweights
 from .losses import LOSS_NAMES, reduce_losses, weight_decay_loss
-from .pipeline import SkipCounter
+from .pipeline import SkipCounter, build_dataset
 
 log = logging.getLogger(__name__)
+
+LAYER_PRESETS = {
+    # Which layers train; "heads" also covers the FPN, as in matterport.
+    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "all": ".*",
+}
+
+
+def select_trainable_layers(keras_model, layers):
+    """The weighted layers whose names fully match a preset of :data:`LAYER_PRESETS` or a regex
+    (matterport semantics; layers inside nested models are found too).
+
+    Raises:
+        ValueError: ``layers`` is not a valid regex, or it matches no weighted layer.
+    """
+    pattern = LAYER_PRESETS.get(layers, layers)
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"layers={layers!r} is neither a preset {sorted(LAYER_PRESETS)} nor a valid regex: {err}")
+    chosen = []
+    for name, layer in mweights.iter_weighted_layers(keras_model):
+        if regex.fullmatch(name):
+            chosen.append(layer)
+    if not chosen:
+        raise ValueError(f"layers={layers!r} matches no weighted layer of the model")
+    return chosen
+
+
+def make_optimizer(config, strategy, learning_rate, momentum):
+    """SGD with ``momentum``, created in ``strategy``'s scope, whose gradients' *global* norm is
+    clipped to ``config.GRADIENT_CLIP_NORM`` (``tf.clip_by_global_norm``: Keras 2's optimizer
+    ``clipnorm`` as matterport and the release used it; Keras 3 calls it ``global_clipnorm``,
+    its ``clipnorm`` clips each tensor)."""
+    clip = config.GRADIENT_CLIP_NORM
+    with strategy.scope():
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
+                                    global_clipnorm=clip if clip else None)
+
+
+def make_training_dataset(model, dataset, augmentation, seed, start, counter, global_batch,
+                          no_augmentation_sources=None):
+    """The infinite batched ``tf.data`` pipeline of ``model``'s training inputs from ``dataset``.
+
+    Examples come from ``model.load_training_example`` over ``model.training_image_ids(dataset)``
+    (the hooks a subclass such as the Siamese model overrides); images of the sources in
+    ``no_augmentation_sources`` are not augmented. Returns ``(dataset, counter)``.
+    """
+    specs = model.input_specs("training")
+    plain_sources = set(no_augmentation_sources or ())
+
+    def load(image_id, rng):
+        source = dataset.image_info[image_id].get("source") if plain_sources else None
+        return model.load_training_example(dataset, image_id, rng,
+                                           None if source in plain_sources else augmentation)
+
+    return build_dataset(load, model.training_image_ids(dataset), specs, global_batch, seed=seed,
+                         start=start, workers=getattr(model.config, "DATA_WORKERS", 2), counter=counter)
 
 
 def clip_gradients(grads, optimizer):
@@ -127,8 +191,6 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
 
     ``max_seconds``: stop after the first epoch that ends past this wall-clock budget.
     """
-    from .model import select_trainable_layers
-
     config = model.config
     steps = int(steps_per_epoch or config.STEPS_PER_EPOCH)
     val_steps = int(validation_steps if validation_steps is not None else config.VALIDATION_STEPS)
@@ -142,22 +204,38 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
         raise ValueError(f"batch {global_batch} is not divisible by {strategy.num_replicas_in_sync} replicas")
 
     trainable_layers = select_trainable_layers(model.keras_model, layers)
-    optimizer = model.compile(learning_rate, config.LEARNING_MOMENTUM)
+    optimizer = model.optimizer = make_optimizer(config, strategy, learning_rate, config.LEARNING_MOMENTUM)
     with strategy.scope():
         train_step, val_step, train_vars = make_step_functions(model, trainable_layers, optimizer)
 
+    # the run folder first (exclusive for a fresh run), then the state of a resumed run
+    checkpoints.prepare_run_dir(model)
+    schedule = {"layers": str(layers), "learning_rate": float(learning_rate), "epochs": int(epochs),
+                "momentum": float(config.LEARNING_MOMENTUM), "steps_per_epoch": steps,
+                "batch": int(global_batch), "seed": seed}
+    state = checkpoints.TrainingState(model, optimizer, schedule)
+    last_good = getattr(model, "resumed_from", None)
+    if getattr(model, "pending_resume", None):
+        log.info("resuming run %s from %s (epoch %d)", model.log_dir, model.pending_resume, model.epoch)
+        position = state.restore(model.pending_resume)
+        model.pending_resume = None
+        if position is not None:
+            model.data_position = position
+    if model.epoch and os.path.isfile(model.checkpoint_path.format(model.epoch)):
+        last_good = model.checkpoint_path.format(model.epoch)
+    start = getattr(model, "data_position", None)
+    if start is None:
+        start = model.epoch * steps * global_batch
+
     counter = SkipCounter()
-    start = model.epoch * steps * global_batch
-    train_ds, _ = model._make_dataset(train_dataset, augmentation, seed, start, counter, global_batch,
-                                      no_augmentation_sources)
+    train_ds, _ = make_training_dataset(model, train_dataset, augmentation, seed, start, counter, global_batch,
+                                        no_augmentation_sources)
     train_iter = iter(strategy.experimental_distribute_dataset(train_ds))
     val_iter = None
     if val_dataset is not None and val_steps > 0:
-        val_ds, _ = model._make_dataset(val_dataset, None, seed + 1, 0, SkipCounter(), global_batch)
+        val_ds, _ = make_training_dataset(model, val_dataset, None, seed + 1, 0, SkipCounter(), global_batch)
         val_iter = iter(strategy.experimental_distribute_dataset(val_ds))
 
-    os.makedirs(model.log_dir, exist_ok=True)
-    config.save(os.path.join(model.log_dir, "config.json"))
     writer = tf.summary.create_file_writer(model.log_dir)
     log.info("training %d variables of layers=%r from epoch %d to %d, lr=%g, in %s",
              len(train_vars), layers, model.epoch + 1, epochs, learning_rate, model.log_dir)
@@ -166,6 +244,7 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
     history = []
     names = list(LOSS_NAMES) + ["loss"]
     started = time.time()
+    first_epoch = model.epoch
     for epoch in range(model.epoch, epochs):
         _call_callbacks(custom_callbacks, "on_epoch_begin", epoch, {})
         sums = np.zeros(len(names))
@@ -174,8 +253,10 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
         for step in bar:
             values = train_step(next(train_iter)).numpy()
             if not np.all(np.isfinite(values)):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} step {step + 1}: "
-                                         f"{dict(zip(names, values))}")
+                writer.flush()
+                raise checkpoints.TrainingDiverged(
+                    f"non-finite loss at epoch {epoch + 1} step {step + 1}: {dict(zip(names, values))}; "
+                    + checkpoints.last_good_message(last_good), last_good)
             sums += values
             bar.set_postfix(loss=f"{sums[-1] / (step + 1):.4f}")
             global_step = epoch * steps + step + 1
@@ -194,9 +275,20 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
             for n, v in logs.items():
                 tf.summary.scalar(f"epoch/{n}", v)
         writer.flush()
+        # a checkpoint only of finite weights and losses (validation's too, when it runs)
+        bad = checkpoints.non_finite_losses(logs) + checkpoints.non_finite_weights(model.keras_model)
+        if bad:
+            message = (f"non-finite values after epoch {epoch + 1} ({', '.join(bad)}): no checkpoint "
+                       "written; " + checkpoints.last_good_message(last_good))
+            _append_history(model.log_dir, epoch + 1, {**logs, "diverged": message})
+            raise checkpoints.TrainingDiverged(message, last_good)
         model.epoch = epoch + 1
+        model.data_position = start + (epoch + 1 - first_epoch) * steps * global_batch
         path = model.checkpoint_path.format(model.epoch)
+        # the state first: the .h5, written last and atomically, marks a complete checkpoint
+        state.save(path, model.epoch, model.data_position)
         mweights.save_weights_by_name(model.keras_model, path)
+        last_good = path
         logs["checkpoint"] = path
         history.append(logs)
         _append_history(model.log_dir, epoch + 1, logs)
