@@ -45,7 +45,12 @@ class FoldShots(KL.Layer):
 
 
 class PooledEmbedding(KL.Layer):
-    """Global average pooling of every pyramid level: ``[P2..P6] → [N, levels, C]``."""
+    """Global average pooling of every pyramid level: ``[P2..P6] → [N, levels, C]``
+    (in float32 under mixed precision)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
 
     def call(self, maps):
         return tf.stack([tf.reduce_mean(m, axis=[1, 2]) for m in maps], axis=1)
@@ -76,6 +81,7 @@ class DistanceConcat(KL.Layer):
     """``[P, |P − e_level|]`` for one level: ``(P [B, h, w, C], E [B, levels, C]) → [B, h, w, 2C]``."""
 
     def __init__(self, level, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # the matching distance stays float32 (mixed precision)
         super().__init__(**kwargs)
         self.level = int(level)
 

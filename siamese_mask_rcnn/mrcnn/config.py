@@ -191,6 +191,11 @@ class Config:
     # applied to the global-batch gradient under tf.distribute.
     GRADIENT_CLIP_NORM = 5.0
 
+    # Mixed precision (an addition): None (float32), "mixed_float16" (GPUs; training uses
+    # dynamic loss scaling) or "mixed_bfloat16" (TPUs, recent CPUs). Weights stay float32,
+    # and so do losses, box decoding, NMS, ROIAlign and the Siamese matching distance.
+    MIXED_PRECISION = None
+
     # Additions to matterport: seed for reproducible data sampling (None means
     # fresh entropy) and the number of parallel data-loading workers.
     SEED = None

@@ -79,6 +79,10 @@ def mrcnn_mask_loss_one(target_masks, target_class_ids, pred_masks):
 class MaskRCNNLosses(keras.layers.Layer):
     """Computes the five per-image losses; outputs a ``[B, 5]`` tensor in LOSS_NAMES order."""
 
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # losses in float32 under mixed precision
+        super().__init__(**kwargs)
+
     def call(self, inputs):
         (rpn_match, rpn_bbox_target, rpn_class_logits, rpn_bbox,
          target_class_ids, target_bbox, target_mask, rois,

@@ -79,6 +79,43 @@ def default_strategy(config):
     return tf.distribute.get_strategy()
 
 
+MIXED_PRECISION_POLICIES = (None, "float32", "mixed_float16", "mixed_bfloat16")
+
+
+class dtype_policy:
+    """Context manager: build layers under the Keras dtype policy ``name`` (None: leave the
+    global policy alone) and restore the previous global policy afterwards, so that one
+    mixed-precision model does not change models built later in the same process.
+    Raises ``ValueError`` for a policy other than those of ``MIXED_PRECISION_POLICIES``."""
+
+    def __init__(self, name):
+        if name not in MIXED_PRECISION_POLICIES:
+            raise ValueError(f"MIXED_PRECISION={name!r}: use None, 'mixed_float16' (GPUs) "
+                             "or 'mixed_bfloat16' (TPUs, recent CPUs)")
+        self.name = name
+        self.previous = None
+
+    def __enter__(self):
+        if self.name is not None:
+            self.previous = keras.config.dtype_policy()
+            keras.config.set_dtype_policy(self.name)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            keras.config.set_dtype_policy(self.previous)
+        return False
+
+
+def pipeline_arguments(input_context, global_batch):
+    """``build_dataset`` keywords of a ``tf.distribute.InputContext`` (none without one)."""
+    if input_context is None:
+        return {}
+    return {"pipeline": input_context.input_pipeline_id,
+            "num_pipelines": input_context.num_input_pipelines,
+            "replica_batch": input_context.get_per_replica_batch_size(global_batch)}
+
+
 def select_trainable_layers(keras_model, layers):
     """The weighted layers whose names match a preset or a regex (matterport semantics)."""
     pattern = LAYER_PRESETS.get(layers, layers)
@@ -122,7 +159,7 @@ class MaskRCNN:
         self.checkpoint_path = None
         self._functions = {}
         self.set_log_dir()
-        with self.strategy.scope():
+        with self.strategy.scope(), dtype_policy(getattr(config, "MIXED_PRECISION", None)):
             self.keras_model = self.build(mode=mode, config=config)
 
     # ------------------------------------------------------------------ graph
@@ -275,10 +312,14 @@ class MaskRCNN:
 
     # -------------------------------------------------------------- training
     def compile(self, learning_rate, momentum):
-        """Create the SGD optimiser (momentum, gradient clipping by GRADIENT_CLIP_NORM)."""
+        """Create the SGD optimiser (momentum, gradient clipping by GRADIENT_CLIP_NORM);
+        with ``MIXED_PRECISION="mixed_float16"`` it is wrapped in a dynamic
+        ``keras.optimizers.LossScaleOptimizer`` (float16 gradients underflow otherwise)."""
         with self.strategy.scope():
             self.optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
                                                   clipnorm=self.config.GRADIENT_CLIP_NORM)
+            if getattr(self.config, "MIXED_PRECISION", None) == "mixed_float16":
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
         return self.optimizer
 
     def load_training_example(self, dataset, image_id, rng, augmentation=None):
@@ -307,7 +348,9 @@ class MaskRCNN:
             rpn_match[:, None], rpn_bbox, gt_ids, gt_boxes, gt_masks]
 
     def _make_dataset(self, dataset, augmentation, seed, start, counter, global_batch,
-                      no_augmentation_sources=None):
+                      no_augmentation_sources=None, input_context=None):
+        """The training ``tf.data`` pipeline; ``input_context`` (a ``tf.distribute.InputContext``)
+        makes it this worker's share of every global batch, in per-replica batches."""
         specs = self.input_specs("training")
         plain_sources = set(no_augmentation_sources or ())
 
@@ -318,7 +361,7 @@ class MaskRCNN:
 
         ds, counter = build_dataset(load, self.training_image_ids(dataset), specs, global_batch, seed=seed,
                                     start=start, workers=getattr(self.config, "DATA_WORKERS", 2),
-                                    counter=counter)
+                                    counter=counter, **pipeline_arguments(input_context, global_batch))
         return ds, counter
 
     def training_image_ids(self, dataset):

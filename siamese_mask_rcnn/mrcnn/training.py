@@ -71,6 +71,11 @@ def make_step_functions(model, trainable_layers, optimizer):
     with strategy.scope():
         if not optimizer.built:
             optimizer.build(train_vars)
+    # mixed_float16: a LossScaleOptimizer; the tape differentiates the scaled loss, the sum
+    # over replicas is unscaled before clipping, and the optimizer gets it scaled again so
+    # that it can skip the step and lower the scale when a gradient is not finite.
+    loss_scaled = hasattr(optimizer, "scale_loss") and hasattr(optimizer, "inner_optimizer")
+    clip_settings = optimizer.inner_optimizer if loss_scaled else optimizer
 
     def losses_of(inputs, training):
         per_image = keras_model(list(inputs), training=training)  # [b, 5]
@@ -83,11 +88,16 @@ def make_step_functions(model, trainable_layers, optimizer):
             if config.WEIGHT_DECAY:
                 reg = weight_decay_loss(train_vars, config.WEIGHT_DECAY) / replicas
             total = tf.reduce_sum(losses * weights) + reg
-        grads = tape.gradient(total, train_vars)
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, train_vars)]
+        grads = tape.gradient(optimizer.scale_loss(total) if loss_scaled else total, train_vars)
+        grads = [tf.zeros_like(v) if g is None else tf.cast(g, v.dtype) for g, v in zip(grads, train_vars)]
         # Sum over replicas first, then clip: see the module docstring.
         grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        grads = clip_gradients(grads, optimizer)
+        if loss_scaled:
+            scale = tf.convert_to_tensor(optimizer.dynamic_scale)
+            grads = [g / scale for g in grads]
+        grads = clip_gradients(grads, clip_settings)
+        if loss_scaled:
+            grads = [g * scale for g in grads]
         optimizer.apply_gradients(zip([g / replicas for g in grads], train_vars))
         return tf.concat([losses, tf.reshape(total, [1])], axis=0)
 
@@ -106,6 +116,71 @@ def make_step_functions(model, trainable_layers, optimizer):
         return strategy.reduce(tf.distribute.ReduceOp.SUM, out, axis=None)
 
     return train_step, val_step, train_vars
+
+
+def is_chief(strategy):
+    """True unless ``strategy`` spans several machines and this is not the chief task
+    (``MultiWorkerMirroredStrategy``: the ``chief`` task, or worker 0 without one)."""
+    return bool(getattr(strategy.extended, "should_checkpoint", True))
+
+
+def num_workers(strategy):
+    """Machines (worker tasks) the strategy spans: 1 unless ``MultiWorkerMirroredStrategy``."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return max(1, len(spec.get("worker", [])) + len(spec.get("chief", [])))
+
+
+def distribute_dataset(model, dataset, augmentation, seed, start, counter, no_augmentation_sources=None):
+    """The training pipeline distributed over the strategy's replicas.
+
+    Every worker builds its own input pipeline (``distribute_datasets_from_function``) that
+    loads only its replicas' part of each global batch (``pipeline.build_dataset``); the
+    example order is fixed by ``seed`` and the example index, so the global batch of step
+    ``s`` holds the same images on one device, on several GPUs and on several machines."""
+    strategy = model.strategy
+    global_batch = model.config.BATCH_SIZE
+
+    def make(input_context):
+        ds, _ = model._make_dataset(dataset, augmentation, seed, start, counter, global_batch,
+                                    no_augmentation_sources, input_context=input_context)
+        return ds
+
+    return strategy.distribute_datasets_from_function(make)
+
+
+class WorkerLostError(RuntimeError):
+    """A multi-machine training step failed because another worker stopped or became
+    unreachable; every surviving worker raises it (see ``worker_loss_as_error``)."""
+
+
+class worker_loss_as_error:
+    """Context manager: under ``MultiWorkerMirroredStrategy`` with several workers, turn the
+    errors TensorFlow's collectives raise when a peer dies (unavailable, aborted, cancelled,
+    deadline exceeded, internal) into a ``WorkerLostError`` naming the epoch, the step and
+    the chief's last checkpoint, so the run stops with a clear message."""
+
+    LOST = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+            tf.errors.DeadlineExceededError, tf.errors.InternalError, tf.errors.UnknownError)
+
+    def __init__(self, model, epoch, step):
+        self.model, self.epoch, self.step = model, epoch, step
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is None or not issubclass(kind, self.LOST) or num_workers(self.model.strategy) < 2:
+            return False
+        last = (self.model.checkpoint_path.format(self.epoch) if self.epoch > 0 else None)
+        first_line = (str(getattr(error, "message", error)) or kind.__name__).strip().splitlines()[0]
+        raise WorkerLostError(
+            f"lost another worker during epoch {self.epoch + 1}, step {self.step + 1} "
+            f"({kind.__name__}: {first_line[:300]}). Every worker must be restarted; "
+            f"restart all of them with --weights last to resume from the chief's last checkpoint"
+            + (f" ({last})" if last else " (none yet: training starts again)")) from error
 
 
 def _call_callbacks(callbacks, method, *args):
@@ -143,17 +218,20 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
 
     counter = SkipCounter()
     start = model.epoch * steps * global_batch
-    train_ds, _ = model._make_dataset(train_dataset, augmentation, seed, start, counter, global_batch,
-                                      no_augmentation_sources)
-    train_iter = iter(strategy.experimental_distribute_dataset(train_ds))
+    train_iter = iter(distribute_dataset(model, train_dataset, augmentation, seed, start, counter,
+                                         no_augmentation_sources))
     val_iter = None
     if val_dataset is not None and val_steps > 0:
-        val_ds, _ = model._make_dataset(val_dataset, None, seed + 1, 0, SkipCounter(), global_batch)
-        val_iter = iter(strategy.experimental_distribute_dataset(val_ds))
+        val_iter = iter(distribute_dataset(model, val_dataset, None, seed + 1, 0, SkipCounter()))
 
-    os.makedirs(model.log_dir, exist_ok=True)
-    config.save(os.path.join(model.log_dir, "config.json"))
-    writer = tf.summary.create_file_writer(model.log_dir)
+    # Several machines: only the chief writes (checkpoints, config.json, history, TensorBoard).
+    chief = is_chief(strategy)
+    if chief:
+        os.makedirs(model.log_dir, exist_ok=True)
+        config.save(os.path.join(model.log_dir, "config.json"))
+        writer = tf.summary.create_file_writer(model.log_dir)
+    else:
+        writer = tf.summary.create_noop_writer()
     log.info("training %d variables of layers=%r from epoch %d to %d, lr=%g, in %s",
              len(train_vars), layers, model.epoch + 1, epochs, learning_rate, model.log_dir)
     _call_callbacks(custom_callbacks, "set_model", model.keras_model)
@@ -167,7 +245,8 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
         t0 = time.time()
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not verbose, leave=True)
         for step in bar:
-            values = train_step(next(train_iter)).numpy()
+            with worker_loss_as_error(model, epoch, step):
+                values = train_step(next(train_iter)).numpy()
             if not np.all(np.isfinite(values)):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} step {step + 1}: "
                                          f"{dict(zip(names, values))}")
@@ -181,7 +260,8 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
         if val_iter is not None:
             vsums = np.zeros(len(names))
             for _ in range(val_steps):
-                vsums += val_step(next(val_iter)).numpy()
+                with worker_loss_as_error(model, epoch, steps - 1):
+                    vsums += val_step(next(val_iter)).numpy()
             logs.update({f"val_{n}": float(v / val_steps) for n, v in zip(names, vsums)})
         logs["seconds"] = time.time() - t0
         logs.update(counter.summary())
@@ -190,14 +270,16 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
                 tf.summary.scalar(f"epoch/{n}", v)
         writer.flush()
         model.epoch = epoch + 1
-        path = model.checkpoint_path.format(model.epoch)
-        mweights.save_weights_by_name(model.keras_model, path)
+        path = None
+        if chief:
+            path = model.checkpoint_path.format(model.epoch)
+            mweights.save_weights_by_name(model.keras_model, path)
+            _append_history(model.log_dir, epoch + 1, {**logs, "checkpoint": path})
         logs["checkpoint"] = path
         history.append(logs)
-        _append_history(model.log_dir, epoch + 1, logs)
         if verbose:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in logs.items() if isinstance(v, float) and "loss" in k)
-            print(f"epoch {epoch + 1}: {shown} ({logs['seconds']:.1f}s) -> {path}")
+            print(f"epoch {epoch + 1}: {shown} ({logs['seconds']:.1f}s) -> {path or 'not saved (not the chief)'}")
         _call_callbacks(custom_callbacks, "on_epoch_end", epoch, logs)
         if max_seconds is not None and time.time() - started > max_seconds and model.epoch < epochs:
             log.info("time budget of %.0f s used: stopping after epoch %d", max_seconds, model.epoch)
