@@ -13,6 +13,13 @@ a different update than on one device). The step therefore sums the gradients it
 (``ReplicaContext.all_reduce``), clips the sum with the optimizer's settings, and hands the
 optimizer ``1/replicas`` of it, which the optimizer's own sum turns back into the clipped
 global gradient (its own clipping is then a no-op: every norm is already within bounds).
+
+Several machines (``MultiWorkerMirroredStrategy``): each worker's input pipeline loads only
+its replicas' share of every global batch (``distribute_dataset``); only the chief writes
+checkpoints, ``config.json``, ``history.jsonl`` and TensorBoard files (``is_chief``); a
+worker that dies stops the others with a ``WorkerLostError``. Mixed precision
+(``MIXED_PRECISION="mixed_float16"``): the loss is scaled by the ``LossScaleOptimizer``'s
+dynamic scale and the summed gradients are unscaled before clipping.
 """
 import json
 import logging
@@ -174,13 +181,19 @@ class worker_loss_as_error:
     def __exit__(self, kind, error, traceback):
         if kind is None or not issubclass(kind, self.LOST) or num_workers(self.model.strategy) < 2:
             return False
-        last = (self.model.checkpoint_path.format(self.epoch) if self.epoch > 0 else None)
-        first_line = (str(getattr(error, "message", error)) or kind.__name__).strip().splitlines()[0]
+        if self.epoch == 0:
+            last = " (none yet: training starts again)"
+        elif is_chief(self.model.strategy):
+            last = f" ({self.model.checkpoint_path.format(self.epoch)})"
+        else:
+            last = f" (epoch {self.epoch})"
+        first_line = ((str(getattr(error, "message", "")) or str(error) or kind.__name__).strip()
+                      .splitlines() or [kind.__name__])[0]
         raise WorkerLostError(
             f"lost another worker during epoch {self.epoch + 1}, step {self.step + 1} "
             f"({kind.__name__}: {first_line[:300]}). Every worker must be restarted; "
             f"restart all of them with --weights last to resume from the chief's last checkpoint"
-            + (f" ({last})" if last else " (none yet: training starts again)")) from error
+            + last) from error
 
 
 def _call_callbacks(callbacks, method, *args):
