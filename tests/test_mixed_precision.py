@@ -16,7 +16,7 @@ STEPS = 3
 LEARNING_RATE = 0.002
 # Measured on an AMD EPYC CPU: see the README's "Training on COCO" section.
 FIRST_STEP_RTOL = 0.015  # measured: 0.6%
-ALL_STEPS_RTOL = 0.05  # measured: 2.3% (rpn_bbox_loss of step 3)
+ALL_STEPS_RTOL = 0.10  # measured: 5.2% (mrcnn_class_loss of step 3; the runs' weights differ by then)
 FLOAT32_LAYERS = ("ROI", "proposal_targets", "roi_align_classifier", "roi_align_mask", "losses",
                   "fpn_distance_concat_P2", "reference_pooling", "anchors", "norm_gt_boxes")
 
