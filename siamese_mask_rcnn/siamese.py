@@ -47,8 +47,13 @@ class PooledEmbedding(KL.Layer):
     """Global average pooling of every pyramid level (paper Section 4.3, step 1).
 
     Input: a list of L maps ``[N, h_l, w_l, C]``; output ``[N, L, C]`` (the mean feature
-    of each level). No arguments besides the standard layer ones.
+    of each level), computed in float32 under mixed precision. No arguments besides the
+    standard layer ones.
     """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
 
     def call(self, maps):
         return tf.stack([tf.reduce_mean(m, axis=[1, 2]) for m in maps], axis=1)
@@ -98,6 +103,7 @@ class DistanceConcat(KL.Layer):
     """
 
     def __init__(self, level, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # the matching distance stays float32 (mixed precision)
         super().__init__(**kwargs)
         if int(level) < 0:
             raise ValueError(f"level must be >= 0, got {level}")

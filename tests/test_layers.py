@@ -714,6 +714,7 @@ def test_batchnorm_trainable_follows_training_flag(train_bn):
 LAYER_ARGS = {
     # every custom layer of the Mask R-CNN core, with plain (non-config) constructor arguments
     "BatchNorm": dict(train_bn=True),
+    "Float32Layer": dict(),  # base of the layers that compute in float32 under mixed precision
     "AnchorsLayer": dict(anchors=[[0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 1.0, 1.0]]),
     "NormBoxesLayer": dict(image_shape=(64, 96)),
     "ProposalLayer": dict(proposal_count=7, nms_threshold=0.6, pre_nms_limit=30, bbox_std_dev=STD),

@@ -199,6 +199,10 @@ class Config:
     #   over the anchors / positive ROIs of a replica's whole batch; replicas are averaged.
     # "per_image": each loss is a mean over one image's valid rows, averaged over the global batch.
     LOSS_NORMALIZATION = "release"
+    # Mixed precision (an addition): None (float32), "mixed_float16" (GPUs; training uses
+    # dynamic loss scaling) or "mixed_bfloat16" (TPUs, recent CPUs). Weights stay float32,
+    # and so do losses, box decoding, NMS, ROIAlign and the Siamese matching distance.
+    MIXED_PRECISION = None
 
     # Additions to matterport: seed for reproducible data sampling (None means
     # fresh entropy) and the number of parallel data-loading workers.

@@ -114,11 +114,17 @@ class BatchNorm(keras.layers.BatchNormalization):
     the statistics stay as loaded, whatever ``training`` flag the call gets. ``True`` or
     ``None``: follow the ``training`` flag of the call (batch statistics in the training
     step, moving statistics at detection time; unlike matterport, ``True`` never puts
-    the inference graph in training mode).
+    the inference graph in training mode). A training BatchNorm is synchronised
+    (``synchronized=True``): under a ``tf.distribute`` strategy its batch statistics and
+    moving statistics are those of the whole global batch, as on one device. Weights and
+    layer names are unchanged, so weight files load either way.
     """
 
     def __init__(self, train_bn=False, **kwargs):
         kwargs.setdefault("epsilon", 1e-3)
+        # Trained statistics are synchronised over tf.distribute replicas (mean and variance
+        # of the global batch, not of each replica's images); one device: plain moments.
+        kwargs.setdefault("synchronized", train_bn is not False)
         super().__init__(**kwargs)
         self.train_bn = train_bn
 
@@ -133,7 +139,17 @@ class BatchNorm(keras.layers.BatchNormalization):
         return {**super().get_config(), "train_bn": self.train_bn}
 
 
-class AnchorsLayer(keras.layers.Layer):
+class Float32Layer(keras.layers.Layer):
+    """A layer that always computes in float32, whatever the global (mixed) dtype policy:
+    Keras casts its floating inputs to float32. Box decoding, NMS, ROI sampling and ROIAlign
+    derive from it (mixed precision keeps coordinates and their arithmetic in float32)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+
+class AnchorsLayer(Float32Layer):
     """Holds the normalised anchors of a fixed image shape and tiles them over the batch.
 
     Args:
@@ -160,7 +176,7 @@ class AnchorsLayer(keras.layers.Layer):
         return (input_shape[0],) + self.anchors.shape
 
 
-class NormBoxesLayer(keras.layers.Layer):
+class NormBoxesLayer(Float32Layer):
     """Normalise pixel GT boxes ``[batch, N, 4]`` by the image shape ``(h, w)`` (pixels).
 
     Output: ``[batch, N, 4]`` float32 normalised boxes (matterport convention).
@@ -177,7 +193,7 @@ class NormBoxesLayer(keras.layers.Layer):
         return norm_boxes_graph(tf.cast(boxes, tf.float32), tf.constant(self.image_shape))
 
 
-class ProposalLayer(keras.layers.Layer):
+class ProposalLayer(Float32Layer):
     """RPN scores + deltas + anchors → ``proposal_count`` boxes per image after NMS.
 
     Args:
@@ -222,7 +238,7 @@ class ProposalLayer(keras.layers.Layer):
         return (input_shape[0][0], self.proposal_count, 4)
 
 
-class PyramidROIAlign(keras.layers.Layer):
+class PyramidROIAlign(Float32Layer):
     """ROIAlign over the pyramid: each box is cropped from the level its size selects.
 
     Inputs: ``[boxes [B, N, 4], image_meta [B, META], P2, P3, P4, P5]``.
@@ -268,7 +284,7 @@ class PyramidROIAlign(keras.layers.Layer):
         return tuple(input_shape[0][:2]) + self.pool_shape + (input_shape[2][-1],)
 
 
-class DetectionTargetLayer(keras.layers.Layer):
+class DetectionTargetLayer(Float32Layer):
     """Sample training ROIs from proposals and build their class, box and mask targets.
 
     Inputs: ``[proposals [B, N, 4], gt_class_ids [B, G], gt_boxes [B, G, 4] (normalised),
@@ -381,7 +397,7 @@ class DetectionTargetLayer(keras.layers.Layer):
         return [(b, r, 4), (b, r), (b, r, 4), (b, r) + self.mask_shape]
 
 
-class DetectionLayer(keras.layers.Layer):
+class DetectionLayer(Float32Layer):
     """Final detections: refine ROIs by class, drop background and weak scores, per-class NMS.
 
     Inputs: ``[rois [B, N, 4], mrcnn_class [B, N, C], mrcnn_bbox [B, N, C, 4], image_meta]``.

@@ -148,6 +148,10 @@ class MaskRCNNLosses(keras.layers.Layer):
         super().__init__(**kwargs)
         self.normalization = check_normalization(normalization)
 
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # losses in float32 under mixed precision
+        super().__init__(**kwargs)
+
     def call(self, inputs):
         (rpn_match, rpn_bbox_target, rpn_class_logits, rpn_bbox,
          target_class_ids, target_bbox, target_mask, rois,

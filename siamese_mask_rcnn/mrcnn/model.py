@@ -80,6 +80,34 @@ def default_strategy(config):
     return tf.distribute.get_strategy()
 
 
+MIXED_PRECISION_POLICIES = (None, "float32", "mixed_float16", "mixed_bfloat16")
+
+
+class dtype_policy:
+    """Context manager: build layers under the Keras dtype policy ``name`` (None: leave the
+    global policy alone) and restore the previous global policy afterwards, so that one
+    mixed-precision model does not change models built later in the same process.
+    Raises ``ValueError`` for a policy other than those of ``MIXED_PRECISION_POLICIES``."""
+
+    def __init__(self, name):
+        if name not in MIXED_PRECISION_POLICIES:
+            raise ValueError(f"MIXED_PRECISION={name!r}: use None, 'mixed_float16' (GPUs) "
+                             "or 'mixed_bfloat16' (TPUs, recent CPUs)")
+        self.name = name
+        self.previous = None
+
+    def __enter__(self):
+        if self.name is not None:
+            self.previous = keras.config.dtype_policy()
+            keras.config.set_dtype_policy(self.name)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            keras.config.set_dtype_policy(self.previous)
+        return False
+
+
 def check_image_shape(config):
     """The pyramid needs image sides divisible by 2**6."""
     h, w = config.IMAGE_SHAPE[:2]
@@ -107,7 +135,7 @@ class MaskRCNN:
         self.checkpoint_path = None
         self._functions = {}
         self.set_log_dir()
-        with self.strategy.scope():
+        with self.strategy.scope(), dtype_policy(getattr(config, "MIXED_PRECISION", None)):
             self.keras_model = self.build(mode=mode, config=config)
 
     # ------------------------------------------------------------------ graph

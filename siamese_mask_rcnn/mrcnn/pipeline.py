@@ -82,13 +82,41 @@ def make_loader(load_fn, image_ids, seed, counter, shuffle=True, max_tries=50):
     return load_index
 
 
+def pipeline_example_index(local_index, batch_size, pipeline, num_pipelines):
+    """The global example index of the ``local_index``-th example of input pipeline
+    ``pipeline`` out of ``num_pipelines``: each global batch of ``batch_size`` consecutive
+    examples is cut into ``num_pipelines`` equal chunks and pipeline ``i`` loads chunk ``i``.
+    Works on Python ints and on int64 tensors."""
+    chunk = batch_size // num_pipelines
+    return (local_index // chunk) * batch_size + pipeline * chunk + local_index % chunk
+
+
 def build_dataset(load_fn, image_ids, specs, batch_size, seed=0, start=0, workers=2,
-                  shuffle=True, counter=None, prefetch=2):
+                  shuffle=True, counter=None, prefetch=2, pipeline=0, num_pipelines=1,
+                  replica_batch=None):
     """An infinite batched ``tf.data.Dataset`` of model inputs.
 
     ``specs`` is a list of ``(name, shape, dtype)`` (shape without the batch axis, fully
     static). ``start`` is the index of the first example (resume at the right place).
+
+    Several machines (``tf.distribute`` input pipelines, one per worker): ``batch_size`` is
+    the *global* batch; input pipeline ``pipeline`` of ``num_pipelines`` loads only its
+    chunk of every global batch (see ``pipeline_example_index``) and yields batches of
+    ``replica_batch`` examples (default: the whole chunk), which the strategy hands to the
+    worker's replicas in turn. Replica ``r`` of the cluster therefore sees the same images
+    as the ``r``-th slice of the one-device batch, and no worker loads another's images.
+    Raises ``ValueError`` if the batch does not split evenly or ``start`` is not at a
+    global batch boundary.
     """
+    if batch_size % num_pipelines:
+        raise ValueError(f"global batch {batch_size} does not split over {num_pipelines} input pipelines")
+    chunk = batch_size // num_pipelines
+    replica_batch = int(replica_batch or chunk)
+    if chunk % replica_batch:
+        raise ValueError(f"a pipeline's {chunk} examples per batch do not split into batches of {replica_batch}")
+    if num_pipelines > 1 and start % batch_size:
+        raise ValueError(f"start={start} must be a multiple of the global batch {batch_size} "
+                         "with several input pipelines")
     counter = counter if counter is not None else SkipCounter()
     load_index = make_loader(load_fn, image_ids, seed, counter, shuffle)
     dtypes = [tf.as_dtype(dtype) for _, _, dtype in specs]
@@ -103,9 +131,13 @@ def build_dataset(load_fn, image_ids, specs, batch_size, seed=0, start=0, worker
             t.set_shape(shape)
         return tuple(tensors)
 
-    ds = tf.data.Dataset.counter(start=start)
+    if num_pipelines == 1:
+        ds = tf.data.Dataset.counter(start=start)
+    else:
+        ds = tf.data.Dataset.counter(start=start // batch_size * chunk).map(
+            lambda k: pipeline_example_index(k, batch_size, pipeline, num_pipelines))
     ds = ds.map(tf_load, num_parallel_calls=max(1, int(workers)), deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.batch(replica_batch, drop_remainder=True)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     ds = ds.with_options(options)
