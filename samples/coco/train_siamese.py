@@ -351,3 +351,8 @@ if __name__ == "__main__":
         main()
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
+    except RuntimeError as error:
+        from siamese_mask_rcnn.mrcnn.pipeline import DataPipelineError
+        if not isinstance(error, DataPipelineError):
+            raise
+        sys.exit(f"error: {error}")

@@ -318,7 +318,7 @@ class MaskRCNN:
 
         ds, counter = build_dataset(load, self.training_image_ids(dataset), specs, global_batch, seed=seed,
                                     start=start, workers=getattr(self.config, "DATA_WORKERS", 2),
-                                    counter=counter)
+                                    counter=counter, describe=lambda i: dataset.image_info[i].get("path"))
         return ds, counter
 
     def training_image_ids(self, dataset):

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import weights as mweights
 from .losses import LOSS_NAMES, weight_decay_loss
-from .pipeline import SkipCounter
+from .pipeline import SkipCounter, next_batch
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +146,30 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
     train_ds, _ = model._make_dataset(train_dataset, augmentation, seed, start, counter, global_batch,
                                       no_augmentation_sources)
     train_iter = iter(strategy.experimental_distribute_dataset(train_ds))
-    val_iter = None
+    val_iter = val_counter = None
     if val_dataset is not None and val_steps > 0:
-        val_ds, _ = model._make_dataset(val_dataset, None, seed + 1, 0, SkipCounter(), global_batch)
+        val_ds, val_counter = model._make_dataset(val_dataset, None, seed + 1, 0, SkipCounter(), global_batch)
         val_iter = iter(strategy.experimental_distribute_dataset(val_ds))
 
+    iterators = {"train": train_iter, "val": val_iter}
+    del train_iter, val_iter
+    try:
+        return _train_epochs(model, config, train_step, val_step, train_vars, iterators,
+                             (counter, val_counter), learning_rate, epochs, layers, steps, val_steps,
+                             custom_callbacks, verbose, max_seconds)
+    finally:
+        # Stop the input pipeline's workers now (also when an error propagates and its
+        # traceback keeps the frames alive), not at interpreter exit, where their pending
+        # Python calls would deadlock.
+        iterators.clear()
+
+
+def _train_epochs(model, config, train_step, val_step, train_vars, iterators, counters,
+                  learning_rate, epochs, layers, steps, val_steps, custom_callbacks, verbose,
+                  max_seconds):
+    """The epoch loop of :func:`run_training`; ``iterators`` holds the training and validation
+    batch iterators (``"train"``, ``"val"``), ``counters`` their :class:`SkipCounter` s."""
+    counter, val_counter = counters
     os.makedirs(model.log_dir, exist_ok=True)
     config.save(os.path.join(model.log_dir, "config.json"))
     writer = tf.summary.create_file_writer(model.log_dir)
@@ -167,7 +186,7 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
         t0 = time.time()
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not verbose, leave=True)
         for step in bar:
-            values = train_step(next(train_iter)).numpy()
+            values = train_step(next_batch(iterators["train"], counter)).numpy()
             if not np.all(np.isfinite(values)):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} step {step + 1}: "
                                          f"{dict(zip(names, values))}")
@@ -178,10 +197,10 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
                 for n, v in zip(names, values):
                     tf.summary.scalar(f"train/{n}", v)
         logs = {n: float(v / steps) for n, v in zip(names, sums)}
-        if val_iter is not None:
+        if iterators["val"] is not None:
             vsums = np.zeros(len(names))
             for _ in range(val_steps):
-                vsums += val_step(next(val_iter)).numpy()
+                vsums += val_step(next_batch(iterators["val"], val_counter)).numpy()
             logs.update({f"val_{n}": float(v / val_steps) for n, v in zip(names, vsums)})
         logs["seconds"] = time.time() - t0
         logs.update(counter.summary())
