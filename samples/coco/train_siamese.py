@@ -332,6 +332,12 @@ def main(argv=None):
     stages = schedule_stages(args.heads_epochs, args.all_epochs, args.total_epochs,
                              config.LEARNING_RATE)
     todo = remaining_stages(stages, model.epoch)
+    summary = train_set.index_summary()
+    print(f"training set: {summary['pairs']} (query, category) pairs in {summary['images']} images; "
+          f"{summary['same_image_reference_pairs']} of them take the reference from the query itself "
+          f"(the category has no usable instance in another image); annotations dropped on load: "
+          f"{summary['dropped_annotations'].get('invalid', 0)} invalid, "
+          f"{summary['dropped_annotations'].get('degenerate', 0)} degenerate")
     print(f"split S{args.split}: {len(train_set.train_class_ids)} training categories, "
           f"{len(train_set.oneshot_class_ids)} held out; batch {config.BATCH_SIZE}; "
           f"starting after epoch {model.epoch}; stages to run: "

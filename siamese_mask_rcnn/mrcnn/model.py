@@ -297,7 +297,7 @@ class MaskRCNN:
         rpn_match, rpn_bbox = mdata.build_rpn_targets(image.shape, anchors_px, class_ids, boxes, c, rng=rng)
         n = min(len(class_ids), c.MAX_GT_INSTANCES)
         if len(class_ids) > n:
-            keep = rng.choice(len(class_ids), n, replace=False)
+            keep = self._keep_gt_instances(class_ids, n, rng, int(image_meta[0]))
             class_ids, boxes, masks = class_ids[keep], boxes[keep], masks[..., keep]
         gt_ids = np.zeros([c.MAX_GT_INSTANCES], np.int32)
         gt_boxes = np.zeros([c.MAX_GT_INSTANCES, 4], np.float32)
@@ -305,6 +305,26 @@ class MaskRCNN:
         gt_ids[:n], gt_boxes[:n], gt_masks[..., :n] = class_ids[:n], boxes[:n], masks[..., :n]
         return [mdata.mold_image(image, c), image_meta] + list(extra) + [
             rpn_match[:, None], rpn_bbox, gt_ids, gt_boxes, gt_masks]
+
+    def _keep_gt_instances(self, class_ids, n, rng, image_id):
+        """Indices of the ``n`` = ``MAX_GT_INSTANCES`` GT instances kept when an image has more.
+
+        Target instances (positive class ids: for the Siamese model, the reference's
+        category) come first, in random order, then crowd regions; the rest are dropped and
+        count as background. Warns once per image with the counts.
+        """
+        positive = np.flatnonzero(class_ids > 0)
+        crowd = np.flatnonzero(class_ids <= 0)
+        keep = np.concatenate([rng.permutation(positive), rng.permutation(crowd)])[:n]
+        warned = self.__dict__.setdefault("_gt_overflow_warned", set())
+        if image_id not in warned:
+            warned.add(image_id)
+            log.warning("image %d has %d ground-truth instances (%d target, %d crowd), more than "
+                        "MAX_GT_INSTANCES=%d: %d target and %d crowd instances dropped (trained as "
+                        "background); raise MAX_GT_INSTANCES to keep them", image_id, len(class_ids),
+                        len(positive), len(crowd), n, max(0, len(positive) - n),
+                        len(crowd) - max(0, n - len(positive)))
+        return np.sort(keep)
 
     def _make_dataset(self, dataset, augmentation, seed, start, counter, global_batch,
                       no_augmentation_sources=None):
