@@ -31,6 +31,8 @@ def build_parser():
     pred.add_argument("--preset", choices=["paper", "small"], default="small",
                       help="used when no config is found")
     pred.add_argument("--min-confidence", type=float, help="score threshold (default: the config's)")
+    pred.add_argument("--allow-partial", action="store_true",
+                      help="run even if the weights file leaves some layers of the model unfilled")
     return parser
 
 
@@ -45,7 +47,8 @@ def main(argv=None):
     from .predict import InputError, predict
     try:
         result = predict(args.weights, args.reference, args.query, out_png=args.out, out_json=args.json,
-                         config_path=args.config, preset=args.preset, min_confidence=args.min_confidence)
+                         config_path=args.config, preset=args.preset, min_confidence=args.min_confidence,
+                         allow_partial=args.allow_partial)
     except InputError as err:
         print(f"siamese-mrcnn predict: error: {err}", file=sys.stderr)
         return 2

@@ -32,11 +32,12 @@ import json
 import logging
 import math
 import pathlib
-import re
 import warnings
 from collections import OrderedDict, namedtuple
 
 import numpy as np
+
+from siamese_mask_rcnn.mrcnn.fileio import safe_filename
 
 logger = logging.getLogger(__name__)
 
@@ -979,7 +980,7 @@ def write_json(data, path):
 
 def _slug(label):
     """A file-name-safe version of a row label."""
-    return re.sub(r"[^a-z0-9]+", "_", str(label).lower()).strip("_") or "row"
+    return safe_filename(str(label).lower(), keep="a-z0-9", default="row")
 
 
 def _evaluations_of(entry):

@@ -258,15 +258,16 @@ def mold_reference(crop, config):
     return mold_image(resized.astype(np.float32), config)
 
 
-def build_predictor(weights, config=None, preset="small"):
+def build_predictor(weights, config=None, preset="small", allow_partial=False):
     """Load an inference model from ``weights`` and return its evaluation ``predict_fn``.
 
     The config is ``config``, else the ``config.json`` training wrote beside the weights,
-    else the ``preset``."""
-    from .predict import load_model
+    else the ``preset``. A file that leaves layers of the model unfilled is refused
+    (``predict.InputError`` listing them) unless ``allow_partial``."""
+    from .predict import check_complete, load_model
 
     if config is None:
-        return load_model(weights, preset=preset).predict_fn()
+        return load_model(weights, preset=preset, allow_partial=allow_partial).predict_fn()
     model = SiameseMaskRCNN("inference", config, model_dir="logs")
-    model.load_weights(weights, by_name=True)
+    check_complete(weights, model.load_weights(weights, by_name=True), allow_partial)
     return model.predict_fn()

@@ -59,6 +59,8 @@ def build_parser():
     model.add_argument("--weights", help="trained Siamese Mask R-CNN weights (.h5)")
     model.add_argument("--preset", default="small", choices=["small", "paper"],
                        help="model configuration preset (default small)")
+    model.add_argument("--allow-partial", action="store_true",
+                       help="evaluate even if --weights leaves some layers of the model unfilled")
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument("--runs", type=int, default=1,
                           help="evaluation runs with seeds seed, seed+1, ... (paper: 5)")
@@ -116,7 +118,7 @@ def make_predictor_factory(args, dataset):
     if args.model == "random":
         return lambda seed: evaluation.random_boxes_predictor(dataset, seed)
     from siamese_mask_rcnn.siamese import build_predictor  # imports TensorFlow
-    predictor = build_predictor(args.weights, preset=args.preset)
+    predictor = build_predictor(args.weights, preset=args.preset, allow_partial=args.allow_partial)
     return lambda seed: predictor
 
 
@@ -182,4 +184,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as error:  # bad weights, annotations or images: the message names the file
+        print(f"evaluate_siamese.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
