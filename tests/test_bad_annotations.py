@@ -67,6 +67,8 @@ CASES = [  # (change, what the message says, invalid or degenerate)
     (_set("bbox", None), "bbox is NoneType", "invalid"),
     (_set("category_id", 999), "unknown category id 999", "invalid"),
     (_set("image_id", 12345), "unknown image id 12345", "invalid"),
+    (_set("category_id", [1]), "unknown category id [1]", "invalid"),
+    (_set("image_id", None), "unknown image id None", "invalid"),
     (_set("bbox", [304.9, 462.86, 0, 166.83]), "zero-area bbox", "degenerate"),
     (_set("bbox", [304.9, 462.86, 103.55, 0.0]), "zero-area bbox", "degenerate"),
     (_set("segmentation", [[300, 50, 340, 50, 380, 50]]), "zero-area mask (its polygons enclose no area)", "degenerate"),

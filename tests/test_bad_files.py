@@ -63,6 +63,35 @@ def test_resize_keeps_at_least_one_pixel_per_side(h, w, mode, min_dim, max_dim):
     assert mask.shape[:2] == resized.shape[:2] and mask[y1:y2, x1:x2].all() and mask.sum() == (y2 - y1) * (x2 - x1)
 
 
+@pytest.mark.parametrize("original, box", [((3, 2000), (0, 500, 3, 1000)), ((2000, 3), (100, 0, 900, 3))])
+def test_unmold_detections_through_a_one_pixel_window(original, box):
+    """A 2000x3 image becomes a 1-pixel-thin window; a detection covering the window's
+    full thin side maps back to the full 3 pixels of the original, without NaN."""
+    from siamese_mask_rcnn.mrcnn.boxes import norm_boxes
+    from siamese_mask_rcnn.mrcnn.molding import unmold_detections
+
+    image = np.zeros(original + (3,), np.uint8)
+    molded, window, scale, _, _ = resize_image(image, min_dim=128, max_dim=128, mode="square")
+    y1, x1, y2, x2 = box
+    molded_box = np.array([y1 * scale + window[0], x1 * scale + window[1],
+                           y2 * scale + window[0], x2 * scale + window[1]])
+    molded_box[[0, 1]] = np.floor(molded_box[[0, 1]])
+    molded_box[[2, 3]] = np.maximum(np.ceil(molded_box[[2, 3]]), molded_box[[0, 1]] + 1)
+    detections = np.zeros((1, 6))
+    detections[0, :4] = norm_boxes(molded_box[None], molded.shape[:2])[0]
+    detections[0, 4:] = [1, 0.9]
+    masks = np.ones((1, 28, 28, 1), np.float32)
+    with np.errstate(all="raise"):
+        boxes, class_ids, scores, full = unmold_detections(detections, masks, original + (3,), molded.shape,
+                                                           np.array(window))
+    assert len(boxes) == 1 and full.shape == original + (1,)
+    thin = 0 if original[0] == 3 else 1
+    assert boxes[0][thin] == 0 and boxes[0][thin + 2] == 3          # the whole thin side
+    long_side = 1 - thin
+    assert abs(boxes[0][long_side] - box[long_side]) <= 16 and abs(boxes[0][long_side + 2] - box[long_side + 2]) <= 16
+    assert full[..., 0].sum() > 0
+
+
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 @pytest.mark.parametrize("query, reference", [("wide", "ref"), ("tall", "ref"), ("line", "ref"), ("column", "ref"),
                                               ("dot", "ref"), ("query", "wide"), ("query", "column")])

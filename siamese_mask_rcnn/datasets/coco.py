@@ -157,6 +157,14 @@ def _segmentation_problem(seg, height, width):
     return f"segmentation is {type(seg).__name__}, not polygons or RLE", False
 
 
+def _known(value, ids):
+    """``value in ids``, False for unhashable values (a list as an id)."""
+    try:
+        return value in ids
+    except TypeError:
+        return False
+
+
 def check_annotation(ann, images, categories):
     """``(problem, degenerate)`` of one COCO annotation (see :func:`_segmentation_problem`).
 
@@ -167,9 +175,9 @@ def check_annotation(ann, images, categories):
     """
     if not isinstance(ann, dict):
         return f"is {type(ann).__name__}, not an object", False
-    if ann.get("category_id") not in categories:
+    if not _known(ann.get("category_id"), categories):
         return f"unknown category id {ann.get('category_id')!r} (not in the file's categories)", False
-    if ann.get("image_id") not in images:
+    if not _known(ann.get("image_id"), images):
         return f"unknown image id {ann.get('image_id')!r} (not in the file's images)", False
     bbox = ann.get("bbox")
     problem = _numbers_problem(bbox, "bbox")

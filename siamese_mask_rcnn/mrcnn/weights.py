@@ -163,6 +163,8 @@ def read_h5_weights(filepath):
     path = os.fspath(filepath)
     try:
         return _read_h5_weights(path)
+    except FileNotFoundError:
+        raise
     except (OSError, RuntimeError, KeyError) as err:  # h5py errors of a truncated/corrupt file
         raise ValueError(f"{path}: unreadable HDF5 weights file (truncated or corrupt?): "
                          f"{type(err).__name__}: {err}") from None
