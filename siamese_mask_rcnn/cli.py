@@ -1,9 +1,29 @@
-"""``siamese-mrcnn`` command line: ``demo`` (train + evaluate on embedded data) and ``predict``."""
+"""``siamese-mrcnn`` command line.
+
+* ``demo``: train a small model on embedded data on the CPU and evaluate it (paper §5.2);
+* ``predict``: detect the reference's category in your own query image;
+* ``train``: train on a COCO one-shot split (paper §5.1), the flags of
+  ``samples/coco/train_siamese.py`` (:mod:`siamese_mask_rcnn.train_coco`);
+* ``evaluate``: the one-shot evaluation on COCO (paper §5.2), the flags of
+  ``samples/coco/evaluate_siamese.py`` (:mod:`siamese_mask_rcnn.evaluation.cli`).
+"""
 import argparse
 import sys
 
+from . import demo as demo_job
+from . import train_coco
+from .evaluation import cli as evaluation_cli
+from .mrcnn.fileio import UnwritableOutputError
+from .predict import InputError, predict
+from .presets import PRESET_NAMES
+
+#: Subcommands whose own parser takes every argument after the subcommand's name.
+DELEGATED = {"train": train_coco.run, "evaluate": evaluation_cli.run}
+
 
 def build_parser():
+    """The ``siamese-mrcnn`` parser (``train`` / ``evaluate`` only listed: :func:`main`
+    hands their arguments to their own parsers)."""
     parser = argparse.ArgumentParser(prog="siamese-mrcnn", description="Siamese Mask R-CNN: one-shot "
                                      "instance segmentation by example.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,23 +48,41 @@ def build_parser():
     pred.add_argument("--out", help="write a picture of the result (PNG)")
     pred.add_argument("--json", help="write boxes, scores and RLE masks as JSON")
     pred.add_argument("--config", help="config JSON (default: config.json beside the weights)")
-    pred.add_argument("--preset", choices=["paper", "small"], default="small",
-                      help="used when no config is found")
+    pred.add_argument("--preset", choices=list(PRESET_NAMES), default="small",
+                      help="used when no config is found (see siamese_mask_rcnn.presets)")
     pred.add_argument("--min-confidence", type=float, help="score threshold (default: the config's)")
     pred.add_argument("--allow-partial", action="store_true",
                       help="run even if the weights file leaves some layers of the model unfilled")
+    sub.add_parser("train", add_help=False,
+                   help="train on a COCO one-shot split (siamese-mrcnn train --help)")
+    sub.add_parser("evaluate", add_help=False,
+                   help="one-shot evaluation on COCO (siamese-mrcnn evaluate --help)")
     return parser
 
 
 def main(argv=None):
+    """Run a subcommand; returns the exit status (0 on success, 2 for a user error, such as
+    an output folder that cannot be written, checked before any long work).
+
+    Raises:
+        SystemExit: bad arguments (status 2, from argparse) and, for ``train``, a missing
+            file or bad value (status 1 with ``error: <message>``).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        DELEGATED[argv[0]](argv[1:], prog=f"siamese-mrcnn {argv[0]}")
+        return 0
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from .demo import run_demo
-        run_demo(out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir, minutes=args.minutes,
-                 epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, num_train=args.train_scenes,
-                 num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit)
+        try:
+            demo_job.run_demo(out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir,
+                              minutes=args.minutes, epochs=args.epochs,
+                              steps_per_epoch=args.steps_per_epoch, num_train=args.train_scenes,
+                              num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit)
+        except UnwritableOutputError as err:
+            print(f"siamese-mrcnn demo: error: {err}", file=sys.stderr)
+            return 2
         return 0
-    from .predict import InputError, predict
     try:
         result = predict(args.weights, args.reference, args.query, out_png=args.out, out_json=args.json,
                          config_path=args.config, preset=args.preset, min_confidence=args.min_confidence,

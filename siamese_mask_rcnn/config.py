@@ -1,20 +1,16 @@
-"""Siamese Mask R-CNN configuration and the paper's presets (SPEC §2–§3).
+"""Siamese Mask R-CNN configuration (paper §4 and §5.1).
 
-``SiameseConfig`` extends the Mask R-CNN ``Config`` with the reference ("target") image
-settings and the matching layer, and sets the one-shot defaults: two classes
-(background / match), one class-agnostic mask, the paper's loss weights.
-
-Presets (``siamese_config("paper")`` / ``siamese_config("small")``):
-
-* ``paper`` — 1024² query, 192² reference, FC 1024, 256 RPN anchors, 2000/1000 post-NMS
-  ROIs, 200 training ROIs, 100 instances, detection NMS 0.5, min confidence 0.7,
-  weight decay 1e-4, clip norm 5, learning rate 0.02, 3 images per GPU (batch 12 on 4).
-* ``small`` — 512² query, 96² reference, FC 512, 64 RPN anchors, 500/500 ROIs,
-  100 training ROIs, 30 instances (the official release's small model).
+``SiameseConfig`` extends the Mask R-CNN ``Config`` with the reference image settings
+(kept under the release's ``TARGET_*`` / ``NUM_TARGETS`` names) and the matching layer, and
+sets the one-shot defaults: two classes (background / match), one class-agnostic mask, the
+paper's loss weights. Its defaults are the ``paper`` preset; ``siamese_config(name)``
+builds any preset of :mod:`siamese_mask_rcnn.presets` (``paper``, ``small``, ``demo``,
+``tiny``, ``smoke``).
 """
 import numpy as np
 
 from .mrcnn.config import Config
+from .presets import PRESETS, preset_settings  # noqa: F401  (PRESETS: public re-export)
 
 
 class SiameseConfig(Config):
@@ -32,7 +28,7 @@ class SiameseConfig(Config):
     TARGET_MIN_DIM = 150
     TARGET_PADDING = True
 
-    # Matching (SPEC §2): 1x1 conv of [P_query, |P_query - pool(P_ref)|] to this many channels.
+    # Matching (paper §4.3, Appendix 1.2): 1x1 conv of [P_query, |P_query - pool(P_ref)|] to this many channels.
     MATCHING_CHANNELS = 384
     # The official release puts a ReLU after every FPN conv; keep it so its weights behave.
     FPN_RELU = True
@@ -66,22 +62,14 @@ class SiameseConfig(Config):
         self.TARGET_SHAPE = np.array([self.TARGET_MAX_DIM, self.TARGET_MAX_DIM, self.IMAGE_CHANNEL_COUNT])
 
 
-PRESETS = {
-    "paper": {},
-    "small": {
-        "IMAGE_MIN_DIM": 512, "IMAGE_MAX_DIM": 512,
-        "TARGET_MIN_DIM": 75, "TARGET_MAX_DIM": 96,
-        "FPN_CLASSIF_FC_LAYERS_SIZE": 512,
-        "RPN_TRAIN_ANCHORS_PER_IMAGE": 64,
-        "POST_NMS_ROIS_TRAINING": 500, "POST_NMS_ROIS_INFERENCE": 500,
-        "TRAIN_ROIS_PER_IMAGE": 100,
-        "MAX_GT_INSTANCES": 30, "DETECTION_MAX_INSTANCES": 30,
-    },
-}
-
-
 def siamese_config(preset="paper", **overrides):
-    """A ``SiameseConfig`` of ``preset`` ("paper" or "small") with ``overrides`` applied."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return SiameseConfig(**{**PRESETS[preset], **overrides})
+    """A ``SiameseConfig`` of ``preset`` with ``overrides`` (config keys) applied on top.
+
+    ``preset`` is a name of :data:`siamese_mask_rcnn.presets.PRESETS`: ``"paper"``,
+    ``"small"``, ``"demo"``, ``"tiny"`` or ``"smoke"``.
+
+    Raises:
+        ValueError: ``preset`` is unknown (the message lists the valid names), or an
+            override is not a config key / has an invalid value (from ``Config``).
+    """
+    return SiameseConfig(**{**preset_settings(preset), **overrides})

@@ -14,34 +14,40 @@ import time
 
 import numpy as np
 
+from . import evaluation
 from .config import siamese_config
-from .mrcnn.backbone import tiny_backbone
-from .mrcnn.fileio import safe_filename
+from .mrcnn.fileio import ensure_writable_dir, safe_filename
 
 log = logging.getLogger(__name__)
 
 
-def demo_config(image_size=128, reference_size=32, **overrides):
-    """The CPU demo's settings: a small backbone and heads on 128² scenes."""
-    settings = dict(
-        NAME="demo", BACKBONE=tiny_backbone, IMAGES_PER_GPU=4, GPU_COUNT=1,
-        IMAGE_MIN_DIM=image_size, IMAGE_MAX_DIM=image_size,
-        TARGET_MIN_DIM=reference_size, TARGET_MAX_DIM=reference_size,
-        RPN_ANCHOR_SCALES=(8, 16, 32, 64, 128), TOP_DOWN_PYRAMID_SIZE=64, MATCHING_CHANNELS=96,
-        FPN_CLASSIF_FC_LAYERS_SIZE=128, RPN_TRAIN_ANCHORS_PER_IMAGE=64, RPN_CONV_CHANNELS=128,
-        MASK_CONV_CHANNELS=64,
-        POST_NMS_ROIS_TRAINING=200, POST_NMS_ROIS_INFERENCE=100, TRAIN_ROIS_PER_IMAGE=32,
-        MAX_GT_INSTANCES=12, DETECTION_MAX_INSTANCES=12, DETECTION_MIN_CONFIDENCE=0.5,
-        MINI_MASK_SHAPE=(28, 28), LEARNING_RATE=0.01, WEIGHT_DECAY=0.0001,
-        STEPS_PER_EPOCH=100, VALIDATION_STEPS=2, SEED=0, DATA_WORKERS=2, FPN_RELU=False,
-    )
-    settings.update(overrides)
-    return siamese_config("small", **settings)
+def demo_config(image_size=128, reference_size=32, preset="demo", **overrides):
+    """The CPU demo's settings: the ``demo`` preset (a few-layer backbone and narrow heads on
+    128² scenes with 32² references; see :mod:`siamese_mask_rcnn.presets`).
+
+    Args:
+        image_size: query side in pixels (``IMAGE_MIN_DIM`` = ``IMAGE_MAX_DIM``).
+        reference_size: reference side in pixels (``TARGET_MIN_DIM`` = ``TARGET_MAX_DIM``).
+        preset: the preset to start from (``"demo"``, or ``"tiny"`` for the test suite).
+        **overrides: config keys applied last.
+
+    Raises:
+        ValueError: unknown preset, unknown config key or invalid value.
+    """
+    sizes = dict(IMAGE_MIN_DIM=image_size, IMAGE_MAX_DIM=image_size,
+                 TARGET_MIN_DIM=reference_size, TARGET_MAX_DIM=reference_size)
+    return siamese_config(preset, **{**sizes, **overrides})
 
 
 def make_datasets(dataset="synthetic", data_dir=None, num_train=2000, num_val=150, image_size=128,
                   seed=0, num_categories=400):
-    """Training scenes and evaluation scenes of the embedded data (or Omniglot)."""
+    """Training scenes and evaluation scenes of the embedded data (or Omniglot), as
+    ``(train, val)`` prepared one-shot datasets of ``image_size``² pixel scenes.
+
+    Raises:
+        ValueError: unknown ``dataset``, or ``"omniglot"`` without ``data_dir``.
+        FileNotFoundError: the Omniglot archives are missing from ``data_dir``.
+    """
     if dataset == "synthetic":
         from .datasets.synthetic import make_train_val
         return make_train_val(num_categories=num_categories, num_train=num_train, num_val=num_val,
@@ -58,7 +64,11 @@ def make_datasets(dataset="synthetic", data_dir=None, num_train=2000, num_val=15
 
 def save_examples(model, dataset, class_ids, out_dir, count=4, seed=0, top_k=3):
     """Fig.-5-style pictures: query with the ``top_k`` highest-scoring detections for one
-    held-out category, reference inset lower-left."""
+    held-out category, reference inset lower-left. Returns the PNG paths written.
+
+    Raises:
+        OSError: ``out_dir`` cannot be created or written.
+    """
     import matplotlib.pyplot as plt
     from .mrcnn import visualize
 
@@ -87,13 +97,23 @@ def save_examples(model, dataset, class_ids, out_dir, count=4, seed=0, top_k=3):
 def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, minutes=15.0, epochs=40,
              steps_per_epoch=None, num_train=2000, num_val=150, seed=0, eval_limit=None,
              config_overrides=None, verbose=1):
-    """Train, evaluate and write the results; returns the summary dict."""
-    from . import evaluation
-    from .siamese import SiameseMaskRCNN
+    """Train, evaluate (paper §5.2 protocol, §5.3 baseline) and write the results.
+
+    ``minutes`` bounds the training time (None: ``epochs`` only); ``config_overrides`` are
+    config keys applied on top of the ``demo`` preset. Returns the summary dict (mAP50 per
+    row as fractions, timings, output paths), also written as ``demo_summary.json``.
+
+    Raises:
+        ValueError: unknown dataset or config key (see :func:`make_datasets`,
+            :func:`demo_config`).
+        FileNotFoundError: Omniglot archives missing.
+        UnwritableOutputError: (an ``OSError``) ``out_dir`` cannot be created or written;
+            checked first.
+    """
+    from .siamese import SiameseMaskRCNN  # imports TensorFlow: only when a model is built
 
     t0 = time.time()
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = pathlib.Path(ensure_writable_dir(out_dir, "demo output folder"))  # before any work
     overrides = dict(config_overrides or {})
     if steps_per_epoch:
         overrides["STEPS_PER_EPOCH"] = int(steps_per_epoch)

@@ -18,7 +18,9 @@ import re
 
 import numpy as np
 
+from .cocoformat import box_yxyx_to_xywh, encode_mask
 from .mrcnn import utils
+from .mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
 
 
 class InputError(ValueError):
@@ -48,7 +50,8 @@ def read_user_image(path, role):
 
 def resolve_config(weights, config_path=None, preset="small", **overrides):
     """The single-image inference config for ``weights``: an explicit JSON, the run's
-    ``config.json``, or a preset; ``overrides`` (config keys) are applied on top."""
+    ``config.json``, or a preset; ``overrides`` (config keys) are applied on top.
+    Raises ``InputError`` naming an explicit config file that does not exist."""
     from .config import SiameseConfig, siamese_config
 
     overrides = {"IMAGES_PER_GPU": 1, "GPU_COUNT": 1, **overrides}
@@ -124,19 +127,38 @@ def check_complete(weights, report, allow_partial=False):
             "anyway, or exclude=[...] for layers you mean to leave out")
 
 
+def build_predictor(weights, config=None, preset="small", allow_partial=False):
+    """Load an inference model from ``weights`` and return its evaluation ``predict_fn``
+    (``predict_fn(image, {class_id: [crops]}) → {class_id: result}``, see
+    ``SiameseMaskRCNN.predict_fn``).
+
+    The config is ``config``, else the ``config.json`` training wrote beside the weights,
+    else the ``preset``. Raises ``InputError`` naming a missing, unreadable or partial
+    weights file (see :func:`load_model`; ``allow_partial`` as there).
+    """
+    if config is None:
+        return load_model(weights, preset=preset, allow_partial=allow_partial).predict_fn()
+    from .siamese import SiameseMaskRCNN
+
+    if not os.path.exists(weights):
+        raise InputError(f"weights file not found: {weights}")
+    model = SiameseMaskRCNN("inference", config, model_dir="logs")
+    try:
+        check_complete(weights, model.load_weights(weights, by_name=True), allow_partial)
+    except (OSError, ValueError) as err:
+        raise InputError(str(err) if str(weights) in str(err) else f"{weights}: {err}") from None
+    return model.predict_fn()
+
+
 def result_to_json(result, reference_paths, query_path):
     """A JSON-ready description: boxes (x1, y1, x2, y2 and y1, x1, y2, x2), scores, RLE masks."""
-    from pycocotools import mask as mask_util
-
     detections = []
     for i in range(len(result["scores"])):
         y1, x1, y2, x2 = (int(v) for v in result["rois"][i])
-        rle = mask_util.encode(np.asfortranarray(result["masks"][:, :, i].astype(np.uint8)))
         detections.append({"score": float(result["scores"][i]), "box_yxyx": [y1, x1, y2, x2],
-                           "box_xywh": [x1, y1, x2 - x1, y2 - y1],
+                           "box_xywh": box_yxyx_to_xywh((y1, x1, y2, x2)),
                            "mask_area": int(result["masks"][:, :, i].sum()),
-                           "mask_rle": {"size": [int(v) for v in rle["size"]],
-                                        "counts": rle["counts"].decode("ascii")}})
+                           "mask_rle": encode_mask(result["masks"][:, :, i])})
     return {"query": str(query_path), "references": [str(p) for p in reference_paths],
             "count": len(detections), "detections": detections}
 
@@ -149,9 +171,16 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
     Returns ``{"rois", "scores", "masks", "class_ids"}``; writes a picture and/or JSON.
 
     Raises:
-        InputError: a missing, unreadable or URL image, or a weights file
-            :func:`load_model` refuses.
+        InputError: a missing, unreadable or URL image, a weights file :func:`load_model`
+            refuses, or the folder of ``out_png`` / ``out_json`` cannot be written (checked
+            before the model is loaded).
     """
+    for out in (out_png, out_json):
+        if out:
+            try:
+                ensure_writable_dir(os.path.dirname(os.path.abspath(os.fspath(out))), "output folder")
+            except UnwritableOutputError as err:
+                raise InputError(str(err)) from None
     refs = references if isinstance(references, (list, tuple)) else [references]
     ref_images = [read_user_image(r, "reference") if not isinstance(r, np.ndarray) else r for r in refs]
     query_image = read_user_image(query, "query") if not isinstance(query, np.ndarray) else query

@@ -47,11 +47,9 @@ def matterport_layout_dir():
     return _need(MATTERPORT_LAYOUT)
 
 
-# Tiny inference settings on top of ``demo.demo_config`` and the score of a classifier that
-# always says "match": softmax([0, ln 3])[1] = 0.75.
-TINY_INFERENCE = dict(IMAGES_PER_GPU=1, TOP_DOWN_PYRAMID_SIZE=16, MATCHING_CHANNELS=24,
-                      FPN_CLASSIF_FC_LAYERS_SIZE=32, RPN_CONV_CHANNELS=32, MASK_CONV_CHANNELS=16,
-                      POST_NMS_ROIS_INFERENCE=50, DETECTION_MAX_INSTANCES=5)
+# Single-image inference settings on top of the "tiny" preset (siamese_mask_rcnn.presets) and
+# the score of a classifier that always says "match": softmax([0, ln 3])[1] = 0.75.
+TINY_INFERENCE = dict(IMAGES_PER_GPU=1, DETECTION_MAX_INSTANCES=5)
 MATCH_SCORE = 0.75
 
 
@@ -70,7 +68,7 @@ def always_match_checkpoint(tmp_path_factory):
 
     keras.utils.set_random_seed(0)  # the same weights whichever test builds the checkpoint first
     run_dir = tmp_path_factory.mktemp("always_match_run")
-    config = demo_config(**TINY_INFERENCE)
+    config = demo_config(preset="tiny", **TINY_INFERENCE)
     model = SiameseMaskRCNN("inference", config, model_dir=str(run_dir))
     (kernel,) = [w for w in model.keras_model.weights if w.path == "mrcnn_class_logits/kernel"]
     (bias,) = [w for w in model.keras_model.weights if w.path == "mrcnn_class_logits/bias"]

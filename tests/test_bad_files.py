@@ -250,7 +250,7 @@ def test_legacy_h5_without_the_heads_is_refused_unless_excluded(weights, tmp_pat
 
 def test_evaluation_refuses_a_partial_file(weights, tmp_path, coco_subset_dir, coco_subset_annotations):
     from siamese_mask_rcnn.demo import demo_config
-    from siamese_mask_rcnn.siamese import build_predictor
+    from siamese_mask_rcnn.predict import build_predictor
 
     path = tmp_path / "run" / "unrelated.h5"
     path.parent.mkdir()

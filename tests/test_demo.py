@@ -6,12 +6,10 @@ import pytest
 
 from siamese_mask_rcnn import cli
 from siamese_mask_rcnn.demo import demo_config, make_datasets
+from siamese_mask_rcnn.presets import preset_changes
 
-#: CPU-sized model settings on top of ``demo_config``.
-TINY_MODEL = dict(IMAGES_PER_GPU=2, TOP_DOWN_PYRAMID_SIZE=16, MATCHING_CHANNELS=24,
-                  FPN_CLASSIF_FC_LAYERS_SIZE=32, RPN_CONV_CHANNELS=32, MASK_CONV_CHANNELS=16,
-                  TRAIN_ROIS_PER_IMAGE=16, POST_NMS_ROIS_TRAINING=100, POST_NMS_ROIS_INFERENCE=50,
-                  VALIDATION_STEPS=1, DATA_WORKERS=1)
+#: CPU-sized model settings on top of ``demo_config``: the "tiny" preset's changes to "demo".
+TINY_MODEL = preset_changes("tiny")
 ROWS = ["background", "one-shot", "random boxes"]
 
 

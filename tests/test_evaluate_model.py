@@ -1,6 +1,5 @@
-"""``samples/coco/evaluate_siamese.py`` with a real (tiny, untrained) Siamese model on the COCO
+"""``siamese_mask_rcnn.evaluation.cli`` (``samples/coco/evaluate_siamese.py``) with a real (tiny, untrained) Siamese model on the COCO
 subset, through every analysis: both category sets, runs, confusion, clutter, absent categories."""
-import importlib.util
 import json
 
 import pytest
@@ -8,13 +7,7 @@ import pytest
 
 from conftest import MATCH_SCORE  # noqa: E402
 
-
-def load_cli(project_root):
-    spec = importlib.util.spec_from_file_location("evaluate_siamese",
-                                                  project_root / "samples" / "coco" / "evaluate_siamese.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from siamese_mask_rcnn.evaluation import cli
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +17,6 @@ def weights(always_match_checkpoint):
 
 def test_evaluate_cli_runs_a_trained_model_through_the_protocol(project_root, coco_subset_annotations,
                                                                 coco_subset_dir, weights, tmp_path):
-    cli = load_cli(project_root)
     out = tmp_path / "eval"
     cli.main(["--annotations", str(coco_subset_annotations), "--images", str(coco_subset_dir / "images"),
               "--split", "1", "--weights", str(weights), "--classes", "both", "--runs", "2",

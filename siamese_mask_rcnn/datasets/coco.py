@@ -1,16 +1,18 @@
 """MS-COCO as a one-shot dataset, and the four one-shot class splits S1–S4.
 
-Paper §3 and Table 3 (spec §4): the 80 COCO categories in COCO's order (person is the 1st,
-toothbrush the 80th) are split four ways; split ``S_i`` holds out every 4th category
-starting at the ``i``-th (20 one-shot categories), the other 60 are the background
-(training) categories. COCO's category ids are not 1..80, so categories are mapped by
-their **position** in the annotation file's category list sorted by id.
+Paper Section 3 and Table 3 of its appendix: the 80 COCO categories in COCO's order
+(person is the 1st, toothbrush the 80th) are split four ways; split ``S_i`` holds out every
+4th category starting at the ``i``-th (20 one-shot categories), the other 60 are the
+background (training) categories. COCO's category ids are not 1..80, so categories are mapped by
+their **position** in the annotation file's category list sorted by id (the split rule
+itself lives in :mod:`siamese_mask_rcnn.datasets.splits`).
+
+The split ``"all"`` holds out nothing: every category is a training category (the Siamese
+row of the paper's Table 1, trained and evaluated on all 80 categories).
 
 This module does not import TensorFlow.
 """
 import collections
-import contextlib
-import io
 import json
 import logging
 import math
@@ -21,7 +23,10 @@ import warnings
 
 import numpy as np
 
+from siamese_mask_rcnn.cocoformat import coco_from_dict
 from siamese_mask_rcnn.datasets.base import OneShotDataset
+from siamese_mask_rcnn.datasets import splits as _splits
+from siamese_mask_rcnn.datasets.splits import NUM_SPLITS  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -40,28 +45,53 @@ COCO_CLASS_NAMES = (
     "toothbrush",
 )
 
-#: The number of one-shot splits (S1..S4) and the stride of the held-out positions.
-NUM_SPLITS = 4
-
 SOURCE = "coco"
 
 
-def _check_split(split):
-    """Return ``split`` as an int in 1..4 or raise ``ValueError`` naming the value."""
-    if isinstance(split, bool) or not isinstance(split, (int, np.integer)) \
-            or not 1 <= int(split) <= NUM_SPLITS:
-        raise ValueError(f"unknown one-shot split {split!r}: expected 1, 2, 3 or 4 (S1..S4)")
-    return int(split)
+#: The split without held-out categories (paper Table 1: all 80 categories are trained on).
+SPLIT_ALL = "all"
 
 
-def split_positions(split, num_categories=len(COCO_CLASS_NAMES)):
-    """1-based category positions held out by split ``S_split``: split, split+4, ....
+def check_split(split):
+    """Return ``split`` as an int in 1..4, or ``"all"``; raise ``ValueError`` naming the value."""
+    if isinstance(split, str) and split.strip().lower() == SPLIT_ALL:
+        return SPLIT_ALL
+    try:
+        return _splits.check_split(split)
+    except ValueError:
+        raise ValueError(f"unknown one-shot split {split!r}: expected 1, 2, 3 or 4 (S1..S4) "
+                         f"or {SPLIT_ALL!r} (no held-out categories)") from None
 
-    ``num_categories`` (default 80) bounds the positions, so the rule extends to category
-    lists of other lengths. Raises ``ValueError`` for a split outside 1..4.
+
+def split_positions(split, num_categories=_splits.NUM_COCO_CATEGORIES):
+    """1-based category positions held out by split ``S_split`` (see
+    :func:`siamese_mask_rcnn.datasets.splits.split_positions`); ``"all"`` holds out nothing
+    (an empty list). Raises ``ValueError`` for a split other than 1..4 or ``"all"``.
     """
-    split = _check_split(split)
-    return list(range(split, int(num_categories) + 1, NUM_SPLITS))
+    if check_split(split) == SPLIT_ALL:
+        return []
+    return _splits.split_positions(split, num_categories)
+
+
+def parse_split(text):
+    """``argparse`` type of a ``--split`` option: ``"1"``..``"4"`` → int, ``"all"`` → ``"all"``.
+
+    Raises ``argparse.ArgumentTypeError`` (a clean usage error) for anything else.
+    """
+    import argparse
+    value = str(text).strip()
+    try:
+        return check_split(int(value) if value.isdigit() else value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid split {text!r}: choose 1, 2, 3, 4 (one-shot splits S1..S4) or "
+            f"{SPLIT_ALL!r} (all categories are training categories)") from None
+
+
+def split_label(split):
+    """Display name of a split: ``"S1"``..``"S4"`` or ``"all"``."""
+    split = check_split(split)
+    return SPLIT_ALL if split == SPLIT_ALL else f"S{split}"
 
 
 def split_class_names(split):
@@ -229,16 +259,6 @@ def _read_coco_json(annotation_file):
     return data
 
 
-def _coco_from_dict(data):
-    """A ``pycocotools.coco.COCO`` object built in memory (its prints silenced)."""
-    from pycocotools.coco import COCO
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
 def _coco_bbox_to_yxyx(bbox):
     """COCO ``[x, y, w, h]`` (float) → ``(y1, x1, y2, x2)`` rounded ints, y2/x2 exclusive."""
     x, y, w, h = (float(v) for v in bbox)
@@ -301,7 +321,9 @@ class OneShotCocoDataset(OneShotDataset):
         ``strict=True`` any problem raises ``ValueError`` listing them all instead.
         An image whose real size differs from the file's ``width``/``height`` raises
         :class:`ImageSizeError` when it is read (training skips it and counts it).
-        Raises ``ValueError`` for duplicate image or category ids.
+        Raises ``FileNotFoundError`` naming a missing annotation file or image folder and
+        ``ValueError`` naming a file that is not COCO instances JSON, duplicate image or
+        category ids, or a call without ``dataset_dir``/``subset`` nor explicit paths.
         """
         annotation_file, image_dir = self._resolve_paths(dataset_dir, subset, year,
                                                          annotation_file, image_dir)
@@ -319,7 +341,7 @@ class OneShotCocoDataset(OneShotDataset):
                            annotations=by_image.get(img["id"], []))
         self._class_by_coco_id = None
         if return_coco:
-            return _coco_from_dict(data)
+            return coco_from_dict(data)
         return None
 
     @staticmethod
@@ -407,10 +429,11 @@ class OneShotCocoDataset(OneShotDataset):
 
     def set_split(self, split):
         """Use one-shot split ``S_split`` (1..4): held out = categories at
-        :func:`split_positions`, training = all other categories. May be called before
+        :func:`split_positions`, training = all other categories. ``"all"``: every category
+        is a training category and none is held out (paper Table 1). May be called before
         ``prepare()`` (applied there). Raises ``ValueError`` for an unknown split.
         """
-        self.split = _check_split(split)
+        self.split = check_split(split)
         if self._prepared:
             self._apply_split()
 

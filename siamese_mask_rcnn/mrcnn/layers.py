@@ -67,8 +67,11 @@ def box_refinement_graph(box, gt_box):
     return tf.stack([(gcy - cy) / h, (gcx - cx) / w, tf.math.log(gh / h), tf.math.log(gw / w)], axis=1)
 
 
-def trim_zeros_graph(boxes):
-    """Drop all-zero padding rows; returns ``(boxes, non_zero_mask)``."""
+def trim_zeros_graph(boxes, name="trim_zeros"):
+    """Drop all-zero padding rows of ``[N, 4]``; returns ``(boxes [n, 4], non_zero_mask [N] bool)``.
+
+    ``name`` is accepted for matterport's signature (Keras 3 has no graph names to set).
+    """
     non_zeros = tf.cast(tf.reduce_sum(tf.abs(boxes), axis=1), tf.bool)
     return tf.boolean_mask(boxes, non_zeros), non_zeros
 
@@ -266,7 +269,7 @@ class DetectionTargetLayer(keras.layers.Layer):
     gt_masks [B, h, w, G]]``. Negative class ids are crowds: proposals overlapping a crowd
     are never negatives. Outputs: rois ``[B, R, 4]``, class ids ``[B, R]``, deltas
     ``[B, R, 4]`` (divided by BBOX_STD_DEV), masks ``[B, R, mh, mw]``, zero-padded.
-    Positives have IoU >= 0.5 with a GT box, negatives < 0.5 (Mask R-CNN paper §3.1).
+    Positives have IoU >= 0.5 with a GT box, negatives < 0.5 (Mask R-CNN's rule; paper §4.1).
 
     Args:
         train_rois_per_image: ``R``, ROIs sampled per image (``TRAIN_ROIS_PER_IMAGE``).
@@ -274,11 +277,17 @@ class DetectionTargetLayer(keras.layers.Layer):
         bbox_std_dev: 4 values the box deltas are divided by (``BBOX_STD_DEV``).
         mask_shape: ``(mh, mw)`` of the mask targets (``MASK_SHAPE``).
         use_mini_mask: the GT masks are mini-masks cropped to their boxes.
+        seed: integer seed of the ROI subsampling (None: drawn from Python's seeded
+            ``random``). The sampling is stateless, driven by a ``keras.random.SeedGenerator``
+            whose state (not a weight: ``.h5`` files are unchanged) is saved with the
+            training state, so a resumed run draws the same ROIs as an uninterrupted one.
     """
 
     def __init__(self, train_rois_per_image, roi_positive_ratio, bbox_std_dev, mask_shape,
-                 use_mini_mask, **kwargs):
+                 use_mini_mask, seed=None, **kwargs):
         super().__init__(**kwargs)
+        self.seed = None if seed is None else int(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name=f"{self.name}_seed")
         self.train_rois = int(train_rois_per_image)
         self.positive_ratio = float(roi_positive_ratio)
         self.bbox_std_dev = np.asarray(bbox_std_dev, np.float32)
@@ -288,10 +297,12 @@ class DetectionTargetLayer(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "train_rois_per_image": self.train_rois,
                 "roi_positive_ratio": self.positive_ratio, "bbox_std_dev": self.bbox_std_dev.tolist(),
-                "mask_shape": list(self.mask_shape), "use_mini_mask": self.use_mini_mask}
+                "mask_shape": list(self.mask_shape), "use_mini_mask": self.use_mini_mask,
+                "seed": self.seed}
 
     def _one(self, args):
-        proposals, gt_class_ids, gt_boxes, gt_masks = args
+        proposals, gt_class_ids, gt_boxes, gt_masks, seed = args
+        pos_seed, neg_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         proposals, _ = trim_zeros_graph(proposals)
         gt_boxes, non_zeros = trim_zeros_graph(gt_boxes)
         gt_class_ids = tf.boolean_mask(gt_class_ids, non_zeros)
@@ -311,12 +322,12 @@ class DetectionTargetLayer(keras.layers.Layer):
         negative = tf.where(tf.logical_and(best < 0.5, no_crowd))[:, 0]
 
         pos_count = int(self.train_rois * self.positive_ratio)
-        positive = tf.random.shuffle(positive)[:pos_count]
+        positive = tf.random.experimental.stateless_shuffle(positive, seed=pos_seed)[:pos_count]
         pos_count = tf.shape(positive)[0]
         # float64 + a tiny epsilon: in float32, 66 / 0.33 is 199.99998 and one ROI was lost.
         total = tf.floor(tf.cast(pos_count, tf.float64) / self.positive_ratio + 1e-6)
         neg_count = tf.cast(total, tf.int32) - pos_count
-        negative = tf.random.shuffle(negative)[:neg_count]
+        negative = tf.random.experimental.stateless_shuffle(negative, seed=neg_seed)[:neg_count]
 
         pos_rois = tf.gather(proposals, positive)
         neg_rois = tf.gather(proposals, negative)
@@ -352,8 +363,11 @@ class DetectionTargetLayer(keras.layers.Layer):
         r = self.train_rois
         sig = (tf.TensorSpec([r, 4], tf.float32), tf.TensorSpec([r], tf.int32),
                tf.TensorSpec([r, 4], tf.float32), tf.TensorSpec([r] + list(self.mask_shape), tf.float32))
+        # one stateless seed per call from the generator, split into one per image
+        seeds = tf.random.experimental.stateless_split(tf.cast(self.seed_generator.next(), tf.int64),
+                                                        tf.shape(proposals)[0])
         return tf.map_fn(self._one, (proposals, tf.cast(gt_class_ids, tf.int32),
-                                     tf.cast(gt_boxes, tf.float32), tf.cast(gt_masks, tf.bool)),
+                                     tf.cast(gt_boxes, tf.float32), tf.cast(gt_masks, tf.bool), seeds),
                          fn_output_signature=sig)
 
     def compute_output_shape(self, input_shape):

@@ -15,11 +15,13 @@ Errors raised by the loader never hang training:
   annotation id when one is at fault), and loads the next image of the permutation instead;
 * any other exception (``TypeError``, ``KeyError``, ``RuntimeError``, ... : a bug or an
   error that is not about one example) stops the pipeline: every worker gives up at once
-  and :func:`next_batch` raises :class:`DataPipelineError` naming the image, its file and
-  the original exception, within seconds.
+  and :func:`next_batch` (or :class:`PipelineIterator`) raises :class:`DataPipelineError`
+  naming the image, its file and the original exception, within seconds.
 """
+import atexit
 import logging
 import threading
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -145,6 +147,48 @@ def make_loader(load_fn, image_ids, seed, counter, shuffle=True, max_tries=50, d
         raise counter.set_fatal(image_id, error, file_of(image_id))
 
     return load_index
+
+
+class PipelineIterator:
+    """Iterate batches of a (distributed) dataset built by :func:`build_dataset`.
+
+    ``next()`` raises the pipeline's :class:`DataPipelineError` (see :func:`next_batch`)
+    and then drops the TensorFlow iterator at once, stopping its workers. Iterators still
+    open at interpreter exit are closed by an ``atexit`` hook: an error escaping a script
+    uncaught keeps the frames (and so this object) alive, and TensorFlow workers still
+    calling Python during interpreter shutdown would hang the process forever.
+    """
+
+    _live = weakref.WeakSet()
+
+    def __init__(self, iterator, counter):
+        self._iterator = iterator
+        self.counter = counter
+        PipelineIterator._live.add(self)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._iterator is None:
+            raise RuntimeError("the input pipeline was closed")
+        try:
+            return next_batch(self._iterator, self.counter)
+        except DataPipelineError:
+            self.close()
+            raise
+
+    def close(self):
+        """Drop the TensorFlow iterator (its workers stop); idempotent."""
+        self._iterator = None
+
+    @classmethod
+    def close_all(cls):
+        for iterator in list(cls._live):
+            iterator.close()
+
+
+atexit.register(PipelineIterator.close_all)
 
 
 def next_batch(iterator, counter):

@@ -25,9 +25,10 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from . import checkpoints
 from . import weights as mweights
 from .losses import LOSS_NAMES, weight_decay_loss
-from .pipeline import SkipCounter, build_dataset, next_batch
+from .pipeline import PipelineIterator, SkipCounter, build_dataset
 
 log = logging.getLogger(__name__)
 
@@ -200,38 +201,37 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
     with strategy.scope():
         train_step, val_step, train_vars = make_step_functions(model, trainable_layers, optimizer)
 
+    # the run folder first (exclusive for a fresh run), then the state of a resumed run
+    checkpoints.prepare_run_dir(model)
+    schedule = {"layers": str(layers), "learning_rate": float(learning_rate), "epochs": int(epochs),
+                "momentum": float(config.LEARNING_MOMENTUM), "steps_per_epoch": steps,
+                "batch": int(global_batch), "seed": seed}
+    state = checkpoints.TrainingState(model, optimizer, schedule)
+    last_good = getattr(model, "resumed_from", None)
+    if getattr(model, "pending_resume", None):
+        log.info("resuming run %s from %s (epoch %d)", model.log_dir, model.pending_resume, model.epoch)
+        position = state.restore(model.pending_resume)
+        model.pending_resume = None
+        if position is not None:
+            model.data_position = position
+    if model.epoch and os.path.isfile(model.checkpoint_path.format(model.epoch)):
+        last_good = model.checkpoint_path.format(model.epoch)
+    start = getattr(model, "data_position", None)
+    if start is None:
+        start = model.epoch * steps * global_batch
+
     counter = SkipCounter()
-    start = model.epoch * steps * global_batch
     train_ds, _ = make_training_dataset(model, train_dataset, augmentation, seed, start, counter, global_batch,
                                         no_augmentation_sources)
-    train_iter = iter(strategy.experimental_distribute_dataset(train_ds))
-    val_iter = val_counter = None
+    # PipelineIterator: a loader error that is not about one example surfaces as
+    # DataPipelineError within seconds, and the workers never outlive the interpreter
+    train_iter = PipelineIterator(iter(strategy.experimental_distribute_dataset(train_ds)), counter)
+    val_iter = None
     if val_dataset is not None and val_steps > 0:
         val_ds, val_counter = make_training_dataset(model, val_dataset, None, seed + 1, 0, SkipCounter(),
                                                     global_batch)
-        val_iter = iter(strategy.experimental_distribute_dataset(val_ds))
+        val_iter = PipelineIterator(iter(strategy.experimental_distribute_dataset(val_ds)), val_counter)
 
-    iterators = {"train": train_iter, "val": val_iter}
-    del train_iter, val_iter
-    try:
-        return _train_epochs(model, config, train_step, val_step, train_vars, iterators,
-                             (counter, val_counter), learning_rate, epochs, layers, steps, val_steps,
-                             custom_callbacks, verbose, max_seconds)
-    finally:
-        # Stop the input pipeline's workers now (also when an error propagates and its
-        # traceback keeps the frames alive), not at interpreter exit, where their pending
-        # Python calls would deadlock.
-        iterators.clear()
-
-
-def _train_epochs(model, config, train_step, val_step, train_vars, iterators, counters,
-                  learning_rate, epochs, layers, steps, val_steps, custom_callbacks, verbose,
-                  max_seconds):
-    """The epoch loop of :func:`run_training`; ``iterators`` holds the training and validation
-    batch iterators (``"train"``, ``"val"``), ``counters`` their :class:`SkipCounter` s."""
-    counter, val_counter = counters
-    os.makedirs(model.log_dir, exist_ok=True)
-    config.save(os.path.join(model.log_dir, "config.json"))
     writer = tf.summary.create_file_writer(model.log_dir)
     log.info("training %d variables of layers=%r from epoch %d to %d, lr=%g, in %s",
              len(train_vars), layers, model.epoch + 1, epochs, learning_rate, model.log_dir)
@@ -240,16 +240,19 @@ def _train_epochs(model, config, train_step, val_step, train_vars, iterators, co
     history = []
     names = list(LOSS_NAMES) + ["loss"]
     started = time.time()
+    first_epoch = model.epoch
     for epoch in range(model.epoch, epochs):
         _call_callbacks(custom_callbacks, "on_epoch_begin", epoch, {})
         sums = np.zeros(len(names))
         t0 = time.time()
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not verbose, leave=True)
         for step in bar:
-            values = train_step(next_batch(iterators["train"], counter)).numpy()
+            values = train_step(next(train_iter)).numpy()
             if not np.all(np.isfinite(values)):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} step {step + 1}: "
-                                         f"{dict(zip(names, values))}")
+                writer.flush()
+                raise checkpoints.TrainingDiverged(
+                    f"non-finite loss at epoch {epoch + 1} step {step + 1}: {dict(zip(names, values))}; "
+                    + checkpoints.last_good_message(last_good), last_good)
             sums += values
             bar.set_postfix(loss=f"{sums[-1] / (step + 1):.4f}")
             global_step = epoch * steps + step + 1
@@ -257,10 +260,10 @@ def _train_epochs(model, config, train_step, val_step, train_vars, iterators, co
                 for n, v in zip(names, values):
                     tf.summary.scalar(f"train/{n}", v)
         logs = {n: float(v / steps) for n, v in zip(names, sums)}
-        if iterators["val"] is not None:
+        if val_iter is not None:
             vsums = np.zeros(len(names))
             for _ in range(val_steps):
-                vsums += val_step(next_batch(iterators["val"], val_counter)).numpy()
+                vsums += val_step(next(val_iter)).numpy()
             logs.update({f"val_{n}": float(v / val_steps) for n, v in zip(names, vsums)})
         logs["seconds"] = time.time() - t0
         logs.update(counter.summary())
@@ -268,9 +271,20 @@ def _train_epochs(model, config, train_step, val_step, train_vars, iterators, co
             for n, v in logs.items():
                 tf.summary.scalar(f"epoch/{n}", v)
         writer.flush()
+        # a checkpoint only of finite weights and losses (validation's too, when it runs)
+        bad = checkpoints.non_finite_losses(logs) + checkpoints.non_finite_weights(model.keras_model)
+        if bad:
+            message = (f"non-finite values after epoch {epoch + 1} ({', '.join(bad)}): no checkpoint "
+                       "written; " + checkpoints.last_good_message(last_good))
+            _append_history(model.log_dir, epoch + 1, {**logs, "diverged": message})
+            raise checkpoints.TrainingDiverged(message, last_good)
         model.epoch = epoch + 1
+        model.data_position = start + (epoch + 1 - first_epoch) * steps * global_batch
         path = model.checkpoint_path.format(model.epoch)
+        # the state first: the .h5, written last and atomically, marks a complete checkpoint
+        state.save(path, model.epoch, model.data_position)
         mweights.save_weights_by_name(model.keras_model, path)
+        last_good = path
         logs["checkpoint"] = path
         history.append(logs)
         _append_history(model.log_dir, epoch + 1, logs)

@@ -1,0 +1,208 @@
+"""The paper's analyses of false positives and clutter, and a test with absent categories.
+
+* :func:`confusion_matrix`: AP50 of category-i detections evaluated as category j (paper
+  §6.4, Fig. 7);
+* :func:`clutter_analysis`: mAP50 against the number of instances in the query (paper
+  §6.5, Fig. 8);
+* :func:`absent_category_test`: detections when the searched category is absent from the
+  query (beyond the paper; every one is a false positive).
+"""
+import numpy as np
+from tqdm import tqdm
+
+from ..cocoformat import IOU_TYPES
+from .pairs import _check_class_ids, _other_reference_images
+from .predictions import _call_predictor, _check_detections, _empty_detections
+from .protocol import coco_ap50, evaluate
+
+#: Instance-count bins of the clutter analysis (inclusive bounds; ``None`` = no upper bound).
+DEFAULT_CLUTTER_BINS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, None))
+
+
+############################################################
+#  Confusion matrix (paper §6.4, Fig. 7)
+############################################################
+
+
+def confusion_matrix(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None,
+                     iou_type="bbox", evaluation=None, progress=True, verbose=False):
+    """``M[i, j]`` = AP50 of the detections made with references of category ``i``,
+    relabelled as category ``j`` and evaluated against category ``j``'s ground truth.
+
+    Rows and columns are the evaluated categories (those with at least one pair). Without
+    false positives the off-diagonal elements are 0. ``M[i, j]`` is nan when ``j`` has no
+    ground truth. Pass ``evaluation`` (an :func:`evaluate` output) to reuse its
+    predictions; otherwise they are computed with ``seed``/``shots``/``limit``.
+
+    Returns ``class_ids``, ``class_names`` (list, in order), ``matrix`` (numpy [K, K]),
+    ``column_sums`` (nan-ignoring sums over rows), ``column_sums_off_diagonal``,
+    ``iou_type``.
+
+    Raises:
+        ValueError: any error of :func:`evaluate` (when ``evaluation`` is not given) or
+            of :func:`coco_ap50`.
+    """
+    if evaluation is None:
+        evaluation = evaluate(dataset, predict_fn, class_ids, seed=seed, shots=shots,
+                              limit=limit, progress=progress, verbose=verbose)
+    categories = list(evaluation["class_ids"])
+    size = len(categories)
+    matrix = np.full((size, size), np.nan)
+    by_category = {c: [] for c in categories}
+    for result in evaluation["results"]:
+        if int(result["category_id"]) in by_category:
+            by_category[int(result["category_id"])].append(result)
+    for i, row_category in enumerate(categories):
+        relabelled = [dict(r, category_id=column) for column in categories
+                      for r in by_category[row_category]]
+        scores = coco_ap50(evaluation["coco_gt"], relabelled, categories, iou_type,
+                           verbose=verbose)
+        for j, column in enumerate(categories):
+            if column in scores["ap50"]:
+                matrix[i, j] = scores["ap50"][column]
+    off_diagonal = matrix.copy()
+    np.fill_diagonal(off_diagonal, np.nan)
+    return {"class_ids": categories,
+            "class_names": [str(dataset.class_names[c]) for c in categories],
+            "matrix": matrix, "iou_type": iou_type,
+            "column_sums": _nansum_columns(matrix),
+            "column_sums_off_diagonal": _nansum_columns(off_diagonal)}
+
+
+def _nansum_columns(matrix):
+    """Column sums ignoring nan (a column of nan only sums to nan)."""
+    sums = np.nansum(matrix, axis=0) if matrix.size else np.zeros((0,))
+    all_nan = np.all(np.isnan(matrix), axis=0) if matrix.size else np.zeros((0,), bool)
+    return np.where(all_nan, np.nan, sums)
+
+
+############################################################
+#  Clutter (paper §6.5, Fig. 8)
+############################################################
+
+
+def _bin_label(low, high):
+    """``'1'``, ``'4-5'`` or ``'>10'``."""
+    if high is None:
+        return f">{low - 1}"
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def instance_counts(dataset, image_ids):
+    """Number of non-crowd instances (all categories) in each image."""
+    return {int(i): sum(1 for ann in dataset.instance_annotations(int(i)) if not ann["iscrowd"])
+            for i in image_ids}
+
+
+def clutter_analysis(dataset, results, coco_gt, class_ids, bins=DEFAULT_CLUTTER_BINS,
+                     verbose=False):
+    """mAP50 (boxes and masks) as a function of the number of instances in the query.
+
+    The query images (images of ``coco_gt`` with non-crowd ground truth of ``class_ids``)
+    are binned by their total number of non-crowd instances of *all* categories; each bin
+    is evaluated with ``params.imgIds`` restricted to its images. Returns ``{"bins": [{label,
+    min, max, n_images, map50_bbox, map50_segm, ap50_bbox, ap50_segm}], "instance_counts":
+    {image_id: count}}``; empty bins have nan mAP.
+
+    Raises:
+        ValueError: ``results`` name images missing from ``coco_gt``.
+    """
+    class_ids = sorted(set(int(c) for c in class_ids))
+    ann_ids = coco_gt.getAnnIds(catIds=class_ids, iscrowd=False)
+    queries = sorted({int(a["image_id"]) for a in coco_gt.loadAnns(ann_ids)})
+    counts = instance_counts(dataset, queries)
+    output_bins = []
+    for low, high in bins:
+        members = [i for i, n in counts.items() if n >= low and (high is None or n <= high)]
+        entry = {"label": _bin_label(low, high), "min": int(low),
+                 "max": None if high is None else int(high), "n_images": len(members)}
+        for iou_type in IOU_TYPES:
+            if members:
+                scores = coco_ap50(coco_gt, results, class_ids, iou_type, img_ids=members,
+                                   verbose=verbose)
+            else:
+                scores = {"ap50": {}, "map50": float("nan")}
+            entry[f"map50_{iou_type}"] = scores["map50"]
+            entry[f"ap50_{iou_type}"] = scores["ap50"]
+        output_bins.append(entry)
+    return {"bins": output_bins, "instance_counts": counts}
+
+
+############################################################
+#  Absent categories (false positives; beyond the paper)
+############################################################
+
+
+def absent_category_test(dataset, predict_fn, class_ids, seed=0, score_threshold=0.7,
+                         limit=None, shots=1, max_categories_per_image=None, progress=True):
+    """Search every query image for categories that are **not** in it; count detections.
+
+    For each image (sorted; the first ``limit``), every category of ``class_ids`` without
+    any annotation in the image (crowd included) and with a usable reference elsewhere is
+    searched with ``shots`` references drawn with ``numpy.random.default_rng(seed)`` (at
+    most ``max_categories_per_image`` random ones, if given). Every detection scoring at
+    least ``score_threshold`` is a false positive.
+
+    Returns ``score_threshold``, ``n_images``, ``n_pairs``, ``mean_false_positives_per_image``,
+    ``fraction_images_with_false_positive``, ``mean_false_positives_per_pair``,
+    ``fraction_pairs_with_false_positive``, ``per_category`` ({class_id: name, n_queries,
+    false_positives, mean_per_query, fraction_queries_with_false_positive}) and
+    ``per_image`` (image_id, n_categories, false_positives, max_score).
+
+    Raises:
+        ValueError: unknown class ids, or ``predict_fn`` returns malformed detections
+            (image and category named).
+    """
+    class_ids = _check_class_ids(dataset, class_ids)
+    rng = np.random.default_rng(seed)
+    image_ids = [int(i) for i in sorted(dataset.image_ids)]
+    if limit is not None:
+        image_ids = image_ids[:int(limit)]
+    per_image, per_category = [], {}
+    for image_id in tqdm(image_ids, desc="absent categories", unit="image",
+                         disable=not progress):
+        annotated = {int(a["class_id"]) for a in dataset.instance_annotations(image_id)}
+        absent = [c for c in class_ids
+                  if c not in annotated and _other_reference_images(dataset, c, image_id)]
+        if max_categories_per_image is not None and len(absent) > max_categories_per_image:
+            picked = rng.choice(len(absent), size=int(max_categories_per_image), replace=False)
+            absent = [absent[k] for k in sorted(picked)]
+        if not absent:
+            continue
+        references = {c: dataset.sample_references(c, int(shots), rng, exclude_image_id=image_id)
+                      for c in absent}
+        image = dataset.load_image(image_id)
+        output = _call_predictor(predict_fn, image, references, image_id)
+        total, max_score = 0, 0.0
+        for class_id in absent:
+            _, scores, _ = _check_detections(output.get(class_id, _empty_detections(image.shape[:2])),
+                                             image.shape[:2], image_id, class_id)
+            false_positives = int(np.sum(scores >= score_threshold))
+            total += false_positives
+            max_score = max([max_score] + [float(s) for s in scores])
+            stats = per_category.setdefault(class_id, {"name": str(dataset.class_names[class_id]),
+                                                       "n_queries": 0, "false_positives": 0,
+                                                       "queries_with_false_positive": 0})
+            stats["n_queries"] += 1
+            stats["false_positives"] += false_positives
+            stats["queries_with_false_positive"] += int(false_positives > 0)
+        per_image.append({"image_id": image_id, "n_categories": len(absent),
+                          "false_positives": total, "max_score": max_score})
+    for stats in per_category.values():
+        stats["mean_per_query"] = stats["false_positives"] / stats["n_queries"]
+        stats["fraction_queries_with_false_positive"] = (stats["queries_with_false_positive"]
+                                                         / stats["n_queries"])
+    n_pairs = sum(s["n_queries"] for s in per_category.values())
+    fp_total = sum(s["false_positives"] for s in per_category.values())
+    pairs_with_fp = sum(s["queries_with_false_positive"] for s in per_category.values())
+    n_images = len(per_image)
+    return {"score_threshold": float(score_threshold), "seed": seed, "shots": int(shots),
+            "n_images": n_images, "n_pairs": n_pairs,
+            "mean_false_positives_per_image": fp_total / n_images if n_images else float("nan"),
+            "fraction_images_with_false_positive":
+                (sum(p["false_positives"] > 0 for p in per_image) / n_images
+                 if n_images else float("nan")),
+            "mean_false_positives_per_pair": fp_total / n_pairs if n_pairs else float("nan"),
+            "fraction_pairs_with_false_positive":
+                pairs_with_fp / n_pairs if n_pairs else float("nan"),
+            "per_category": dict(sorted(per_category.items())), "per_image": per_image}

@@ -1,0 +1,223 @@
+"""The one-shot evaluation as a command line (paper §5.2, §5.3, §6.4, §6.5).
+
+The logic of ``samples/coco/evaluate_siamese.py`` and ``siamese-mrcnn evaluate`` (same
+flags): for every image and every category of the chosen set present in it, references
+are drawn from other images; predictions get the reference's category; pycocotools gives
+AP50 per category and mAP50 (boxes and masks). Optional analyses: the confusion matrix
+(§6.4), the effect of clutter (§6.5) and a false-positive test with categories absent
+from the query. Models: a trained Siamese Mask R-CNN (imports TensorFlow), the ground
+truth (a sanity check) or the random-boxes baseline (§5.3).
+
+Outputs go to ``--out`` (default ``logs/eval_<timestamp>/``): COCO results JSON (RLE
+masks), ``summary.json``, ``table.txt``, per-category AP50 plots and, if requested,
+confusion / clutter / absent-category files. The table is printed.
+"""
+import argparse
+import datetime
+import logging
+import os
+import sys
+
+from ..datasets.coco import SPLIT_ALL, parse_split, split_label
+from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
+from ..presets import PRESET_NAMES
+from ..train_coco import load_split_dataset
+from .analyses import absent_category_test, clutter_analysis, confusion_matrix
+from .baselines import ground_truth_predictor, random_boxes_predictor
+from .protocol import evaluate_runs
+from .report import format_table, write_outputs
+
+#: Table row labels per model and category set.
+ROW_LABELS = {
+    ("siamese", "oneshot"): "one-shot", ("siamese", "background"): "background",
+    ("random", "oneshot"): "random boxes", ("random", "background"): "random boxes (background)",
+    ("gt", "oneshot"): "ground truth (one-shot)", ("gt", "background"): "ground truth (background)",
+    ("siamese", "all"): "all categories", ("random", "all"): "random boxes (all categories)",
+    ("gt", "all"): "ground truth (all categories)",
+}
+
+
+def build_parser(prog=None):
+    """The command-line parser (the flags of ``samples/coco/evaluate_siamese.py``);
+    ``prog`` names the program in messages (default: the script's name)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="One-shot evaluation of Siamese Mask R-CNN on COCO (paper §5.2).")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", help="COCO root with annotations/ and <subset><year>/")
+    data.add_argument("--year", default="2017", help="COCO year (default 2017)")
+    data.add_argument("--subset", default="val", help="COCO subset (default val)")
+    data.add_argument("--annotations", help="instances JSON file (instead of --dataset)")
+    data.add_argument("--images", help="image folder (instead of --dataset)")
+    data.add_argument("--split", type=parse_split, default=1, metavar="{1,2,3,4,all}",
+                      help="one-shot split S1..S4, or 'all' (no held-out categories: every "
+                           "category present is evaluated, --classes is ignored; paper "
+                           "Table 1) (default 1)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=["siamese", "gt", "random"], default="siamese",
+                       help="siamese (needs --weights), gt (ground truth as predictions) "
+                            "or random (the random-boxes baseline)")
+    model.add_argument("--weights", help="trained Siamese Mask R-CNN weights (.h5)")
+    model.add_argument("--preset", default="small", choices=list(PRESET_NAMES),
+                       help="model configuration preset when no config.json is beside the "
+                            "weights (default small)")
+    model.add_argument("--allow-partial", action="store_true",
+                       help="evaluate even if --weights leaves some layers of the model unfilled")
+    protocol = parser.add_argument_group("protocol")
+    protocol.add_argument("--runs", type=int, default=1,
+                          help="evaluation runs with seeds seed, seed+1, ... (paper: 5)")
+    protocol.add_argument("--seed", type=int, default=0, help="seed of the first run")
+    protocol.add_argument("--shots", type=int, default=1, help="references per category (k-shot)")
+    protocol.add_argument("--limit", type=int, help="evaluate only the first N query images")
+    protocol.add_argument("--classes", choices=["oneshot", "background", "both"],
+                          default="oneshot", help="which categories to evaluate")
+    analyses = parser.add_argument_group("analyses")
+    analyses.add_argument("--confusion", action="store_true",
+                          help="confusion matrix (paper §6.4, Fig. 7)")
+    analyses.add_argument("--clutter", action="store_true",
+                          help="mAP50 vs number of instances (paper §6.5, Fig. 8)")
+    analyses.add_argument("--absent", action="store_true",
+                          help="false positives when the category is absent from the query")
+    analyses.add_argument("--score-threshold", type=float, default=0.7,
+                          help="score above which a detection counts in --absent (default 0.7)")
+    parser.add_argument("--out", help="output folder (default logs/eval_<timestamp>/)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def check_args(parser, args):
+    """Reject inconsistent arguments with a clear message.
+
+    Raises:
+        SystemExit: (status 2, via ``parser.error``) no data, ``--model siamese`` without
+            weights, a weights file not found, a non-positive count, or an output folder
+            (``--out``, default ``logs/eval_<timestamp>``) that cannot be written: checked
+            (and created) here, before any prediction, so no evaluation is lost.
+    """
+    if args.dataset is None and (args.annotations is None or args.images is None):
+        parser.error("give --dataset DIR, or both --annotations FILE and --images DIR")
+    if args.model == "siamese" and not args.weights:
+        parser.error("--model siamese needs --weights FILE (or use --model gt / random)")
+    if args.weights and not os.path.isfile(args.weights):
+        parser.error(f"weights file not found: {args.weights}")
+    for name in ("runs", "shots"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be >= 1, got {args.limit}")
+    args.out = args.out or default_out_dir()
+    try:
+        ensure_writable_dir(args.out, "--out folder")
+    except UnwritableOutputError as err:
+        parser.error(str(err))
+
+
+def load_dataset(args):
+    """The COCO dataset with the requested split applied.
+
+    Raises:
+        FileNotFoundError: the annotation file or image folder does not exist.
+        ValueError: the annotation file is not a valid COCO instances file (named).
+    """
+    return load_split_dataset(args.dataset, args.subset, args.year, args.annotations,
+                              args.images, args.split)
+
+
+def make_predictor_factory(args, dataset):
+    """``seed -> predict_fn`` for the chosen model (the model is built only once).
+
+    Raises:
+        InputError: (a ``ValueError``) the weights or their config cannot be used.
+    """
+    if args.model == "gt":
+        predictor = ground_truth_predictor(dataset)
+        return lambda seed: predictor
+    if args.model == "random":
+        return lambda seed: random_boxes_predictor(dataset, seed)
+    # imported here so that the baselines run without TensorFlow
+    from ..predict import build_predictor
+    predictor = build_predictor(args.weights, preset=args.preset, allow_partial=args.allow_partial)
+    return lambda seed: predictor
+
+
+def category_sets(args, dataset):
+    """``[(set name, class ids)]`` to evaluate, one-shot first (``--split all``: every
+    category, as the single set ``"all"``)."""
+    if args.split == SPLIT_ALL:
+        return [("all", list(dataset.train_class_ids))]
+    sets = []
+    if args.classes in ("oneshot", "both"):
+        sets.append(("oneshot", list(dataset.oneshot_class_ids)))
+    if args.classes in ("background", "both"):
+        sets.append(("background", list(dataset.train_class_ids)))
+    return sets
+
+
+def default_out_dir():
+    """``logs/eval_<timestamp>``."""
+    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+    return os.path.join("logs", f"eval_{stamp}")
+
+
+def main(argv=None, prog=None):
+    """Parse ``argv`` (default ``sys.argv[1:]``), evaluate, write the outputs and print the
+    table; returns the summary dict (row label → numbers).
+
+    Raises:
+        SystemExit: bad arguments (status 2, see :func:`check_args`).
+        FileNotFoundError, ValueError: unusable data or weights (the message names them).
+    """
+    os.environ.setdefault("MPLBACKEND", "Agg")  # plots are written to files, never shown
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    logging.basicConfig(level=logging.WARNING)
+    dataset = load_dataset(args)
+    factory = make_predictor_factory(args, dataset)
+    progress = not args.quiet
+    summary = {}
+    for set_name, class_ids in category_sets(args, dataset):
+        summary[ROW_LABELS[(args.model, set_name)]] = evaluate_runs(
+            dataset, None, class_ids, runs=args.runs, seed=args.seed, shots=args.shots,
+            limit=args.limit, progress=progress, predict_fn_for_seed=factory)
+    first_set, first_ids = category_sets(args, dataset)[0]
+    first = summary[ROW_LABELS[(args.model, first_set)]]["evaluations"][0]
+    confusion = clutter = absent = None
+    if args.confusion:
+        confusion = confusion_matrix(dataset, None, first_ids, evaluation=first)
+    if args.clutter and first["coco_gt"] is not None:
+        clutter = clutter_analysis(dataset, first["results"], first["coco_gt"],
+                                              first["class_ids"])
+    if args.absent:
+        absent = absent_category_test(
+            dataset, factory(args.seed), first_ids, seed=args.seed,
+            score_threshold=args.score_threshold, limit=args.limit, shots=args.shots,
+            progress=progress)
+    title = (f"model {args.model}, split {split_label(args.split)}, {args.shots}-shot, "
+             f"{args.runs} run(s) from seed {args.seed}"
+             + (f", first {args.limit} images" if args.limit else ""))
+    out_dir = args.out  # checked writable by check_args
+    config = {k: v for k, v in vars(args).items()}
+    config["out"] = out_dir
+    write_outputs(out_dir, summary, confusion=confusion, clutter=clutter,
+                             absent=absent, config=config, title=title)
+    print(format_table(summary, title=title), end="")
+    if absent is not None:
+        print(f"absent categories: {absent['mean_false_positives_per_image']:.2f} false "
+              f"positives per image (score >= {absent['score_threshold']}), "
+              f"{100 * absent['fraction_images_with_false_positive']:.1f}% of images with one")
+    print(f"outputs written to {out_dir}")
+    return summary
+
+
+def run(argv=None, prog=None):
+    """:func:`main` for the command line: unusable data or weights (a bad annotation file, an
+    image whose size differs from its JSON, a truncated, foreign or partial weights file)
+    end the program with ``<prog>: error: <message naming the file>`` on stderr and exit
+    status 2 instead of a traceback. Returns 0."""
+    try:
+        main(argv, prog)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"{prog or 'evaluate_siamese.py'}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    return 0

@@ -1,0 +1,400 @@
+"""Training Siamese Mask R-CNN on COCO with a one-shot class split (paper §5.1, §3).
+
+Only the split's 60 background (training) categories are ever used as references or
+ground-truth targets; the 20 held-out categories of the split are background. The default
+schedule is the paper's (§5.1): an epoch is ``STEPS_PER_EPOCH`` = 1,000 steps; the heads
+(RPN, matching, classifier, mask head and FPN) train alone to epoch 1, then all layers to
+epoch 120 at the learning rate, then all layers to epoch 160 at a tenth of it.
+
+This module holds the logic of ``samples/coco/train_siamese.py`` and of
+``siamese-mrcnn train`` (same flags): :func:`main` parses the arguments and trains.
+TensorFlow is imported only when training starts.
+
+Checkpoints (``mask_rcnn_siamese_NNNN.h5`` with the training state beside them),
+``config.json``, ``history.jsonl`` and TensorBoard scalars go to a new folder
+``<logs>/siamese<YYYYmmddTHHMMSS>-<suffix>/``; ``--weights last`` resumes the newest run of
+``--logs`` that has a checkpoint, in its folder (see :mod:`.mrcnn.checkpoints`).
+"""
+import argparse
+import collections
+import json
+import logging
+import os
+import sys
+
+from .config import siamese_config
+from .mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
+from .datasets.coco import OneShotCocoDataset, parse_split, split_label
+from .presets import preset_changes
+
+log = logging.getLogger(__name__)
+
+#: The paper's schedule in epochs of 1,000 steps (paper §5.1): heads to 1, all to 120, all to 160.
+PAPER_HEADS_EPOCHS = 1
+PAPER_ALL_EPOCHS = 120
+PAPER_TOTAL_EPOCHS = 160
+#: The learning rate is divided by this at ``all_epochs``.
+LR_DROP = 10.0
+
+#: One training stage: layers (preset or regex), the epoch it ends at, its learning rate.
+Stage = collections.namedtuple("Stage", ["layers", "until_epoch", "learning_rate"])
+
+
+# ------------------------------------------------------------------------- schedule
+def schedule_stages(heads_epochs=PAPER_HEADS_EPOCHS, all_epochs=PAPER_ALL_EPOCHS,
+                    total_epochs=PAPER_TOTAL_EPOCHS, lr=0.02, lr_drop=LR_DROP):
+    """The training stages as ``[Stage(layers, until_epoch, learning_rate)]``.
+
+    Stage 1 trains ``"heads"`` up to epoch ``heads_epochs`` at ``lr``; stage 2 trains
+    ``"all"`` layers up to ``all_epochs`` at ``lr``; stage 3 trains ``"all"`` up to
+    ``total_epochs`` at ``lr / lr_drop``. Stages of zero length are left out, so e.g.
+    ``heads_epochs=0`` starts with all layers and ``all_epochs == total_epochs`` never
+    drops the rate. Requires ``0 <= heads_epochs <= all_epochs <= total_epochs`` and
+    ``total_epochs >= 1``; raises ``ValueError`` naming the offending value otherwise.
+    """
+    for name, value in (("heads_epochs", heads_epochs), ("all_epochs", all_epochs),
+                        ("total_epochs", total_epochs)):
+        if isinstance(value, bool) or int(value) != value or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if total_epochs < 1:
+        raise ValueError(f"total_epochs must be >= 1, got {total_epochs}")
+    if not heads_epochs <= all_epochs <= total_epochs:
+        raise ValueError(f"need heads_epochs <= all_epochs <= total_epochs, got "
+                         f"{heads_epochs}, {all_epochs}, {total_epochs}")
+    if not lr > 0:
+        raise ValueError(f"learning rate must be > 0, got {lr!r}")
+    if not lr_drop > 0:
+        raise ValueError(f"lr_drop must be > 0, got {lr_drop!r}")
+    stages = []
+    start = 0
+    for layers, until, rate in (("heads", heads_epochs, lr), ("all", all_epochs, lr),
+                                ("all", total_epochs, lr / lr_drop)):
+        if until > start:
+            stages.append(Stage(layers, int(until), float(rate)))
+            start = until
+    return stages
+
+
+def remaining_stages(stages, epoch):
+    """The stages still to run when ``epoch`` epochs are finished (``model.epoch``).
+
+    A stage ending at or before ``epoch`` is done; the first remaining stage is the one
+    training resumes in, with that stage's layers and learning rate.
+
+    Raises:
+        ValueError: ``epoch`` is negative.
+    """
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    return [s for s in stages if s.until_epoch > epoch]
+
+
+# ------------------------------------------------------------------------- arguments
+def build_parser(prog=None):
+    """The command-line parser (the flags of ``samples/coco/train_siamese.py``);
+    ``prog`` names the program in messages (default: the script's name)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Train Siamese Mask R-CNN on a COCO one-shot split (paper §5.1).")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", help="COCO root: annotations/instances_{train,val}<year>.json "
+                                        "and images in {train,val}<year>/")
+    data.add_argument("--year", default="2017", help="COCO year (default 2017)")
+    data.add_argument("--train-annotations", help="training instances JSON (instead of --dataset)")
+    data.add_argument("--train-images", help="training image folder (instead of --dataset)")
+    data.add_argument("--val-annotations", help="validation instances JSON (instead of --dataset)")
+    data.add_argument("--val-images", help="validation image folder (instead of --dataset)")
+    data.add_argument("--split", type=parse_split, default=1, metavar="{1,2,3,4,all}",
+                      help="one-shot split S1..S4: its 20 held-out categories are never "
+                           "trained on; 'all': no held-out categories, all 80 are trained "
+                           "on (paper Table 1) (default 1)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", choices=["paper", "small"], default="paper",
+                       help="configuration preset (default paper: 1024² query, 192² reference)")
+    model.add_argument("--backbone", choices=["resnet50", "resnet101", "tiny"], default="resnet50",
+                       help="backbone; 'tiny' is a few-layer CNN with 128² images for CPU "
+                            "smoke runs (default resnet50)")
+    model.add_argument("--weights", default=None,
+                       help="'last' (resume the newest run in --logs that has a checkpoint), "
+                            "a checkpoint of this model, or a pretrained file loaded by layer name (e.g. an "
+                            "ImageNet-687 ResNet-50 or Keras' ResNet-50 'notop' h5). "
+                            "Default: random initialisation")
+    model.add_argument("--exclude", action="append", default=None, metavar="LAYER_REGEX",
+                       help="layers not to load from --weights (repeatable; regex on layer names)")
+    model.add_argument("--logs", default="logs", help="run directory root (default ./logs)")
+    dist = parser.add_argument_group("hardware")
+    dist.add_argument("--gpus", type=int, default=1,
+                      help="GPUs on this machine (MirroredStrategy when > 1; default 1)")
+    dist.add_argument("--multi-worker", action="store_true",
+                      help="MultiWorkerMirroredStrategy over the machines of TF_CONFIG")
+    dist.add_argument("--images-per-gpu", type=int, default=None,
+                      help="images per GPU (default: the preset's 3); batch = this x replicas")
+    sched = parser.add_argument_group("schedule (epochs of --steps-per-epoch steps)")
+    sched.add_argument("--steps-per-epoch", type=int, default=1000, help="default 1000")
+    sched.add_argument("--validation-steps", type=int, default=50,
+                       help="validation batches after every epoch (0: none; default 50)")
+    sched.add_argument("--heads-epochs", type=int, default=PAPER_HEADS_EPOCHS,
+                       help=f"train the heads only up to this epoch (default {PAPER_HEADS_EPOCHS})")
+    sched.add_argument("--all-epochs", type=int, default=PAPER_ALL_EPOCHS,
+                       help=f"then all layers up to this epoch at --lr (default {PAPER_ALL_EPOCHS})")
+    sched.add_argument("--total-epochs", type=int, default=PAPER_TOTAL_EPOCHS,
+                       help=f"then all layers up to this epoch at --lr/10 (default {PAPER_TOTAL_EPOCHS})")
+    sched.add_argument("--lr", type=float, default=None,
+                       help="learning rate (default: the preset's, 0.02)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of weight initialisation and data sampling (default 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def check_args(parser, args):
+    """Reject inconsistent arguments with a clear message naming the flag and value.
+
+    Raises:
+        SystemExit: (status 2, via ``parser.error``) missing data paths, files or folders
+            not found, non-positive counts, an impossible schedule or learning rate, or a
+            ``--logs`` folder that cannot be written (checked before any data are read).
+    """
+    if args.dataset is None and (args.train_annotations is None or args.train_images is None):
+        parser.error("give --dataset DIR, or both --train-annotations FILE and --train-images DIR")
+    if (args.val_annotations is None) != (args.val_images is None):
+        parser.error("give both --val-annotations and --val-images (or neither)")
+    for name in ("train_annotations", "val_annotations"):
+        path = getattr(args, name)
+        if path is not None and not os.path.isfile(path):
+            parser.error(f"--{name.replace('_', '-')}: file not found: {path}")
+    for name in ("train_images", "val_images", "dataset"):
+        path = getattr(args, name)
+        if path is not None and not os.path.isdir(path):
+            parser.error(f"--{name.replace('_', '-')}: folder not found: {path}")
+    if args.weights not in (None, "last") and not os.path.isfile(args.weights):
+        if args.weights == "imagenet":
+            parser.error("--weights imagenet: weights cannot be downloaded here; pass the path "
+                         "of a local ImageNet(-687) backbone file")
+        parser.error(f"--weights: weights file not found: {args.weights}")
+    for name in ("gpus", "steps_per_epoch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.images_per_gpu is not None and args.images_per_gpu < 1:
+        parser.error(f"--images-per-gpu must be >= 1, got {args.images_per_gpu}")
+    if args.validation_steps < 0:
+        parser.error(f"--validation-steps must be >= 0, got {args.validation_steps}")
+    try:
+        schedule_stages(args.heads_epochs, args.all_epochs, args.total_epochs, args.lr or 0.02)
+    except ValueError as err:
+        parser.error(f"schedule: {err}")
+    if args.lr is not None and not args.lr > 0:
+        parser.error(f"--lr must be > 0, got {args.lr}")
+    try:
+        ensure_writable_dir(args.logs, "--logs folder")
+    except UnwritableOutputError as err:
+        parser.error(str(err))
+
+
+# ------------------------------------------------------------------------- pieces
+def parse_tf_config(text):
+    """``(task_type, task_index, is_chief)`` of a ``TF_CONFIG`` JSON string (None: single machine).
+
+    The chief is the ``chief`` task, or worker 0 when the cluster has no ``chief``.
+
+    Raises:
+        ValueError: ``text`` is not valid JSON.
+    """
+    if not text:
+        return None, 0, True
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {err}") from err
+    task = spec.get("task", {})
+    task_type, index = task.get("type"), int(task.get("index", 0))
+    cluster = spec.get("cluster", {})
+    chief = task_type == "chief" or (task_type == "worker" and index == 0 and "chief" not in cluster)
+    return task_type, index, chief
+
+
+def worker_logs_dir(logs, tf_config_text):
+    """Where this worker writes: ``logs`` on the chief, ``logs/<type>_<index>`` elsewhere,
+    so that workers of one run never write the same checkpoint file.
+
+    Raises:
+        ValueError: ``tf_config_text`` is not valid JSON.
+    """
+    task_type, index, chief = parse_tf_config(tf_config_text)
+    return logs if chief else os.path.join(logs, f"{task_type}_{index}")
+
+
+def make_strategy(args):
+    """``MultiWorkerMirroredStrategy`` for ``--multi-worker``, else None (the model then uses
+    ``MirroredStrategy`` over ``GPU_COUNT`` GPUs, or the default strategy for one).
+
+    Raises:
+        ValueError: ``TF_CONFIG`` is not a valid cluster description (from TensorFlow).
+    """
+    if not args.multi_worker:
+        return None
+    import tensorflow as tf  # TensorFlow only once training is asked for
+    if not os.environ.get("TF_CONFIG"):
+        log.warning("--multi-worker without TF_CONFIG: training on this machine only")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def build_config(args, replicas=None):
+    """The ``SiameseConfig`` of the arguments; ``replicas`` (the strategy's replica count,
+    for multi-worker) sets ``GPU_COUNT`` so that ``BATCH_SIZE`` is the global batch.
+    ``--backbone tiny`` applies the ``smoke`` preset's changes (see :mod:`.presets`).
+
+    Raises:
+        ValueError: an invalid configuration value (from ``Config``).
+    """
+    overrides = {"GPU_COUNT": int(replicas or args.gpus),
+                 "STEPS_PER_EPOCH": args.steps_per_epoch,
+                 "VALIDATION_STEPS": args.validation_steps,
+                 "SEED": args.seed}
+    if args.images_per_gpu is not None:
+        overrides["IMAGES_PER_GPU"] = args.images_per_gpu
+    if args.lr is not None:
+        overrides["LEARNING_RATE"] = args.lr
+    if args.backbone == "tiny":
+        # the "smoke" preset's changes: small's structure at 128² with tiny_backbone
+        overrides.update(preset_changes("smoke"))
+    else:
+        overrides["BACKBONE"] = args.backbone
+    return siamese_config(args.preset, **overrides)
+
+
+def load_split_dataset(dataset_dir, subset, year, annotation_file, image_dir, split):
+    """A prepared ``OneShotCocoDataset`` with one-shot split ``split`` (1-4 or "all") applied.
+
+    Raises:
+        FileNotFoundError: the annotation file or image folder does not exist.
+        ValueError: the annotation file is not a valid COCO instances file (named).
+    """
+    dataset = OneShotCocoDataset()
+    dataset.load_coco(dataset_dir=dataset_dir, subset=subset, year=year,
+                      annotation_file=annotation_file, image_dir=image_dir)
+    dataset.set_split(split)
+    dataset.prepare()
+    return dataset
+
+
+def load_datasets(args):
+    """``(train, val)`` datasets; ``val`` is None when no validation data are given.
+
+    Raises:
+        FileNotFoundError: an annotation file or image folder does not exist.
+        ValueError: an invalid annotation file, or no training image holds a training
+            category of the split.
+    """
+    train = load_split_dataset(args.dataset, "train", args.year, args.train_annotations,
+                               args.train_images, args.split)
+    val = None
+    if args.val_annotations is not None or args.dataset is not None:
+        val = load_split_dataset(args.dataset, "val", args.year, args.val_annotations,
+                                 args.val_images, args.split)
+    if not train.query_image_ids():
+        raise ValueError(f"the training set has no image with a reference-able training "
+                         f"category of split {split_label(args.split)}")
+    return train, val
+
+
+def load_initial_weights(model, weights, exclude=None):
+    """Load ``weights`` into ``model``: ``"last"`` resumes the newest checkpoint (strict, sets
+    epoch and run directory); a path is loaded by layer name, layers whose shapes differ
+    (e.g. another model's class heads) are skipped with a warning. Returns the path or None.
+
+    Raises:
+        FileNotFoundError: ``"last"`` without any checkpoint in the model's directory.
+        ValueError: no layer name of the file matches the model.
+    """
+    if weights is None:
+        return None
+    if weights == "last":
+        try:
+            path = model.find_last()
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"--weights last: {err}") from None
+        model.load_weights(path, by_name=True)
+        print(f"--weights last: resuming run {model.log_dir} from {os.path.basename(path)} "
+              f"(after epoch {model.epoch}; the newest run of {model.model_dir} with a checkpoint)")
+        return path
+    report = model.load_weights(weights, by_name=True, exclude=exclude, skip_mismatch=True)
+    if not report.loaded:
+        raise ValueError(f"{weights}: no layer name matches the model (expected matterport-style "
+                         "names such as conv1, res2a_branch2a, fpn_c5p5)")
+    if report.skipped:
+        log.warning("%s: %d layer(s) with other shapes were not loaded: %s", weights,
+                    len(report.skipped), ", ".join(name for name, _ in report.skipped))
+    log.info("loaded %d layers from %s", len(report.loaded), weights)
+    return weights
+
+
+# ------------------------------------------------------------------------- main
+def main(argv=None, prog=None):
+    """Parse ``argv`` (default ``sys.argv[1:]``) and train; returns ``{"log_dir", "epoch",
+    "stages", "history"}`` (the stages actually run).
+
+    Raises:
+        SystemExit: bad arguments (status 2, see :func:`check_args`).
+        FileNotFoundError: missing data or ``--weights last`` without a checkpoint.
+        ValueError: invalid data or weights (see :func:`load_datasets`,
+            :func:`load_initial_weights`).
+        FloatingPointError: (``TrainingDiverged``) a loss or weight became NaN or infinite;
+            the message names the last good checkpoint, which ``--weights last`` resumes.
+    """
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    strategy = make_strategy(args)  # first: MultiWorkerMirroredStrategy must precede other TF work
+    # TensorFlow work starts here, after the strategy exists
+    import keras
+    from .siamese import SiameseMaskRCNN
+
+    keras.utils.set_random_seed(args.seed)
+    config = build_config(args, replicas=strategy.num_replicas_in_sync if strategy else None)
+    train_set, val_set = load_datasets(args)
+    logs = worker_logs_dir(args.logs, os.environ.get("TF_CONFIG")) if args.multi_worker else args.logs
+    model = SiameseMaskRCNN("training", config, model_dir=logs, strategy=strategy)
+    load_initial_weights(model, args.weights, exclude=args.exclude)
+
+    stages = schedule_stages(args.heads_epochs, args.all_epochs, args.total_epochs,
+                             config.LEARNING_RATE)
+    todo = remaining_stages(stages, model.epoch)
+    summary = train_set.index_summary()
+    print(f"training set: {summary['pairs']} (query, category) pairs in {summary['images']} images; "
+          f"{summary['same_image_reference_pairs']} of them take the reference from the query itself "
+          f"(the category has no usable instance in another image); annotations dropped on load: "
+          f"{summary['dropped_annotations'].get('invalid', 0)} invalid, "
+          f"{summary['dropped_annotations'].get('degenerate', 0)} degenerate")
+    print(f"split {split_label(args.split)}: {len(train_set.train_class_ids)} training categories, "
+          f"{len(train_set.oneshot_class_ids)} held out; batch {config.BATCH_SIZE}; "
+          f"starting after epoch {model.epoch}; stages to run: "
+          + (", ".join(f"{s.layers} to epoch {s.until_epoch} at lr {s.learning_rate:g}" for s in todo)
+             or "none (already finished)"))
+    history = []
+    for stage in todo:
+        history += model.train(train_set, val_set if args.validation_steps > 0 else None,
+                               learning_rate=stage.learning_rate, epochs=stage.until_epoch,
+                               layers=stage.layers, steps_per_epoch=args.steps_per_epoch,
+                               validation_steps=args.validation_steps, verbose=0 if args.quiet else 1)
+    return {"log_dir": model.log_dir, "epoch": model.epoch, "stages": todo, "history": history}
+
+
+def run(argv=None, prog=None):
+    """:func:`main` for the command line: a missing file or a bad value ends the program
+    with ``error: <message>`` on stderr (exit status 1) instead of a traceback, and so does a
+    diverging run (the message names the last good checkpoint); argument errors and an
+    unwritable ``--logs`` exit with status 2 (argparse). A loader error that stops the input
+    pipeline (``DataPipelineError``, naming the image, its file and the original exception)
+    ends it the same way."""
+    try:
+        main(argv, prog)
+    except (FileNotFoundError, ValueError, FloatingPointError) as error:
+        sys.exit(f"error: {error}")
+    except RuntimeError as error:
+        from .mrcnn.pipeline import DataPipelineError  # imports TensorFlow: only when needed
+        if not isinstance(error, DataPipelineError):
+            raise
+        sys.exit(f"error: {error}")
+    return 0
