@@ -188,18 +188,18 @@ class OneShotDataset(utils.Dataset):
                         ", ".join(f"image {i} / {self.class_names[c]}" for i, c in same[:5]))
 
     def same_image_reference_pairs(self, class_ids=None):
-        """``(image_id, class_id)`` pairs (of :meth:`target_pairs`) whose category has usable
+        """``(image_id, class_id)`` pairs (of :meth:`query_class_pairs`) whose category has usable
         reference instances in that image only: the sampler then crops the reference from
         the query itself (``info["same_image"]``), e.g. a category with one instance."""
         self._require_prepared("same_image_reference_pairs()")
-        return [(i, c) for i, c in self.target_pairs(class_ids) if self.category_index[c] == [i]]
+        return [(i, c) for i, c in self.query_class_pairs(class_ids) if self.category_index[c] == [i]]
 
     def index_summary(self, class_ids=None):
         """Counts of the one-shot index for ``class_ids`` (default: training classes):
         images, reference-able classes, pairs, same-image pairs, crowd and small instances,
         and annotations dropped on load (``dropped_annotations``, when the source checks)."""
         self._require_prepared("index_summary()")
-        pairs = self.target_pairs(class_ids)
+        pairs = self.query_class_pairs(class_ids)
         return {"images": len(self.image_ids), "referenceable_classes": len(self.category_index),
                 "pairs": len(pairs),
                 "same_image_reference_pairs": len(self.same_image_reference_pairs(class_ids)),

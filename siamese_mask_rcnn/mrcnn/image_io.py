@@ -8,7 +8,6 @@ import os
 import warnings
 
 import numpy as np
-import skimage.io
 
 
 class ImageLoadError(OSError):
