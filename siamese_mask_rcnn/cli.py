@@ -18,7 +18,7 @@ from .predict import InputError, predict
 from .presets import PRESET_NAMES
 
 #: Subcommands whose own parser takes every argument after the subcommand's name.
-DELEGATED = {"train": train_coco.run, "evaluate": evaluation_cli.main}
+DELEGATED = {"train": train_coco.run, "evaluate": evaluation_cli.run}
 
 
 def build_parser():
@@ -53,6 +53,8 @@ def build_parser():
                            "inferred from the weights' shapes, e.g. the release's "
                            "small_siamese_mrcnn_0160.h5 -> small)")
     pred.add_argument("--min-confidence", type=float, help="score threshold (default: the config's)")
+    pred.add_argument("--allow-partial", action="store_true",
+                      help="run even if the weights file leaves some layers of the model unfilled")
     sub.add_parser("train", add_help=False,
                    help="train on a COCO one-shot split (siamese-mrcnn train --help)")
     sub.add_parser("evaluate", add_help=False,
@@ -85,7 +87,8 @@ def main(argv=None):
         return 0
     try:
         result = predict(args.weights, args.reference, args.query, out_png=args.out, out_json=args.json,
-                         config_path=args.config, preset=args.preset, min_confidence=args.min_confidence)
+                         config_path=args.config, preset=args.preset, min_confidence=args.min_confidence,
+                         allow_partial=args.allow_partial)
     except InputError as err:
         print(f"siamese-mrcnn predict: error: {err}", file=sys.stderr)
         return 2

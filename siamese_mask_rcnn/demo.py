@@ -16,7 +16,7 @@ import numpy as np
 
 from . import evaluation
 from .config import siamese_config
-from .mrcnn.fileio import ensure_writable_dir
+from .mrcnn.fileio import ensure_writable_dir, safe_filename
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def save_examples(model, dataset, class_ids, out_dir, count=4, seed=0, top_k=3):
             reference, image, result["rois"][keep], result["masks"][:, :, keep], result["scores"][keep],
             title=f"one-shot: {dataset.class_names[class_id]} (top {len(keep)} of {len(result['scores'])})",
             figsize=(5, 5))
-        path = out_dir / f"example_{len(paths)}_{dataset.class_names[class_id]}.png"
+        path = out_dir / f"example_{len(paths)}_{safe_filename(dataset.class_names[class_id])}.png"
         visualize.save_figure(fig, path)
         plt.close(fig)
         paths.append(str(path))

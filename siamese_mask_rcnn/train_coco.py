@@ -424,6 +424,12 @@ def main(argv=None, prog=None):
     stages = schedule_stages(args.heads_epochs, args.all_epochs, args.total_epochs,
                              config.LEARNING_RATE)
     todo = remaining_stages(stages, model.epoch)
+    summary = train_set.index_summary()
+    print(f"training set: {summary['pairs']} (query, category) pairs in {summary['images']} images; "
+          f"{summary['same_image_reference_pairs']} of them take the reference from the query itself "
+          f"(the category has no usable instance in another image); annotations dropped on load: "
+          f"{summary['dropped_annotations'].get('invalid', 0)} invalid, "
+          f"{summary['dropped_annotations'].get('degenerate', 0)} degenerate")
     print(f"split {split_label(args.split)}: {len(train_set.train_class_ids)} training categories, "
           f"{len(train_set.oneshot_class_ids)} held out; batch {config.BATCH_SIZE}; "
           f"starting after epoch {model.epoch}; stages to run: "
@@ -447,13 +453,18 @@ def run(argv=None, prog=None):
     diverging run (the message names the last good checkpoint); argument errors and an
     unwritable ``--logs`` exit with status 2 (argparse). Multi-machine training that loses a
     worker ends every surviving worker with ``error: lost another worker ...`` and exit
-    status 3."""
+    status 3. A loader error that stops the input
+    pipeline (``DataPipelineError``, naming the image, its file and the original exception)
+    ends training with ``error: ...`` and exit status 1."""
     try:
         main(argv, prog)
     except (FileNotFoundError, ValueError, FloatingPointError) as error:
         sys.exit(f"error: {error}")
     except RuntimeError as error:
+        from .mrcnn.pipeline import DataPipelineError  # imports TensorFlow: only when needed
         from .mrcnn.training import WorkerLostError
+        if isinstance(error, DataPipelineError):
+            sys.exit(f"error: {error}")
         if not isinstance(error, WorkerLostError):
             raise
         print(f"error: {error}", file=sys.stderr, flush=True)

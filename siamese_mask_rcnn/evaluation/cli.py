@@ -16,6 +16,7 @@ import argparse
 import datetime
 import logging
 import os
+import sys
 
 from ..datasets.coco import SPLIT_ALL, parse_split, split_label
 from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
@@ -60,6 +61,8 @@ def build_parser(prog=None):
     model.add_argument("--preset", default=None, choices=list(PRESET_NAMES),
                        help="model configuration preset when no config.json is beside the "
                             "weights (default: inferred from the weights' shapes)")
+    model.add_argument("--allow-partial", action="store_true",
+                       help="evaluate even if --weights leaves some layers of the model unfilled")
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument("--runs", type=int, default=1,
                           help="evaluation runs with seeds seed, seed+1, ... (paper: 5)")
@@ -133,7 +136,7 @@ def make_predictor_factory(args, dataset):
         return lambda seed: random_boxes_predictor(dataset, seed)
     # imported here so that the baselines run without TensorFlow
     from ..predict import build_predictor
-    predictor = build_predictor(args.weights, preset=args.preset)
+    predictor = build_predictor(args.weights, preset=args.preset, allow_partial=args.allow_partial)
     return lambda seed: predictor
 
 
@@ -205,3 +208,16 @@ def main(argv=None, prog=None):
               f"{100 * absent['fraction_images_with_false_positive']:.1f}% of images with one")
     print(f"outputs written to {out_dir}")
     return summary
+
+
+def run(argv=None, prog=None):
+    """:func:`main` for the command line: unusable data or weights (a bad annotation file, an
+    image whose size differs from its JSON, a truncated, foreign or partial weights file)
+    end the program with ``<prog>: error: <message naming the file>`` on stderr and exit
+    status 2 instead of a traceback. Returns 0."""
+    try:
+        main(argv, prog)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"{prog or 'evaluate_siamese.py'}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    return 0

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from . import checkpoints
 from . import weights as mweights
 from .losses import LOSS_NAMES, reduce_losses, weight_decay_loss
-from .pipeline import SkipCounter, build_dataset
+from .pipeline import PipelineIterator, SkipCounter, build_dataset
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ def make_training_dataset(model, dataset, augmentation, seed, start, counter, gl
 
     return build_dataset(load, model.training_image_ids(dataset), specs, global_batch, seed=seed,
                          start=start, workers=getattr(model.config, "DATA_WORKERS", 2), counter=counter,
+                         describe=lambda image_id: dataset.image_info[image_id].get("path"),
                          **pipeline_arguments(input_context, global_batch))
 
 
@@ -336,11 +337,15 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
         start = model.epoch * steps * global_batch
 
     counter = SkipCounter()
-    train_iter = iter(distribute_dataset(model, train_dataset, augmentation, seed, start, counter,
-                                         no_augmentation_sources))
+    # PipelineIterator: a loader error that is not about one example surfaces as
+    # DataPipelineError within seconds, and the workers never outlive the interpreter
+    train_iter = PipelineIterator(iter(distribute_dataset(model, train_dataset, augmentation, seed, start,
+                                                          counter, no_augmentation_sources)), counter)
     val_iter = None
     if val_dataset is not None and val_steps > 0:
-        val_iter = iter(distribute_dataset(model, val_dataset, None, seed + 1, 0, SkipCounter()))
+        val_counter = SkipCounter()
+        val_iter = PipelineIterator(iter(distribute_dataset(model, val_dataset, None, seed + 1, 0, val_counter)),
+                                    val_counter)
 
     if chief:
         writer = tf.summary.create_file_writer(model.log_dir)
