@@ -32,9 +32,16 @@ def build_parser():
     demo.add_argument("--dataset", choices=["synthetic", "omniglot"], default="synthetic")
     demo.add_argument("--data-dir", help="directory with the Omniglot zip archives (--dataset omniglot)")
     demo.add_argument("--out", default="logs/demo", help="output directory (default: logs/demo)")
-    demo.add_argument("--minutes", type=float, default=15.0, help="training time budget (default 15)")
-    demo.add_argument("--epochs", type=int, default=40, help="at most this many epochs")
-    demo.add_argument("--steps-per-epoch", type=int, default=100)
+    demo.add_argument("--steps", type=int, default=demo_job.DEFAULT_STEPS,
+                      help=f"training steps (default {demo_job.DEFAULT_STEPS}); the same seed gives the "
+                           "same result on every machine")
+    demo.add_argument("--minutes", type=float, default=None,
+                      help="optional cap on the training time; the result then depends on the machine")
+    demo.add_argument("--steps-per-epoch", type=int, default=None,
+                      help="steps between checkpoints (default: the preset's, 100)")
+    demo.add_argument("--threads", type=int, default=demo_job.DEFAULT_THREADS,
+                      help=f"TensorFlow intra-op threads (default {demo_job.DEFAULT_THREADS}, the fastest "
+                           "measured on 2 cores)")
     demo.add_argument("--train-scenes", type=int, default=2000)
     demo.add_argument("--eval-scenes", type=int, default=150)
     demo.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N scenes only")
@@ -74,11 +81,18 @@ def main(argv=None):
     if argv and argv[0] in DELEGATED:
         DELEGATED[argv[0]](argv[1:], prog=f"siamese-mrcnn {argv[0]}")
         return 0
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "demo":
+        for name in ("steps", "steps_per_epoch", "threads", "train_scenes", "eval_scenes", "eval_limit"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if args.minutes is not None and args.minutes <= 0:
+            parser.error(f"--minutes must be > 0, got {args.minutes}")
         try:
             demo_job.run_demo(out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir,
-                              minutes=args.minutes, epochs=args.epochs,
+                              steps=args.steps, minutes=args.minutes, threads=args.threads,
                               steps_per_epoch=args.steps_per_epoch, num_train=args.train_scenes,
                               num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit)
         except UnwritableOutputError as err:

@@ -6,9 +6,19 @@ one-shot categories (never used as references or labels in training), background
 (training) categories and the random-boxes baseline. It writes to ``out_dir``:
 ``summary.json``, ``table.txt``, COCO results, per-category plots, ``examples/*.png``
 (Fig.-5 style pictures), the checkpoints and the config.
+
+The training length is a number of steps, so the same seed gives the same checkpoint and
+the same table on every machine (up to float rounding of its CPU): the scenes, the
+reference bank, the example order, the weight initialisation and the in-graph sampling all
+come from the seed, and TensorFlow runs a fixed number of threads (``threads``) whatever
+the machine has. Before training, every training scene is rendered once (in ``workers``
+processes) and kept in memory with a bank of references per training category, so the
+training step reads its examples from memory. One progress bar covers the whole job.
 """
+import functools
 import json
 import logging
+import math
 import pathlib
 import time
 
@@ -19,6 +29,28 @@ from .config import siamese_config
 from .mrcnn.fileio import ensure_writable_dir, safe_filename
 
 log = logging.getLogger(__name__)
+
+#: Training steps of the main job (batch 4); see the README's "Benchmarks" section.
+DEFAULT_STEPS = 3000
+#: TensorFlow intra-op threads, the fastest setting measured on 2 cores (with 2 inter-op
+#: threads; see the README's "Benchmarks").
+DEFAULT_THREADS = 2
+#: TensorFlow inter-op threads (concurrent ops).
+INTER_OP_THREADS = 2
+#: Rendered references per training category in the reference bank.
+REFERENCES_PER_CLASS = 16
+#: Processes that render the training scenes and the reference bank.
+RENDER_WORKERS = 2
+#: Learning-rate warm-up: linear from 10 % of the rate over this many steps (at most a
+#: tenth of the run), then a cosine decay to 1 % of the rate at the last step.
+WARMUP_STEPS = 200
+
+#: Seconds of each unit of work on the machine of the README's benchmark (2-core AMD
+#: EPYC): the progress bar's weights, so that its ETA covers every stage ("epoch": the
+#: validation steps and the checkpoint after each epoch; "build": the model and the
+#: tracing of the training step).
+WORK_SECONDS = {"scene": 0.005, "reference": 0.0006, "build": 20.0, "step": 0.17,
+                "epoch": 0.5, "query": 0.008, "category": 0.018, "report": 4.0, "example": 0.6}
 
 
 def demo_config(image_size=128, reference_size=32, preset="demo", **overrides):
@@ -40,24 +72,30 @@ def demo_config(image_size=128, reference_size=32, preset="demo", **overrides):
 
 
 def make_datasets(dataset="synthetic", data_dir=None, num_train=2000, num_val=150, image_size=128,
-                  seed=0, num_categories=400):
+                  seed=0, num_categories=400, cache_size=16, workers=1):
     """Training scenes and evaluation scenes of the embedded data (or Omniglot), as
     ``(train, val)`` prepared one-shot datasets of ``image_size``² pixel scenes.
+
+    ``cache_size=None`` keeps every scene in memory, rendered on construction in
+    ``workers`` processes (the main job's setting; the scenes do not depend on ``workers``).
 
     Raises:
         ValueError: unknown ``dataset``, or ``"omniglot"`` without ``data_dir``.
         FileNotFoundError: the Omniglot archives are missing from ``data_dir``.
     """
+    options = dict(cache_size=cache_size, workers=workers)
     if dataset == "synthetic":
         from .datasets.synthetic import make_train_val
         return make_train_val(num_categories=num_categories, num_train=num_train, num_val=num_val,
-                              image_size=image_size, seed=seed)
+                              image_size=image_size, seed=seed, **options)
     if dataset == "omniglot":
         from .datasets.omniglot import OmniglotOneShotDataset
         if not data_dir:
             raise ValueError("--dataset omniglot needs --data-dir (a directory with the Omniglot zip archives)")
-        train = OmniglotOneShotDataset(data_dir, num_images=num_train, image_size=image_size, seed=2 * seed)
-        val = OmniglotOneShotDataset(data_dir, num_images=num_val, image_size=image_size, seed=2 * seed + 1)
+        train = OmniglotOneShotDataset(data_dir, num_images=num_train, image_size=image_size, seed=2 * seed,
+                                       **options)
+        val = OmniglotOneShotDataset(data_dir, num_images=num_val, image_size=image_size, seed=2 * seed + 1,
+                                     **options)
         return train, val
     raise ValueError(f"unknown dataset {dataset!r}: choose 'synthetic' or 'omniglot'")
 
@@ -94,75 +132,268 @@ def save_examples(model, dataset, class_ids, out_dir, count=4, seed=0, top_k=3):
     return paths
 
 
-def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, minutes=15.0, epochs=40,
-             steps_per_epoch=None, num_train=2000, num_val=150, seed=0, eval_limit=None,
-             config_overrides=None, verbose=1):
-    """Train, evaluate (paper §5.2 protocol, §5.3 baseline) and write the results.
+def configure_threads(threads, inter_op_threads=INTER_OP_THREADS):
+    """Run TensorFlow's ops on ``threads`` threads (intra-op) and ``inter_op_threads``
+    concurrent ops. Must run before TensorFlow executes its first op.
 
-    ``minutes`` bounds the training time (None: ``epochs`` only); ``config_overrides`` are
-    config keys applied on top of the ``demo`` preset. Returns the summary dict (mAP50 per
-    row as fractions, timings, output paths), also written as ``demo_summary.json``.
+    A fixed count, rather than TensorFlow's default of every core it sees, keeps results
+    identical across machines (reductions split work by thread count) and avoids
+    oversubscription where a container sees more cores than it may use. Returns True if
+    applied, False (with a warning) when TensorFlow was already initialised.
+
+    Raises:
+        ValueError: ``threads`` or ``inter_op_threads`` < 1.
+    """
+    import tensorflow as tf
+
+    if int(threads) < 1 or int(inter_op_threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads} and {inter_op_threads}")
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(int(inter_op_threads))
+    except RuntimeError:
+        current = (tf.config.threading.get_intra_op_parallelism_threads(),
+                   tf.config.threading.get_inter_op_parallelism_threads())
+        if current != (int(threads), int(inter_op_threads)):
+            log.warning("TensorFlow is already initialised with %s intra-/inter-op threads; "
+                        "--threads %d not applied", current, threads)
+        return current == (int(threads), int(inter_op_threads))
+    return True
+
+
+def epochs_for_steps(steps, steps_per_epoch):
+    """``(epochs, steps per epoch)`` running ``steps`` training steps in whole epochs of at
+    most ``steps_per_epoch`` (evenly split; the total is rounded up to a multiple of the
+    number of epochs when ``steps`` does not divide).
+
+    Raises:
+        ValueError: ``steps`` or ``steps_per_epoch`` < 1.
+    """
+    if int(steps) < 1 or int(steps_per_epoch) < 1:
+        raise ValueError(f"steps and steps per epoch must be >= 1, got {steps}, {steps_per_epoch}")
+    epochs = math.ceil(int(steps) / int(steps_per_epoch))
+    return epochs, math.ceil(int(steps) / epochs)
+
+
+def learning_rate_schedule(base_rate, steps, warmup_steps=WARMUP_STEPS):
+    """The main job's learning rate per step: linear warm-up from ``base_rate / 10`` over
+    ``min(warmup_steps, steps // 10)`` steps, then a cosine decay to ``base_rate / 100``
+    at step ``steps`` (a Keras ``LearningRateSchedule`` of the optimizer's step count)."""
+    import keras
+
+    warmup = min(int(warmup_steps), int(steps) // 10)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=base_rate / 10.0 if warmup else base_rate,
+        decay_steps=max(1, int(steps) - warmup), alpha=0.01,
+        warmup_target=base_rate if warmup else None, warmup_steps=warmup)
+
+
+class JobProgress:
+    """One progress bar for the whole job: data, model, training, evaluation, report.
+
+    Work is counted in :data:`WORK_SECONDS` units (seconds on the benchmark machine), so
+    the bar's rate and ETA cover the remaining stages on any machine. ``enabled=False``
+    shows nothing.
+    """
+
+    def __init__(self, total_units, enabled=True):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=round(total_units, 1), disable=not enabled, unit="work", mininterval=1.0,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}")
+
+    def stage(self, name):
+        """Show the current stage's name."""
+        self.bar.set_description_str(name)
+
+    def advance(self, kind, count=1):
+        """Count ``count`` units of work of ``kind`` (a key of :data:`WORK_SECONDS`)."""
+        self.bar.update(round(WORK_SECONDS[kind] * count, 4))
+
+    def close(self):
+        """Fill and close the bar."""
+        if self.bar.total is not None and self.bar.n < self.bar.total:
+            self.bar.update(self.bar.total - self.bar.n)
+        self.bar.close()
+
+
+class _StepProgress:
+    """Training callback: advances the job's bar per step and shows the loss."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.loss = None
+        self.traced = False
+
+    def on_train_batch_end(self, step, logs=None):
+        if not self.traced:  # the first step also built the training graph
+            self.traced = True
+            self.progress.advance("build", 0.5)
+        self.progress.advance("step")
+        if logs and "loss" in logs:
+            loss = float(logs["loss"])
+            self.loss = loss if self.loss is None else 0.98 * self.loss + 0.02 * loss
+            if step % 10 == 0:
+                self.progress.bar.set_postfix_str(f"loss {self.loss:.3f}", refresh=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.progress.advance("epoch")
+
+
+def _counting(predict_fn, progress):
+    """``predict_fn`` that also advances the job's bar per query image and category."""
+    @functools.wraps(predict_fn)
+    def counted(image, references, *args, **kwargs):
+        output = predict_fn(image, references, *args, **kwargs)
+        progress.advance("query")
+        progress.advance("category", len(references))
+        return output
+    return counted
+
+
+def _evaluation_work(val, eval_limit):
+    """Work units of the evaluation stage (queries, categories, reports, pictures)."""
+    image_ids = sorted(val.image_ids)[:eval_limit] if eval_limit else list(val.image_ids)
+    pairs = sum(len(val.image_categories.get(i, [])) for i in image_ids)
+    absent_images = len(image_ids[:eval_limit if eval_limit else 50])
+    return (WORK_SECONDS["query"] * (2 * len(image_ids) + absent_images)
+            + WORK_SECONDS["category"] * (pairs + 5 * absent_images)
+            + 2 * WORK_SECONDS["report"] + 4 * WORK_SECONDS["example"])
+
+
+def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFAULT_STEPS,
+             minutes=None, num_train=2000, num_val=150, seed=0, eval_limit=None,
+             config_overrides=None, verbose=1, threads=DEFAULT_THREADS,
+             references_per_class=REFERENCES_PER_CLASS, workers=RENDER_WORKERS,
+             steps_per_epoch=None):
+    """Train for ``steps`` steps, evaluate (paper §5.2 protocol, §5.3 baseline), write the
+    results.
+
+    Args:
+        steps: training steps (of ``IMAGES_PER_GPU`` query/reference pairs each), run in
+            epochs of at most ``steps_per_epoch`` (default: the config's
+            ``STEPS_PER_EPOCH``), a checkpoint after each.
+        minutes: optional cap on the training time; the run then stops after the epoch
+            that passes it and **its result depends on the machine** (printed).
+        config_overrides: config keys applied on top of the ``demo`` preset.
+        threads: TensorFlow intra-op threads (see :func:`configure_threads`; None leaves
+            TensorFlow's default).
+        references_per_class: references rendered once per training category
+            (0: render a fresh one for every training pair instead).
+        workers: processes rendering the training scenes and references.
+        verbose: 1 shows one progress bar for the whole job and the table; 0 is silent.
+
+    Returns the summary dict (mAP50 per row as fractions, steps, timings, output paths),
+    also written as ``demo_summary.json``.
 
     Raises:
         ValueError: unknown dataset or config key (see :func:`make_datasets`,
-            :func:`demo_config`).
+            :func:`demo_config`), ``steps < 1`` or ``minutes <= 0``.
         FileNotFoundError: Omniglot archives missing.
         UnwritableOutputError: (an ``OSError``) ``out_dir`` cannot be created or written;
             checked first.
     """
-    from .siamese import SiameseMaskRCNN  # imports TensorFlow: only when a model is built
-
+    if minutes is not None and float(minutes) <= 0:
+        raise ValueError(f"minutes must be > 0, got {minutes}")
     t0 = time.time()
     out_dir = pathlib.Path(ensure_writable_dir(out_dir, "demo output folder"))  # before any work
     overrides = dict(config_overrides or {})
-    if steps_per_epoch:
-        overrides["STEPS_PER_EPOCH"] = int(steps_per_epoch)
-    config = demo_config(**{**overrides, "SEED": seed})
-    train, val = make_datasets(dataset, data_dir, num_train, num_val, config.IMAGE_MAX_DIM, seed)
-    if verbose:
-        print(f"data: {len(train.image_ids)} training scenes, {len(val.image_ids)} evaluation scenes, "
-              f"{len(train.train_class_ids)} background and {len(train.oneshot_class_ids)} one-shot categories "
-              f"({time.time() - t0:.0f}s)")
+    base = demo_config(**{**overrides, "SEED": seed})
+    epochs, per_epoch = epochs_for_steps(steps, steps_per_epoch or base.STEPS_PER_EPOCH)
+    config = demo_config(**{**overrides, "SEED": seed, "STEPS_PER_EPOCH": per_epoch})
+    total_steps = epochs * per_epoch
+    if total_steps != int(steps) and verbose:
+        print(f"{steps} steps rounded up to {total_steps} ({epochs} epochs of {per_epoch})")
+    if minutes is not None and verbose:
+        print(f"training stops after {minutes:g} minutes at most: the result then depends on the "
+              "machine's speed (without --minutes it does not)")
 
+    def job_work(train_classes, eval_work):
+        """The whole job's work units (the bar's total)."""
+        return (WORK_SECONDS["scene"] * (num_train + num_val)
+                + WORK_SECONDS["reference"] * train_classes * int(references_per_class)
+                + WORK_SECONDS["build"] + WORK_SECONDS["step"] * total_steps
+                + WORK_SECONDS["epoch"] * epochs + eval_work)
+
+    # a first estimate (3/4 of 400 categories train, 150 scenes evaluated), exact once the data exist
+    progress = JobProgress(job_work(300, 50 * WORK_SECONDS["report"] / 4), enabled=bool(verbose))
+    progress.stage("rendering scenes")
+    train, val = make_datasets(dataset, data_dir, num_train, num_val, config.IMAGE_MAX_DIM, seed,
+                               cache_size=None, workers=workers)
+    bank_count = len(train.train_class_ids) * int(references_per_class)
+    progress.bar.total = round(job_work(len(train.train_class_ids), _evaluation_work(val, eval_limit)), 1)
+    progress.advance("scene", num_train + num_val)
+    if references_per_class:
+        progress.stage("rendering references")
+        train.build_reference_bank(train.train_class_ids, int(references_per_class),
+                                   config.TARGET_MIN_DIM, config.TARGET_MAX_DIM, seed=seed)
+        progress.advance("reference", bank_count)
+    data_seconds = time.time() - t0
+
+    progress.stage("building the model")
+    if threads is not None:
+        configure_threads(threads)
+    import keras
+    from .siamese import SiameseMaskRCNN  # imports TensorFlow: only when a model is built
+
+    keras.utils.set_random_seed(int(seed))  # weight initialisation and in-graph sampling
     model = SiameseMaskRCNN("training", config, model_dir=str(out_dir / "checkpoints"))
-    budget = None if minutes is None else 60.0 * float(minutes) - (time.time() - t0)
-    history = model.train(train, val, config.LEARNING_RATE, epochs=epochs, layers="all",
-                          verbose=verbose, max_seconds=budget)
-    train_seconds = time.time() - t0
+    progress.advance("build", 0.5)
+    progress.stage("training")
+    t_train = time.time()
+    history = model.train(train, val, learning_rate_schedule(config.LEARNING_RATE, total_steps),
+                          epochs=epochs, layers="all", verbose=0,
+                          max_seconds=None if minutes is None else 60.0 * float(minutes),
+                          custom_callbacks=[_StepProgress(progress)])
+    train_seconds = time.time() - t_train
     checkpoint = model.find_last()
 
+    progress.stage("evaluating")
     inference = SiameseMaskRCNN("inference", demo_config(**{**overrides, "SEED": seed, "IMAGES_PER_GPU": 1}),
                                 model_dir=str(out_dir / "checkpoints"))
     inference.load_weights(checkpoint, by_name=True)
-    predict = inference.predict_fn()
+    predict = _counting(inference.predict_fn(), progress)
     rows = {
         "background": evaluation.evaluate(val, predict, val.train_class_ids, seed=seed, limit=eval_limit,
-                                          progress=bool(verbose)),
+                                          progress=False),
         "one-shot": evaluation.evaluate(val, predict, val.oneshot_class_ids, seed=seed, limit=eval_limit,
-                                        progress=bool(verbose)),
+                                        progress=False),
         "random boxes": evaluation.evaluate(val, evaluation.random_boxes_predictor(val, seed=seed),
                                             val.oneshot_class_ids, seed=seed, limit=eval_limit, progress=False),
     }
+    progress.advance("report")
     absent = evaluation.absent_category_test(val, predict, val.oneshot_class_ids, seed=seed,
                                              score_threshold=inference.config.DETECTION_MIN_CONFIDENCE,
                                              limit=eval_limit if eval_limit else 50,
-                                             max_categories_per_image=5, progress=bool(verbose))
+                                             max_categories_per_image=5, progress=False)
+    progress.stage("writing results")
+    steps_done = model.epoch * config.STEPS_PER_EPOCH
     info = {"dataset": dataset, "train_scenes": len(train.image_ids), "eval_scenes": len(val.image_ids),
-            "epochs_trained": model.epoch, "steps": model.epoch * config.STEPS_PER_EPOCH,
-            "train_seconds": round(train_seconds, 1), "checkpoint": checkpoint,
+            "epochs_trained": model.epoch, "steps": steps_done, "steps_requested": int(steps),
+            "time_capped": minutes is not None, "threads": threads,
+            "references_per_class": int(references_per_class),
+            "data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1),
+            "seconds_per_step": round(train_seconds / max(1, steps_done), 4), "checkpoint": checkpoint,
             "final_loss": history[-1]["loss"] if history else None,
             "config": config.to_dict()}
     title = f"one-shot instance segmentation on {dataset} (mAP50, %)"
     written = evaluation.write_outputs(out_dir, rows, absent=absent, config=info, title=title)
+    progress.advance("report")
     examples = save_examples(inference, val, val.oneshot_class_ids, out_dir / "examples", seed=seed)
+    progress.advance("example", len(examples))
+    progress.close()
     summary = {label: {"map50_bbox": r["map50_bbox"], "map50_segm": r["map50_segm"], "n_pairs": r["n_pairs"]}
                for label, r in rows.items()}
     summary.update({"absent_false_positives_per_image": absent["mean_false_positives_per_image"],
                     "total_seconds": round(time.time() - t0, 1), "examples": examples,
                     "outputs": {k: str(v) for k, v in written.items()}, **{k: info[k] for k in
-                    ("dataset", "epochs_trained", "steps", "train_seconds", "checkpoint")}})
+                    ("dataset", "epochs_trained", "steps", "time_capped", "data_seconds", "train_seconds",
+                     "seconds_per_step", "checkpoint")}})
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if verbose:
         print(evaluation.format_table(rows, title=title))
-        print(f"results in {out_dir} ({summary['total_seconds']:.0f}s in total)")
+        print(f"{steps_done} training steps in {train_seconds:.0f} s ({train_seconds / max(1, steps_done):.3f} "
+              f"s/step); results in {out_dir} ({summary['total_seconds']:.0f} s in total)")
+        if minutes is not None:
+            print("note: --minutes capped the training; the numbers depend on this machine's speed")
     return summary

@@ -2,6 +2,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from siamese_mask_rcnn import cli
@@ -13,14 +14,18 @@ TINY_MODEL = preset_changes("tiny")
 ROWS = ["background", "one-shot", "random boxes"]
 
 
+#: The tiny main job: 4 training steps in 2 epochs, evaluation on the first 6 of 12 scenes.
+TINY_JOB = dict(steps=4, steps_per_epoch=2, num_train=60, num_val=12, seed=0, eval_limit=6,
+                config_overrides=TINY_MODEL, references_per_class=2, workers=1)
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """One tiny demo: 3 training steps, evaluation on the first 6 scenes."""
+    """One tiny main job (see ``TINY_JOB``), silent."""
     from siamese_mask_rcnn.demo import run_demo
 
     out_dir = tmp_path_factory.mktemp("demo")
-    summary = run_demo(out_dir=str(out_dir), minutes=None, epochs=1, steps_per_epoch=3, num_train=60,
-                       num_val=12, seed=0, eval_limit=6, config_overrides=TINY_MODEL, verbose=0)
+    summary = run_demo(out_dir=str(out_dir), verbose=0, **TINY_JOB)
     return out_dir, summary
 
 
@@ -47,9 +52,12 @@ def test_make_datasets_split_and_errors():
 
 
 def test_demo_command_line_defaults():
+    from siamese_mask_rcnn.demo import DEFAULT_STEPS, DEFAULT_THREADS
+
     args = cli.build_parser().parse_args(["demo"])
-    assert (args.dataset, args.out, args.minutes, args.epochs, args.steps_per_epoch) == (
-        "synthetic", "logs/demo", 15.0, 40, 100)
+    # a number of steps, no time budget unless asked for
+    assert (args.dataset, args.out, args.steps, args.minutes, args.steps_per_epoch, args.threads) == (
+        "synthetic", "logs/demo", DEFAULT_STEPS, None, None, DEFAULT_THREADS)
     assert (args.train_scenes, args.eval_scenes, args.eval_limit, args.seed, args.data_dir) == (
         2000, 150, None, 0, None)
 
@@ -57,20 +65,48 @@ def test_demo_command_line_defaults():
 def test_demo_command_line_passes_arguments_to_run_demo(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr("siamese_mask_rcnn.demo.run_demo", lambda **kw: calls.append(kw) or {})
-    code = cli.main(["demo", "--out", str(tmp_path), "--minutes", "0.5", "--epochs", "2",
-                     "--steps-per-epoch", "3", "--train-scenes", "60", "--eval-scenes", "12",
-                     "--eval-limit", "6", "--seed", "7", "--dataset", "omniglot", "--data-dir", "/data"])
+    code = cli.main(["demo", "--out", str(tmp_path), "--steps", "40", "--minutes", "0.5",
+                     "--steps-per-epoch", "3", "--threads", "1", "--train-scenes", "60",
+                     "--eval-scenes", "12", "--eval-limit", "6", "--seed", "7", "--dataset", "omniglot",
+                     "--data-dir", "/data"])
     assert code == 0
-    assert calls == [dict(out_dir=str(tmp_path), dataset="omniglot", data_dir="/data", minutes=0.5, epochs=2,
-                          steps_per_epoch=3, num_train=60, num_val=12, seed=7, eval_limit=6)]
+    assert calls == [dict(out_dir=str(tmp_path), dataset="omniglot", data_dir="/data", steps=40, minutes=0.5,
+                          threads=1, steps_per_epoch=3, num_train=60, num_val=12, seed=7, eval_limit=6)]
 
 
-@pytest.mark.parametrize("argv", [["demo", "--dataset", "coco"], ["demo", "--epochs", "two"], []])
-def test_demo_command_line_rejects_bad_arguments(argv, capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--dataset", "coco"], "invalid choice"), (["demo", "--steps", "two"], "invalid int"),
+    (["demo", "--steps", "0"], "--steps must be >= 1, got 0"),
+    (["demo", "--minutes", "0"], "--minutes must be > 0"),
+    (["demo", "--threads", "-1"], "--threads must be >= 1"), ([], "required")])
+def test_demo_command_line_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(argv)
     assert info.value.code == 2
-    assert "usage: siamese-mrcnn" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "usage: siamese-mrcnn" in err and message in err
+
+
+def test_steps_split_into_epochs():
+    from siamese_mask_rcnn.demo import epochs_for_steps
+
+    assert epochs_for_steps(3000, 100) == (30, 100)
+    assert epochs_for_steps(7, 100) == (1, 7)
+    assert epochs_for_steps(250, 100) == (3, 84)  # 252 steps: rounded up, evenly split
+    with pytest.raises(ValueError, match="steps"):
+        epochs_for_steps(0, 100)
+
+
+def test_learning_rate_warms_up_then_decays():
+    from siamese_mask_rcnn.demo import learning_rate_schedule
+
+    schedule = learning_rate_schedule(0.01, 3000, warmup_steps=200)
+    rate = [float(schedule(s)) for s in (0, 100, 200, 1600, 3000)]
+    assert rate[0] == pytest.approx(0.001) and rate[1] == pytest.approx(0.0055)
+    assert rate[2] == pytest.approx(0.01) and rate[2] > rate[3] > rate[4]
+    assert rate[4] == pytest.approx(0.0001)
+    # short runs: the warm-up is at most a tenth of the run
+    assert float(learning_rate_schedule(0.01, 20, warmup_steps=200)(2)) == pytest.approx(0.01)
 
 
 # ----------------------------------------------------------------------------- tiny run
@@ -81,7 +117,7 @@ def test_demo_writes_summary_table_and_examples(demo_run):
         assert row["n_pairs"] > 0, label
         for key in ("map50_bbox", "map50_segm"):
             assert math.isfinite(row[key]) and 0.0 <= row[key] <= 1.0, (label, key, row[key])
-    assert (summary["epochs_trained"], summary["steps"]) == (1, 3)
+    assert (summary["epochs_trained"], summary["steps"], summary["time_capped"]) == (2, 4, False)
     # the saved summary is the returned one
     assert json.loads((out_dir / "demo_summary.json").read_text()) == json.loads(json.dumps(summary, default=str))
 
@@ -107,10 +143,10 @@ def test_demo_checkpoint_and_config(demo_run):
 
     out_dir, summary = demo_run
     checkpoints = sorted(out_dir.glob("checkpoints/demo*/mask_rcnn_demo_*.h5"))
-    assert [p.name for p in checkpoints] == ["mask_rcnn_demo_0001.h5"]
-    assert summary["checkpoint"] == str(checkpoints[0])
+    assert [p.name for p in checkpoints] == ["mask_rcnn_demo_0001.h5", "mask_rcnn_demo_0002.h5"]
+    assert summary["checkpoint"] == str(checkpoints[-1])
     saved = SiameseConfig.load(checkpoints[0].parent / "config.json", strict=False)
-    assert (saved.IMAGES_PER_GPU, saved.MATCHING_CHANNELS, saved.STEPS_PER_EPOCH) == (2, 24, 3)
+    assert (saved.IMAGES_PER_GPU, saved.MATCHING_CHANNELS, saved.STEPS_PER_EPOCH) == (2, 24, 2)
     assert saved.BACKBONE == "<callable:tiny_backbone>"
 
 
@@ -119,12 +155,58 @@ def test_demo_runs_on_real_omniglot_archives(omniglot_dir, tmp_path):
     held-out alphabets are evaluated as one-shot categories, the others as background."""
     from siamese_mask_rcnn.demo import run_demo
 
-    summary = run_demo(out_dir=str(tmp_path), dataset="omniglot", data_dir=str(omniglot_dir), minutes=None,
-                       epochs=1, steps_per_epoch=2, num_train=30, num_val=16, seed=0, eval_limit=None,
-                       config_overrides=TINY_MODEL, verbose=0)
+    summary = run_demo(out_dir=str(tmp_path), dataset="omniglot", data_dir=str(omniglot_dir), steps=2,
+                       num_train=30, num_val=16, seed=0, eval_limit=None, config_overrides=TINY_MODEL,
+                       references_per_class=2, workers=1, verbose=0)
     assert summary["dataset"] == "omniglot"
     assert summary["one-shot"]["n_pairs"] > 0 and summary["background"]["n_pairs"] > 0
     for row in ROWS:
         assert 0.0 <= summary[row]["map50_bbox"] <= 1.0
     written = json.loads((tmp_path / "summary.json").read_text())
     assert set(ROWS) <= set(written["rows"])
+
+
+def test_same_seed_gives_the_same_checkpoint_and_table(demo_run, tmp_path, capsys):
+    """The main job is a function of its seed: a second run (here shown with its progress
+    bar and a generous --minutes cap, which it announces) gives the same weights and table."""
+    import h5py
+    from siamese_mask_rcnn.demo import run_demo
+
+    first_dir, first = demo_run
+    second = run_demo(out_dir=str(tmp_path), verbose=1, minutes=60, **TINY_JOB)
+    out = capsys.readouterr()
+    assert "depends on the machine" in out.out
+    assert "training: " in out.err or "evaluating: " in out.err  # the job's progress bar
+    for label in ROWS:
+        assert second[label] == first[label], label
+    assert second["absent_false_positives_per_image"] == first["absent_false_positives_per_image"]
+    assert (first_dir / "table.txt").read_text() == (tmp_path / "table.txt").read_text()
+
+    def weights(path):
+        arrays = {}
+
+        def keep(name, obj):  # must return None, or visititems stops
+            if isinstance(obj, h5py.Dataset):
+                arrays[name] = obj[()]
+
+        with h5py.File(path, "r") as f:
+            f.visititems(keep)
+        return arrays
+
+    a, b = weights(first["checkpoint"]), weights(second["checkpoint"])
+    assert len(a) > 20 and sorted(a) == sorted(b)
+    changed = [name for name in a if not np.array_equal(a[name], b[name])]
+    assert changed == []
+
+
+def test_a_different_seed_gives_a_different_model(demo_run, tmp_path):
+    """The check above can fail: another seed changes the weights."""
+    import h5py
+    from siamese_mask_rcnn.demo import run_demo
+
+    _, first = demo_run
+    other = run_demo(out_dir=str(tmp_path), verbose=0, **{**TINY_JOB, "seed": 1, "eval_limit": 2})
+    with h5py.File(first["checkpoint"], "r") as f, h5py.File(other["checkpoint"], "r") as g:
+        names = []
+        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        assert any(not np.array_equal(f[n][()], g[n][()]) for n in names)

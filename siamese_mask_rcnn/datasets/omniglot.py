@@ -204,6 +204,8 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
             (0.2, 0.38) of the scene side, ``max_rotation_deg`` 15,
             ``max_box_overlap`` 0.25, ``min_visible_area`` 20,
             ``min_visible_fraction`` 0.6, ``dark_fraction`` 0.5, ``noise_std`` 3.
+        cache_size, workers: as for the procedural dataset (None keeps every scene,
+            rendered on construction in ``workers`` processes).
 
     Attributes: ``archives``, ``archive_alphabets``, ``alphabets`` (sorted distinct),
     ``categories`` (``(alphabet, character)`` per class id - 1), ``drawers``
@@ -224,8 +226,9 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
 
     def __init__(self, data_dir, num_images=1000, image_size=128, seed=0, oneshot_alphabets=None,
                  split=1, present_class_ids=None, render_references=True, scene_options=None,
-                 cache_size=16):
-        super().__init__(render_references=render_references, cache_size=cache_size)
+                 cache_size=16, workers=1):
+        super().__init__(render_references=render_references, cache_size=cache_size,
+                         workers=workers)
         unknown = set(scene_options or {}) - set(self.DEFAULT_SCENE_OPTIONS)
         if unknown:
             raise ValueError(f"unknown scene option(s) {sorted(unknown)}; "
@@ -392,6 +395,11 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
         image[:] = np.asarray(REFERENCE_BACKGROUND, dtype=np.float32)
         image[margin:margin + mask.shape[0], margin:margin + mask.shape[1]][mask] = REFERENCE_STROKE
         return finish_image(image, rng, 2.0), {"drawer": drawer}
+
+    def bank_entry_allowed(self, class_id, extras, exclude_image_id):
+        """A bank reference may serve a query only if its drawer drew none of the query's
+        instances of the character (as :meth:`render_reference_image` ensures)."""
+        return extras.get("drawer") not in set(self.scene_drawers(exclude_image_id, class_id))
 
     def image_reference(self, image_id):
         """A description of the scene: its characters and their drawers."""

@@ -12,7 +12,11 @@ Omniglot scenes (:mod:`siamese_mask_rcnn.datasets.omniglot`):
 * :class:`GeneratedSceneDataset` — a :class:`~siamese_mask_rcnn.datasets.base.OneShotDataset`
   whose images, masks and annotations are derived from a deterministic
   ``generate_scene(image_id)`` and whose references can be freshly rendered instances
-  instead of crops of other scenes.
+  instead of crops of other scenes. For training it can keep every scene in memory
+  (``cache_size=None``: rendered once, in parallel processes with ``workers > 1``, stored
+  as uint8 image and uint8 instance label map) and render a fixed bank of references per
+  category once (:meth:`GeneratedSceneDataset.build_reference_bank`), so that a training
+  step reads its examples from memory instead of rendering them.
 
 A query/reference pair follows the paper's training examples (Section 5.1): the
 references show one category present in the query; the ground truth is the query's
@@ -20,13 +24,19 @@ instances of that category.
 
 This module does not import TensorFlow.
 """
+import concurrent.futures
 import dataclasses
+import logging
+import multiprocessing
 from collections import OrderedDict
 
 import numpy as np
 
 from siamese_mask_rcnn.datasets.base import OneShotDataset
 from siamese_mask_rcnn.mrcnn import utils
+from siamese_mask_rcnn.mrcnn.resizing import resize_image
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -46,6 +56,63 @@ class Scene:
         if n == 0:
             return np.zeros(self.labels.shape + (0,), dtype=bool)
         return self.labels[:, :, None] == np.arange(1, n + 1, dtype=self.labels.dtype)
+
+    def compact(self):
+        """This scene with its label map stored as uint8 when it has < 256 instances
+        (a third of the int16 map's memory; the masks are unchanged)."""
+        if len(self.class_ids) < 256 and self.labels.dtype != np.uint8:
+            return dataclasses.replace(self, labels=self.labels.astype(np.uint8))
+        return self
+
+
+def _render_scenes(dataset, image_ids):
+    """``[(image_id, compact Scene)]`` of ``dataset`` (runs in a worker process)."""
+    return [(int(i), dataset.generate_scene(int(i)).compact()) for i in image_ids]
+
+
+def _render_references(dataset, class_ids, per_class, seed, min_dim, max_dim):
+    """``[(class_id, uint8 [per_class, max_dim, max_dim, 3], [extras])]`` (a worker's share
+    of :meth:`GeneratedSceneDataset.build_reference_bank`)."""
+    out = []
+    for class_id in class_ids:
+        rng = np.random.default_rng([int(seed), int(class_id)])
+        crops, extras = [], []
+        for _ in range(int(per_class)):
+            crop, extra = dataset.render_reference_image(int(class_id), rng)
+            crops.append(resize_image(crop, min_dim=min_dim, max_dim=max_dim, mode="square")[0])
+            extras.append(extra)
+        out.append((int(class_id), np.stack(crops).astype(np.uint8), extras))
+    return out
+
+
+def parallel_chunks(fn, dataset, items, workers, *args):
+    """``fn(dataset, chunk, *args)`` over ``workers`` interleaved chunks of ``items``: the
+    first chunk in this process, the others in ``workers - 1`` spawned processes. Returns
+    the lists the calls returned, concatenated in chunk order.
+
+    ``fn``, ``dataset`` and ``args`` must be picklable; the spawned processes import this
+    package, so a script that gets here must guard its entry point with
+    ``if __name__ == "__main__":`` (the ``multiprocessing`` rule). If the processes cannot be
+    started, the remaining chunks run in this process (logged as a warning).
+    """
+    items = list(items)
+    workers = max(1, min(int(workers), len(items)))
+    chunks = [items[k::workers] for k in range(workers)]
+    results = [None] * workers
+    if workers > 1:
+        try:
+            with concurrent.futures.ProcessPoolExecutor(
+                    workers - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(fn, dataset, chunk, *args) for chunk in chunks[1:]]
+                results[0] = fn(dataset, chunks[0], *args)
+                for k, future in enumerate(futures, start=1):
+                    results[k] = future.result()
+        except (OSError, concurrent.futures.process.BrokenProcessPool) as err:
+            log.warning("worker processes failed (%s); rendering in this process", err)
+    for k, chunk in enumerate(chunks):
+        if results[k] is None:
+            results[k] = fn(dataset, chunk, *args)
+    return [r for part in results for r in part]
 
 
 # ---------------------------------------------------------------------------
@@ -167,14 +234,26 @@ class GeneratedSceneDataset(OneShotDataset):
     ``instance_annotations`` from the scene (annotations are cached, the last
     ``cache_size`` scenes too) and, when ``render_references`` is True, replaces the
     base class's crops from other images by freshly rendered references.
+
+    ``cache_size=None`` keeps every scene once rendered (uint8 image and label map,
+    about 4 bytes per pixel); ``prepare()`` then renders all of them, in ``workers``
+    processes (:func:`parallel_chunks`). Scenes are pure functions of the image id, so the
+    data do not depend on ``workers``. :meth:`build_reference_bank` fixes the references
+    of training categories to a bank rendered once.
     """
 
-    def __init__(self, render_references=True, cache_size=16):
+    def __init__(self, render_references=True, cache_size=16, workers=1):
         super().__init__()
         self.render_references = bool(render_references)
-        self._cache_size = int(cache_size)
+        if cache_size is not None and int(cache_size) < 1:
+            raise ValueError(f"cache_size must be >= 1 or None (keep every scene), got {cache_size}")
+        if int(workers) < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self._cache_size = None if cache_size is None else int(cache_size)
+        self.workers = int(workers)
         self._scene_cache = OrderedDict()
         self._annotation_cache = {}
+        self.reference_bank = None
 
     # ------------------------------------------------------------------ to implement
     def generate_scene(self, image_id):
@@ -203,12 +282,27 @@ class GeneratedSceneDataset(OneShotDataset):
         scene = self._scene_cache.get(image_id)
         if scene is None:
             scene = self.generate_scene(image_id)
+            if self._cache_size is None:
+                scene = scene.compact()
             self._scene_cache[image_id] = scene
-            while len(self._scene_cache) > self._cache_size:
+            while self._cache_size is not None and len(self._scene_cache) > self._cache_size:
                 self._scene_cache.popitem(last=False)
-        else:
+        elif self._cache_size is not None:
             self._scene_cache.move_to_end(image_id)
         return scene
+
+    def render_all_scenes(self, workers=None):
+        """Render every scene not yet cached, in ``workers`` processes (default: the
+        dataset's ``workers``), and keep them all (sets ``cache_size`` to None).
+
+        Returns the number of scenes rendered. Memory: about ``4 × H × W`` bytes a scene.
+        """
+        self._cache_size = None
+        missing = [i for i in range(len(self.image_info)) if i not in self._scene_cache]
+        for image_id, scene in parallel_chunks(_render_scenes, self, missing,
+                                               self.workers if workers is None else workers):
+            self._scene_cache[image_id] = scene
+        return len(missing)
 
     def load_image(self, image_id):
         """The scene's RGB image, uint8 [H, W, 3] (a copy)."""
@@ -242,7 +336,10 @@ class GeneratedSceneDataset(OneShotDataset):
     # ------------------------------------------------------------------ references
     def build_index(self):
         """The base index; with rendered references every category present in some
-        image is a possible reference category, whatever the size of its instances."""
+        image is a possible reference category, whatever the size of its instances.
+        With ``cache_size=None`` every scene is rendered first (in ``workers`` processes)."""
+        if self._cache_size is None:
+            self.render_all_scenes()
         super().build_index()
         if not self.render_references:
             return
@@ -272,6 +369,8 @@ class GeneratedSceneDataset(OneShotDataset):
             raise ValueError(f"unknown class id {class_id} (valid: 1..{self.num_classes - 1})")
         if int(k) < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if self.reference_bank is not None and class_id in self.reference_bank["crops"]:
+            return self._sample_bank(class_id, int(k), rng, exclude_image_id, return_info)
         crops, infos = [], []
         for _ in range(int(k)):
             crop, extras = self.render_reference_image(class_id, rng, exclude_image_id)
@@ -281,3 +380,58 @@ class GeneratedSceneDataset(OneShotDataset):
             info.update(extras)
             infos.append(info)
         return (crops, infos) if return_info else crops
+
+    # ------------------------------------------------------------------ reference bank
+    def build_reference_bank(self, class_ids, per_class, min_dim, max_dim, seed=0, workers=None):
+        """Render ``per_class`` references of each of ``class_ids`` once, resized as the
+        model molds references ("square": short side to ``min_dim``, long side at most
+        ``max_dim``, zero-padded to ``max_dim``², pixels), and draw later references of these
+        categories from the bank (paper Section 5.1's training pairs, with a finite set of
+        renders per category instead of a new one per pair).
+
+        Reference ``j`` of class ``c`` comes from ``default_rng([seed, c])``, so the bank
+        does not depend on ``workers`` (processes, default: the dataset's ``workers``).
+        Memory: ``len(class_ids) × per_class × max_dim² × 3`` bytes. Returns the number of
+        references rendered.
+
+        Raises:
+            ValueError: ``render_references`` is False, ``per_class < 1``, an unknown
+                class id, or ``max_dim < 1``.
+        """
+        if not self.render_references:
+            raise ValueError("a reference bank needs render_references=True")
+        if int(per_class) < 1 or int(max_dim) < 1:
+            raise ValueError(f"per_class and max_dim must be >= 1, got {per_class}, {max_dim}")
+        class_ids = sorted({int(c) for c in class_ids})
+        bad = [c for c in class_ids if not 0 < c < self.num_classes]
+        if bad:
+            raise ValueError(f"unknown class ids {bad} (valid: 1..{self.num_classes - 1})")
+        rendered = parallel_chunks(_render_references, self, class_ids,
+                                   self.workers if workers is None else workers,
+                                   int(per_class), int(seed), min_dim, int(max_dim))
+        self.reference_bank = {"crops": {c: crops for c, crops, _ in rendered},
+                               "extras": {c: extras for c, _, extras in rendered},
+                               "per_class": int(per_class), "seed": int(seed)}
+        return len(class_ids) * int(per_class)
+
+    def bank_entry_allowed(self, class_id, extras, exclude_image_id):
+        """Whether bank reference ``extras`` of ``class_id`` may serve query
+        ``exclude_image_id`` (always here; Omniglot excludes the query's drawers)."""
+        return True
+
+    def _sample_bank(self, class_id, k, rng, exclude_image_id, return_info):
+        """``k`` references of ``class_id`` from the bank (distinct while the bank has enough)."""
+        crops = self.reference_bank["crops"][class_id]
+        extras = self.reference_bank["extras"][class_id]
+        allowed = [j for j, e in enumerate(extras)
+                   if exclude_image_id is None or self.bank_entry_allowed(class_id, e, exclude_image_id)]
+        if not allowed:
+            raise ValueError(f"no bank reference of class {class_id} may serve image {exclude_image_id}")
+        picks = rng.choice(len(allowed), size=k, replace=k > len(allowed))
+        chosen = [allowed[int(p)] for p in picks]
+        out = [crops[j].copy() for j in chosen]
+        if not return_info:
+            return out
+        infos = [{"image_id": None, "annotation_index": None, "bbox": None, "class_id": class_id,
+                  "same_image": False, "rendered": True, "bank_index": j, **extras[j]} for j in chosen]
+        return out, infos

@@ -269,15 +269,21 @@ class SyntheticOneShotDataset(GeneratedSceneDataset):
             instances in other scenes (False).
         scene_options: keyword arguments for :func:`generate_scene` (e.g.
             ``distractor_range``, ``radius_range``, ``min_visible_area``).
+        cache_size: scenes kept in memory (least recently used first out); None keeps
+            every scene, all rendered on construction.
+        workers: processes that render the scenes when ``cache_size`` is None (and the
+            reference bank, see ``build_reference_bank``).
 
     Raises ``ValueError`` for ``num_images < 0``, ``num_categories < 1``, an unknown scene
-    option, a split outside 1..4 or an invalid ``present_class_ids``.
+    option, a split outside 1..4, an invalid ``present_class_ids``, ``cache_size < 1`` or
+    ``workers < 1``.
     """
 
     def __init__(self, num_categories=400, num_images=1000, image_size=128, seed=0,
                  category_seed=0, split=1, oneshot_class_ids=None, present_class_ids=None,
-                 render_references=True, scene_options=None, cache_size=16):
-        super().__init__(render_references=render_references, cache_size=cache_size)
+                 render_references=True, scene_options=None, cache_size=16, workers=1):
+        super().__init__(render_references=render_references, cache_size=cache_size,
+                         workers=workers)
         if int(num_images) < 0:
             raise ValueError(f"num_images must be >= 0, got {num_images}")
         self.image_size = ((int(image_size), int(image_size)) if np.isscalar(image_size)

@@ -284,6 +284,12 @@ class PyramidROIAlign(Float32Layer):
         return tuple(input_shape[0][:2]) + self.pool_shape + (input_shape[2][-1],)
 
 
+def max_positive_rois(train_rois_per_image, roi_positive_ratio):
+    """At most this many of the ROIs :class:`DetectionTargetLayer` samples per image are
+    positive; they always come first in its outputs."""
+    return int(int(train_rois_per_image) * float(roi_positive_ratio))
+
+
 class DetectionTargetLayer(Float32Layer):
     """Sample training ROIs from proposals and build their class, box and mask targets.
 
@@ -292,6 +298,7 @@ class DetectionTargetLayer(Float32Layer):
     are never negatives. Outputs: rois ``[B, R, 4]``, class ids ``[B, R]``, deltas
     ``[B, R, 4]`` (divided by BBOX_STD_DEV), masks ``[B, R, mh, mw]``, zero-padded.
     Positives have IoU >= 0.5 with a GT box, negatives < 0.5 (Mask R-CNN's rule; paper §4.1).
+    The at most :func:`max_positive_rois` positives come first, then the negatives.
 
     Args:
         train_rois_per_image: ``R``, ROIs sampled per image (``TRAIN_ROIS_PER_IMAGE``).
@@ -343,7 +350,7 @@ class DetectionTargetLayer(Float32Layer):
         positive = tf.where(best >= 0.5)[:, 0]
         negative = tf.where(tf.logical_and(best < 0.5, no_crowd))[:, 0]
 
-        pos_count = int(self.train_rois * self.positive_ratio)
+        pos_count = max_positive_rois(self.train_rois, self.positive_ratio)
         positive = tf.random.experimental.stateless_shuffle(positive, seed=pos_seed)[:pos_count]
         pos_count = tf.shape(positive)[0]
         # float64 + a tiny epsilon: in float32, 66 / 0.33 is 199.99998 and one ROI was lost.

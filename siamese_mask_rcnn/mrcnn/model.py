@@ -38,7 +38,7 @@ from .heads import build_fpn_mask_graph, build_rpn_model, fpn_classifier_graph
 from .image_meta import compose_image_meta, parse_image_meta, parse_image_meta_graph
 from .layers import (AnchorsLayer, BatchNorm, DetectionLayer, DetectionTargetLayer, NormBoxesLayer,
                      ProposalLayer, PyramidROIAlign, apply_box_deltas_graph, clip_boxes_graph,
-                     norm_boxes_graph, overlaps_graph, trim_zeros_graph)
+                     max_positive_rois, norm_boxes_graph, overlaps_graph, trim_zeros_graph)
 from .losses import MaskRCNNLosses
 from .molding import mold_image, mold_inputs, unmold_detections, unmold_image
 from .pipeline import SkipExample
@@ -61,6 +61,21 @@ class ActiveClassIds(KL.Layer):
 
     def call(self, image_meta):
         return parse_image_meta_graph(image_meta)["active_class_ids"]
+
+
+class LeadingRois(KL.Layer):
+    """The first ``count`` ROIs ``[B, count, 4]`` of ``[B, N, 4]``: in training, the rows
+    that can be positive (the mask loss reads no other row, so the mask head skips them)."""
+
+    def __init__(self, count, **kwargs):
+        super().__init__(**kwargs)
+        self.count = int(count)
+
+    def get_config(self):
+        return {**super().get_config(), "count": self.count}
+
+    def call(self, rois):
+        return rois[:, :self.count]
 
 
 class SliceDetectionBoxes(KL.Layer):
@@ -213,7 +228,15 @@ class MaskRCNN:
                 rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
                 train_bn=config.TRAIN_BN, fc_layers_size=fc,
                 class_agnostic_bbox=self.class_agnostic_bbox())
-            masks = build_fpn_mask_graph(rois, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
+            # The mask loss reads positive ROIs only, which lead the sampled ROIs: the mask
+            # head (most of a CPU step's work) runs on those rows alone. With frozen BN
+            # (TRAIN_BN False) the loss is the same as on all rows.
+            mask_rois = rois
+            if config.TRAIN_BN is False:
+                mask_rois = LeadingRois(max(1, max_positive_rois(config.TRAIN_ROIS_PER_IMAGE,
+                                                                 config.ROI_POSITIVE_RATIO)),
+                                        name="mrcnn_mask_rois")(rois)
+            masks = build_fpn_mask_graph(mask_rois, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
                                          self.num_mask_channels(), train_bn=config.TRAIN_BN,
                                          conv_channels=config.MASK_CONV_CHANNELS)
             return MaskRCNNLosses(config.LOSS_NORMALIZATION, name="losses")([

@@ -282,6 +282,13 @@ class worker_loss_as_error:
             + last) from error
 
 
+def _json_rate(learning_rate):
+    """A number, or a Keras ``LearningRateSchedule``'s serialised config (JSON-able)."""
+    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        return keras.optimizers.schedules.serialize(learning_rate)
+    return float(learning_rate)
+
+
 def _call_callbacks(callbacks, method, *args):
     for cb in callbacks or []:
         fn = getattr(cb, method, None)
@@ -319,7 +326,7 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
     chief = is_chief(strategy)
     if chief:
         checkpoints.prepare_run_dir(model)
-    schedule = {"layers": str(layers), "learning_rate": float(learning_rate), "epochs": int(epochs),
+    schedule = {"layers": str(layers), "learning_rate": _json_rate(learning_rate), "epochs": int(epochs),
                 "momentum": float(config.LEARNING_MOMENTUM), "steps_per_epoch": steps,
                 "batch": int(global_batch), "seed": seed}
     state = checkpoints.TrainingState(model, optimizer, schedule)
@@ -351,7 +358,7 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
         writer = tf.summary.create_file_writer(model.log_dir)
     else:
         writer = tf.summary.create_noop_writer()
-    log.info("training %d variables of layers=%r from epoch %d to %d, lr=%g, in %s",
+    log.info("training %d variables of layers=%r from epoch %d to %d, lr=%s, in %s",
              len(train_vars), layers, model.epoch + 1, epochs, learning_rate, model.log_dir)
     _call_callbacks(custom_callbacks, "set_model", model.keras_model)
     _call_callbacks(custom_callbacks, "on_train_begin", {})
@@ -378,6 +385,7 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
             with writer.as_default(step=global_step):
                 for n, v in zip(names, values):
                     tf.summary.scalar(f"train/{n}", v)
+            _call_callbacks(custom_callbacks, "on_train_batch_end", step, {"loss": float(values[-1])})
         logs = {n: float(v / steps) for n, v in zip(names, sums)}
         if val_iter is not None:
             vsums = np.zeros(len(names))
