@@ -22,11 +22,12 @@ import keras
 import tensorflow as tf
 from keras import layers as KL
 
-from .mrcnn import data as mdata
 from .mrcnn import utils
 from .mrcnn.backbone import build_backbone_fpn
 from .mrcnn.model import MaskRCNN, check_image_shape
+from .mrcnn.molding import mold_image
 from .mrcnn.pipeline import SkipExample
+from .mrcnn.targets import prepare_gt
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ class SiameseMaskRCNN(MaskRCNN):
         refs = dataset.sample_references(class_id, c.NUM_TARGETS, rng, exclude_image_id=image_id)
         image = dataset.load_image(image_id)
         masks, labels = dataset.load_target(image_id, class_id)
-        image, meta, class_ids, boxes, masks = mdata.prepare_gt(
+        image, meta, class_ids, boxes, masks = prepare_gt(
             image, masks, labels, c, image_id=image_id, augmentation=augmentation, rng=rng)
         if not np.any(class_ids > 0):
             raise SkipExample()
@@ -254,7 +255,7 @@ def mold_reference(crop, config):
         raise ValueError(f"empty reference crop of shape {crop.shape}")
     resized, _, _, _, _ = utils.resize_image(crop, min_dim=config.TARGET_MIN_DIM,
                                              max_dim=config.TARGET_MAX_DIM, mode="square")
-    return mdata.mold_image(resized.astype(np.float32), config)
+    return mold_image(resized.astype(np.float32), config)
 
 
 def build_predictor(weights, config=None, preset="small"):

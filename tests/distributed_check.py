@@ -9,7 +9,7 @@ The last stdout line is ``REPORT {json}``. Steps:
 
 1. Build a tiny training model on the default (single-device) strategy with a global batch
    of 4 images per device, take the first batch of its training pipeline
-   (``model._make_dataset``, exactly what ``MaskRCNN.train`` would draw first) and save the
+   (``training.make_training_dataset``, exactly what ``MaskRCNN.train`` would draw first) and save the
    initial weights with ``model.save_weights``.
 2. Build the same model under ``MirroredStrategy(["/cpu:0", "/cpu:1"])`` with 2 images per
    replica (same global batch of 4) and ``load_weights`` the saved file into it.
@@ -151,8 +151,9 @@ def make_dataset(kind, count=12, seed=3):
 def first_training_batch(model, dataset):
     """The first global batch ``MaskRCNN.train`` draws (same seed, start 0), as numpy arrays."""
     from siamese_mask_rcnn.mrcnn.pipeline import SkipCounter
-    ds, _ = model._make_dataset(dataset, None, int(model.config.SEED), 0, SkipCounter(),
-                                model.config.BATCH_SIZE)
+    from siamese_mask_rcnn.mrcnn.training import make_training_dataset
+    ds, _ = make_training_dataset(model, dataset, None, int(model.config.SEED), 0, SkipCounter(),
+                                  model.config.BATCH_SIZE)
     return [t.numpy() for t in next(iter(ds))]
 
 

@@ -11,7 +11,8 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from siamese_mask_rcnn.mrcnn import data, utils  # noqa: E402
+from siamese_mask_rcnn.mrcnn import image_meta as mmeta  # noqa: E402
+from siamese_mask_rcnn.mrcnn import utils  # noqa: E402
 from siamese_mask_rcnn.mrcnn import heads as H  # noqa: E402
 from siamese_mask_rcnn.mrcnn import layers as L  # noqa: E402
 from siamese_mask_rcnn.mrcnn import losses as LS  # noqa: E402
@@ -30,7 +31,7 @@ def random_boxes(rng, n, scale=1.0):
 
 def meta_1024(num_classes=81, window=(0, 0, 1024, 1024), batch=1):
     """Image metas ``[batch, META]`` of a 1024² molded image."""
-    meta = data.compose_image_meta(7, (1024, 1024, 3), (1024, 1024, 3), window, 1.0,
+    meta = mmeta.compose_image_meta(7, (1024, 1024, 3), (1024, 1024, 3), window, 1.0,
                                    np.ones(num_classes))
     return np.tile(meta[None].astype(np.float32), [batch, 1])
 
@@ -107,12 +108,12 @@ def test_norm_boxes_graph_matches_numpy():
 
 
 def test_parse_image_meta_graph_matches_numpy():
-    meta = data.compose_image_meta(5, (480, 640, 3), (1024, 1024, 3), (128, 0, 896, 1024), 1.6,
+    meta = mmeta.compose_image_meta(5, (480, 640, 3), (1024, 1024, 3), (128, 0, 896, 1024), 1.6,
                                    [1, 0, 1, 1])
     metas = np.stack([meta, meta]).astype(np.float32)
     metas[1, 0] = 9
     got = L.parse_image_meta_graph(tf.constant(metas))
-    want = data.parse_image_meta(metas)
+    want = mmeta.parse_image_meta(metas)
     assert set(got) == set(want)
     for key in want:
         np.testing.assert_allclose(got[key].numpy(), want[key], rtol=1e-6)
@@ -275,8 +276,13 @@ def target_config(**overrides):
     return Config(**values)
 
 
+def target_layer(config):
+    return L.DetectionTargetLayer(config.TRAIN_ROIS_PER_IMAGE, config.ROI_POSITIVE_RATIO, config.BBOX_STD_DEV,
+                                  config.MASK_SHAPE, config.USE_MINI_MASK)
+
+
 def run_targets(config, proposals, class_ids, boxes, masks):
-    out = L.DetectionTargetLayer(config)([tf.constant(np.asarray(proposals, np.float32)),
+    out = target_layer(config)([tf.constant(np.asarray(proposals, np.float32)),
                                           tf.constant(np.asarray(class_ids, np.int32)),
                                           tf.constant(np.asarray(boxes, np.float32)),
                                           tf.constant(np.asarray(masks, bool))])
@@ -402,8 +408,13 @@ def detection_inputs():
     deltas = np.zeros((7, 3, 4), np.float32)
     deltas[6] = 9.0  # deltas of the other classes must be ignored
     deltas[6, 2] = [1.0, 0.0, 0.0, 0.0]  # ·0.1 std → moves down by 0.1·0.2
-    meta = data.compose_image_meta(0, (96, 128, 3), (128, 128, 3), (16, 0, 112, 128), 1.0, np.ones(3))
+    meta = mmeta.compose_image_meta(0, (96, 128, 3), (128, 128, 3), (16, 0, 112, 128), 1.0, np.ones(3))
     return rois[None], probs[None], deltas[None], meta[None].astype(np.float32)
+
+
+def detection_layer(config):
+    return L.DetectionLayer(config.DETECTION_MAX_INSTANCES, config.DETECTION_MIN_CONFIDENCE,
+                            config.DETECTION_NMS_THRESHOLD, config.BBOX_STD_DEV)
 
 
 def detection_config(**overrides):
@@ -414,7 +425,7 @@ def detection_config(**overrides):
 
 
 def test_detection_layer_filters_nms_per_class_sorts_clips_and_pads():
-    out = L.DetectionLayer(detection_config())([tf.constant(x) for x in detection_inputs()]).numpy()
+    out = detection_layer(detection_config())([tf.constant(x) for x in detection_inputs()]).numpy()
     assert out.shape == (1, 6, 6)
     wy1 = 16 / 127  # window (16, 0, 112, 128) normalised: (16/127, 0, 111/127, 1)
     want = np.array([[0.52, 0.1, 0.72, 0.3, 2, 0.95],
@@ -426,14 +437,14 @@ def test_detection_layer_filters_nms_per_class_sorts_clips_and_pads():
 
 
 def test_detection_layer_max_instances_and_all_background_in_graph_mode():
-    layer = L.DetectionLayer(detection_config(DETECTION_MAX_INSTANCES=2))
+    layer = detection_layer(detection_config(DETECTION_MAX_INSTANCES=2))
     out = layer([tf.constant(x) for x in detection_inputs()]).numpy()
     np.testing.assert_allclose(out[0, :, 4:], [[2, 0.95], [1, 0.90]], atol=1e-6)
 
     rois, probs, deltas, meta = detection_inputs()
     probs = np.zeros_like(probs)
     probs[..., 0] = 1.0
-    graph_layer = L.DetectionLayer(detection_config())
+    graph_layer = detection_layer(detection_config())
     fn = tf.function(lambda *a: graph_layer(list(a)))
     empty = fn(*[tf.constant(x) for x in (rois, probs, deltas, meta)]).numpy()
     assert empty.shape == (1, 6, 6) and np.all(empty == 0)
@@ -601,3 +612,53 @@ def test_batchnorm_trainable_follows_training_flag(train_bn):
     # batch statistics: mean (20, 30), variance 100 → ±10/sqrt(100.001)
     np.testing.assert_allclose(training[:, 0], [-2.0 + 0.5, 2.0 + 0.5], atol=1e-3)
     assert not np.allclose(layer.moving_mean.numpy(), [1.0, -2.0])
+
+
+# ---------------------------------------------------------------- get_config / from_config
+LAYER_ARGS = {
+    # every custom layer of the Mask R-CNN core, with plain (non-config) constructor arguments
+    "BatchNorm": dict(train_bn=True),
+    "AnchorsLayer": dict(anchors=[[0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 1.0, 1.0]]),
+    "NormBoxesLayer": dict(image_shape=(64, 96)),
+    "ProposalLayer": dict(proposal_count=7, nms_threshold=0.6, pre_nms_limit=30, bbox_std_dev=STD),
+    "PyramidROIAlign": dict(pool_shape=(5, 3)),
+    "DetectionTargetLayer": dict(train_rois_per_image=12, roi_positive_ratio=0.25, bbox_std_dev=STD,
+                                 mask_shape=(14, 10), use_mini_mask=False),
+    "DetectionLayer": dict(max_instances=9, min_confidence=0.6, nms_threshold=0.4, bbox_std_dev=STD),
+    "FoldRois": {}, "UnfoldRois": {}, "RpnOutputs": dict(k=4),
+    "ActiveClassIds": {}, "SliceDetectionBoxes": {}, "MaskRCNNLosses": {},
+}
+
+
+def custom_layer_classes():
+    from siamese_mask_rcnn.mrcnn import model as M
+    found = {}
+    for module in (L, H, LS, M):
+        for name, obj in vars(module).items():
+            if (isinstance(obj, type) and issubclass(obj, keras.layers.Layer)
+                    and obj.__module__ == module.__name__):
+                found[name] = obj
+    return found
+
+
+def test_every_custom_layer_round_trips_through_get_config():
+    classes = custom_layer_classes()
+    assert set(classes) == set(LAYER_ARGS), "add new layers to LAYER_ARGS"
+    for name, cls in classes.items():
+        layer = cls(name=f"probe_{name.lower()}", **LAYER_ARGS[name])
+        config = layer.get_config()
+        for key in LAYER_ARGS[name]:
+            assert key in config, f"{name}.get_config() lacks {key!r}"
+        clone = cls.from_config(config)
+        assert clone.get_config() == config, name
+        assert clone.name == layer.name
+        for key, value in LAYER_ARGS[name].items():  # the clone was built from the same values
+            np.testing.assert_allclose(np.asarray(config[key], dtype=float), np.asarray(value, dtype=float),
+                                       err_msg=f"{name}.{key}")
+
+
+def test_reloaded_detection_layer_gives_the_same_detections():
+    layer = detection_layer(detection_config())
+    clone = L.DetectionLayer.from_config(layer.get_config())
+    inputs = [tf.constant(x) for x in detection_inputs()]
+    np.testing.assert_array_equal(clone(inputs).numpy(), layer(inputs).numpy())

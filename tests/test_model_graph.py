@@ -16,6 +16,7 @@ keras = pytest.importorskip("keras")
 
 from siamese_mask_rcnn.mrcnn import model as M  # noqa: E402
 from siamese_mask_rcnn.mrcnn import weights as W  # noqa: E402
+from h5_fixtures import write_manifest_h5  # noqa: E402
 from siamese_mask_rcnn.mrcnn.backbone import tiny_backbone  # noqa: E402
 from siamese_mask_rcnn.mrcnn.config import Config  # noqa: E402
 
@@ -110,7 +111,7 @@ def test_matterport_resnet50_weights_load_completely(coco_r50, matterport_layout
     model = coco_r50[0]
     manifest_path = matterport_layout_dir / MANIFEST
     manifest = json.loads(manifest_path.read_text())
-    h5 = W.write_manifest_h5(manifest_path, tmp_path / "r50_coco.h5")
+    h5 = write_manifest_h5(manifest_path, tmp_path / "r50_coco.h5")
     file_weights = W.read_h5_weights(h5)
     assert sum(len(v) for v in file_weights.values()) == 384
 
@@ -145,7 +146,7 @@ def r50_five_classes(tmp_path_factory):
 def test_coco_weights_need_head_exclusion_for_other_class_counts(r50_five_classes, matterport_layout_dir,
                                                                  tmp_path):
     model = r50_five_classes
-    h5 = W.write_manifest_h5(matterport_layout_dir / MANIFEST, tmp_path / "r50_coco.h5", seed=3)
+    h5 = write_manifest_h5(matterport_layout_dir / MANIFEST, tmp_path / "r50_coco.h5", seed=3)
     file_weights = W.read_h5_weights(h5)
     conv1 = model.keras_model.get_layer("conv1")
     before = conv1.kernel.numpy().copy()
@@ -211,8 +212,12 @@ def test_save_load_round_trip_reproduces_detections(tiny, tmp_path):
 def test_run_graph_returns_intermediate_tensors_by_layer_name(tiny):
     image = random_image(2, (128, 128, 3))
     molded, metas, _ = tiny.mold_inputs([image])
-    out = tiny.run_graph([molded, metas], [("rois", "ROI"), ("p2", "fpn_p2"), ("p6", "fpn_p6"),
-                                           ("anchors", "anchors"), ("detections", "mrcnn_detection")])
+    outputs = [("rois", "ROI"), ("p2", "fpn_p2"), ("p6", "fpn_p6"),
+               ("anchors", "anchors"), ("detections", "mrcnn_detection")]
+    out = tiny.run_graph(molded, outputs, image_metas=metas)
+    raw_images = tiny.run_graph([image], outputs)  # matterport's call: raw images, molded inside
+    for key in out:
+        np.testing.assert_allclose(raw_images[key], out[key], rtol=1e-5, atol=1e-6)
     assert set(out) == {"rois", "p2", "p6", "anchors", "detections"}
     assert out["rois"].shape == (1, 50, 4)
     assert out["p2"].shape == (1, 32, 32, 32) and out["p6"].shape == (1, 2, 2, 32)

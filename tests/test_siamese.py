@@ -8,7 +8,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from siamese_mask_rcnn.config import siamese_config  # noqa: E402
-from siamese_mask_rcnn.mrcnn import data as mdata  # noqa: E402
+from siamese_mask_rcnn.mrcnn import molding as mmolding  # noqa: E402
 from siamese_mask_rcnn.mrcnn import utils  # noqa: E402
 from siamese_mask_rcnn.siamese import LEVELS, SiameseMaskRCNN, mold_reference  # noqa: E402
 
@@ -123,7 +123,8 @@ def test_k_shot_embedding_is_mean_of_reference_embeddings(three_shot_model, rand
     assert singles.shape == (3, len(LEVELS), 32)
     assert not np.allclose(singles[0], singles[1])  # the mean is not trivially one of them
     molded, metas, _ = model.mold_inputs([query])
-    inside = model.run_graph([molded, metas, molded_refs[None]], [("k_shot", "k_shot_mean")])["k_shot"]
+    inside = model.run_graph(molded, [("k_shot", "k_shot_mean")], image_metas=metas,
+                             extra_inputs=[molded_refs[None]])["k_shot"]
     np.testing.assert_allclose(inside[0], singles.mean(axis=0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(model.embed_category(refs), singles.mean(axis=0), rtol=1e-5, atol=1e-5)
 
@@ -158,7 +159,7 @@ def _expected_targets(dataset, config, image_id, class_id):
     """Labels and boxes (resized image pixels) of the class's instances that survive resizing."""
     masks, labels = dataset.load_target(image_id, class_id)
     image = dataset.load_image(image_id)
-    _, _, scale, padding, crop = mdata.resize_for_config(image, config)
+    _, _, scale, padding, crop = mmolding.resize_for_config(image, config)
     resized = utils.resize_mask(masks, scale, padding, crop).astype(bool)
     keep = resized.sum(axis=(0, 1)) > 0
     boxes = utils.extract_bboxes(resized[:, :, keep])

@@ -84,12 +84,13 @@ def test_augmentation_reaches_the_batches_except_for_listed_sources(tmp_path):
 
     from siamese_mask_rcnn.mrcnn.model import MaskRCNN
     from siamese_mask_rcnn.mrcnn.pipeline import SkipCounter
+    from siamese_mask_rcnn.mrcnn.training import make_training_dataset
 
     model = MaskRCNN("training", ShapesConfig(), str(tmp_path))
     data = ShapesDataset(8, seed=3)
 
     def first_batch(augmentation, plain_sources=None):
-        ds, _ = model._make_dataset(data, augmentation, 0, 0, SkipCounter(), 4, plain_sources)
+        ds, _ = make_training_dataset(model, data, augmentation, 0, 0, SkipCounter(), 4, plain_sources)
         return [t.numpy() for t in next(iter(ds))]
 
     plain = first_batch(None)

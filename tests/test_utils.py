@@ -8,7 +8,7 @@ import skimage.io
 
 from siamese_mask_rcnn.mrcnn import utils
 from siamese_mask_rcnn.mrcnn.config import Config
-from siamese_mask_rcnn.mrcnn.data import compute_backbone_shapes
+from siamese_mask_rcnn.mrcnn.anchors import compute_backbone_shapes
 
 
 # --------------------------------------------------------------------- Dataset

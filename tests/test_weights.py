@@ -9,6 +9,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from siamese_mask_rcnn.mrcnn import weights as W  # noqa: E402
+from h5_fixtures import write_manifest_h5  # noqa: E402
 
 ALL_WEIGHTED = ["conv1", "bn_conv1", "rpn_conv_shared", "rpn_class_raw", "mrcnn_class_logits"]
 
@@ -305,7 +306,7 @@ def test_write_manifest_h5_resnet50(matterport_layout_dir, tmp_path):
     manifest_path = matterport_layout_dir / "matterport_resnet50_coco_manifest.json"
     manifest = json.loads(manifest_path.read_text())
     out = tmp_path / "out" / "resnet50.h5"
-    W.write_manifest_h5(manifest_path, out, seed=0)
+    write_manifest_h5(manifest_path, out, seed=0)
     data = W.read_h5_weights(out)
     flat_names = []
     for layer in manifest["layers"]:
@@ -335,10 +336,10 @@ def test_write_manifest_h5_is_seeded_and_supports_full_model_layout(tmp_path):
             {"shape": [3], "h5_weight_name": "conv1/bias:0"}]}]}
     manifest_path = tmp_path / "m.json"
     manifest_path.write_text(json.dumps(manifest))
-    a = W.read_h5_weights(W.write_manifest_h5(manifest_path, tmp_path / "a.h5", seed=3))
-    b = W.read_h5_weights(W.write_manifest_h5(manifest_path, tmp_path / "b.h5", seed=3,
+    a = W.read_h5_weights(write_manifest_h5(manifest_path, tmp_path / "a.h5", seed=3))
+    b = W.read_h5_weights(write_manifest_h5(manifest_path, tmp_path / "b.h5", seed=3,
                                               full_model=True))
-    c = W.read_h5_weights(W.write_manifest_h5(manifest_path, tmp_path / "c.h5", seed=4))
+    c = W.read_h5_weights(write_manifest_h5(manifest_path, tmp_path / "c.h5", seed=4))
     with h5py.File(tmp_path / "b.h5", "r") as f:
         assert "layer_names" not in f.attrs and "model_weights" in f
     np.testing.assert_array_equal(a["conv1"][0][1], b["conv1"][0][1])
@@ -368,4 +369,4 @@ def test_non_hdf5_and_non_legacy_files_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="Keras 3 '.weights.h5' file"):
         W.read_h5_weights(keras3)
     with pytest.raises(FileNotFoundError, match="manifest not found"):
-        W.write_manifest_h5(tmp_path / "none.json", tmp_path / "x.h5")
+        write_manifest_h5(tmp_path / "none.json", tmp_path / "x.h5")

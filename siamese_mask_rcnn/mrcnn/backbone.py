@@ -9,7 +9,6 @@ A backbone may also be any callable ``fn(input_image, stage5=True, train_bn=None
 returning ``[C1, C2, C3, C4, C5]`` (matterport's convention); ``tiny_backbone`` is such a
 callable, a few-layer CNN used by the tests and the CPU demo.
 """
-import keras
 from keras import layers
 
 from .layers import BatchNorm
@@ -148,9 +147,3 @@ def build_backbone_fpn(input_image, config):
     """Backbone + FPN on one input tensor; returns ``[P2, P3, P4, P5, P6]``."""
     _, c2, c3, c4, c5 = build_backbone(input_image, config)
     return fpn_graph(c2, c3, c4, c5, config.TOP_DOWN_PYRAMID_SIZE, relu=getattr(config, "FPN_RELU", False))
-
-
-def build_encoder_model(config, image_shape, name="backbone_fpn"):
-    """Backbone + FPN as one reusable ``keras.Model`` (shared weights when called twice)."""
-    inp = keras.Input(shape=list(image_shape), name=f"{name}_input")
-    return keras.Model(inp, build_backbone_fpn(inp, config), name=name)

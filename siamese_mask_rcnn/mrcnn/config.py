@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from .fileio import atomic_write
+from .image_meta import image_meta_size
 
 #: Prefix used by :meth:`Config.to_dict` for callables (which JSON cannot hold).
 CALLABLE_PREFIX = "<callable:"
@@ -238,8 +239,7 @@ class Config:
         else:
             side = self.IMAGE_MAX_DIM
         self.IMAGE_SHAPE = np.array([side, side, self.IMAGE_CHANNEL_COUNT])
-        # image_id + original shape (3) + image shape (3) + window (4) + scale + class ids
-        self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
+        self.IMAGE_META_SIZE = image_meta_size(self.NUM_CLASSES)
 
     def config_keys(self):
         """Sorted names of every configuration attribute (UPPER_CASE)."""

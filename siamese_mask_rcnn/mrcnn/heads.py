@@ -45,6 +45,9 @@ class RpnOutputs(keras.layers.Layer):
     def call(self, x):
         return tf.reshape(x, [tf.shape(x)[0], -1, self.k])
 
+    def get_config(self):
+        return {**super().get_config(), "k": self.k}
+
     def compute_output_shape(self, input_shape):
         return (input_shape[0], None, self.k)
 

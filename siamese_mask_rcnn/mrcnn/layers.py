@@ -8,6 +8,8 @@ import numpy as np
 import keras
 import tensorflow as tf
 
+from .image_meta import parse_image_meta_graph
+
 
 # ----------------------------------------------------------------------------------------
 # Box operations (graph versions of the numpy helpers in utils)
@@ -79,18 +81,6 @@ def norm_boxes_graph(boxes, shape):
     return tf.math.divide(boxes - shift, scale)
 
 
-def parse_image_meta_graph(meta):
-    """Split an image-meta tensor ``[batch, META]`` into a dict of tensors."""
-    return {
-        "image_id": meta[:, 0],
-        "original_image_shape": meta[:, 1:4],
-        "image_shape": meta[:, 4:7],
-        "window": meta[:, 7:11],
-        "scale": meta[:, 11],
-        "active_class_ids": meta[:, 12:],
-    }
-
-
 def max_or_zero(matrix):
     """Row-wise maximum of ``[N, M]``, 0 for rows when ``M == 0``."""
     return tf.reduce_max(tf.pad(matrix, [[0, 0], [0, 1]]), axis=1)
@@ -135,11 +125,22 @@ class BatchNorm(keras.layers.BatchNormalization):
 
 
 class AnchorsLayer(keras.layers.Layer):
-    """Holds the normalised anchors of a fixed image shape and tiles them over the batch."""
+    """Holds the normalised anchors of a fixed image shape and tiles them over the batch.
+
+    Args:
+        anchors: ``[A, (y1, x1, y2, x2)]`` normalised anchors.
+
+    Input: any tensor whose first axis is the batch ``B``. Output: ``[B, A, 4]`` float32.
+    """
 
     def __init__(self, anchors, **kwargs):
         super().__init__(**kwargs)
         self.anchors = np.asarray(anchors, dtype=np.float32)
+        if self.anchors.ndim != 2 or self.anchors.shape[-1] != 4:
+            raise ValueError(f"AnchorsLayer: anchors must be [A, 4], got shape {self.anchors.shape}")
+
+    def get_config(self):
+        return {**super().get_config(), "anchors": self.anchors.tolist()}
 
     def call(self, batch_reference):
         batch = tf.shape(batch_reference)[0]
@@ -151,11 +152,17 @@ class AnchorsLayer(keras.layers.Layer):
 
 
 class NormBoxesLayer(keras.layers.Layer):
-    """Normalise pixel GT boxes ``[batch, N, 4]`` by the image shape ``(h, w)``."""
+    """Normalise pixel GT boxes ``[batch, N, 4]`` by the image shape ``(h, w)`` (pixels).
+
+    Output: ``[batch, N, 4]`` float32 normalised boxes (matterport convention).
+    """
 
     def __init__(self, image_shape, **kwargs):
         super().__init__(**kwargs)
         self.image_shape = tuple(int(v) for v in image_shape[:2])
+
+    def get_config(self):
+        return {**super().get_config(), "image_shape": list(self.image_shape)}
 
     def call(self, boxes):
         return norm_boxes_graph(tf.cast(boxes, tf.float32), tf.constant(self.image_shape))
@@ -164,8 +171,14 @@ class NormBoxesLayer(keras.layers.Layer):
 class ProposalLayer(keras.layers.Layer):
     """RPN scores + deltas + anchors → ``proposal_count`` boxes per image after NMS.
 
-    Inputs: ``[rpn_probs [B, A, 2], rpn_bbox [B, A, 4], anchors [B, A, 4]]``.
-    Output: ``[B, proposal_count, 4]`` normalised boxes, zero-padded.
+    Args:
+        proposal_count: boxes kept per image after NMS (``POST_NMS_ROIS_*``).
+        nms_threshold: IoU above which NMS drops a lower-scoring box.
+        pre_nms_limit: the best-scoring anchors considered before NMS (``PRE_NMS_LIMIT``).
+        bbox_std_dev: 4 values the RPN deltas are multiplied by (``RPN_BBOX_STD_DEV``).
+
+    Inputs: ``[rpn_probs [B, A, 2], rpn_bbox [B, A, 4], anchors [B, A, 4] (normalised)]``.
+    Output: ``[B, proposal_count, 4]`` normalised boxes clipped to the image, zero-padded.
     """
 
     def __init__(self, proposal_count, nms_threshold, pre_nms_limit, bbox_std_dev, **kwargs):
@@ -174,6 +187,11 @@ class ProposalLayer(keras.layers.Layer):
         self.nms_threshold = float(nms_threshold)
         self.pre_nms_limit = int(pre_nms_limit)
         self.bbox_std_dev = np.reshape(np.asarray(bbox_std_dev, np.float32), [1, 4])
+
+    def get_config(self):
+        return {**super().get_config(), "proposal_count": self.proposal_count,
+                "nms_threshold": self.nms_threshold, "pre_nms_limit": self.pre_nms_limit,
+                "bbox_std_dev": self.bbox_std_dev.ravel().tolist()}
 
     def _one(self, args):
         scores, deltas, anchors = args
@@ -205,7 +223,10 @@ class PyramidROIAlign(keras.layers.Layer):
 
     def __init__(self, pool_shape, **kwargs):
         super().__init__(**kwargs)
-        self.pool_shape = tuple(pool_shape)
+        self.pool_shape = tuple(int(v) for v in pool_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_shape": list(self.pool_shape)}
 
     def call(self, inputs):
         boxes, image_meta = inputs[0], inputs[1]
@@ -245,15 +266,29 @@ class DetectionTargetLayer(keras.layers.Layer):
     gt_masks [B, h, w, G]]``. Negative class ids are crowds: proposals overlapping a crowd
     are never negatives. Outputs: rois ``[B, R, 4]``, class ids ``[B, R]``, deltas
     ``[B, R, 4]`` (divided by BBOX_STD_DEV), masks ``[B, R, mh, mw]``, zero-padded.
+    Positives have IoU >= 0.5 with a GT box, negatives < 0.5 (Mask R-CNN paper §3.1).
+
+    Args:
+        train_rois_per_image: ``R``, ROIs sampled per image (``TRAIN_ROIS_PER_IMAGE``).
+        roi_positive_ratio: at most this fraction of the ``R`` ROIs is positive.
+        bbox_std_dev: 4 values the box deltas are divided by (``BBOX_STD_DEV``).
+        mask_shape: ``(mh, mw)`` of the mask targets (``MASK_SHAPE``).
+        use_mini_mask: the GT masks are mini-masks cropped to their boxes.
     """
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, train_rois_per_image, roi_positive_ratio, bbox_std_dev, mask_shape,
+                 use_mini_mask, **kwargs):
         super().__init__(**kwargs)
-        self.train_rois = int(config.TRAIN_ROIS_PER_IMAGE)
-        self.positive_ratio = float(config.ROI_POSITIVE_RATIO)
-        self.bbox_std_dev = np.asarray(config.BBOX_STD_DEV, np.float32)
-        self.mask_shape = tuple(config.MASK_SHAPE)
-        self.use_mini_mask = bool(config.USE_MINI_MASK)
+        self.train_rois = int(train_rois_per_image)
+        self.positive_ratio = float(roi_positive_ratio)
+        self.bbox_std_dev = np.asarray(bbox_std_dev, np.float32)
+        self.mask_shape = tuple(int(v) for v in mask_shape)
+        self.use_mini_mask = bool(use_mini_mask)
+
+    def get_config(self):
+        return {**super().get_config(), "train_rois_per_image": self.train_rois,
+                "roi_positive_ratio": self.positive_ratio, "bbox_std_dev": self.bbox_std_dev.tolist(),
+                "mask_shape": list(self.mask_shape), "use_mini_mask": self.use_mini_mask}
 
     def _one(self, args):
         proposals, gt_class_ids, gt_boxes, gt_masks = args
@@ -330,16 +365,27 @@ class DetectionLayer(keras.layers.Layer):
     """Final detections: refine ROIs by class, drop background and weak scores, per-class NMS.
 
     Inputs: ``[rois [B, N, 4], mrcnn_class [B, N, C], mrcnn_bbox [B, N, C, 4], image_meta]``.
-    Output: ``[B, DETECTION_MAX_INSTANCES, 6]`` rows ``(y1, x1, y2, x2, class_id, score)``
-    in normalised coordinates, zero-padded.
+    Output: ``[B, max_instances, 6]`` rows ``(y1, x1, y2, x2, class_id, score)``
+    in normalised coordinates, clipped to the image window, best score first, zero-padded.
+
+    Args:
+        max_instances: detections kept per image (``DETECTION_MAX_INSTANCES``).
+        min_confidence: class score below which a ROI is dropped (``DETECTION_MIN_CONFIDENCE``).
+        nms_threshold: per-class NMS IoU threshold (``DETECTION_NMS_THRESHOLD``).
+        bbox_std_dev: 4 values the predicted deltas are multiplied by (``BBOX_STD_DEV``).
     """
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, max_instances, min_confidence, nms_threshold, bbox_std_dev, **kwargs):
         super().__init__(**kwargs)
-        self.max_instances = int(config.DETECTION_MAX_INSTANCES)
-        self.min_confidence = float(config.DETECTION_MIN_CONFIDENCE)
-        self.nms_threshold = float(config.DETECTION_NMS_THRESHOLD)
-        self.bbox_std_dev = np.asarray(config.BBOX_STD_DEV, np.float32)
+        self.max_instances = int(max_instances)
+        self.min_confidence = float(min_confidence)
+        self.nms_threshold = float(nms_threshold)
+        self.bbox_std_dev = np.asarray(bbox_std_dev, np.float32)
+
+    def get_config(self):
+        return {**super().get_config(), "max_instances": self.max_instances,
+                "min_confidence": self.min_confidence, "nms_threshold": self.nms_threshold,
+                "bbox_std_dev": self.bbox_std_dev.tolist()}
 
     def _one(self, args):
         rois, probs, deltas, window = args

@@ -9,50 +9,51 @@ is assembled from small pieces that live in their own modules:
 * ``losses``    — the five per-image losses,
 * ``pipeline``  — the ``tf.data`` input pipeline,
 * ``weights``   — matterport-layout ``.h5`` files, read and written by layer name,
-* ``data``      — image molding, image metas, RPN targets (numpy).
+* ``training``  — the training loop, layer selection, optimizer and training ``tf.data``,
+* ``run_dirs``  — run directories and checkpoint names (``find_last``, ``set_log_dir``),
+* ``image_meta``, ``anchors``, ``molding``, ``targets`` — the numpy contracts (image meta,
+  anchors, molding/unmolding, training targets).
 
 Training uses a custom loop (``tf.GradientTape`` inside ``strategy.run``) so that the same
 code runs on one device, on several GPUs (``MirroredStrategy``) and on several machines
 (``MultiWorkerMirroredStrategy``), with losses averaged over the global batch.
+
+matterport's module-level names stay importable from here (``compose_image_meta``,
+``parse_image_meta``, ``parse_image_meta_graph``, ``mold_image``, ``unmold_image``,
+``load_image_gt``, ``build_rpn_targets``, ``compute_backbone_shapes``, ``norm_boxes_graph``,
+``trim_zeros_graph`` ...).
 """
-import datetime
 import logging
-import os
-import re
 
 import numpy as np
 import keras
 import tensorflow as tf
 from keras import layers as KL
 
-from . import data as mdata
+from . import run_dirs
 from . import weights as mweights
+from .anchors import compute_backbone_shapes, get_anchors
 from .backbone import build_backbone_fpn
 from .heads import build_fpn_mask_graph, build_rpn_model, fpn_classifier_graph
-from .layers import (AnchorsLayer, DetectionLayer, DetectionTargetLayer, NormBoxesLayer,
-                     ProposalLayer, parse_image_meta_graph)
+from .image_meta import compose_image_meta, parse_image_meta, parse_image_meta_graph
+from .layers import (AnchorsLayer, BatchNorm, DetectionLayer, DetectionTargetLayer, NormBoxesLayer,
+                     ProposalLayer, PyramidROIAlign, apply_box_deltas_graph, clip_boxes_graph,
+                     norm_boxes_graph, overlaps_graph, trim_zeros_graph)
 from .losses import MaskRCNNLosses
-from .pipeline import SkipExample, build_dataset
+from .molding import mold_image, mold_inputs, unmold_detections, unmold_image
+from .pipeline import SkipExample
+from .targets import build_rpn_targets, load_image_gt, pack_training_inputs
+from .training import LAYER_PRESETS, make_optimizer, run_training, select_trainable_layers
 
 log = logging.getLogger(__name__)
 
-# Re-exported numpy helpers (matterport keeps them in model.py).
-compose_image_meta = mdata.compose_image_meta
-parse_image_meta = mdata.parse_image_meta
-mold_image = mdata.mold_image
-unmold_image = mdata.unmold_image
-load_image_gt = mdata.load_image_gt
-build_rpn_targets = mdata.build_rpn_targets
-compute_backbone_shapes = mdata.compute_backbone_shapes
-
-LAYER_PRESETS = {
-    # Which layers train; "heads" also covers the FPN, as in matterport.
-    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "all": ".*",
-}
+__all__ = [
+    "MaskRCNN", "compose_image_meta", "parse_image_meta", "parse_image_meta_graph", "mold_image",
+    "unmold_image", "load_image_gt", "build_rpn_targets", "compute_backbone_shapes",
+    "norm_boxes_graph", "trim_zeros_graph", "apply_box_deltas_graph", "clip_boxes_graph",
+    "overlaps_graph", "BatchNorm", "ProposalLayer", "PyramidROIAlign", "DetectionTargetLayer",
+    "DetectionLayer", "LAYER_PRESETS", "select_trainable_layers",
+]
 
 
 class ActiveClassIds(KL.Layer):
@@ -77,22 +78,6 @@ def default_strategy(config):
             raise ValueError(f"GPU_COUNT={config.GPU_COUNT} but only {len(gpus)} GPU(s) are visible")
         return tf.distribute.MirroredStrategy([g.name for g in gpus[:config.GPU_COUNT]])
     return tf.distribute.get_strategy()
-
-
-def select_trainable_layers(keras_model, layers):
-    """The weighted layers whose names match a preset or a regex (matterport semantics)."""
-    pattern = LAYER_PRESETS.get(layers, layers)
-    try:
-        regex = re.compile(pattern)
-    except re.error as err:
-        raise ValueError(f"layers={layers!r} is neither a preset {sorted(LAYER_PRESETS)} nor a valid regex: {err}")
-    chosen = []
-    for name, layer in mweights.iter_weighted_layers(keras_model):
-        if regex.fullmatch(name):
-            chosen.append(layer)
-    if not chosen:
-        raise ValueError(f"layers={layers!r} matches no weighted layer of the model")
-    return chosen
 
 
 def check_image_shape(config):
@@ -147,12 +132,8 @@ class MaskRCNN:
         """Inputs a subclass adds after image and meta (the Siamese model's references)."""
         return []
 
-    def build_feature_maps(self, input_image, extra_inputs):
-        """``(rpn_feature_maps P2..P6, mrcnn_feature_maps P2..P5)`` for the heads."""
-        maps = build_backbone_fpn(input_image, self.config)
-        return maps, maps[:4]
-
     def num_mask_channels(self):
+        """Channels of the mask head: one per class (the Siamese model has one)."""
         return self.config.NUM_CLASSES
 
     def build(self, mode, config):
@@ -162,9 +143,8 @@ class MaskRCNN:
         inputs = [keras.Input(shape=shape, name=name, dtype=dtype) for name, shape, dtype in specs]
         input_image, input_image_meta = inputs[0], inputs[1]
         n_extra = len(self.extra_input_specs())
-        extra = inputs[2:2 + n_extra]
-        rpn_maps, mrcnn_maps = self.build_feature_maps(input_image, extra)
-        outputs = self.build_heads(mode, input_image_meta, rpn_maps, mrcnn_maps, inputs[2 + n_extra:])
+        rpn_maps = build_backbone_fpn(input_image, config)  # P2..P6; the heads use P2..P5
+        outputs = self.build_heads(mode, input_image_meta, rpn_maps, rpn_maps[:4], inputs[2 + n_extra:])
         return keras.Model(inputs, outputs, name="mask_rcnn")
 
     def build_heads(self, mode, input_image_meta, rpn_maps, mrcnn_maps, gt_inputs=()):
@@ -194,7 +174,8 @@ class MaskRCNN:
             active_class_ids = ActiveClassIds(name="active_class_ids")(input_image_meta)
             gt_boxes = NormBoxesLayer(config.IMAGE_SHAPE, name="norm_gt_boxes")(input_gt_boxes)
             rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
-                config, name="proposal_targets")([rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks])
+                config.TRAIN_ROIS_PER_IMAGE, config.ROI_POSITIVE_RATIO, config.BBOX_STD_DEV,
+                config.MASK_SHAPE, config.USE_MINI_MASK, name="proposal_targets")([rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks])
             class_logits, _, bbox = fpn_classifier_graph(
                 rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
                 train_bn=config.TRAIN_BN, fc_layers_size=fc)
@@ -209,55 +190,46 @@ class MaskRCNN:
         _, class_probs, bbox = fpn_classifier_graph(
             rpn_rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
             train_bn=config.TRAIN_BN, fc_layers_size=fc)
-        detections = DetectionLayer(config, name="mrcnn_detection")([rpn_rois, class_probs, bbox, input_image_meta])
+        detections = DetectionLayer(config.DETECTION_MAX_INSTANCES, config.DETECTION_MIN_CONFIDENCE,
+                                    config.DETECTION_NMS_THRESHOLD, config.BBOX_STD_DEV,
+                                    name="mrcnn_detection")([rpn_rois, class_probs, bbox, input_image_meta])
         det_boxes = SliceDetectionBoxes(name="detection_boxes")(detections)
         masks = build_fpn_mask_graph(det_boxes, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
                                      self.num_mask_channels(), train_bn=config.TRAIN_BN,
-                                         conv_channels=config.MASK_CONV_CHANNELS)
+                                     conv_channels=config.MASK_CONV_CHANNELS)
         return [detections, class_probs, bbox, masks, rpn_rois, rpn_class, rpn_bbox]
 
     def get_anchors(self, image_shape):
-        """Normalised anchors for ``image_shape`` (cached)."""
-        return mdata.get_anchors(self.config, image_shape)
+        """Normalised float32 anchors ``[N, (y1, x1, y2, x2)]`` for ``image_shape`` (cached,
+        read-only; see :mod:`.anchors`)."""
+        return get_anchors(self.config, image_shape)
 
     # ----------------------------------------------------------- checkpoints
     def find_last(self):
-        """Path of the last checkpoint of the newest run directory of this model's NAME."""
-        name = (self.config.NAME or "model").lower()
-        if not os.path.isdir(self.model_dir):
-            raise FileNotFoundError(f"no model directory {self.model_dir}")
-        runs = sorted(d for d in os.listdir(self.model_dir)
-                      if d.startswith(name) and os.path.isdir(os.path.join(self.model_dir, d)))
-        for run in reversed(runs):
-            run_dir = os.path.join(self.model_dir, run)
-            ckpts = sorted(f for f in os.listdir(run_dir)
-                           if f.startswith(f"mask_rcnn_{name}_") and f.endswith(".h5"))
-            if ckpts:
-                return os.path.join(run_dir, ckpts[-1])
-        raise FileNotFoundError(f"no checkpoint of '{name}' under {self.model_dir}")
+        """Path of the last checkpoint of the newest run directory of this model's NAME.
+
+        Raises:
+            FileNotFoundError: no model directory or no checkpoint of this NAME in it.
+        """
+        return run_dirs.find_last_checkpoint(self.model_dir, run_dirs.run_name(self.config))
 
     def set_log_dir(self, model_path=None):
-        """Set the run directory and epoch; resuming from ``model_path`` reuses its directory
-        and continues after its epoch."""
-        self.epoch = 0
-        now = datetime.datetime.now()
-        name = (self.config.NAME or "model").lower()
-        if model_path:
-            m = re.match(r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]mask\_rcnn\_[\w-]+(\d{4})\.h5$",
-                         str(model_path))
-            if m:
-                now = datetime.datetime(*map(int, m.groups()[:5]))
-                self.epoch = int(m.group(6))
-                log.info("resuming at epoch %d", self.epoch + 1)
-        self.log_dir = os.path.join(self.model_dir, f"{name}{now:%Y%m%dT%H%M}")
-        self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_*epoch*.h5").replace(
-            "*epoch*", "{:04d}")
+        """Set ``log_dir``, ``checkpoint_path`` and ``epoch``; resuming from ``model_path`` (a
+        checkpoint of this layout) reuses its directory and continues after its epoch."""
+        self.log_dir, self.checkpoint_path, self.epoch = run_dirs.run_location(
+            self.model_dir, run_dirs.run_name(self.config), model_path)
+        if self.epoch:
+            log.info("resuming at epoch %d", self.epoch + 1)
 
     def load_weights(self, filepath, by_name=False, exclude=None, skip_mismatch=False):
         """Load a legacy-layout ``.h5`` (matterport, the official release, or ours).
 
         ``by_name=True`` matches layers by name (``exclude`` drops layers); a checkpoint
-        path of this project also restores the epoch (``set_log_dir``).
+        path of this project also restores the epoch (``set_log_dir``). Returns the
+        :class:`.weights.LoadReport`.
+
+        Raises:
+            FileNotFoundError / ValueError: see :func:`.weights.load_weights_by_name`.
         """
         report = mweights.load_weights_by_name(self.keras_model, filepath, by_name=by_name,
                                                exclude=exclude, skip_mismatch=skip_mismatch)
@@ -269,57 +241,37 @@ class MaskRCNN:
         mweights.save_weights_by_name(self.keras_model, filepath)
 
     def get_imagenet_weights(self):
-        """Keras' ImageNet ResNet-50 weights cannot be downloaded here; pass a local file."""
+        """Keras' ImageNet ResNet-50 weights cannot be downloaded here; pass a local file.
+
+        Raises:
+            RuntimeError: always.
+        """
         raise RuntimeError("Downloading weights is not supported: pass a local ImageNet weights file "
                            "to load_weights(path, by_name=True)")
 
     # -------------------------------------------------------------- training
     def compile(self, learning_rate, momentum):
         """Create the SGD optimiser (momentum, gradient clipping by GRADIENT_CLIP_NORM)."""
-        with self.strategy.scope():
-            self.optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
-                                                  clipnorm=self.config.GRADIENT_CLIP_NORM)
+        self.optimizer = make_optimizer(self.config, self.strategy, learning_rate, momentum)
         return self.optimizer
 
     def load_training_example(self, dataset, image_id, rng, augmentation=None):
         """The training inputs of one image (after image and meta come the extra inputs, then
-        RPN and GT targets), as numpy arrays in ``input_specs`` order."""
+        RPN and GT targets), as numpy arrays in ``input_specs`` order.
+
+        Raises:
+            SkipExample: the image has no instance of a real class.
+        """
         c = self.config
-        image, image_meta, class_ids, boxes, masks = mdata.load_image_gt(
-            dataset, c, image_id, augmentation=augmentation, rng=rng)
+        image, image_meta, class_ids, boxes, masks = load_image_gt(
+            dataset, c, image_id, augmentation=augmentation, use_mini_mask=c.USE_MINI_MASK, rng=rng)
         if not np.any(class_ids > 0):
             raise SkipExample()
         return self._pack_targets(image, image_meta, class_ids, boxes, masks, rng, extra=[])
 
     def _pack_targets(self, image, image_meta, class_ids, boxes, masks, rng, extra):
-        c = self.config
-        anchors_px = mdata.get_anchors_pixels(c, image.shape)
-        rpn_match, rpn_bbox = mdata.build_rpn_targets(image.shape, anchors_px, class_ids, boxes, c, rng=rng)
-        n = min(len(class_ids), c.MAX_GT_INSTANCES)
-        if len(class_ids) > n:
-            keep = rng.choice(len(class_ids), n, replace=False)
-            class_ids, boxes, masks = class_ids[keep], boxes[keep], masks[..., keep]
-        gt_ids = np.zeros([c.MAX_GT_INSTANCES], np.int32)
-        gt_boxes = np.zeros([c.MAX_GT_INSTANCES, 4], np.float32)
-        gt_masks = np.zeros(list(masks.shape[:2]) + [c.MAX_GT_INSTANCES], bool)
-        gt_ids[:n], gt_boxes[:n], gt_masks[..., :n] = class_ids[:n], boxes[:n], masks[..., :n]
-        return [mdata.mold_image(image, c), image_meta] + list(extra) + [
-            rpn_match[:, None], rpn_bbox, gt_ids, gt_boxes, gt_masks]
-
-    def _make_dataset(self, dataset, augmentation, seed, start, counter, global_batch,
-                      no_augmentation_sources=None):
-        specs = self.input_specs("training")
-        plain_sources = set(no_augmentation_sources or ())
-
-        def load(image_id, rng):
-            source = dataset.image_info[image_id].get("source") if plain_sources else None
-            return self.load_training_example(dataset, image_id, rng,
-                                              None if source in plain_sources else augmentation)
-
-        ds, counter = build_dataset(load, self.training_image_ids(dataset), specs, global_batch, seed=seed,
-                                    start=start, workers=getattr(self.config, "DATA_WORKERS", 2),
-                                    counter=counter)
-        return ds, counter
+        """:func:`.targets.pack_training_inputs` with this model's config."""
+        return pack_training_inputs(self.config, image, image_meta, class_ids, boxes, masks, rng, extra)
 
     def training_image_ids(self, dataset):
         """Image ids a training epoch draws from (all, by default)."""
@@ -335,10 +287,14 @@ class MaskRCNN:
         ``no_augmentation_sources`` are not augmented. ``steps_per_epoch`` and
         ``validation_steps`` override the config; ``max_seconds`` stops after the epoch
         that exhausts a wall-clock budget. Returns the per-epoch history.
+
+        Raises:
+            RuntimeError: the model was built in inference mode.
+            ValueError: ``layers`` matches no layer, or the batch does not split over replicas.
+            FloatingPointError: a loss became NaN or infinite.
         """
         if self.mode != "training":
             raise RuntimeError("create the model in training mode to train")
-        from .training import run_training
         return run_training(self, train_dataset, val_dataset, learning_rate, epochs, layers,
                             augmentation=augmentation, custom_callbacks=custom_callbacks,
                             no_augmentation_sources=no_augmentation_sources,
@@ -347,18 +303,14 @@ class MaskRCNN:
 
     # ------------------------------------------------------------- inference
     def mold_inputs(self, images):
-        return mdata.mold_inputs(images, self.config)
+        """``(molded_images, image_metas, windows)`` of a list of images (see :func:`.molding.mold_inputs`)."""
+        return mold_inputs(images, self.config)
 
     def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape, window):
-        """Detections of one image back to original-image pixels, one mask per detection."""
-        detections = np.asarray(detections)
-        n = detections.shape[0]
-        class_ids = detections[:, 4].astype(np.int32)
-        if mrcnn_mask.shape[-1] == 1:
-            masks = mrcnn_mask[:n, :, :, 0]
-        else:
-            masks = mrcnn_mask[np.arange(n), :, :, class_ids]
-        return mdata.unmold_detections(detections, masks, original_image_shape, image_shape, window)
+        """One image's padded detection rows ``[N, 6]`` and mask-head output ``[N, h, w, C]``
+        back to original-image pixels: ``(boxes, class_ids, scores, masks [H, W, n])``
+        (see :func:`.molding.unmold_detections`)."""
+        return unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape, window)
 
     def cached_function(self, key, fn, signature):
         """``fn`` as a ``tf.function`` with a fixed input signature, built once per ``key``
@@ -379,9 +331,8 @@ class MaskRCNN:
     def detection_result(self, detections, mrcnn_mask, original_image_shape, molded_shape, window):
         """One image's padded detection rows and masks → ``{"rois", "class_ids", "scores", "masks"}``
         in original-image pixels."""
-        rows = detections[detections[:, 4] > 0]
         rois, class_ids, scores, masks = self.unmold_detections(
-            rows, mrcnn_mask, original_image_shape, molded_shape, window)
+            detections, mrcnn_mask, original_image_shape, molded_shape, window)
         return {"rois": rois, "class_ids": class_ids, "scores": scores, "masks": masks}
 
     def detect(self, images, verbose=0):
@@ -389,6 +340,10 @@ class MaskRCNN:
 
         Returns one dict per image: ``rois`` [N, (y1, x1, y2, x2)] in image pixels,
         ``class_ids`` [N], ``scores`` [N], ``masks`` [H, W, N] bool.
+
+        Raises:
+            RuntimeError: the model was built in training mode.
+            ValueError: the resized images do not share one shape.
         """
         if self.mode != "inference":
             raise RuntimeError("create the model in inference mode to detect")
@@ -404,19 +359,34 @@ class MaskRCNN:
         """Detect on images already molded (resized, padded, mean-subtracted)."""
         molded_images = np.asarray(molded_images, np.float32)
         image_metas = np.asarray(image_metas, np.float32)
-        meta = mdata.parse_image_meta(image_metas)
+        meta = parse_image_meta(image_metas)
         images = [np.zeros(tuple(int(v) for v in s), np.uint8) for s in meta["original_image_shape"]]
         return self._detect_molded_batch(images, molded_images, image_metas, meta["window"], extra=[])
 
-    def run_graph(self, inputs, outputs):
-        """Intermediate tensors by layer name, in place of matterport's ``run_graph``.
+    def run_graph(self, images, outputs, image_metas=None, extra_inputs=()):
+        """Intermediate tensors by layer name (matterport's ``run_graph``).
 
-        ``inputs`` are the model inputs (e.g. ``[molded_images, image_metas]``) and
-        ``outputs`` a list of ``(label, layer_name)``; returns ``{label: numpy array}``.
+        Args:
+            images: raw images (molded here with :meth:`mold_inputs`), or molded images
+                ``[B, H, W, C]`` when ``image_metas`` is given.
+            outputs: list of ``(label, layer_name)``.
+            image_metas: ``[B, IMAGE_META_SIZE]`` of already molded ``images``.
+            extra_inputs: the inputs a subclass adds after image and meta (the Siamese
+                model's molded references ``[B, NUM_TARGETS, *TARGET_SHAPE]``).
+
+        Returns:
+            ``{label: numpy array}`` in the order of ``outputs``.
+
+        Raises:
+            ValueError: a layer name is not in the model.
         """
+        if image_metas is None:
+            molded, image_metas, _ = self.mold_inputs(images)
+        else:
+            molded = np.asarray(images, np.float32)
         tensors = [self.keras_model.get_layer(name).output for _, name in outputs]
         probe = keras.Model(self.keras_model.inputs, tensors)
-        values = probe(list(inputs), training=False)
+        values = probe([molded, np.asarray(image_metas, np.float32)] + list(extra_inputs), training=False)
         if not isinstance(values, (list, tuple)):
             values = [values]
         return {label: np.asarray(v) for (label, _), v in zip(outputs, values)}

@@ -6,7 +6,7 @@ has a plain random background and 1-4 non-overlapping shapes with exact masks.
 import numpy as np
 from skimage import draw
 
-from .utils import Dataset
+from .dataset import Dataset
 
 SHAPES = ("square", "circle", "triangle")
 

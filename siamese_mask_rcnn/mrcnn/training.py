@@ -17,17 +17,77 @@ global gradient (its own clipping is then a no-op: every norm is already within 
 import json
 import logging
 import os
+import re
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
 from . import weights as mweights
 from .losses import LOSS_NAMES, weight_decay_loss
-from .pipeline import SkipCounter
+from .pipeline import SkipCounter, build_dataset
 
 log = logging.getLogger(__name__)
+
+LAYER_PRESETS = {
+    # Which layers train; "heads" also covers the FPN, as in matterport.
+    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "all": ".*",
+}
+
+
+def select_trainable_layers(keras_model, layers):
+    """The weighted layers whose names fully match a preset of :data:`LAYER_PRESETS` or a regex
+    (matterport semantics; layers inside nested models are found too).
+
+    Raises:
+        ValueError: ``layers`` is not a valid regex, or it matches no weighted layer.
+    """
+    pattern = LAYER_PRESETS.get(layers, layers)
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"layers={layers!r} is neither a preset {sorted(LAYER_PRESETS)} nor a valid regex: {err}")
+    chosen = []
+    for name, layer in mweights.iter_weighted_layers(keras_model):
+        if regex.fullmatch(name):
+            chosen.append(layer)
+    if not chosen:
+        raise ValueError(f"layers={layers!r} matches no weighted layer of the model")
+    return chosen
+
+
+def make_optimizer(config, strategy, learning_rate, momentum):
+    """SGD with ``momentum`` and gradient clipping by ``config.GRADIENT_CLIP_NORM``, created in
+    ``strategy``'s scope."""
+    with strategy.scope():
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
+                                    clipnorm=config.GRADIENT_CLIP_NORM)
+
+
+def make_training_dataset(model, dataset, augmentation, seed, start, counter, global_batch,
+                          no_augmentation_sources=None):
+    """The infinite batched ``tf.data`` pipeline of ``model``'s training inputs from ``dataset``.
+
+    Examples come from ``model.load_training_example`` over ``model.training_image_ids(dataset)``
+    (the hooks a subclass such as the Siamese model overrides); images of the sources in
+    ``no_augmentation_sources`` are not augmented. Returns ``(dataset, counter)``.
+    """
+    specs = model.input_specs("training")
+    plain_sources = set(no_augmentation_sources or ())
+
+    def load(image_id, rng):
+        source = dataset.image_info[image_id].get("source") if plain_sources else None
+        return model.load_training_example(dataset, image_id, rng,
+                                           None if source in plain_sources else augmentation)
+
+    return build_dataset(load, model.training_image_ids(dataset), specs, global_batch, seed=seed,
+                         start=start, workers=getattr(model.config, "DATA_WORKERS", 2), counter=counter)
 
 
 def clip_gradients(grads, optimizer):
@@ -122,8 +182,6 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
 
     ``max_seconds``: stop after the first epoch that ends past this wall-clock budget.
     """
-    from .model import select_trainable_layers
-
     config = model.config
     steps = int(steps_per_epoch or config.STEPS_PER_EPOCH)
     val_steps = int(validation_steps if validation_steps is not None else config.VALIDATION_STEPS)
@@ -137,18 +195,18 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
         raise ValueError(f"batch {global_batch} is not divisible by {strategy.num_replicas_in_sync} replicas")
 
     trainable_layers = select_trainable_layers(model.keras_model, layers)
-    optimizer = model.compile(learning_rate, config.LEARNING_MOMENTUM)
+    optimizer = model.optimizer = make_optimizer(config, strategy, learning_rate, config.LEARNING_MOMENTUM)
     with strategy.scope():
         train_step, val_step, train_vars = make_step_functions(model, trainable_layers, optimizer)
 
     counter = SkipCounter()
     start = model.epoch * steps * global_batch
-    train_ds, _ = model._make_dataset(train_dataset, augmentation, seed, start, counter, global_batch,
-                                      no_augmentation_sources)
+    train_ds, _ = make_training_dataset(model, train_dataset, augmentation, seed, start, counter, global_batch,
+                                        no_augmentation_sources)
     train_iter = iter(strategy.experimental_distribute_dataset(train_ds))
     val_iter = None
     if val_dataset is not None and val_steps > 0:
-        val_ds, _ = model._make_dataset(val_dataset, None, seed + 1, 0, SkipCounter(), global_batch)
+        val_ds, _ = make_training_dataset(model, val_dataset, None, seed + 1, 0, SkipCounter(), global_batch)
         val_iter = iter(strategy.experimental_distribute_dataset(val_ds))
 
     os.makedirs(model.log_dir, exist_ok=True)

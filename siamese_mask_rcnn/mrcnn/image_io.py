@@ -1,0 +1,90 @@
+"""Reading images from disk into uint8 RGB arrays (no TensorFlow).
+
+:func:`read_image` and :func:`to_uint8_rgb` turn any common image file or array layout
+(grey, grey+alpha, RGB, RGBA; bool, integer or float data) into a uint8 ``[H, W, 3]`` RGB
+array; :class:`ImageLoadError` names the offending file.
+"""
+import os
+import warnings
+
+import numpy as np
+import skimage.io
+
+
+class ImageLoadError(OSError):
+    """An image file is missing, unreadable or not a supported image.
+
+    ``path`` holds the offending file; the message always names it.
+    """
+
+    def __init__(self, path, reason=""):
+        self.path = os.fspath(path) if path is not None else None
+        self.reason = reason
+        message = f"Cannot load image '{self.path}'"
+        if reason:
+            message += f": {reason}"
+        super().__init__(message)
+
+    def __reduce__(self):
+        # keep (path, reason) when the error crosses process boundaries (data workers)
+        return type(self), (self.path, self.reason)
+
+
+def to_uint8_rgb(image, path=None):
+    """Convert an image array of any common layout to uint8 ``[H, W, 3]`` RGB.
+
+    Grey images (``[H, W]`` or ``[H, W, 1]``) are repeated to three channels,
+    grey+alpha keeps the grey channel and RGBA drops the alpha channel. Non-uint8
+    data is rescaled: bool to {0, 255}, other integer types by their range,
+    floats in [0, 1] by 255 and other floats clipped to [0, 255].
+
+    Raises:
+        ImageLoadError: the array does not look like an image (``path`` named).
+    """
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    elif image.ndim == 3 and image.shape[-1] == 2:
+        image = image[..., 0]
+    elif image.ndim == 3 and image.shape[-1] == 4:
+        image = image[..., :3]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3) or image.size == 0:
+        raise ImageLoadError(path, f"unsupported image array of shape {image.shape}")
+    image = _to_uint8(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    return np.ascontiguousarray(image)
+
+
+def _to_uint8(image):
+    """Rescale an image array to uint8 (see :func:`to_uint8_rgb`)."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == bool:
+        return image.astype(np.uint8) * 255
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        if info.min < 0:
+            image = np.clip(image, 0, None)
+        return (image.astype(np.float64) * (255.0 / info.max)).round().astype(np.uint8)
+    image = image.astype(np.float64)
+    if image.size and np.nanmax(image) <= 1.0:
+        image = image * 255.0
+    return np.clip(np.nan_to_num(image), 0, 255).round().astype(np.uint8)
+
+
+def read_image(path):
+    """Read an image file into a uint8 ``[H, W, 3]`` RGB array.
+
+    Raises:
+        ImageLoadError: missing, unreadable or corrupt file (the path is named).
+    """
+    if not os.path.isfile(path):
+        raise ImageLoadError(path, "no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = skimage.io.imread(path)
+    except Exception as exc:  # decoders raise many different types
+        raise ImageLoadError(path, f"{type(exc).__name__}: {exc}") from exc
+    return to_uint8_rgb(image, path=path)

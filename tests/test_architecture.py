@@ -1,0 +1,149 @@
+"""Layout rules of the package, checked on the source with ``ast`` (no import, no TensorFlow).
+
+An import cycle is a loop in the graph "module A imports module B", where every import
+counts: at module level and inside functions (a function-level import only hides a cycle,
+it does not remove it), absolute and relative (resolved against the importing module).
+"""
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = "siamese_mask_rcnn"
+ROOT = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
+
+# The one cycle known when this test was written; issue 11 removes it (siamese.build_predictor
+# calls predict.load_model, predict imports siamese). Nothing else may join it.
+KNOWN_CYCLES = [{"siamese_mask_rcnn.siamese", "siamese_mask_rcnn.predict"}]
+
+
+def module_name(path):
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def all_modules():
+    """``{module name: path}`` of every module of the package."""
+    return {module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
+
+
+def resolve(node, importer, is_package):
+    """Absolute names a ``from ... import ...`` node can refer to (the module and module.name)."""
+    if node.level:
+        base = importer.split(".")
+        if not is_package:
+            base = base[:-1]
+        base = base[:len(base) - (node.level - 1)]
+        prefix = ".".join(base + ([node.module] if node.module else []))
+    else:
+        prefix = node.module or ""
+    return [prefix] + [f"{prefix}.{alias.name}" for alias in node.names]
+
+
+def import_graph(modules):
+    """``{module: {imported package modules}}`` over all (also function-level) imports."""
+    graph = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        targets = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                candidates = resolve(node, name, path.name == "__init__.py")
+            else:
+                continue
+            for candidate in candidates:
+                if candidate in modules and candidate != name:
+                    targets.add(candidate)
+        graph[name] = targets
+    return graph
+
+
+def find_cycles(graph):
+    """Strongly connected components with more than one module (Tarjan), each as a sorted list."""
+    index, low, on_stack, stack, components = {}, {}, set(), [], []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return components
+
+
+def describe(graph, component):
+    """One loop through ``component`` as ``a -> b -> ... -> a``."""
+    members = set(component)
+    start = component[0]
+    path, seen = [start], {start}
+    current = start
+    while True:
+        nxt = sorted(w for w in graph[current] if w in members)
+        back = start in graph[current] and len(path) > 1
+        fresh = [w for w in nxt if w not in seen]
+        if back or not fresh:
+            return " -> ".join(path + [start])
+        current = fresh[0]
+        seen.add(current)
+        path.append(current)
+
+
+def test_cycle_finder_sees_function_level_and_relative_imports():
+    graph = {"p.a": {"p.b"}, "p.b": {"p.c"}, "p.c": {"p.a"}, "p.d": {"p.a"}}
+    assert find_cycles(graph) == [["p.a", "p.b", "p.c"]]
+    assert describe(graph, ["p.a", "p.b", "p.c"]) == "p.a -> p.b -> p.c -> p.a"
+    source = "def f():\n    from .model import MaskRCNN\n"
+    node = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom))
+    assert resolve(node, "pkg.mrcnn.training", False)[0] == "pkg.mrcnn.model"
+    up = ast.parse("from ..mrcnn import utils\n").body[0]
+    assert resolve(up, "pkg.datasets", True) == ["pkg.mrcnn", "pkg.mrcnn.utils"]
+
+
+def test_graph_contains_the_known_imports():
+    graph = import_graph(all_modules())
+    assert "siamese_mask_rcnn.mrcnn.training" in graph["siamese_mask_rcnn.mrcnn.model"]
+    assert "siamese_mask_rcnn.mrcnn.utils" in graph["siamese_mask_rcnn.datasets.base"]
+
+
+def test_mrcnn_has_no_import_cycle():
+    graph = import_graph({k: v for k, v in all_modules().items() if k.startswith(f"{PACKAGE}.mrcnn")})
+    cycles = find_cycles(graph)
+    assert not cycles, "import cycles in mrcnn:\n" + "\n".join(describe(graph, c) for c in cycles)
+
+
+def test_package_has_no_import_cycle_beyond_the_known_one():
+    graph = import_graph(all_modules())
+    cycles = [c for c in find_cycles(graph) if set(c) not in KNOWN_CYCLES]
+    assert not cycles, "import cycles:\n" + "\n".join(describe(graph, c) for c in cycles)
+
+
+@pytest.mark.xfail(strict=False, reason="siamese.py <-> predict.py (build_predictor) is removed by "
+                   "another part of issue 11; drop this mark and KNOWN_CYCLES once merged")
+def test_package_has_no_import_cycle():
+    graph = import_graph(all_modules())
+    cycles = find_cycles(graph)
+    assert not cycles, "import cycles:\n" + "\n".join(describe(graph, c) for c in cycles)
