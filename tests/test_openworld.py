@@ -180,3 +180,28 @@ def test_writes_curve_csv_png_and_summary(gt_open_world, tmp_path):
     assert data["summary"]["fp_per_absent_pair"] == 0 and "results" not in data
     text = ow.format_open_world(gt_open_world)
     assert "0.00 false positives per absent pair" in text and "detection 100.0" in text
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_cli_open_world_protocol(coco_subset_annotations, coco_subset_dir, tmp_path, capsys):
+    from siamese_mask_rcnn.evaluation import cli
+    base = ["--annotations", str(coco_subset_annotations), "--images", str(coco_subset_dir / "images"),
+            "--protocol", "open-world", "--classes", "both", "--quiet", "--out", str(tmp_path)]
+    outcome = cli.main(base + ["--model", "gt", "--max-absent-per-image", "5"])
+    out = capsys.readouterr().out
+    assert set(outcome) == {"oneshot", "background"}
+    assert outcome["background"]["map50_bbox"] == pytest.approx(1.0)
+    assert "0.00 false positives per absent pair" in out and "[ground truth (background)]" in out
+    for name in ("oneshot_open_world.json", "background_open_world_curve.csv",
+                 "background_open_world_curve.png", "background_open_world_results.jsonl"):
+        assert (tmp_path / name).is_file()
+    # The random-boxes baseline (shifted ground truth) finds little on present pairs.
+    random_out = tmp_path / "random"
+    outcome = cli.main(base[:-1] + [str(random_out), "--model", "random", "--classes", "background"])
+    assert outcome["background"]["map50_bbox"] < 0.5
+    with pytest.raises(SystemExit):
+        cli.main(base + ["--model", "gt", "--absent"])
+    with pytest.raises(SystemExit):
+        cli.main(base + ["--model", "gt", "--max-absent-per-image", "-1"])
