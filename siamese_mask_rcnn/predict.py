@@ -26,7 +26,8 @@ class InputError(ValueError):
 
 
 def read_user_image(path, role):
-    """Read an image file as uint8 RGB; ``InputError`` naming ``path`` if it cannot."""
+    """Read an image file as uint8 RGB ``[H, W, 3]``; raises ``InputError`` naming ``path``
+    (and ``role``, e.g. "query") if it is missing, a directory or unreadable."""
     path = pathlib.Path(path)
     if not path.exists():
         raise InputError(f"{role} image not found: {path}")
@@ -40,7 +41,8 @@ def read_user_image(path, role):
 
 def resolve_config(weights, config_path=None, preset="small", **overrides):
     """The single-image inference config for ``weights``: an explicit JSON, the run's
-    ``config.json``, or a preset; ``overrides`` (config keys) are applied on top."""
+    ``config.json``, or a preset; ``overrides`` (config keys) are applied on top.
+    Raises ``InputError`` naming an explicit config file that does not exist."""
     from .config import SiameseConfig, siamese_config
 
     overrides = {"IMAGES_PER_GPU": 1, "GPU_COUNT": 1, **overrides}
@@ -54,7 +56,8 @@ def resolve_config(weights, config_path=None, preset="small", **overrides):
 
 
 def load_model(weights, config_path=None, preset="small", min_confidence=None):
-    """An inference ``SiameseMaskRCNN`` with ``weights`` loaded by layer name."""
+    """An inference ``SiameseMaskRCNN`` with ``weights`` loaded by layer name (config as in
+    :func:`resolve_config`). Raises ``InputError`` naming a missing weights or config file."""
     from .siamese import SiameseMaskRCNN
 
     if not os.path.exists(weights):
@@ -64,6 +67,25 @@ def load_model(weights, config_path=None, preset="small", min_confidence=None):
     model = SiameseMaskRCNN("inference", config, model_dir=os.path.dirname(os.path.abspath(weights)))
     model.load_weights(weights, by_name=True)
     return model
+
+
+def build_predictor(weights, config=None, preset="small"):
+    """Load an inference model from ``weights`` and return its evaluation ``predict_fn``
+    (``predict_fn(image, {class_id: [crops]}) → {class_id: result}``, see
+    ``SiameseMaskRCNN.predict_fn``).
+
+    The config is ``config``, else the ``config.json`` training wrote beside the weights,
+    else the ``preset``. Raises ``InputError`` naming a missing weights file.
+    """
+    if config is None:
+        return load_model(weights, preset=preset).predict_fn()
+    from .siamese import SiameseMaskRCNN
+
+    if not os.path.exists(weights):
+        raise InputError(f"weights file not found: {weights}")
+    model = SiameseMaskRCNN("inference", config, model_dir="logs")
+    model.load_weights(weights, by_name=True)
+    return model.predict_fn()
 
 
 def result_to_json(result, reference_paths, query_path):

@@ -1,22 +1,29 @@
-"""Siamese Mask R-CNN (paper §4): Mask R-CNN conditioned on a reference image.
+"""Siamese Mask R-CNN (paper Section 4): Mask R-CNN conditioned on a reference image.
 
-The network is built from three separable parts that share weights:
+The network is three separable parts; the encoder's weights are shared by all of them:
 
-1. ``encoder`` — backbone + FPN (one set of weights) mapping an image to P2..P6; it encodes
-   the query (``IMAGE_SHAPE``) and the references (``TARGET_SHAPE``).
-2. ``reference_model`` — encoder + global average pooling per level: a reference image
-   becomes an embedding ``[5, C]`` (one C-vector per pyramid level). k-shot = the mean of
-   the k embeddings. Embeddings can be cached and reused over many queries.
-3. ``head_model`` — matching (``fpn_distance_P2..P6``: 1×1 conv of
-   ``[P_query, |P_query − embedding|]`` to ``MATCHING_CHANNELS``) + RPN + heads with a
-   two-way (background / match) classifier and one class-agnostic mask.
+1. **Encoder** (``encoder``, paper Section 4.2 and Appendix 1.2) — ResNet + FPN mapping an
+   image to the pyramid P2..P6 (``TOP_DOWN_PYRAMID_SIZE`` channels each). The same
+   weights encode the query (``IMAGE_SHAPE``) and the references (``TARGET_SHAPE``).
+2. **Reference embedding** (``reference_model``, Section 4.3 step 1) — the encoder followed
+   by global average pooling of every level: one reference image becomes an embedding
+   ``[5, C]`` (one C-vector per level P2..P6). k-shot = the mean of the k embeddings
+   (:class:`MeanOverShots`). Embeddings can be computed once and reused for many queries.
+3. **Matching and heads** (``head_model``, Sections 4.3 and 4.4) — per level,
+   ``[P_query, |P_query − embedding|]`` reduced by a 1×1 convolution to
+   ``MATCHING_CHANNELS`` (layers ``fpn_distance_P2..P6``), then matterport's RPN, ROI
+   classifier with two classes (background / match) and one class-agnostic mask.
 
-``keras_model`` chains them for training (losses) or inference (detections). For many
-categories against one query, ``detect_embeddings`` runs the encoder once and the head
-once per category.
+``keras_model`` chains the three parts for training (it outputs the losses) or inference
+(detections). For many categories against one query, :meth:`SiameseMaskRCNN.detect_embeddings`
+runs the encoder once and the head model once per category.
+
+Naming: inside the code the example image is the *reference*; "target" means a
+ground-truth training target only. The configuration keys ``NUM_TARGETS``,
+``TARGET_MAX_DIM``, ``TARGET_MIN_DIM``, ``TARGET_PADDING`` and ``TARGET_SHAPE`` describe the
+references; they keep the official release's names so its configurations and calls work
+unchanged.
 """
-import logging
-
 import numpy as np
 import keras
 import tensorflow as tf
@@ -24,29 +31,24 @@ from keras import layers as KL
 
 from .mrcnn import utils
 from .mrcnn.backbone import build_backbone_fpn
+from .mrcnn.heads import FoldRois
 from .mrcnn.model import MaskRCNN, check_image_shape
 from .mrcnn.molding import mold_image
 from .mrcnn.pipeline import SkipExample
 from .mrcnn.targets import prepare_gt
 
-log = logging.getLogger(__name__)
-
+#: The pyramid levels that are matched, in order (the embedding's second axis).
 LEVELS = ("P2", "P3", "P4", "P5", "P6")
 
 
 # ----------------------------------------------------------------------------- layers
-class FoldShots(KL.Layer):
-    """``[B, K, h, w, c] → [B·K, h, w, c]``."""
-
-    def call(self, x):
-        return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
-
-    def compute_output_shape(self, s):
-        return (None,) + tuple(s[2:])
-
-
+@keras.saving.register_keras_serializable(package="siamese_mask_rcnn")
 class PooledEmbedding(KL.Layer):
-    """Global average pooling of every pyramid level: ``[P2..P6] → [N, levels, C]``."""
+    """Global average pooling of every pyramid level (paper Section 4.3, step 1).
+
+    Input: a list of L maps ``[N, h_l, w_l, C]``; output ``[N, L, C]`` (the mean feature
+    of each level). No arguments besides the standard layer ones.
+    """
 
     def call(self, maps):
         return tf.stack([tf.reduce_mean(m, axis=[1, 2]) for m in maps], axis=1)
@@ -55,11 +57,20 @@ class PooledEmbedding(KL.Layer):
         return (shapes[0][0], len(shapes), shapes[0][-1])
 
 
+@keras.saving.register_keras_serializable(package="siamese_mask_rcnn")
 class MeanOverShots(KL.Layer):
-    """``[B·K, levels, C] → [B, levels, C]``: the k-shot average of embeddings."""
+    """The k-shot embedding: ``[B·shots, L, C] → [B, L, C]``, the mean over each image's
+    ``shots`` consecutive reference embeddings.
+
+    Args:
+        shots: references per query (``NUM_TARGETS``), an int ≥ 1. Raises ``ValueError``
+            otherwise.
+    """
 
     def __init__(self, shots, **kwargs):
         super().__init__(**kwargs)
+        if int(shots) < 1:
+            raise ValueError(f"shots must be >= 1, got {shots}")
         self.shots = int(shots)
 
     def call(self, x):
@@ -73,17 +84,29 @@ class MeanOverShots(KL.Layer):
         return {**super().get_config(), "shots": self.shots}
 
 
+@keras.saving.register_keras_serializable(package="siamese_mask_rcnn")
 class DistanceConcat(KL.Layer):
-    """``[P, |P − e_level|]`` for one level: ``(P [B, h, w, C], E [B, levels, C]) → [B, h, w, 2C]``."""
+    """Matching at one level (paper Section 4.3, steps 2-3): ``[P, |P − e_level|]``.
+
+    Inputs ``(P [B, h, w, C], E [B, L, C])``; output ``[B, h, w, 2C]``: the query map
+    followed by its absolute difference to the reference embedding of level ``level``
+    (broadcast over every position).
+
+    Args:
+        level: index of the level in the embedding's second axis (0 = P2), an int ≥ 0.
+            Raises ``ValueError`` otherwise.
+    """
 
     def __init__(self, level, **kwargs):
         super().__init__(**kwargs)
+        if int(level) < 0:
+            raise ValueError(f"level must be >= 0, got {level}")
         self.level = int(level)
 
     def call(self, inputs):
         feature_map, embedding = inputs
-        ref = embedding[:, self.level][:, None, None, :]
-        return tf.concat([feature_map, tf.abs(feature_map - ref)], axis=-1)
+        reference = embedding[:, self.level][:, None, None, :]
+        return tf.concat([feature_map, tf.abs(feature_map - reference)], axis=-1)
 
     def compute_output_shape(self, s):
         return tuple(s[0][:-1]) + (2 * s[0][-1],)
@@ -93,7 +116,13 @@ class DistanceConcat(KL.Layer):
 
 
 def matching_graph(query_maps, embedding, channels):
-    """The paper's matching at every level → maps named after ``fpn_distance_P2..P6``."""
+    """The matching of paper Section 4.3 at every level.
+
+    ``query_maps``: the query's P2..P6 (``[B, h_l, w_l, C]``); ``embedding``: ``[B, 5, C]``.
+    Returns the five matched maps ``[B, h_l, w_l, channels]`` (layers
+    ``fpn_distance_concat_P*`` and the 1×1 convolutions ``fpn_distance_P*``), a drop-in
+    replacement for the pyramid in the heads.
+    """
     out = []
     for i, (fmap, name) in enumerate(zip(query_maps, LEVELS)):
         x = DistanceConcat(i, name=f"fpn_distance_concat_{name}")([fmap, embedding])
@@ -103,57 +132,78 @@ def matching_graph(query_maps, embedding, channels):
 
 # ------------------------------------------------------------------------------ model
 class SiameseMaskRCNN(MaskRCNN):
-    """Siamese Mask R-CNN. ``config`` is a ``SiameseConfig``.
+    """Siamese Mask R-CNN (paper Section 4) with matterport's ``MaskRCNN`` API.
 
-    Extra input after image and meta: ``input_targets`` ``[NUM_TARGETS, *TARGET_SHAPE]``
-    (molded references). Attributes ``encoder``, ``reference_model`` and ``head_model``
-    expose the three parts.
+    ``mode`` is ``"training"`` or ``"inference"``; ``config`` is a ``SiameseConfig``
+    (``NUM_CLASSES`` must be 2: background / match, else ``ValueError``).
+
+    Model inputs: matterport's ``input_image`` and ``input_image_meta``, then
+    ``input_references`` ``[B, NUM_TARGETS, *TARGET_SHAPE]`` (molded references, see
+    :func:`mold_reference`), then in training the RPN and ground-truth targets. Input
+    layers own no weights, so weight files do not depend on these names. The attributes
+    ``encoder``, ``reference_model`` and ``head_model`` are the three parts described in
+    the module docstring.
     """
 
     def extra_input_specs(self):
+        """The references input: ``[("input_references", [NUM_TARGETS, *TARGET_SHAPE], "float32")]``."""
         c = self.config
-        return [("input_targets", [c.NUM_TARGETS] + list(c.TARGET_SHAPE), "float32")]
+        return [("input_references", [c.NUM_TARGETS] + list(c.TARGET_SHAPE), "float32")]
 
     def num_mask_channels(self):
+        """One class-agnostic mask (paper Section 4.4)."""
         return 1
 
     def build(self, mode, config):
+        """Build the three parts and the chained ``keras_model`` (called by ``__init__``).
+
+        Raises ``ValueError`` for an invalid ``IMAGE_SHAPE`` or ``NUM_CLASSES != 2``.
+        """
         check_image_shape(config)
         if config.NUM_CLASSES != 2:
             raise ValueError(f"Siamese Mask R-CNN classifies background/match: NUM_CLASSES must be 2, "
                              f"got {config.NUM_CLASSES}")
-        channels = config.IMAGE_CHANNEL_COUNT
-        image_in = keras.Input([None, None, channels], name="encoder_image")
-        self.encoder = keras.Model(image_in, build_backbone_fpn(image_in, config), name="siamese_encoder")
-
-        ref_in = keras.Input(list(config.TARGET_SHAPE), name="reference_image")
+        self.encoder = self._build_encoder()
         self.pooling = PooledEmbedding(name="reference_pooling")
-        self.reference_model = keras.Model(ref_in, self.pooling(self.encoder(ref_in)), name="reference_encoder")
-
+        self.reference_model = self._build_reference_model()
         self.head_model = self._build_head_model(mode)
 
-        specs = self.input_specs(mode)
-        inputs = [keras.Input(shape=shape, name=name, dtype=dtype) for name, shape, dtype in specs]
-        image, meta, targets = inputs[:3]
+        inputs = [keras.Input(shape=shape, name=name, dtype=dtype)
+                  for name, shape, dtype in self.input_specs(mode)]
+        image, meta, references = inputs[:3]
+        gt_inputs = inputs[3:]
         query_maps = self.encoder(image)
-        ref_maps = self.encoder(FoldShots(name="fold_shots")(targets))
-        embedding = MeanOverShots(config.NUM_TARGETS, name="k_shot_mean")(self.pooling(ref_maps))
-        outputs = self.head_model([meta, embedding] + list(query_maps) + inputs[3:])
+        # [B, K, h, w, 3] -> [B·K, h, w, 3]: every reference through the shared encoder.
+        reference_maps = self.encoder(FoldRois(name="fold_shots")(references))
+        embedding = MeanOverShots(config.NUM_TARGETS, name="k_shot_mean")(self.pooling(reference_maps))
+        outputs = self.head_model([meta, embedding] + list(query_maps) + gt_inputs)
         return keras.Model(inputs, outputs, name="siamese_mask_rcnn")
 
+    def _build_encoder(self):
+        """Part 1: ``image [B, H, W, channels] → [P2..P6]`` (model ``siamese_encoder``)."""
+        image = keras.Input([None, None, self.config.IMAGE_CHANNEL_COUNT], name="encoder_image")
+        return keras.Model(image, build_backbone_fpn(image, self.config), name="siamese_encoder")
+
+    def _build_reference_model(self):
+        """Part 2: ``reference [B, *TARGET_SHAPE] → embedding [B, 5, C]`` (model
+        ``reference_encoder``, sharing the encoder's weights)."""
+        reference = keras.Input(list(self.config.TARGET_SHAPE), name="reference_image")
+        return keras.Model(reference, self.pooling(self.encoder(reference)), name="reference_encoder")
+
     def _build_head_model(self, mode):
-        """Matching + RPN + heads as one model: ``[meta, embedding, P2..P6, (targets)] → outputs``."""
+        """Part 3: ``[meta, embedding, P2..P6, (training targets)] → outputs`` (model
+        ``siamese_heads``): matching, then RPN, classifier and mask heads."""
         c = self.config
         depth = c.TOP_DOWN_PYRAMID_SIZE
         meta = keras.Input([c.IMAGE_META_SIZE], name="head_image_meta")
         embedding = keras.Input([len(LEVELS), depth], name="head_reference_embedding")
-        strides = c.BACKBONE_STRIDES
         maps = [keras.Input([int(np.ceil(c.IMAGE_SHAPE[0] / s)), int(np.ceil(c.IMAGE_SHAPE[1] / s)), depth],
-                            name=f"head_query_{name}") for s, name in zip(strides, LEVELS)]
+                            name=f"head_query_{name}") for s, name in zip(c.BACKBONE_STRIDES, LEVELS)]
         gt_inputs = []
         if mode == "training":
+            n_first = 2 + len(self.extra_input_specs())
             gt_inputs = [keras.Input(shape=shape, name=f"head_{name}", dtype=dtype)
-                         for name, shape, dtype in self.input_specs("training")[3:]]
+                         for name, shape, dtype in self.input_specs("training")[n_first:]]
         matched = matching_graph(maps, embedding, c.MATCHING_CHANNELS)
         outputs = self.build_heads(mode, meta, matched, matched[:4], gt_inputs)
         return keras.Model([meta, embedding] + maps + gt_inputs, outputs, name="siamese_heads")
@@ -164,29 +214,42 @@ class SiameseMaskRCNN(MaskRCNN):
         return dataset.query_image_ids(dataset.train_class_ids)
 
     def load_training_example(self, dataset, image_id, rng, augmentation=None):
-        """One (query, reference) pair (SPEC §3): a random training category present in the
-        query, references of it from other images, targets = that category's instances."""
+        """One (query, references) training example (paper Section 5.1).
+
+        A random training category present in query ``image_id`` is drawn, ``NUM_TARGETS``
+        references of it are cropped from other images, and the ground truth is that
+        category's instances in the query only. Returns the model inputs as numpy arrays
+        in ``input_specs("training")`` order; raises ``SkipExample`` when the query has no
+        usable category or no instance survives augmentation.
+        """
         c = self.config
-        class_id = dataset.sample_target_class(image_id, rng)
+        class_id = dataset.sample_reference_class(image_id, rng)
         if class_id is None:
             raise SkipExample()
-        refs = dataset.sample_references(class_id, c.NUM_TARGETS, rng, exclude_image_id=image_id)
+        crops = dataset.sample_references(class_id, c.NUM_TARGETS, rng, exclude_image_id=image_id)
         image = dataset.load_image(image_id)
-        masks, labels = dataset.load_target(image_id, class_id)
+        masks, labels = dataset.load_class_gt(image_id, class_id)
         image, meta, class_ids, boxes, masks = prepare_gt(
             image, masks, labels, c, image_id=image_id, augmentation=augmentation, rng=rng)
         if not np.any(class_ids > 0):
             raise SkipExample()
-        targets = np.stack([mold_reference(r, c) for r in refs])
-        return self._pack_targets(image, meta, class_ids, boxes, masks, rng, extra=[targets])
+        references = np.stack([mold_reference(r, c) for r in crops])
+        return self._pack_targets(image, meta, class_ids, boxes, masks, rng, extra=[references])
 
     # ------------------------------------------------------------------ inference
     def encode_references(self, references):
-        """Embeddings ``[N, 5, C]`` of reference crops (uint8 images of any size)."""
+        """Embeddings ``[N, 5, C]`` (float32 feature units) of N reference crops.
+
+        ``references``: a non-empty list of images (uint8 or any layout accepted by
+        ``utils.to_uint8_rgb``, any size). Raises ``ValueError`` for an empty list or an
+        empty crop.
+        """
+        if len(references) == 0:
+            raise ValueError("encode_references needs at least one reference crop")
         c = self.config
         molded = np.stack([mold_reference(r, c) for r in references]).astype(np.float32)
         fn = self.cached_function("ref", lambda x: self.reference_model(x, training=False),
-                         [tf.TensorSpec([None] + list(c.TARGET_SHAPE), tf.float32)])
+                                  [tf.TensorSpec([None] + list(c.TARGET_SHAPE), tf.float32)])
         return fn(molded).numpy()
 
     def embed_category(self, references):
@@ -194,22 +257,35 @@ class SiameseMaskRCNN(MaskRCNN):
         return self.encode_references(references).mean(axis=0)
 
     def encode_query(self, image):
-        """Mold one query and run the encoder once: ``(molded, meta, window, maps)``."""
+        """Mold one query image ``[H, W, 3]`` and run the encoder once.
+
+        Returns ``(molded [1, *IMAGE_SHAPE], metas [1, IMAGE_META_SIZE], windows [1, 4]
+        (molded pixels), maps [P2..P6 numpy arrays])``.
+        """
         molded, metas, windows = self.mold_inputs([image])
         fn = self.cached_function("query", lambda x: self.encoder(x, training=False),
-                         [tf.TensorSpec([None] + list(self.config.IMAGE_SHAPE), tf.float32)])
+                                  [tf.TensorSpec([None] + list(self.config.IMAGE_SHAPE), tf.float32)])
         maps = [m.numpy() for m in fn(molded.astype(np.float32))]
         return molded, metas.astype(np.float32), windows, maps
 
     def detect_embeddings(self, image, embeddings):
-        """Detect ``{key: embedding [5, C]}`` in one query image, encoding the query once.
+        """Detect the categories ``{key: embedding [5, C]}`` in one query image ``[H, W, 3]``.
 
-        Returns ``{key: {"rois", "class_ids", "scores", "masks"}}`` (masks [H, W, N] bool).
+        The query is encoded once; the head model runs once per key. Returns
+        ``{key: {"rois" [N, 4] (y1, x1, y2, x2 image pixels), "class_ids" [N],
+        "scores" [N], "masks" [H, W, N] bool}}``. Raises ``RuntimeError`` outside inference
+        mode and ``ValueError`` for an embedding of the wrong size.
         """
         if self.mode != "inference":
             raise RuntimeError("create the model in inference mode to detect")
-        molded, metas, windows, maps = self.encode_query(image)
         c = self.config
+        size = len(LEVELS) * c.TOP_DOWN_PYRAMID_SIZE
+        embeddings = {key: np.asarray(emb, np.float32) for key, emb in embeddings.items()}
+        for key, emb in embeddings.items():
+            if emb.size != size:
+                raise ValueError(f"embedding {key!r} has {emb.size} values, expected "
+                                 f"{len(LEVELS)} x {c.TOP_DOWN_PYRAMID_SIZE} = {size}")
+        molded, metas, windows, maps = self.encode_query(image)
         signature = ([tf.TensorSpec([None, c.IMAGE_META_SIZE], tf.float32),
                       tf.TensorSpec([None, len(LEVELS), c.TOP_DOWN_PYRAMID_SIZE], tf.float32)] +
                      [tf.TensorSpec([None] + list(m.shape[1:]), tf.float32) for m in maps])
@@ -217,30 +293,40 @@ class SiameseMaskRCNN(MaskRCNN):
         maps = [tf.convert_to_tensor(m) for m in maps]  # once, not once per category
         results = {}
         for key, emb in embeddings.items():
-            emb = np.asarray(emb, np.float32).reshape(1, len(LEVELS), -1)
+            emb = emb.reshape(1, len(LEVELS), -1)
             detections, _, _, mrcnn_mask, _, _, _ = [o.numpy() for o in fn(metas, emb, *maps)]
             results[key] = self.detection_result(detections[0], mrcnn_mask[0], image.shape,
                                                  molded[0].shape, windows[0])
         return results
 
-    def detect(self, targets, images, verbose=0):
-        """Detect in ``images`` the category shown by ``targets`` (one list of
-        ``NUM_TARGETS`` reference crops per image, or one crop per image)."""
+    def detect(self, references, images, verbose=0):
+        """Detect in ``images`` the category shown by ``references`` (the release's
+        ``detect(targets, images)``, called positionally).
+
+        ``references``: per image, a list of ``NUM_TARGETS`` reference crops, or one crop
+        ``[h, w, 3]`` when ``NUM_TARGETS`` is 1; ``images``: ``BATCH_SIZE`` query images.
+        Returns one dict per image as matterport's ``detect`` (``rois`` in image pixels,
+        ``class_ids``, ``scores``, ``masks`` [H, W, N] bool). Raises ``RuntimeError``
+        outside inference mode and ``ValueError`` when the counts do not match.
+        """
         if self.mode != "inference":
             raise RuntimeError("create the model in inference mode to detect")
-        if len(targets) != len(images):
-            raise ValueError(f"got {len(targets)} reference sets for {len(images)} images")
+        if len(references) != len(images):
+            raise ValueError(f"got {len(references)} reference sets for {len(images)} images")
         molded, metas, windows = self.mold_inputs(images)
-        refs = []
-        for t in targets:
-            t = [t] if isinstance(t, np.ndarray) and t.ndim == 3 else list(t)
-            if len(t) != self.config.NUM_TARGETS:
-                raise ValueError(f"each image needs NUM_TARGETS={self.config.NUM_TARGETS} references, got {len(t)}")
-            refs.append(np.stack([mold_reference(r, self.config) for r in t]))
-        return self._detect_molded_batch(images, molded, metas, windows, extra=[np.stack(refs)])
+        molded_references = []
+        for crops in references:
+            crops = [crops] if isinstance(crops, np.ndarray) and crops.ndim == 3 else list(crops)
+            if len(crops) != self.config.NUM_TARGETS:
+                raise ValueError(f"each image needs NUM_TARGETS={self.config.NUM_TARGETS} references, "
+                                 f"got {len(crops)}")
+            molded_references.append(np.stack([mold_reference(r, self.config) for r in crops]))
+        return self._detect_molded_batch(images, molded, metas, windows, extra=[np.stack(molded_references)])
 
     def predict_fn(self):
-        """A ``predict_fn(image, {class_id: [crops]})`` for ``siamese_mask_rcnn.evaluation``."""
+        """A ``predict_fn(image, {class_id: [crops]}) → {class_id: result}`` for
+        ``siamese_mask_rcnn.evaluation`` (one k-shot embedding per category, the query
+        encoded once)."""
         def predict(image, references):
             embeddings = {cid: self.embed_category(crops) for cid, crops in references.items()}
             return self.detect_embeddings(image, embeddings)
@@ -248,25 +334,17 @@ class SiameseMaskRCNN(MaskRCNN):
 
 
 def mold_reference(crop, config):
-    """Resize a reference crop (matterport "square": min ``TARGET_MIN_DIM``, max
-    ``TARGET_MAX_DIM``), zero-pad to ``TARGET_SHAPE`` and subtract the mean pixel."""
+    """Mold one reference crop for the encoder (paper Section 5.1, reference step 3).
+
+    The crop (any image layout accepted by ``utils.to_uint8_rgb``) is resized with
+    matterport's "square" mode (shorter side at least ``TARGET_MIN_DIM``, longer side
+    at most ``TARGET_MAX_DIM`` pixels), zero-padded to ``TARGET_SHAPE`` and the mean pixel
+    is subtracted. Returns float32 ``TARGET_SHAPE``. Raises ``ValueError`` for an empty
+    crop.
+    """
     crop = utils.to_uint8_rgb(crop)
     if crop.shape[0] < 1 or crop.shape[1] < 1:
         raise ValueError(f"empty reference crop of shape {crop.shape}")
     resized, _, _, _, _ = utils.resize_image(crop, min_dim=config.TARGET_MIN_DIM,
                                              max_dim=config.TARGET_MAX_DIM, mode="square")
     return mold_image(resized.astype(np.float32), config)
-
-
-def build_predictor(weights, config=None, preset="small"):
-    """Load an inference model from ``weights`` and return its evaluation ``predict_fn``.
-
-    The config is ``config``, else the ``config.json`` training wrote beside the weights,
-    else the ``preset``."""
-    from .predict import load_model
-
-    if config is None:
-        return load_model(weights, preset=preset).predict_fn()
-    model = SiameseMaskRCNN("inference", config, model_dir="logs")
-    model.load_weights(weights, by_name=True)
-    return model.predict_fn()

@@ -107,14 +107,14 @@ def test_split_by_alphabet(dataset, omniglot_dir):
         omni.OmniglotOneShotDataset(omniglot_dir, num_images=1, oneshot_alphabets=["Klingon"])
 
 
-def test_held_out_alphabets_are_never_training_targets_or_references(dataset):
+def test_held_out_alphabets_are_never_reference_categories_in_training(dataset):
     oneshot = set(dataset.oneshot_class_ids)
     assert any(set(c) & oneshot for c in dataset.image_categories.values())
     drawn = 0
     for seed in range(5):
         rng = np.random.default_rng(seed)
         for image_id in dataset.image_ids:
-            class_id = dataset.sample_target_class(image_id, rng)
+            class_id = dataset.sample_reference_class(image_id, rng)
             if class_id is None:
                 continue
             assert class_id not in oneshot

@@ -211,20 +211,20 @@ def test_min_size_policy_reports_unreferenceable(coco_subset_annotations, coco_s
                  image_dir=str(coco_subset_dir / "images"))
     ds.prepare()
     assert ds.category_index == {} and len(ds.unreferenceable_class_ids) == 80
-    assert ds.sample_target_class(0, np.random.default_rng(0)) is None
+    assert ds.sample_reference_class(0, np.random.default_rng(0)) is None
     with pytest.raises(ValueError, match="person.*no usable reference"):
         ds.sample_reference(1, np.random.default_rng(0))
 
 
 # ---------------------------------------------------------------- samplers
 @pytest.mark.parametrize("split", [1, 2, 3, 4])
-def test_target_sampler_never_returns_held_out(coco_ds, split):
+def test_reference_class_sampler_never_returns_held_out(coco_ds, split):
     coco_ds.set_split(split)
     rng = np.random.default_rng(split)
     seen = set()
     for _ in range(40):
         for image_id in coco_ds.image_ids:
-            c = coco_ds.sample_target_class(image_id, rng)
+            c = coco_ds.sample_reference_class(image_id, rng)
             if c is None:
                 assert not set(coco_ds.image_categories[image_id]) & (
                     set(coco_ds.train_class_ids) & set(coco_ds.category_index))
@@ -237,13 +237,13 @@ def test_target_sampler_never_returns_held_out(coco_ds, split):
     assert seen == expected          # every eligible background category gets drawn
 
 
-def test_target_sampler_hand_cases(coco_ds):
+def test_reference_class_sampler_hand_cases(coco_ds):
     coco_ds.set_split(1)     # person, elephant, chair, dining table, mouse held out
     rng = np.random.default_rng(0)
-    assert coco_ds.sample_target_class(_internal_image(coco_ds, 166563), rng) is None
+    assert coco_ds.sample_reference_class(_internal_image(coco_ds, 166563), rng) is None
     img = _internal_image(coco_ds, 193245)      # persons (held out) and kites
-    assert {coco_ds.sample_target_class(img, rng) for _ in range(20)} == {_cls(coco_ds, "kite")}
-    oneshot = coco_ds.sample_target_class(img, rng, class_ids=coco_ds.oneshot_class_ids)
+    assert {coco_ds.sample_reference_class(img, rng) for _ in range(20)} == {_cls(coco_ds, "kite")}
+    oneshot = coco_ds.sample_reference_class(img, rng, class_ids=coco_ds.oneshot_class_ids)
     assert oneshot == _cls(coco_ds, "person")
     ids = {coco: _internal_image(coco_ds, coco) for coco in (166563, 573008, 176857)}
     # S1 background: 166563 has only an elephant (held out) -> not a training query
@@ -253,7 +253,7 @@ def test_target_sampler_hand_cases(coco_ds):
         _internal_image(coco_ds, c) for c in
         (74646, 86956, 166563, 176857, 182202, 193245, 409630, 424349))
     # 176857: person (S1), cat, handbag, cell phone (tiny there but usable in 182202)
-    pairs = [p for p in coco_ds.target_pairs(list(range(1, 81))) if p[0] == ids[176857]]
+    pairs = [p for p in coco_ds.query_class_pairs(list(range(1, 81))) if p[0] == ids[176857]]
     assert pairs == [(ids[176857], c) for c in (1, 16, 27, 68)]
 
 
@@ -330,22 +330,22 @@ def test_k_shot_references(coco_ds):
         coco_ds.sample_references(person, 0, rng)
 
 
-# ---------------------------------------------------------------- targets and masks
-def test_load_target_matches_pycocotools(coco_ds, raw_coco):
+# ----------------------------------------------------------- ground truth and masks
+def test_load_class_gt_matches_pycocotools(coco_ds, raw_coco):
     for coco_image, name in ((74646, "person"), (193245, "person"), (193245, "kite"),
                              (182202, "keyboard"), (166563, "person")):
         img = _internal_image(coco_ds, coco_image)
         cid = _cls(coco_ds, name)
         cat = coco_ds.get_source_class_id(cid, "coco")
         anns = raw_coco.loadAnns(raw_coco.getAnnIds(imgIds=[coco_image], catIds=[cat]))
-        masks, labels = coco_ds.load_target(img, cid)
+        masks, labels = coco_ds.load_class_gt(img, cid)
         h, w = raw_coco.imgs[coco_image]["height"], raw_coco.imgs[coco_image]["width"]
         assert masks.dtype == bool and masks.shape == (h, w, len(anns))
         assert labels.dtype == np.int32
         assert list(labels) == [-1 if a["iscrowd"] else 1 for a in anns]
         for k, a in enumerate(anns):
             np.testing.assert_array_equal(masks[:, :, k], raw_coco.annToMask(a).astype(bool))
-    _, labels = coco_ds.load_target(_internal_image(coco_ds, 193245), 1)
+    _, labels = coco_ds.load_class_gt(_internal_image(coco_ds, 193245), 1)
     assert sorted(labels.tolist()).count(-1) == 1 and len(labels) == 14   # 13 persons + crowd
 
 
@@ -469,9 +469,9 @@ def test_base_contract_on_in_memory_dataset():
                                      return_info=True)
     assert info["image_id"] == 1 and info["bbox"] == (0, 0, 20, 20)
     assert crop.shape == (20, 20, 3) and (crop == (200, 40, 10)).all()
-    masks, labels = ds.load_target(1, 1)
+    masks, labels = ds.load_class_gt(1, 1)
     assert masks.shape == (40, 50, 2) and labels.tolist() == [1, -1]
-    masks, labels = ds.load_target(1, 2)
+    masks, labels = ds.load_class_gt(1, 2)
     assert masks.shape == (40, 50, 0) and labels.shape == (0,)
     data = ds.to_coco_dict()
     first = data["annotations"][0]

@@ -109,6 +109,20 @@ def test_k_shot_of_identical_references_equals_one_shot(model, images):
     np.testing.assert_allclose(three["scores"], one["scores"], atol=1e-6)
 
 
+def test_build_predictor_gives_the_evaluation_predict_fn(weights, model, images):
+    """``build_predictor`` (the evaluation's entry point) loads the checkpoint with the config
+    beside it, or with an explicit config, and detects per category like ``predict``."""
+    expected = predict(None, images["reference_array"], images["query_array"], model=model)
+    for predictor in (predict_module.build_predictor(str(weights)),
+                      predict_module.build_predictor(str(weights), config=model.config)):
+        results = predictor(images["query_array"], {7: [images["reference_array"]]})
+        assert set(results) == {7}
+        np.testing.assert_array_equal(results[7]["rois"], expected["rois"])
+        np.testing.assert_allclose(results[7]["scores"], MATCH_SCORE, atol=1e-4)
+    with pytest.raises(InputError, match="no_such.h5"):
+        predict_module.build_predictor("no_such.h5", config=model.config)
+
+
 def test_resolve_config_reads_config_beside_weights(weights, tmp_path):
     config = resolve_config(str(weights))
     assert (config.IMAGES_PER_GPU, config.MATCHING_CHANNELS, config.DETECTION_MAX_INSTANCES) == (1, 24, 5)

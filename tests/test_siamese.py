@@ -10,6 +10,7 @@ keras = pytest.importorskip("keras")
 from siamese_mask_rcnn.config import siamese_config  # noqa: E402
 from siamese_mask_rcnn.mrcnn import molding as mmolding  # noqa: E402
 from siamese_mask_rcnn.mrcnn import utils  # noqa: E402
+from siamese_mask_rcnn import siamese  # noqa: E402
 from siamese_mask_rcnn.siamese import LEVELS, SiameseMaskRCNN, mold_reference  # noqa: E402
 
 #: One image per batch, one data worker on top of the "smoke" preset (small's structure at
@@ -43,7 +44,7 @@ def test_paper_preset_input_shapes(paper_model):
     assert c.BACKBONE == "resnet50"
     shapes = {t.name: tuple(t.shape) for t in paper_model.keras_model.inputs}
     assert shapes["input_image"] == (None, 1024, 1024, 3)
-    assert shapes["input_targets"] == (None, 1, 192, 192, 3)
+    assert shapes["input_references"] == (None, 1, 192, 192, 3)
 
 
 def test_backbone_weights_are_shared_once(paper_model):
@@ -148,6 +149,60 @@ def test_detect_checks_number_of_references(three_shot_model, random_pair):
         three_shot_model.detect([refs[:2]], [query])
 
 
+
+def test_detect_accepts_the_release_positional_call_and_checks_counts(three_shot_model, random_pair):
+    query, refs = random_pair
+    by_keyword = three_shot_model.detect(references=[refs], images=[query])[0]
+    positional = three_shot_model.detect([refs], [query])[0]
+    np.testing.assert_array_equal(by_keyword["rois"], positional["rois"])
+    with pytest.raises(ValueError, match="2 reference sets for 1 images"):
+        three_shot_model.detect([refs, refs], [query])
+    with pytest.raises(ValueError, match="expected 5 x 32"):
+        three_shot_model.detect_embeddings(query, {"bad": np.zeros(7, np.float32)})
+    with pytest.raises(ValueError, match="at least one reference"):
+        three_shot_model.encode_references([])
+
+
+# --------------------------------------------------------------------------- custom layers
+@pytest.mark.parametrize("make, inputs", [
+    (lambda: siamese.PooledEmbedding(name="pool"),
+     lambda rng: [rng.normal(size=(2, s, s, 4)).astype("float32") for s in (8, 4, 2)]),
+    (lambda: siamese.MeanOverShots(3, name="mean"),
+     lambda rng: rng.normal(size=(6, 5, 4)).astype("float32")),
+    (lambda: siamese.DistanceConcat(2, name="dist"),
+     lambda rng: [rng.normal(size=(2, 4, 4, 3)).astype("float32"),
+                  rng.normal(size=(2, 5, 3)).astype("float32")]),
+])
+def test_custom_layers_round_trip_through_their_config(make, inputs):
+    layer = make()
+    data = inputs(np.random.default_rng(0))
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer) and restored.get_config() == layer.get_config()
+    expected = np.asarray(layer(data))
+    np.testing.assert_allclose(np.asarray(clone(data)), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(restored(data)), expected, rtol=1e-6)
+
+
+def test_custom_layers_compute_what_the_paper_says():
+    rng = np.random.default_rng(1)
+    maps = [rng.normal(size=(2, s, s, 4)).astype("float32") for s in (8, 4)]
+    pooled = np.asarray(siamese.PooledEmbedding()(maps))
+    np.testing.assert_allclose(pooled, np.stack([m.mean(axis=(1, 2)) for m in maps], axis=1), rtol=1e-5)
+    shots = rng.normal(size=(6, 2, 4)).astype("float32")
+    np.testing.assert_allclose(np.asarray(siamese.MeanOverShots(3)(shots)),
+                               shots.reshape(2, 3, 2, 4).mean(axis=1), rtol=1e-5, atol=1e-6)
+    fmap = rng.normal(size=(2, 3, 3, 4)).astype("float32")
+    out = np.asarray(siamese.DistanceConcat(1)([fmap, pooled]))
+    np.testing.assert_allclose(out, np.concatenate([fmap, np.abs(fmap - pooled[:, 1][:, None, None])], -1),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="shots must be >= 1"):
+        siamese.MeanOverShots(0)
+    with pytest.raises(ValueError, match="level must be >= 0"):
+        siamese.DistanceConcat(-1)
+
+
 # --------------------------------------------------------------------------- real COCO
 @pytest.fixture(scope="module")
 def tiny_training_model(tmp_path_factory):
@@ -157,7 +212,7 @@ def tiny_training_model(tmp_path_factory):
 
 def _expected_targets(dataset, config, image_id, class_id):
     """Labels and boxes (resized image pixels) of the class's instances that survive resizing."""
-    masks, labels = dataset.load_target(image_id, class_id)
+    masks, labels = dataset.load_class_gt(image_id, class_id)
     image = dataset.load_image(image_id)
     _, _, scale, padding, crop = mmolding.resize_for_config(image, config)
     resized = utils.resize_mask(masks, scale, padding, crop).astype(bool)
@@ -189,16 +244,16 @@ def test_training_targets_are_the_sampled_category(tiny_training_model, coco_spl
     sampled = set()
     for image_id in model.training_image_ids(dataset):
         for seed in range(3):
-            expected_class = dataset.sample_target_class(image_id, np.random.default_rng(seed))
+            expected_class = dataset.sample_reference_class(image_id, np.random.default_rng(seed))
             arrays = model.load_training_example(dataset, image_id, np.random.default_rng(seed))
             class_id, excluded, crops = calls[-1]
             assert class_id == expected_class
             assert class_id in train_ids and class_id not in held_out
             assert excluded == image_id  # references come from other images
             sampled.add(class_id)
-            targets, gt_ids, gt_boxes = arrays[2], arrays[5], arrays[6]
-            assert targets.shape == (1, 32, 32, 3)
-            np.testing.assert_allclose(targets[0], mold_reference(crops[0], config))
+            references, gt_ids, gt_boxes = arrays[2], arrays[5], arrays[6]
+            assert references.shape == (1, 32, 32, 3)
+            np.testing.assert_allclose(references[0], mold_reference(crops[0], config))
             labels, boxes = _expected_targets(dataset, config, image_id, class_id)
             n = int(np.sum(gt_ids != 0))
             assert n == min(len(labels), config.MAX_GT_INSTANCES)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from siamese_mask_rcnn.datasets import synthetic as syn
+from siamese_mask_rcnn.datasets import synthetic_styles as styles_mod
 from siamese_mask_rcnn.mrcnn import utils
 
 
@@ -17,22 +18,22 @@ def dataset():
 
 def _style(family, shape, pattern="solid", pattern_params=None,
            primary=(200, 30, 30), secondary=(30, 30, 200)):
-    return syn.CategoryStyle(class_id=1, name="test", family=family, shape=shape,
-                             primary=primary, secondary=secondary, pattern=pattern,
-                             pattern_params=pattern_params or {}, signature=("test",))
+    return styles_mod.CategoryStyle(class_id=1, name="test", family=family, shape=shape,
+                                    primary=primary, secondary=secondary, pattern=pattern,
+                                    pattern_params=pattern_params or {}, signature=("test",))
 
 
 # ---------------------------------------------------------------------------- categories
 def test_category_styles_are_unique_deterministic_and_varied():
-    styles = syn.make_category_styles(400, seed=0)
+    styles = styles_mod.make_category_styles(400, seed=0)
     assert [s.class_id for s in styles] == list(range(1, 401))
     assert len({s.signature for s in styles}) == 400
     assert len({s.name for s in styles}) == 400
-    assert {s.family for s in styles} == set(syn.SHAPE_FAMILIES)
-    assert {s.pattern for s in styles} == set(syn.PATTERNS)
-    again = syn.make_category_styles(400, seed=0)
+    assert {s.family for s in styles} == set(styles_mod.SHAPE_FAMILIES)
+    assert {s.pattern for s in styles} == set(styles_mod.PATTERNS)
+    again = styles_mod.make_category_styles(400, seed=0)
     assert [s.name for s in again] == [s.name for s in styles]
-    other = syn.make_category_styles(400, seed=1)
+    other = styles_mod.make_category_styles(400, seed=1)
     assert sum(a.name != b.name for a, b in zip(styles, other)) > 300
     # Solid categories have one colour; others two different colours.
     for s in styles:
@@ -41,7 +42,7 @@ def test_category_styles_are_unique_deterministic_and_varied():
 
 def test_make_category_styles_rejects_zero():
     with pytest.raises(ValueError, match="num_categories"):
-        syn.make_category_styles(0)
+        styles_mod.make_category_styles(0)
 
 
 def test_shape_masks_match_hand_computed_points():
@@ -49,30 +50,30 @@ def test_shape_masks_match_hand_computed_points():
     square = _style("polygon", {"sides": 4, "phase": 0.0})
     u = np.array([0.0, 0.95, 0.45, 0.55, 0.0])
     v = np.array([0.0, 0.0, 0.45, 0.55, -0.9])
-    assert syn.shape_mask(square, u, v).tolist() == [True, True, True, False, True]
+    assert styles_mod.shape_mask(square, u, v).tolist() == [True, True, True, False, True]
     ring = _style("ring", {"sides": 0, "hole": 0.5, "phase": 0.0})
-    assert syn.shape_mask(ring, np.array([0.0, 0.3, 0.6, 0.99, 1.01]), np.zeros(5)).tolist() == \
+    assert styles_mod.shape_mask(ring, np.array([0.0, 0.3, 0.6, 0.99, 1.01]), np.zeros(5)).tolist() == \
         [False, False, True, True, False]
     cross = _style("cross", {"width": 0.3, "length": 0.9})
-    assert syn.shape_mask(cross, np.array([0.0, 0.8, 0.5, 0.0, 0.95]),
+    assert styles_mod.shape_mask(cross, np.array([0.0, 0.8, 0.5, 0.0, 0.95]),
                           np.array([0.8, 0.0, 0.5, 0.0, 0.0])).tolist() == [True, True, False, True, False]
     crescent = _style("crescent", {"offset": 0.5, "bite": 0.8})
     # (-0.9, 0) is in the disc and 1.4 away from the bite centre; (0.3, 0) is bitten off.
-    assert syn.shape_mask(crescent, np.array([-0.9, 0.3]), np.zeros(2)).tolist() == [True, False]
+    assert styles_mod.shape_mask(crescent, np.array([-0.9, 0.3]), np.zeros(2)).tolist() == [True, False]
     glyph = _style("glyph", {"segments": (((0.0, -0.75), (0.0, 0.75)),), "width": 0.2})
-    assert syn.shape_mask(glyph, np.array([0.0, 0.5, 0.9]), np.array([0.1, 0.3, 0.0])).tolist() == \
+    assert styles_mod.shape_mask(glyph, np.array([0.0, 0.5, 0.9]), np.array([0.1, 0.3, 0.0])).tolist() == \
         [True, False, True]
 
 
 def test_patterns_match_hand_computed_points():
     halves = _style("polygon", {"sides": 4, "phase": 0.0}, "halves", {"angle": 0.0})
-    assert syn.pattern_mask(halves, np.array([0.2, -0.2]), np.zeros(2)).tolist() == [True, False]
+    assert styles_mod.pattern_mask(halves, np.array([0.2, -0.2]), np.zeros(2)).tolist() == [True, False]
     # Horizontal-direction stripes with 1 period per unit: sin(2*pi*u) >= 0 on [0, 0.5].
     stripes = _style("polygon", {"sides": 4, "phase": 0.0}, "stripes", {"freq": 1.0, "angle": 0.0})
-    assert syn.pattern_mask(stripes, np.array([0.25, 0.75]), np.zeros(2)).tolist() == [True, False]
+    assert styles_mod.pattern_mask(stripes, np.array([0.25, 0.75]), np.zeros(2)).tolist() == [True, False]
     dots = _style("polygon", {"sides": 4, "phase": 0.0}, "dots", {"freq": 1.0, "radius": 0.2})
     # Dots (secondary colour, False) sit on the integer grid.
-    assert syn.pattern_mask(dots, np.array([0.0, 1.0, 0.5]), np.array([0.0, 0.1, 0.5])).tolist() == \
+    assert styles_mod.pattern_mask(dots, np.array([0.0, 1.0, 0.5]), np.array([0.0, 0.1, 0.5])).tolist() == \
         [False, False, True]
 
 
@@ -94,7 +95,7 @@ def test_render_instance_area_and_colours():
 
 # ---------------------------------------------------------------------------- scenes
 def test_scene_masks_are_the_visible_parts_of_the_rendered_instances():
-    styles = syn.make_category_styles(50, seed=0)
+    styles = styles_mod.make_category_styles(50, seed=0)
     by_id = {s.class_id: s for s in styles}
     checked_occlusion = False
     for index in range(15):
@@ -161,7 +162,7 @@ def test_determinism_same_seed_same_scene_other_seed_other_scene(dataset):
 
 
 def test_scene_statistics_follow_the_plan():
-    styles = syn.make_category_styles(100, seed=0)
+    styles = styles_mod.make_category_styles(100, seed=0)
     counts, classes_per_scene = [], []
     for index in range(40):
         scene = syn.generate_scene(styles, np.random.default_rng([1, index]))
@@ -190,7 +191,7 @@ def test_split_every_fourth_category_is_held_out(dataset):
                                     scene_options={"radius_rnage": (0.1, 0.2)})
 
 
-def test_held_out_categories_are_never_training_targets_or_references(dataset):
+def test_held_out_categories_are_never_reference_categories_in_training(dataset):
     oneshot = set(dataset.oneshot_class_ids)
     # Held-out categories do appear in the training scenes (as unlabelled clutter).
     assert any(set(cats) & oneshot for cats in dataset.image_categories.values())
@@ -198,7 +199,7 @@ def test_held_out_categories_are_never_training_targets_or_references(dataset):
     for seed in range(5):
         rng = np.random.default_rng(seed)
         for image_id in dataset.image_ids:
-            class_id = dataset.sample_target_class(image_id, rng)
+            class_id = dataset.sample_reference_class(image_id, rng)
             if class_id is None:
                 continue
             assert class_id not in oneshot and class_id in dataset.train_class_ids
@@ -206,14 +207,14 @@ def test_held_out_categories_are_never_training_targets_or_references(dataset):
                                                  return_info=True)
             assert info["class_id"] == class_id and info["rendered"] and not info["same_image"]
             assert ref.dtype == np.uint8 and ref.ndim == 3 and ref.shape[2] == 3
-            masks, labels = dataset.load_target(image_id, class_id)
+            masks, labels = dataset.load_class_gt(image_id, class_id)
             _, class_ids = dataset.load_mask(image_id)
             assert masks.shape[2] == int(np.sum(class_ids == class_id)) >= 1
             drawn += 1
     assert drawn > 200
     # Evaluation draws held-out categories when asked to.
     rng = np.random.default_rng(0)
-    picks = [dataset.sample_target_class(i, rng, class_ids=dataset.oneshot_class_ids)
+    picks = [dataset.sample_reference_class(i, rng, class_ids=dataset.oneshot_class_ids)
              for i in dataset.image_ids]
     picks = [p for p in picks if p is not None]
     assert picks and set(picks) <= oneshot
@@ -236,7 +237,7 @@ def test_present_pool_restricts_present_categories():
 
 # ---------------------------------------------------------------------------- references
 def test_rendered_reference_is_tight_on_neutral_background():
-    style = syn.make_category_styles(5, seed=0)[2]
+    style = styles_mod.make_category_styles(5, seed=0)[2]
     image, mask = syn.render_reference(style, np.random.default_rng(0), radius=14, margin=3,
                                        return_mask=True)
     ys, xs = np.nonzero(mask)
@@ -296,10 +297,31 @@ def test_coco_export_and_pickle(dataset):
 
 
 def test_generation_speed_is_printed():
-    styles = syn.make_category_styles(400, seed=0)
+    styles = styles_mod.make_category_styles(400, seed=0)
     start = time.perf_counter()
     n = 50
     for index in range(n):
         syn.generate_scene(styles, np.random.default_rng([11, index]))
     per_scene = (time.perf_counter() - start) / n * 1000
     print(f"\nsynthetic: {per_scene:.2f} ms per 128x128 scene")
+
+
+def _modules_loaded_by(imports, candidates):
+    """Which of ``candidates`` a fresh interpreter has loaded after ``import imports``."""
+    import subprocess
+    import sys
+    code = (f"import sys\nimport {imports}\n"
+            f"print([m for m in {list(candidates)!r} if m in sys.modules])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_scene_machinery_and_omniglot_do_not_import_the_synthetic_categories():
+    """The generic scene dataset (``datasets.scenes``) and Omniglot stand alone: importing
+    them loads neither the procedural dataset, its category styles, the COCO module nor
+    TensorFlow; the procedural dataset does not need the COCO module either."""
+    pkg = "siamese_mask_rcnn.datasets"
+    assert _modules_loaded_by(f"{pkg}.scenes, {pkg}.omniglot",
+                              [f"{pkg}.synthetic", f"{pkg}.synthetic_styles", f"{pkg}.coco",
+                               "tensorflow"]) == "[]"
+    assert _modules_loaded_by(f"{pkg}.synthetic", [f"{pkg}.coco", "tensorflow"]) == "[]"

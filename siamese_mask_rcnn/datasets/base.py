@@ -1,12 +1,13 @@
-"""The common base of every one-shot data source (paper §3 and §5.1; spec §3, §4).
+"""The common base of every one-shot data source (paper Sections 3 and 5.1).
 
 A one-shot training or evaluation example is a pair: a *query* image (a whole scene) and a
-*reference* crop of one object. The targets are only the query's instances of the
-reference's category; everything else is background. :class:`OneShotDataset` adds to
-matterport's ``Dataset`` API what such pairs need: a category → images index, a class split
-(training / background categories vs. held-out one-shot categories), samplers for the target
-category and for reference crops, target masks restricted to one category, and export to
-COCO format (for pycocotools evaluation or to write an in-memory dataset to disk).
+*reference* crop of one object. The ground truth is only the query's instances of the
+reference's category; everything else is background (paper Section 5.1, "Labels").
+:class:`OneShotDataset` adds to matterport's ``Dataset`` API what such pairs need: a
+category → images index, a class split (training / background categories vs. held-out
+one-shot categories), samplers for the reference category and for reference crops, ground
+truth restricted to one category, and export to COCO format (for pycocotools evaluation or
+to write an in-memory dataset to disk).
 
 This module does not import TensorFlow.
 """
@@ -61,24 +62,25 @@ class OneShotDataset(utils.Dataset):
         reference instance* of the class (non-crowd, shorter box side ≥
         ``REFERENCE_MIN_SIZE``),
       - ``image_categories``: image id → sorted class ids with a non-crowd instance in the
-        image (small instances count: they are still targets),
+        image (small instances count: they are still ground truth),
       - ``reference_instances``: class id → list of ``(image_id, annotation_index)``,
       - ``skipped_small``: class id → number of non-crowd instances too small to be a
         reference, ``num_crowd``: number of crowd instances,
       - ``unreferenceable_class_ids``: the classes without any usable reference instance
-        (they can never be sampled as a target category; logged at INFO level).
+        (they can never be sampled as a reference category; logged at INFO level).
     * Minimum-crop policy: ``REFERENCE_MIN_SIZE`` (class attribute, default 16 px) applies to
       the shorter side of an instance's bounding box. Smaller instances are never used as
-      references, but they remain targets in the query. Set it on a subclass or an instance
+      references, but they remain ground truth in the query. Set it on a subclass or an instance
       **before** ``prepare()`` (or call ``build_index()`` again afterwards).
     * Class split: :meth:`set_class_split` sets ``train_class_ids`` (background categories,
       used for training) and ``oneshot_class_ids`` (held out). By default every class is a
       training class. Classes in neither list are simply never sampled by default.
-    * Samplers: :meth:`sample_target_class`, :meth:`sample_reference`,
+    * Samplers: :meth:`sample_reference_class`, :meth:`sample_reference`,
       :meth:`sample_references` (k-shot) — all take a ``numpy.random.Generator``;
-      :meth:`query_image_ids` and :meth:`target_pairs` list the usable queries / pairs.
-    * Targets: :meth:`load_target` returns only one category's instances (crowd ones
-      labelled ``-1``).
+      :meth:`query_image_ids` and :meth:`query_class_pairs` list the usable queries /
+      (query, category) pairs.
+    * Ground truth: :meth:`load_class_gt` returns only one category's instances (crowd
+      ones labelled ``-1``).
     * COCO export: :meth:`to_coco_dict`, :meth:`coco_gt`, :meth:`export_coco`.
 
     Ids: all class ids and image ids in this API are the internal (matterport) ids.
@@ -97,7 +99,8 @@ class OneShotDataset(utils.Dataset):
 
     # ------------------------------------------------------------------ contract
     def instance_annotations(self, image_id):
-        """Per-instance metadata of one image (see the class docstring); subclasses implement."""
+        """Per-instance metadata of one image (see the class docstring); subclasses implement
+        it (``NotImplementedError`` here)."""
         raise NotImplementedError(
             f"{type(self).__name__} must implement instance_annotations(image_id)")
 
@@ -212,13 +215,15 @@ class OneShotDataset(utils.Dataset):
         self._split_explicit = True
 
     # ------------------------------------------------------------------ sampling
-    def sample_target_class(self, image_id, rng, class_ids=None):
-        """Draw a target category for a query image, or ``None`` if there is none.
+    def sample_reference_class(self, image_id, rng, class_ids=None):
+        """Draw the reference category for a query image, or ``None`` if there is none.
 
         Uniform over the classes of ``class_ids`` (default ``train_class_ids``) that have a
-        non-crowd instance in the image and at least one usable reference instance anywhere.
+        non-crowd instance in the image and at least one usable reference instance anywhere
+        (paper Section 5.1: "draw a random category among all categories of the background
+        set present in the image"). Raises ``RuntimeError`` before ``prepare()``.
         """
-        self._require_prepared("sample_target_class()")
+        self._require_prepared("sample_reference_class()")
         candidates = self._eligible_classes(image_id, class_ids)
         if not candidates:
             return None
@@ -232,15 +237,15 @@ class OneShotDataset(utils.Dataset):
                 if c in allowed and c in self.category_index]
 
     def query_image_ids(self, class_ids=None):
-        """Image ids for which :meth:`sample_target_class` can return a class (sorted)."""
+        """Image ids for which :meth:`sample_reference_class` can return a class (sorted)."""
         self._require_prepared("query_image_ids()")
         return [int(i) for i in self.image_ids if self._eligible_classes(i, class_ids)]
 
-    def target_pairs(self, class_ids=None):
+    def query_class_pairs(self, class_ids=None):
         """Every ``(image_id, class_id)`` with the class present (non-crowd) in the image and
         reference-able, for ``class_ids`` (default: training classes) — the evaluation
-        protocol's "every image and every category present in it"."""
-        self._require_prepared("target_pairs()")
+        protocol's "every image and every category present in it" (paper Section 5.2)."""
+        self._require_prepared("query_class_pairs()")
         return [(int(i), c) for i in self.image_ids for c in self._eligible_classes(i, class_ids)]
 
     def _class_label(self, class_id):
@@ -344,7 +349,7 @@ class OneShotDataset(utils.Dataset):
                                               return_info=True)
         return (crops[0], infos[0]) if return_info else crops[0]
 
-    # ------------------------------------------------------------------ targets
+    # ------------------------------------------------------------------ ground truth
     def _image_shape(self, image_id):
         """``(height, width)`` from ``image_info`` or, failing that, from the image."""
         info = self.image_info[image_id]
@@ -361,8 +366,8 @@ class OneShotDataset(utils.Dataset):
             return np.zeros((height, width, 0), dtype=bool), class_ids
         return np.asarray(masks).astype(bool, copy=False), class_ids
 
-    def load_target(self, image_id, class_id):
-        """Masks and labels of the query's instances of one category.
+    def load_class_gt(self, image_id, class_id):
+        """Ground-truth masks and labels of the query's instances of one category.
 
         Returns ``(masks [H, W, n] bool, labels [n] int32)``: label 1 for a normal instance,
         -1 for a crowd instance of the category (matterport's crowd convention). Instances

@@ -1,10 +1,11 @@
 """MS-COCO as a one-shot dataset, and the four one-shot class splits S1–S4.
 
-Paper §3 and Table 3 (spec §4): the 80 COCO categories in COCO's order (person is the 1st,
-toothbrush the 80th) are split four ways; split ``S_i`` holds out every 4th category
-starting at the ``i``-th (20 one-shot categories), the other 60 are the background
-(training) categories. COCO's category ids are not 1..80, so categories are mapped by
-their **position** in the annotation file's category list sorted by id.
+Paper Section 3 and Table 3 of its appendix: the 80 COCO categories in COCO's order
+(person is the 1st, toothbrush the 80th) are split four ways; split ``S_i`` holds out every
+4th category starting at the ``i``-th (20 one-shot categories), the other 60 are the
+background (training) categories. COCO's category ids are not 1..80, so categories are mapped by
+their **position** in the annotation file's category list sorted by id (the split rule
+itself lives in :mod:`siamese_mask_rcnn.datasets.splits`).
 
 This module does not import TensorFlow.
 """
@@ -17,6 +18,7 @@ import numpy as np
 
 from siamese_mask_rcnn.cocoformat import coco_from_dict
 from siamese_mask_rcnn.datasets.base import OneShotDataset
+from siamese_mask_rcnn.datasets.splits import NUM_SPLITS, check_split, split_positions  # noqa: F401
 
 #: The 80 COCO category names in COCO's order (sorted by category id).
 COCO_CLASS_NAMES = (
@@ -33,28 +35,7 @@ COCO_CLASS_NAMES = (
     "toothbrush",
 )
 
-#: The number of one-shot splits (S1..S4) and the stride of the held-out positions.
-NUM_SPLITS = 4
-
 SOURCE = "coco"
-
-
-def _check_split(split):
-    """Return ``split`` as an int in 1..4 or raise ``ValueError`` naming the value."""
-    if isinstance(split, bool) or not isinstance(split, (int, np.integer)) \
-            or not 1 <= int(split) <= NUM_SPLITS:
-        raise ValueError(f"unknown one-shot split {split!r}: expected 1, 2, 3 or 4 (S1..S4)")
-    return int(split)
-
-
-def split_positions(split, num_categories=len(COCO_CLASS_NAMES)):
-    """1-based category positions held out by split ``S_split``: split, split+4, ....
-
-    ``num_categories`` (default 80) bounds the positions, so the rule extends to category
-    lists of other lengths. Raises ``ValueError`` for a split outside 1..4.
-    """
-    split = _check_split(split)
-    return list(range(split, int(num_categories) + 1, NUM_SPLITS))
 
 
 def split_class_names(split):
@@ -135,6 +116,10 @@ class OneShotCocoDataset(OneShotDataset):
         ``dataset_dir/{subset}{year}/`` (matterport's layout), unless ``annotation_file``
         and/or ``image_dir`` are given explicitly. Returns the ``pycocotools`` COCO object
         when ``return_coco``. Call ``prepare()`` afterwards.
+
+        Raises ``FileNotFoundError`` naming a missing annotation file or image folder and
+        ``ValueError`` naming a file that is not COCO instances JSON, an annotation with an
+        unknown category, or a call without ``dataset_dir``/``subset`` nor explicit paths.
         """
         annotation_file, image_dir = self._resolve_paths(dataset_dir, subset, year,
                                                          annotation_file, image_dir)
@@ -198,7 +183,7 @@ class OneShotCocoDataset(OneShotDataset):
         :func:`split_positions`, training = all other categories. May be called before
         ``prepare()`` (applied there). Raises ``ValueError`` for an unknown split.
         """
-        self.split = _check_split(split)
+        self.split = check_split(split)
         if self._prepared:
             self._apply_split()
 

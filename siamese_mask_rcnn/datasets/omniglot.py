@@ -40,9 +40,10 @@ import zipfile
 
 import numpy as np
 
-from siamese_mask_rcnn.datasets.coco import split_positions
-from siamese_mask_rcnn.datasets.synthetic import (GeneratedSceneDataset, Scene, bilinear_upsample,
-                                                  finish_image, place_instances, scene_plan)
+from siamese_mask_rcnn.datasets.scenes import (GeneratedSceneDataset, Scene, bilinear_upsample,
+                                               finish_image, place_instances,
+                                               resolve_present_class_ids, scene_plan)
+from siamese_mask_rcnn.datasets.splits import split_positions
 
 SOURCE = "omniglot"
 #: A member ``.../<Alphabet>/<characterXX>/<image id>_<drawer>.png`` of an Omniglot archive.
@@ -109,7 +110,8 @@ def index_archives(archives):
 
 
 def decode_glyph(png_bytes, name="<bytes>"):
-    """Stroke mask (True = ink) of an Omniglot PNG (white background, black strokes)."""
+    """Stroke mask (True = ink), bool [h, w], of an Omniglot PNG (white background, black
+    strokes). Raises ``ValueError`` naming ``name`` when the bytes are not a readable image."""
     from PIL import Image
     try:
         with Image.open(io.BytesIO(png_bytes)) as image:
@@ -206,6 +208,11 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
     Attributes: ``archives``, ``archive_alphabets``, ``alphabets`` (sorted distinct),
     ``categories`` (``(alphabet, character)`` per class id - 1), ``drawers``
     (class id → sorted drawer numbers), ``oneshot_alphabets``.
+
+    Raises ``FileNotFoundError`` naming a missing directory or one without archives and
+    ``ValueError`` naming a bad archive, an unknown scene option or alphabet, or an
+    invalid ``present_class_ids``. The alphabet split follows the paper's rule for the
+    COCO splits (Section 3).
     """
 
     DEFAULT_SCENE_OPTIONS = {
@@ -245,7 +252,8 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
         held_out = set(self.oneshot_alphabets)
         oneshot = [k for k, (a, _) in enumerate(self.categories, start=1) if a in held_out]
         train = [k for k, (a, _) in enumerate(self.categories, start=1) if a not in held_out]
-        self.present_class_ids = self._resolve_present(present_class_ids, train, oneshot)
+        self.present_class_ids = resolve_present_class_ids(present_class_ids, train, oneshot,
+                                                            len(self.categories))
         self.prepare()
         self.set_class_split(train, oneshot)
 
@@ -262,23 +270,6 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
         if len(set(names)) == len(self.alphabets):
             raise ValueError("oneshot_alphabets holds every alphabet: no training categories left")
         return sorted(set(names))
-
-    def _resolve_present(self, present, train, oneshot):
-        """The class pool of "present" characters (None = all)."""
-        if present is None:
-            return None
-        if isinstance(present, str):
-            if present not in ("train", "oneshot"):
-                raise ValueError(f"present_class_ids must be None, 'train', 'oneshot' or a list "
-                                 f"of class ids, got {present!r}")
-            ids = list(train if present == "train" else oneshot)
-        else:
-            ids = sorted(int(c) for c in present)
-        bad = [c for c in ids if not 0 < c <= len(self.categories)]
-        if bad or not ids:
-            raise ValueError(f"present_class_ids {ids} must be a non-empty list of class ids in "
-                             f"1..{len(self.categories)}")
-        return ids
 
     # ------------------------------------------------------------------ reading
     def __getstate__(self):
@@ -299,7 +290,8 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
         return archive
 
     def glyph(self, class_id, drawer):
-        """Stroke mask of character ``class_id`` by ``drawer``, cropped to its strokes."""
+        """Stroke mask (bool [h, w]) of character ``class_id`` by ``drawer``, cropped to its
+        strokes. Raises ``ValueError`` when that drawer did not draw the character."""
         key = (int(class_id), int(drawer))
         strokes = self._glyph_cache.get(key)
         if strokes is None:
@@ -382,7 +374,8 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
         """The character by a drawer absent from query ``exclude_image_id``'s instances of
         it, dark strokes on a plain light background, cropped with ``margin`` px.
 
-        Returns ``(uint8 [h, w, 3], {"drawer": d})``.
+        Returns ``(uint8 [h, w, 3], {"drawer": d})``. Raises ``ValueError`` when every
+        drawer of the character appears in the query.
         """
         used = set() if exclude_image_id is None else set(self.scene_drawers(exclude_image_id, class_id))
         candidates = [d for d in self.drawers[int(class_id)] if d not in used]

@@ -134,7 +134,7 @@ def make_predictor_factory(args, dataset):
     if args.model == "random":
         return lambda seed: random_boxes_predictor(dataset, seed)
     # imported here so that the baselines run without TensorFlow
-    from ..siamese import build_predictor
+    from ..predict import build_predictor
     predictor = build_predictor(args.weights, preset=args.preset)
     return lambda seed: predictor
 

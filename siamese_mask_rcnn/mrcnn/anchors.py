@@ -2,7 +2,8 @@
 
 Anchors are ``[N, (y1, x1, y2, x2)]``, in pixels or normalised (matterport convention, see
 :func:`.boxes.norm_boxes`). Their order is the order of the RPN outputs: level by level,
-then feature-map positions row-major, then (ratio, scale) ratio-major (FPN paper, §3).
+then feature-map positions row-major, then (ratio, scale) ratio-major. Defaults: 3 ratios
+(0.5, 1, 2) at every position of P2..P6 with one scale per level (paper, Appendix 1.3).
 """
 import math
 

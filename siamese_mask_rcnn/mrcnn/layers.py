@@ -67,8 +67,11 @@ def box_refinement_graph(box, gt_box):
     return tf.stack([(gcy - cy) / h, (gcx - cx) / w, tf.math.log(gh / h), tf.math.log(gw / w)], axis=1)
 
 
-def trim_zeros_graph(boxes):
-    """Drop all-zero padding rows; returns ``(boxes, non_zero_mask)``."""
+def trim_zeros_graph(boxes, name="trim_zeros"):
+    """Drop all-zero padding rows of ``[N, 4]``; returns ``(boxes [n, 4], non_zero_mask [N] bool)``.
+
+    ``name`` is accepted for matterport's signature (Keras 3 has no graph names to set).
+    """
     non_zeros = tf.cast(tf.reduce_sum(tf.abs(boxes), axis=1), tf.bool)
     return tf.boolean_mask(boxes, non_zeros), non_zeros
 
@@ -266,7 +269,7 @@ class DetectionTargetLayer(keras.layers.Layer):
     gt_masks [B, h, w, G]]``. Negative class ids are crowds: proposals overlapping a crowd
     are never negatives. Outputs: rois ``[B, R, 4]``, class ids ``[B, R]``, deltas
     ``[B, R, 4]`` (divided by BBOX_STD_DEV), masks ``[B, R, mh, mw]``, zero-padded.
-    Positives have IoU >= 0.5 with a GT box, negatives < 0.5 (Mask R-CNN paper §3.1).
+    Positives have IoU >= 0.5 with a GT box, negatives < 0.5 (Mask R-CNN's rule; paper §4.1).
 
     Args:
         train_rois_per_image: ``R``, ROIs sampled per image (``TRAIN_ROIS_PER_IMAGE``).

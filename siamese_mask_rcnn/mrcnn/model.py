@@ -250,6 +250,15 @@ class MaskRCNN:
                            "to load_weights(path, by_name=True)")
 
     # -------------------------------------------------------------- training
+    def get_trainable_layers(self):
+        """The layers that have weights, nested models flattened (matterport's helper)."""
+        return [layer for _, layer in mweights.iter_weighted_layers(self.keras_model)]
+
+    def find_trainable_layer(self, layer):
+        """The layer holding the weights of ``layer``: ``layer`` itself (no ``TimeDistributed``
+        wrappers here; kept for matterport's API)."""
+        return layer
+
     def compile(self, learning_rate, momentum):
         """Create the SGD optimiser (momentum, gradient clipping by GRADIENT_CLIP_NORM)."""
         self.optimizer = make_optimizer(self.config, self.strategy, learning_rate, momentum)

@@ -2,8 +2,8 @@
 
 * :func:`prepare_gt` / :func:`load_image_gt`: resize (and augment) an image with its
   instances, and compose its image meta;
-* :func:`build_rpn_targets`: anchor labels and box deltas for the RPN (Mask R-CNN paper
-  §3.1 / Faster R-CNN §3.1.2 rules, as matterport implements them).
+* :func:`build_rpn_targets`: anchor labels and box deltas for the RPN (the Mask R-CNN
+  RPN of the paper's §4.1 and Appendix 1.3, with matterport's labelling rules).
 
 The ROI-head targets are sampled inside the graph by ``layers.DetectionTargetLayer``.
 Random choices take a numpy ``Generator`` (``rng``).
