@@ -136,6 +136,11 @@ class MaskRCNN:
         """Channels of the mask head: one per class (the Siamese model has one)."""
         return self.config.NUM_CLASSES
 
+    def negatives_without_positives(self):
+        """ROIs sampled as negatives from a training image without any positive ROI: 0, Mask
+        R-CNN's rule (the Siamese model overrides it for negative pairs)."""
+        return 0
+
     def build(self, mode, config):
         """Build the Keras model of ``mode`` (called by ``__init__``)."""
         check_image_shape(config)
@@ -175,7 +180,9 @@ class MaskRCNN:
             gt_boxes = NormBoxesLayer(config.IMAGE_SHAPE, name="norm_gt_boxes")(input_gt_boxes)
             rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
                 config.TRAIN_ROIS_PER_IMAGE, config.ROI_POSITIVE_RATIO, config.BBOX_STD_DEV,
-                config.MASK_SHAPE, config.USE_MINI_MASK, name="proposal_targets")([rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks])
+                config.MASK_SHAPE, config.USE_MINI_MASK,
+                negatives_without_positives=self.negatives_without_positives(),
+                name="proposal_targets")([rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks])
             class_logits, _, bbox = fpn_classifier_graph(
                 rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
                 train_bn=config.TRAIN_BN, fc_layers_size=fc)
