@@ -65,7 +65,9 @@ def test_negative_pairs_reach_the_losses_with_all_background_targets(negative_mo
     probe = keras.Model(head.inputs, list(targets) + [head.outputs[0]])
     embedding = model.reference_model(references[:, 0], training=False)  # one shot
     maps = list(model.encoder(images, training=False))
-    outputs = probe([metas, embedding] + maps + batch[3:], training=True)
+    import tensorflow as tf
+    inputs = [tf.convert_to_tensor(v) for v in [metas, embedding] + maps + batch[3:]]
+    outputs = probe(inputs, training=True)
     rois, class_ids, deltas, masks, losses = [np.asarray(v) for v in outputs]
     sampled = np.any(rois != 0, axis=-1)
     negatives = model.negatives_without_positives()
@@ -83,7 +85,7 @@ def test_without_negatives_the_rule_is_mask_rcnns(tmp_path):
     assert config.NEGATIVE_PAIR_FRACTION == 0
     model = SiameseMaskRCNN("training", config, model_dir=str(tmp_path))
     assert model.negatives_without_positives() == 0
-    assert model.keras_model.get_layer("proposal_targets").negatives_without_positives == 0
+    assert model.head_model.get_layer("proposal_targets").negatives_without_positives == 0
 
 
 def test_a_few_steps_with_half_negative_pairs(scenes, tmp_path):
