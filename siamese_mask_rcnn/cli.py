@@ -13,6 +13,7 @@ import sys
 from . import demo as demo_job
 from . import train_coco
 from .evaluation import cli as evaluation_cli
+from .mrcnn.fileio import UnwritableOutputError
 from .predict import InputError, predict
 from .presets import PRESET_NAMES
 
@@ -58,7 +59,8 @@ def build_parser():
 
 
 def main(argv=None):
-    """Run a subcommand; returns the exit status (0 on success, 2 for a user error).
+    """Run a subcommand; returns the exit status (0 on success, 2 for a user error, such as
+    an output folder that cannot be written, checked before any long work).
 
     Raises:
         SystemExit: bad arguments (status 2, from argparse) and, for ``train``, a missing
@@ -70,10 +72,14 @@ def main(argv=None):
         return 0
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        demo_job.run_demo(out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir,
-                          minutes=args.minutes, epochs=args.epochs,
-                          steps_per_epoch=args.steps_per_epoch, num_train=args.train_scenes,
-                          num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit)
+        try:
+            demo_job.run_demo(out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir,
+                              minutes=args.minutes, epochs=args.epochs,
+                              steps_per_epoch=args.steps_per_epoch, num_train=args.train_scenes,
+                              num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit)
+        except UnwritableOutputError as err:
+            print(f"siamese-mrcnn demo: error: {err}", file=sys.stderr)
+            return 2
         return 0
     try:
         result = predict(args.weights, args.reference, args.query, out_png=args.out, out_json=args.json,

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import evaluation
 from .config import siamese_config
+from .mrcnn.fileio import ensure_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,13 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, minutes=15
         ValueError: unknown dataset or config key (see :func:`make_datasets`,
             :func:`demo_config`).
         FileNotFoundError: Omniglot archives missing.
+        UnwritableOutputError: (an ``OSError``) ``out_dir`` cannot be created or written;
+            checked first.
     """
     from .siamese import SiameseMaskRCNN  # imports TensorFlow: only when a model is built
 
     t0 = time.time()
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = pathlib.Path(ensure_writable_dir(out_dir, "demo output folder"))  # before any work
     overrides = dict(config_overrides or {})
     if steps_per_epoch:
         overrides["STEPS_PER_EPOCH"] = int(steps_per_epoch)

@@ -19,6 +19,7 @@ import numpy as np
 
 from .cocoformat import box_yxyx_to_xywh, encode_mask
 from .mrcnn import utils
+from .mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
 
 
 class InputError(ValueError):
@@ -107,7 +108,17 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
 
     ``references``: one path/array or a list (k-shot: their embeddings are averaged).
     Returns ``{"rois", "scores", "masks", "class_ids"}``; writes a picture and/or JSON.
+
+    Raises:
+        InputError: an image or the weights cannot be used, or the folder of ``out_png`` /
+            ``out_json`` cannot be written (checked before the model is loaded).
     """
+    for out in (out_png, out_json):
+        if out:
+            try:
+                ensure_writable_dir(os.path.dirname(os.path.abspath(os.fspath(out))), "output folder")
+            except UnwritableOutputError as err:
+                raise InputError(str(err)) from None
     refs = references if isinstance(references, (list, tuple)) else [references]
     ref_images = [read_user_image(r, "reference") if not isinstance(r, np.ndarray) else r for r in refs]
     query_image = read_user_image(query, "query") if not isinstance(query, np.ndarray) else query

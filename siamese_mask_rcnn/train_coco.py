@@ -10,8 +10,10 @@ This module holds the logic of ``samples/coco/train_siamese.py`` and of
 ``siamese-mrcnn train`` (same flags): :func:`main` parses the arguments and trains.
 TensorFlow is imported only when training starts.
 
-Checkpoints (``mask_rcnn_siamese_NNNN.h5``), ``config.json``, ``history.jsonl`` and
-TensorBoard scalars go to ``<logs>/siamese<YYYYMMDDTHHMM>/``.
+Checkpoints (``mask_rcnn_siamese_NNNN.h5`` with the training state beside them),
+``config.json``, ``history.jsonl`` and TensorBoard scalars go to a new folder
+``<logs>/siamese<YYYYmmddTHHMMSS>-<suffix>/``; ``--weights last`` resumes the newest run of
+``--logs`` that has a checkpoint, in its folder (see :mod:`.mrcnn.checkpoints`).
 """
 import argparse
 import collections
@@ -21,7 +23,8 @@ import os
 import sys
 
 from .config import siamese_config
-from .datasets.coco import OneShotCocoDataset
+from .mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
+from .datasets.coco import OneShotCocoDataset, parse_split, split_label
 from .presets import preset_changes
 
 log = logging.getLogger(__name__)
@@ -101,9 +104,10 @@ def build_parser(prog=None):
     data.add_argument("--train-images", help="training image folder (instead of --dataset)")
     data.add_argument("--val-annotations", help="validation instances JSON (instead of --dataset)")
     data.add_argument("--val-images", help="validation image folder (instead of --dataset)")
-    data.add_argument("--split", type=int, choices=[1, 2, 3, 4], default=1,
+    data.add_argument("--split", type=parse_split, default=1, metavar="{1,2,3,4,all}",
                       help="one-shot split S1..S4: its 20 held-out categories are never "
-                           "trained on (default 1)")
+                           "trained on; 'all': no held-out categories, all 80 are trained "
+                           "on (paper Table 1) (default 1)")
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=["paper", "small"], default="paper",
                        help="configuration preset (default paper: 1024² query, 192² reference)")
@@ -111,8 +115,8 @@ def build_parser(prog=None):
                        help="backbone; 'tiny' is a few-layer CNN with 128² images for CPU "
                             "smoke runs (default resnet50)")
     model.add_argument("--weights", default=None,
-                       help="'last' (resume the newest run in --logs), a checkpoint of this "
-                            "model, or a pretrained file loaded by layer name (e.g. an "
+                       help="'last' (resume the newest run in --logs that has a checkpoint), "
+                            "a checkpoint of this model, or a pretrained file loaded by layer name (e.g. an "
                             "ImageNet-687 ResNet-50 or Keras' ResNet-50 'notop' h5). "
                             "Default: random initialisation")
     model.add_argument("--exclude", action="append", default=None, metavar="LAYER_REGEX",
@@ -148,7 +152,8 @@ def check_args(parser, args):
 
     Raises:
         SystemExit: (status 2, via ``parser.error``) missing data paths, files or folders
-            not found, non-positive counts, an impossible schedule or learning rate.
+            not found, non-positive counts, an impossible schedule or learning rate, or a
+            ``--logs`` folder that cannot be written (checked before any data are read).
     """
     if args.dataset is None and (args.train_annotations is None or args.train_images is None):
         parser.error("give --dataset DIR, or both --train-annotations FILE and --train-images DIR")
@@ -180,6 +185,10 @@ def check_args(parser, args):
         parser.error(f"schedule: {err}")
     if args.lr is not None and not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
+    try:
+        ensure_writable_dir(args.logs, "--logs folder")
+    except UnwritableOutputError as err:
+        parser.error(str(err))
 
 
 # ------------------------------------------------------------------------- pieces
@@ -255,7 +264,7 @@ def build_config(args, replicas=None):
 
 
 def load_split_dataset(dataset_dir, subset, year, annotation_file, image_dir, split):
-    """A prepared ``OneShotCocoDataset`` with one-shot split ``split`` (1-4) applied.
+    """A prepared ``OneShotCocoDataset`` with one-shot split ``split`` (1-4 or "all") applied.
 
     Raises:
         FileNotFoundError: the annotation file or image folder does not exist.
@@ -285,7 +294,7 @@ def load_datasets(args):
                                  args.val_images, args.split)
     if not train.query_image_ids():
         raise ValueError(f"the training set has no image with a reference-able training "
-                         f"category of split S{args.split}")
+                         f"category of split {split_label(args.split)}")
     return train, val
 
 
@@ -306,7 +315,8 @@ def load_initial_weights(model, weights, exclude=None):
         except FileNotFoundError as err:
             raise FileNotFoundError(f"--weights last: {err}") from None
         model.load_weights(path, by_name=True)
-        log.info("resuming %s after epoch %d", path, model.epoch)
+        print(f"--weights last: resuming run {model.log_dir} from {os.path.basename(path)} "
+              f"(after epoch {model.epoch}; the newest run of {model.model_dir} with a checkpoint)")
         return path
     report = model.load_weights(weights, by_name=True, exclude=exclude, skip_mismatch=True)
     if not report.loaded:
@@ -329,6 +339,8 @@ def main(argv=None, prog=None):
         FileNotFoundError: missing data or ``--weights last`` without a checkpoint.
         ValueError: invalid data or weights (see :func:`load_datasets`,
             :func:`load_initial_weights`).
+        FloatingPointError: (``TrainingDiverged``) a loss or weight became NaN or infinite;
+            the message names the last good checkpoint, which ``--weights last`` resumes.
     """
     parser = build_parser(prog)
     args = parser.parse_args(argv)
@@ -349,7 +361,7 @@ def main(argv=None, prog=None):
     stages = schedule_stages(args.heads_epochs, args.all_epochs, args.total_epochs,
                              config.LEARNING_RATE)
     todo = remaining_stages(stages, model.epoch)
-    print(f"split S{args.split}: {len(train_set.train_class_ids)} training categories, "
+    print(f"split {split_label(args.split)}: {len(train_set.train_class_ids)} training categories, "
           f"{len(train_set.oneshot_class_ids)} held out; batch {config.BATCH_SIZE}; "
           f"starting after epoch {model.epoch}; stages to run: "
           + (", ".join(f"{s.layers} to epoch {s.until_epoch} at lr {s.learning_rate:g}" for s in todo)
@@ -365,10 +377,11 @@ def main(argv=None, prog=None):
 
 def run(argv=None, prog=None):
     """:func:`main` for the command line: a missing file or a bad value ends the program
-    with ``error: <message>`` on stderr (exit status 1) instead of a traceback; argument
-    errors exit with status 2 (argparse)."""
+    with ``error: <message>`` on stderr (exit status 1) instead of a traceback, and so does a
+    diverging run (the message names the last good checkpoint); argument errors and an
+    unwritable ``--logs`` exit with status 2 (argparse)."""
     try:
         main(argv, prog)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, FloatingPointError) as error:
         sys.exit(f"error: {error}")
     return 0

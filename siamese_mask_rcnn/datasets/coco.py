@@ -7,6 +7,9 @@ background (training) categories. COCO's category ids are not 1..80, so categori
 their **position** in the annotation file's category list sorted by id (the split rule
 itself lives in :mod:`siamese_mask_rcnn.datasets.splits`).
 
+The split ``"all"`` holds out nothing: every category is a training category (the Siamese
+row of the paper's Table 1, trained and evaluated on all 80 categories).
+
 This module does not import TensorFlow.
 """
 import json
@@ -18,7 +21,8 @@ import numpy as np
 
 from siamese_mask_rcnn.cocoformat import coco_from_dict
 from siamese_mask_rcnn.datasets.base import OneShotDataset
-from siamese_mask_rcnn.datasets.splits import NUM_SPLITS, check_split, split_positions  # noqa: F401
+from siamese_mask_rcnn.datasets import splits as _splits
+from siamese_mask_rcnn.datasets.splits import NUM_SPLITS  # noqa: F401
 
 #: The 80 COCO category names in COCO's order (sorted by category id).
 COCO_CLASS_NAMES = (
@@ -36,6 +40,52 @@ COCO_CLASS_NAMES = (
 )
 
 SOURCE = "coco"
+
+
+#: The split without held-out categories (paper Table 1: all 80 categories are trained on).
+SPLIT_ALL = "all"
+
+
+def check_split(split):
+    """Return ``split`` as an int in 1..4, or ``"all"``; raise ``ValueError`` naming the value."""
+    if isinstance(split, str) and split.strip().lower() == SPLIT_ALL:
+        return SPLIT_ALL
+    try:
+        return _splits.check_split(split)
+    except ValueError:
+        raise ValueError(f"unknown one-shot split {split!r}: expected 1, 2, 3 or 4 (S1..S4) "
+                         f"or {SPLIT_ALL!r} (no held-out categories)") from None
+
+
+def split_positions(split, num_categories=_splits.NUM_COCO_CATEGORIES):
+    """1-based category positions held out by split ``S_split`` (see
+    :func:`siamese_mask_rcnn.datasets.splits.split_positions`); ``"all"`` holds out nothing
+    (an empty list). Raises ``ValueError`` for a split other than 1..4 or ``"all"``.
+    """
+    if check_split(split) == SPLIT_ALL:
+        return []
+    return _splits.split_positions(split, num_categories)
+
+
+def parse_split(text):
+    """``argparse`` type of a ``--split`` option: ``"1"``..``"4"`` → int, ``"all"`` → ``"all"``.
+
+    Raises ``argparse.ArgumentTypeError`` (a clean usage error) for anything else.
+    """
+    import argparse
+    value = str(text).strip()
+    try:
+        return check_split(int(value) if value.isdigit() else value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid split {text!r}: choose 1, 2, 3, 4 (one-shot splits S1..S4) or "
+            f"{SPLIT_ALL!r} (all categories are training categories)") from None
+
+
+def split_label(split):
+    """Display name of a split: ``"S1"``..``"S4"`` or ``"all"``."""
+    split = check_split(split)
+    return SPLIT_ALL if split == SPLIT_ALL else f"S{split}"
 
 
 def split_class_names(split):
@@ -180,7 +230,8 @@ class OneShotCocoDataset(OneShotDataset):
 
     def set_split(self, split):
         """Use one-shot split ``S_split`` (1..4): held out = categories at
-        :func:`split_positions`, training = all other categories. May be called before
+        :func:`split_positions`, training = all other categories. ``"all"``: every category
+        is a training category and none is held out (paper Table 1). May be called before
         ``prepare()`` (applied there). Raises ``ValueError`` for an unknown split.
         """
         self.split = check_split(split)

@@ -17,6 +17,8 @@ import datetime
 import logging
 import os
 
+from ..datasets.coco import SPLIT_ALL, parse_split, split_label
+from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
 from ..presets import PRESET_NAMES
 from ..train_coco import load_split_dataset
 from .analyses import absent_category_test, clutter_analysis, confusion_matrix
@@ -30,6 +32,8 @@ ROW_LABELS = {
     ("siamese", "oneshot"): "one-shot", ("siamese", "background"): "background",
     ("random", "oneshot"): "random boxes", ("random", "background"): "random boxes (background)",
     ("gt", "oneshot"): "ground truth (one-shot)", ("gt", "background"): "ground truth (background)",
+    ("siamese", "all"): "all categories", ("random", "all"): "random boxes (all categories)",
+    ("gt", "all"): "ground truth (all categories)",
 }
 
 
@@ -45,8 +49,10 @@ def build_parser(prog=None):
     data.add_argument("--subset", default="val", help="COCO subset (default val)")
     data.add_argument("--annotations", help="instances JSON file (instead of --dataset)")
     data.add_argument("--images", help="image folder (instead of --dataset)")
-    data.add_argument("--split", type=int, choices=[1, 2, 3, 4], default=1,
-                      help="one-shot split S1..S4 (default 1)")
+    data.add_argument("--split", type=parse_split, default=1, metavar="{1,2,3,4,all}",
+                      help="one-shot split S1..S4, or 'all' (no held-out categories: every "
+                           "category present is evaluated, --classes is ignored; paper "
+                           "Table 1) (default 1)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=["siamese", "gt", "random"], default="siamese",
                        help="siamese (needs --weights), gt (ground truth as predictions) "
@@ -91,7 +97,9 @@ def check_args(parser, args):
 
     Raises:
         SystemExit: (status 2, via ``parser.error``) no data, ``--model siamese`` without
-            weights, a weights file not found, or a non-positive count.
+            weights, a weights file not found, a non-positive count, or an output folder
+            (``--out``, default ``logs/eval_<timestamp>``) that cannot be written: checked
+            (and created) here, before any prediction, so no evaluation is lost.
     """
     if args.dataset is None and (args.annotations is None or args.images is None):
         parser.error("give --dataset DIR, or both --annotations FILE and --images DIR")
@@ -109,6 +117,11 @@ def check_args(parser, args):
     if args.protocol == "open-world" and (args.confusion or args.clutter or args.absent):
         parser.error("--confusion, --clutter and --absent belong to the paper protocol; "
                      "the open-world protocol reports false positives on absent categories itself")
+    args.out = args.out or default_out_dir()
+    try:
+        ensure_writable_dir(args.out, "--out folder")
+    except UnwritableOutputError as err:
+        parser.error(str(err))
 
 
 def load_dataset(args):
@@ -140,7 +153,10 @@ def make_predictor_factory(args, dataset):
 
 
 def category_sets(args, dataset):
-    """``[(set name, class ids)]`` to evaluate, one-shot first."""
+    """``[(set name, class ids)]`` to evaluate, one-shot first (``--split all``: every
+    category, as the single set ``"all"``)."""
+    if args.split == SPLIT_ALL:
+        return [("all", list(dataset.train_class_ids))]
     sets = []
     if args.classes in ("oneshot", "both"):
         sets.append(("oneshot", list(dataset.oneshot_class_ids)))
@@ -191,10 +207,10 @@ def main(argv=None, prog=None):
             dataset, factory(args.seed), first_ids, seed=args.seed,
             score_threshold=args.score_threshold, limit=args.limit, shots=args.shots,
             progress=progress)
-    title = (f"model {args.model}, split S{args.split}, {args.shots}-shot, "
+    title = (f"model {args.model}, split {split_label(args.split)}, {args.shots}-shot, "
              f"{args.runs} run(s) from seed {args.seed}"
              + (f", first {args.limit} images" if args.limit else ""))
-    out_dir = args.out or default_out_dir()
+    out_dir = args.out  # checked writable by check_args
     config = {k: v for k, v in vars(args).items()}
     config["out"] = out_dir
     write_outputs(out_dir, summary, confusion=confusion, clutter=clutter,

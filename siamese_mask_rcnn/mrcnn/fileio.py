@@ -1,18 +1,37 @@
-"""Atomic file writing: a crash mid-write never leaves a truncated checkpoint or JSON."""
+"""Atomic file writing (a crash mid-write never leaves a truncated checkpoint or JSON), removal
+of the partial files a killed write leaves behind, and the check that an output folder is
+writable before any long work starts."""
 import contextlib
 import os
+import re
+import shutil
 import tempfile
+
+#: Marker in the names of the hidden temporary files of :func:`atomic_write`.
+PARTIAL_MARKER = ".partial-"
+# hidden temporary files of atomic_write, and the "<prefix>_temp" folders TensorFlow's
+# checkpoint writer uses before it renames its files into place
+_PARTIAL_FILE = re.compile(r"^\..+" + re.escape(PARTIAL_MARKER) + r"[^/\\]+$")
+_TF_PARTIAL = re.compile(r"^.+\.state_temp[^/\\]*$")
+
+
+class UnwritableOutputError(OSError):
+    """An output folder cannot be created or written (the message names the path)."""
 
 
 @contextlib.contextmanager
 def atomic_write(path, suffix=".tmp"):
     """Yield a temporary path beside ``path``; when the block succeeds, flush it to disk and
     rename it onto ``path`` (``os.replace``: atomic on POSIX and Windows). On error the
-    temporary file is removed and ``path`` is left as it was. Parent folders are created."""
+    temporary file is removed and ``path`` is left as it was. Parent folders are created.
+
+    The temporary file is hidden and named ``.<name>.partial-<random><suffix>``; a process
+    killed mid-write leaves it behind, and :func:`remove_partial_files` removes it later."""
     path = os.path.abspath(os.fspath(path))
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{PARTIAL_MARKER}", suffix=suffix,
+                               dir=directory)
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the usual permissions
     try:
@@ -24,3 +43,54 @@ def atomic_write(path, suffix=".tmp"):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def is_partial_file(name):
+    """Whether the file or folder name ``name`` is left over from an interrupted write: an
+    :func:`atomic_write` temporary file, or the ``*.state_temp*`` folder of a training-state
+    checkpoint TensorFlow had not finished."""
+    return bool(_PARTIAL_FILE.match(name) or _TF_PARTIAL.match(name))
+
+
+def remove_partial_files(directory):
+    """Remove the leftovers of interrupted writes (see :func:`is_partial_file`) directly in
+    ``directory``; returns the removed paths. Only call it on a folder no other process
+    writes to (a run folder is used by one process only)."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not is_partial_file(name):
+            continue
+        path = os.path.join(directory, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        removed.append(path)
+    return removed
+
+
+def ensure_writable_dir(path, what="output folder"):
+    """Create the folder ``path`` if needed and check a file can be written in it (a probe file
+    is created and removed). Call it before any long work.
+
+    Returns the path.
+
+    Raises:
+        UnwritableOutputError: the folder cannot be created (e.g. a parent is a file or is
+            read-only) or written; the message names ``what`` and the path.
+    """
+    path = os.fspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise UnwritableOutputError(f"cannot write to the {what} {path}: {reason}") from None
+    return path

@@ -282,12 +282,18 @@ class DetectionTargetLayer(keras.layers.Layer):
             ``positives · (1/ratio − 1)``, i.e. none; a one-shot model trained with negative
             pairs (a reference category absent from the query) needs them, so that the
             classifier learns that nothing matches.
+        seed: integer seed of the ROI subsampling (None: drawn from Python's seeded
+            ``random``). The sampling is stateless, driven by a ``keras.random.SeedGenerator``
+            whose state (not a weight: ``.h5`` files are unchanged) is saved with the
+            training state, so a resumed run draws the same ROIs as an uninterrupted one.
     """
 
     def __init__(self, train_rois_per_image, roi_positive_ratio, bbox_std_dev, mask_shape,
-                 use_mini_mask, negatives_without_positives=0, **kwargs):
+                 use_mini_mask, seed=None, negatives_without_positives=0, **kwargs):
         super().__init__(**kwargs)
         self.negatives_without_positives = int(negatives_without_positives)
+        self.seed = None if seed is None else int(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name=f"{self.name}_seed")
         self.train_rois = int(train_rois_per_image)
         self.positive_ratio = float(roi_positive_ratio)
         self.bbox_std_dev = np.asarray(bbox_std_dev, np.float32)
@@ -298,10 +304,11 @@ class DetectionTargetLayer(keras.layers.Layer):
         return {**super().get_config(), "train_rois_per_image": self.train_rois,
                 "roi_positive_ratio": self.positive_ratio, "bbox_std_dev": self.bbox_std_dev.tolist(),
                 "mask_shape": list(self.mask_shape), "use_mini_mask": self.use_mini_mask,
-                "negatives_without_positives": self.negatives_without_positives}
+                "seed": self.seed, "negatives_without_positives": self.negatives_without_positives}
 
     def _one(self, args):
-        proposals, gt_class_ids, gt_boxes, gt_masks = args
+        proposals, gt_class_ids, gt_boxes, gt_masks, seed = args
+        pos_seed, neg_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         proposals, _ = trim_zeros_graph(proposals)
         gt_boxes, non_zeros = trim_zeros_graph(gt_boxes)
         gt_class_ids = tf.boolean_mask(gt_class_ids, non_zeros)
@@ -321,7 +328,7 @@ class DetectionTargetLayer(keras.layers.Layer):
         negative = tf.where(tf.logical_and(best < 0.5, no_crowd))[:, 0]
 
         pos_count = int(self.train_rois * self.positive_ratio)
-        positive = tf.random.shuffle(positive)[:pos_count]
+        positive = tf.random.experimental.stateless_shuffle(positive, seed=pos_seed)[:pos_count]
         pos_count = tf.shape(positive)[0]
         # float64 + a tiny epsilon: in float32, 66 / 0.33 is 199.99998 and one ROI was lost.
         total = tf.floor(tf.cast(pos_count, tf.float64) / self.positive_ratio + 1e-6)
@@ -329,7 +336,7 @@ class DetectionTargetLayer(keras.layers.Layer):
         if self.negatives_without_positives:
             neg_count = tf.where(pos_count > 0, neg_count,
                                  tf.minimum(self.negatives_without_positives, self.train_rois))
-        negative = tf.random.shuffle(negative)[:neg_count]
+        negative = tf.random.experimental.stateless_shuffle(negative, seed=neg_seed)[:neg_count]
 
         pos_rois = tf.gather(proposals, positive)
         neg_rois = tf.gather(proposals, negative)
@@ -365,8 +372,11 @@ class DetectionTargetLayer(keras.layers.Layer):
         r = self.train_rois
         sig = (tf.TensorSpec([r, 4], tf.float32), tf.TensorSpec([r], tf.int32),
                tf.TensorSpec([r, 4], tf.float32), tf.TensorSpec([r] + list(self.mask_shape), tf.float32))
+        # one stateless seed per call from the generator, split into one per image
+        seeds = tf.random.experimental.stateless_split(tf.cast(self.seed_generator.next(), tf.int64),
+                                                        tf.shape(proposals)[0])
         return tf.map_fn(self._one, (proposals, tf.cast(gt_class_ids, tf.int32),
-                                     tf.cast(gt_boxes, tf.float32), tf.cast(gt_masks, tf.bool)),
+                                     tf.cast(gt_boxes, tf.float32), tf.cast(gt_masks, tf.bool), seeds),
                          fn_output_signature=sig)
 
     def compute_output_shape(self, input_shape):

@@ -180,7 +180,7 @@ class MaskRCNN:
             gt_boxes = NormBoxesLayer(config.IMAGE_SHAPE, name="norm_gt_boxes")(input_gt_boxes)
             rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
                 config.TRAIN_ROIS_PER_IMAGE, config.ROI_POSITIVE_RATIO, config.BBOX_STD_DEV,
-                config.MASK_SHAPE, config.USE_MINI_MASK,
+                config.MASK_SHAPE, config.USE_MINI_MASK, seed=getattr(config, "SEED", None),
                 negatives_without_positives=self.negatives_without_positives(),
                 name="proposal_targets")([rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks])
             class_logits, _, bbox = fpn_classifier_graph(
@@ -222,9 +222,15 @@ class MaskRCNN:
 
     def set_log_dir(self, model_path=None):
         """Set ``log_dir``, ``checkpoint_path`` and ``epoch``; resuming from ``model_path`` (a
-        checkpoint of this layout) reuses its directory and continues after its epoch."""
+        checkpoint of this layout) reuses its directory and continues after its epoch, and
+        the next ``train`` restores the training state saved beside it (optimizer, data
+        position, random generators; see :mod:`.checkpoints`). A fresh run's folder
+        (``<name><YYYYmmddTHHMMSS>-<suffix>``) is created exclusively when training starts."""
         self.log_dir, self.checkpoint_path, self.epoch = run_dirs.run_location(
             self.model_dir, run_dirs.run_name(self.config), model_path)
+        self.resumed_from = str(model_path) if self.epoch else None
+        self.pending_resume = self.resumed_from
+        self.data_position = None
         if self.epoch:
             log.info("resuming at epoch %d", self.epoch + 1)
 
@@ -298,8 +304,10 @@ class MaskRCNN:
               steps_per_epoch=None, validation_steps=None, verbose=1, max_seconds=None):
         """Train ``layers`` (preset or regex) from ``self.epoch`` up to ``epochs``.
 
-        Writes a checkpoint per epoch, TensorBoard scalars to ``self.log_dir`` and the
-        config (``config.json``) beside the checkpoints. Images of the dataset sources in
+        Writes a checkpoint per epoch (the ``.h5`` weights and, beside them, the training
+        state for an exact resume; only from finite weights and losses), TensorBoard scalars
+        to ``self.log_dir`` and the config (``config.json``) beside the checkpoints; a fresh
+        run's folder is created exclusively, a resumed run's ``config.json`` is kept. Images of the dataset sources in
         ``no_augmentation_sources`` are not augmented. ``steps_per_epoch`` and
         ``validation_steps`` override the config; ``max_seconds`` stops after the epoch
         that exhausts a wall-clock budget. Returns the per-epoch history.
@@ -307,7 +315,8 @@ class MaskRCNN:
         Raises:
             RuntimeError: the model was built in inference mode.
             ValueError: ``layers`` matches no layer, or the batch does not split over replicas.
-            FloatingPointError: a loss became NaN or infinite.
+            checkpoints.TrainingDiverged: (a ``FloatingPointError``) a loss or a weight became
+                NaN or infinite; the message names the last good checkpoint.
         """
         if self.mode != "training":
             raise RuntimeError("create the model in training mode to train")

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from . import checkpoints
 from . import weights as mweights
 from .losses import LOSS_NAMES, weight_decay_loss
 from .pipeline import SkipCounter, build_dataset
@@ -199,8 +200,26 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
     with strategy.scope():
         train_step, val_step, train_vars = make_step_functions(model, trainable_layers, optimizer)
 
+    # the run folder first (exclusive for a fresh run), then the state of a resumed run
+    checkpoints.prepare_run_dir(model)
+    schedule = {"layers": str(layers), "learning_rate": float(learning_rate), "epochs": int(epochs),
+                "momentum": float(config.LEARNING_MOMENTUM), "steps_per_epoch": steps,
+                "batch": int(global_batch), "seed": seed}
+    state = checkpoints.TrainingState(model, optimizer, schedule)
+    last_good = getattr(model, "resumed_from", None)
+    if getattr(model, "pending_resume", None):
+        log.info("resuming run %s from %s (epoch %d)", model.log_dir, model.pending_resume, model.epoch)
+        position = state.restore(model.pending_resume)
+        model.pending_resume = None
+        if position is not None:
+            model.data_position = position
+    if model.epoch and os.path.isfile(model.checkpoint_path.format(model.epoch)):
+        last_good = model.checkpoint_path.format(model.epoch)
+    start = getattr(model, "data_position", None)
+    if start is None:
+        start = model.epoch * steps * global_batch
+
     counter = SkipCounter()
-    start = model.epoch * steps * global_batch
     train_ds, _ = make_training_dataset(model, train_dataset, augmentation, seed, start, counter, global_batch,
                                         no_augmentation_sources)
     train_iter = iter(strategy.experimental_distribute_dataset(train_ds))
@@ -209,8 +228,6 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
         val_ds, _ = make_training_dataset(model, val_dataset, None, seed + 1, 0, SkipCounter(), global_batch)
         val_iter = iter(strategy.experimental_distribute_dataset(val_ds))
 
-    os.makedirs(model.log_dir, exist_ok=True)
-    config.save(os.path.join(model.log_dir, "config.json"))
     writer = tf.summary.create_file_writer(model.log_dir)
     log.info("training %d variables of layers=%r from epoch %d to %d, lr=%g, in %s",
              len(train_vars), layers, model.epoch + 1, epochs, learning_rate, model.log_dir)
@@ -219,6 +236,7 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
     history = []
     names = list(LOSS_NAMES) + ["loss"]
     started = time.time()
+    first_epoch = model.epoch
     for epoch in range(model.epoch, epochs):
         _call_callbacks(custom_callbacks, "on_epoch_begin", epoch, {})
         sums = np.zeros(len(names))
@@ -227,8 +245,10 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
         for step in bar:
             values = train_step(next(train_iter)).numpy()
             if not np.all(np.isfinite(values)):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} step {step + 1}: "
-                                         f"{dict(zip(names, values))}")
+                writer.flush()
+                raise checkpoints.TrainingDiverged(
+                    f"non-finite loss at epoch {epoch + 1} step {step + 1}: {dict(zip(names, values))}; "
+                    + checkpoints.last_good_message(last_good), last_good)
             sums += values
             bar.set_postfix(loss=f"{sums[-1] / (step + 1):.4f}")
             global_step = epoch * steps + step + 1
@@ -247,9 +267,20 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
             for n, v in logs.items():
                 tf.summary.scalar(f"epoch/{n}", v)
         writer.flush()
+        # a checkpoint only of finite weights and losses (validation's too, when it runs)
+        bad = checkpoints.non_finite_losses(logs) + checkpoints.non_finite_weights(model.keras_model)
+        if bad:
+            message = (f"non-finite values after epoch {epoch + 1} ({', '.join(bad)}): no checkpoint "
+                       "written; " + checkpoints.last_good_message(last_good))
+            _append_history(model.log_dir, epoch + 1, {**logs, "diverged": message})
+            raise checkpoints.TrainingDiverged(message, last_good)
         model.epoch = epoch + 1
+        model.data_position = start + (epoch + 1 - first_epoch) * steps * global_batch
         path = model.checkpoint_path.format(model.epoch)
+        # the state first: the .h5, written last and atomically, marks a complete checkpoint
+        state.save(path, model.epoch, model.data_position)
         mweights.save_weights_by_name(model.keras_model, path)
+        last_good = path
         logs["checkpoint"] = path
         history.append(logs)
         _append_history(model.log_dir, epoch + 1, logs)
