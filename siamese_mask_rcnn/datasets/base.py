@@ -255,6 +255,25 @@ class OneShotDataset(utils.Dataset):
             return None
         return int(candidates[int(rng.integers(len(candidates)))])
 
+    def sample_absent_reference_class(self, image_id, rng, class_ids=None):
+        """Draw a category ABSENT from query ``image_id`` for a negative training pair, or
+        ``None`` if there is none.
+
+        Uniform over the classes of ``class_ids`` (default ``train_class_ids``) without any
+        annotation in the image (crowd included) and with a usable reference instance in
+        some (necessarily other) image.
+
+        Raises:
+            RuntimeError: the dataset is not prepared.
+        """
+        self._require_prepared("sample_absent_reference_class()")
+        annotated = {abs(int(a["class_id"])) for a in self.instance_annotations(image_id)}
+        allowed = self.train_class_ids if class_ids is None else [int(c) for c in class_ids]
+        candidates = [c for c in allowed if c not in annotated and self.category_index.get(c)]
+        if not candidates:
+            return None
+        return int(candidates[int(rng.integers(len(candidates)))])
+
     def _eligible_classes(self, image_id, class_ids):
         """Classes of ``class_ids`` (default: training classes) present (non-crowd) in the
         image and reference-able, sorted."""

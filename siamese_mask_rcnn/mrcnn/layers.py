@@ -306,6 +306,11 @@ class DetectionTargetLayer(Float32Layer):
         bbox_std_dev: 4 values the box deltas are divided by (``BBOX_STD_DEV``).
         mask_shape: ``(mh, mw)`` of the mask targets (``MASK_SHAPE``).
         use_mini_mask: the GT masks are mini-masks cropped to their boxes.
+        negatives_without_positives: how many negatives to sample from an image without any
+            positive ROI. Mask R-CNN's rule (0, the default) keeps the negatives at
+            ``positives · (1/ratio − 1)``, i.e. none; a one-shot model trained with negative
+            pairs (a reference category absent from the query) needs them, so that the
+            classifier learns that nothing matches.
         seed: integer seed of the ROI subsampling (None: drawn from Python's seeded
             ``random``). The sampling is stateless, driven by a ``keras.random.SeedGenerator``
             whose state (not a weight: ``.h5`` files are unchanged) is saved with the
@@ -313,8 +318,9 @@ class DetectionTargetLayer(Float32Layer):
     """
 
     def __init__(self, train_rois_per_image, roi_positive_ratio, bbox_std_dev, mask_shape,
-                 use_mini_mask, seed=None, **kwargs):
+                 use_mini_mask, seed=None, negatives_without_positives=0, **kwargs):
         super().__init__(**kwargs)
+        self.negatives_without_positives = int(negatives_without_positives)
         self.seed = None if seed is None else int(seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed, name=f"{self.name}_seed")
         self.train_rois = int(train_rois_per_image)
@@ -327,7 +333,7 @@ class DetectionTargetLayer(Float32Layer):
         return {**super().get_config(), "train_rois_per_image": self.train_rois,
                 "roi_positive_ratio": self.positive_ratio, "bbox_std_dev": self.bbox_std_dev.tolist(),
                 "mask_shape": list(self.mask_shape), "use_mini_mask": self.use_mini_mask,
-                "seed": self.seed}
+                "seed": self.seed, "negatives_without_positives": self.negatives_without_positives}
 
     def _one(self, args):
         proposals, gt_class_ids, gt_boxes, gt_masks, seed = args
@@ -356,6 +362,9 @@ class DetectionTargetLayer(Float32Layer):
         # float64 + a tiny epsilon: in float32, 66 / 0.33 is 199.99998 and one ROI was lost.
         total = tf.floor(tf.cast(pos_count, tf.float64) / self.positive_ratio + 1e-6)
         neg_count = tf.cast(total, tf.int32) - pos_count
+        if self.negatives_without_positives:
+            neg_count = tf.where(pos_count > 0, neg_count,
+                                 tf.minimum(self.negatives_without_positives, self.train_rois))
         negative = tf.random.experimental.stateless_shuffle(negative, seed=neg_seed)[:neg_count]
 
         pos_rois = tf.gather(proposals, positive)

@@ -183,6 +183,11 @@ class MaskRCNN:
         """Whether ``mrcnn_bbox_fc`` predicts one box for all classes (False: one per class)."""
         return False
 
+    def negatives_without_positives(self):
+        """ROIs sampled as negatives from a training image without any positive ROI: 0, Mask
+        R-CNN's rule (the Siamese model overrides it for negative pairs)."""
+        return 0
+
     def build(self, mode, config):
         """Build the Keras model of ``mode`` (called by ``__init__``)."""
         check_image_shape(config)
@@ -223,6 +228,7 @@ class MaskRCNN:
             rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
                 config.TRAIN_ROIS_PER_IMAGE, config.ROI_POSITIVE_RATIO, config.BBOX_STD_DEV,
                 config.MASK_SHAPE, config.USE_MINI_MASK, seed=getattr(config, "SEED", None),
+                negatives_without_positives=self.negatives_without_positives(),
                 name="proposal_targets")([rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks])
             class_logits, _, bbox = fpn_classifier_graph(
                 rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
