@@ -46,6 +46,9 @@ def build_parser():
     demo.add_argument("--eval-scenes", type=int, default=150)
     demo.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N scenes only")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--negative-pairs", type=float, default=None, metavar="FRACTION",
+                      help="fraction of training pairs whose reference category is absent from "
+                           "the query (NEGATIVE_PAIR_FRACTION; default: the demo preset's)")
 
     pred = sub.add_parser("predict", help="detect the reference's category in your own query image")
     pred.add_argument("--weights", required=True, help="an .h5 checkpoint")
@@ -90,11 +93,16 @@ def main(argv=None):
                 parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if args.minutes is not None and args.minutes <= 0:
             parser.error(f"--minutes must be > 0, got {args.minutes}")
+        if args.negative_pairs is not None and not 0 <= args.negative_pairs <= 1:
+            parser.error(f"--negative-pairs must be in [0, 1], got {args.negative_pairs}")
+        overrides = ({} if args.negative_pairs is None
+                     else {"NEGATIVE_PAIR_FRACTION": float(args.negative_pairs)})
         try:
             demo_job.run_demo(out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir,
                               steps=args.steps, minutes=args.minutes, threads=args.threads,
                               steps_per_epoch=args.steps_per_epoch, num_train=args.train_scenes,
-                              num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit)
+                              num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit,
+                              config_overrides=overrides)
         except UnwritableOutputError as err:
             print(f"siamese-mrcnn demo: error: {err}", file=sys.stderr)
             return 2

@@ -139,7 +139,13 @@ def test_not_hdf5_exits_2(pictures, tmp_path, capsys):
 
 def test_checkpoint_without_config_says_which_preset_was_assumed(weights, pictures, tmp_path, capsys):
     path = _copy(weights, tmp_path / "alone", with_config=False)
+    # Without --preset the preset is inferred from the file's shapes, and said.
     code = run_cli("--weights", path, "--reference", pictures["ref"], "--query", pictures["query"])
+    assert code == 0
+    assert "no config.json beside" in capsys.readouterr().err
+    # A preset that does not fit: the message says which was assumed and how to pass --config.
+    code = run_cli("--weights", path, "--preset", "small", "--reference", pictures["ref"],
+                   "--query", pictures["query"])
     assert code == 2
     err = capsys.readouterr().err
     assert str(path) in err

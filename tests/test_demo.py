@@ -179,7 +179,7 @@ def test_same_seed_gives_the_same_checkpoint_and_table(demo_run, tmp_path, capsy
     assert "training: " in out.err or "evaluating: " in out.err  # the job's progress bar
     for label in ROWS:
         assert second[label] == first[label], label
-    assert second["absent_false_positives_per_image"] == first["absent_false_positives_per_image"]
+    assert second["absent_false_positives_per_pair"] == first["absent_false_positives_per_pair"]
     assert (first_dir / "table.txt").read_text() == (tmp_path / "table.txt").read_text()
 
     def weights(path):

@@ -145,12 +145,9 @@ class MaskRCNNLosses(keras.layers.Layer):
     """
 
     def __init__(self, normalization="release", **kwargs):
-        super().__init__(**kwargs)
-        self.normalization = check_normalization(normalization)
-
-    def __init__(self, **kwargs):
         kwargs.setdefault("dtype", "float32")  # losses in float32 under mixed precision
         super().__init__(**kwargs)
+        self.normalization = check_normalization(normalization)
 
     def call(self, inputs):
         (rpn_match, rpn_bbox_target, rpn_class_logits, rpn_bbox,
