@@ -324,7 +324,7 @@ def load_model_weights(model, spec, imagenet_weights=None, strict=False, exclude
 # ------------------------------------------------------------------------- command line
 def build_parser():
     """The ``coco.py`` parser (matterport's options plus this project's)."""
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(allow_abbrev=False,
         description="Train or evaluate plain Mask R-CNN on MS COCO's 80 categories "
                     "(the paper's Table 1 baseline).")
     parser.add_argument("command", choices=["train", "evaluate"], help="'train' or 'evaluate'")
