@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import SHARED_DATA, _need
+from h5_fixtures import write_manifest_h5
 
 LAYOUT = SHARED_DATA / "siamese_official_layout"
 MANIFESTS = {"small": "siamese_official_small_manifest.json", "paper": "siamese_official_large_manifest.json"}
@@ -28,8 +29,6 @@ def manifest_path(preset):
 
 
 def write_release_file(preset, path, seed):
-    # The test helper currently lives in the package's weights module (it may move to tests/).
-    from siamese_mask_rcnn.mrcnn.weights import write_manifest_h5
     return write_manifest_h5(manifest_path(preset), path, seed=seed)
 
 
@@ -182,7 +181,7 @@ def test_preset_is_inferred_from_the_file_without_config_json(small_release, tmp
         {"name": "fpn_distance_P2", "weights": [
             {"shape": [1, 1, 512, 384], "h5_weight_name": "fpn_distance_P2/kernel:0"}]}]}
     (tmp_path / "odd.json").write_text(json.dumps(manifest))
-    W.write_manifest_h5(tmp_path / "odd.json", odd)
+    write_manifest_h5(tmp_path / "odd.json", odd)
     with pytest.raises(InputError, match="odd.h5: classifier width 77, matching kernel"):
         infer_preset(odd)
 
