@@ -75,7 +75,8 @@ def test_negative_pairs_reach_the_losses_with_all_background_targets(negative_mo
     # Every image sampled negatives (Mask R-CNN's rule would sample none), none positive.
     assert np.all(sampled.sum(axis=1) > 0) and np.all(sampled.sum(axis=1) <= negatives)
     assert not np.any(class_ids) and not np.any(deltas) and not np.any(masks)
-    losses = dict(zip(LOSS_NAMES, np.asarray(losses).reshape(-1, len(LOSS_NAMES)).mean(axis=0)))
+    parts = np.asarray(losses).reshape(-1, len(LOSS_NAMES), 2).sum(axis=0)  # [sum, count] per loss
+    losses = dict(zip(LOSS_NAMES, parts[:, 0] / np.maximum(parts[:, 1], 1)))
     assert losses["rpn_class_loss"] > 0 and losses["mrcnn_class_loss"] > 0
     assert losses["rpn_bbox_loss"] == 0 and losses["mrcnn_bbox_loss"] == 0 and losses["mrcnn_mask_loss"] == 0
 
