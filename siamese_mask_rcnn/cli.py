@@ -18,7 +18,7 @@ from .predict import InputError, predict
 from .presets import PRESET_NAMES
 
 #: Subcommands whose own parser takes every argument after the subcommand's name.
-DELEGATED = {"train": train_coco.run, "evaluate": evaluation_cli.main}
+DELEGATED = {"train": train_coco.run, "evaluate": evaluation_cli.run}
 
 
 def build_parser():
@@ -46,6 +46,9 @@ def build_parser():
     demo.add_argument("--eval-scenes", type=int, default=150)
     demo.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N scenes only")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--negative-pairs", type=float, default=None, metavar="FRACTION",
+                      help="fraction of training pairs whose reference category is absent from "
+                           "the query (NEGATIVE_PAIR_FRACTION; default: the demo preset's)")
 
     pred = sub.add_parser("predict", help="detect the reference's category in your own query image")
     pred.add_argument("--weights", required=True, help="an .h5 checkpoint")
@@ -55,9 +58,13 @@ def build_parser():
     pred.add_argument("--out", help="write a picture of the result (PNG)")
     pred.add_argument("--json", help="write boxes, scores and RLE masks as JSON")
     pred.add_argument("--config", help="config JSON (default: config.json beside the weights)")
-    pred.add_argument("--preset", choices=list(PRESET_NAMES), default="small",
-                      help="used when no config is found (see siamese_mask_rcnn.presets)")
+    pred.add_argument("--preset", choices=list(PRESET_NAMES), default=None,
+                      help="used when no config is found (see siamese_mask_rcnn.presets; default: "
+                           "inferred from the weights' shapes, e.g. the release's "
+                           "small_siamese_mrcnn_0160.h5 -> small)")
     pred.add_argument("--min-confidence", type=float, help="score threshold (default: the config's)")
+    pred.add_argument("--allow-partial", action="store_true",
+                      help="run even if the weights file leaves some layers of the model unfilled")
     sub.add_parser("train", add_help=False,
                    help="train on a COCO one-shot split (siamese-mrcnn train --help)")
     sub.add_parser("evaluate", add_help=False,
@@ -86,18 +93,24 @@ def main(argv=None):
                 parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if args.minutes is not None and args.minutes <= 0:
             parser.error(f"--minutes must be > 0, got {args.minutes}")
+        if args.negative_pairs is not None and not 0 <= args.negative_pairs <= 1:
+            parser.error(f"--negative-pairs must be in [0, 1], got {args.negative_pairs}")
+        overrides = ({} if args.negative_pairs is None
+                     else {"NEGATIVE_PAIR_FRACTION": float(args.negative_pairs)})
         try:
             demo_job.run_demo(out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir,
                               steps=args.steps, minutes=args.minutes, threads=args.threads,
                               steps_per_epoch=args.steps_per_epoch, num_train=args.train_scenes,
-                              num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit)
+                              num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit,
+                              config_overrides=overrides)
         except UnwritableOutputError as err:
             print(f"siamese-mrcnn demo: error: {err}", file=sys.stderr)
             return 2
         return 0
     try:
         result = predict(args.weights, args.reference, args.query, out_png=args.out, out_json=args.json,
-                         config_path=args.config, preset=args.preset, min_confidence=args.min_confidence)
+                         config_path=args.config, preset=args.preset, min_confidence=args.min_confidence,
+                         allow_partial=args.allow_partial)
     except InputError as err:
         print(f"siamese-mrcnn predict: error: {err}", file=sys.stderr)
         return 2

@@ -19,7 +19,6 @@ must give AP50 = 100).
 TensorFlow is imported only when a model is built.
 """
 import argparse
-import collections
 import contextlib
 import datetime
 import io
@@ -34,6 +33,8 @@ import numpy as np
 
 from .datasets.coco import OneShotCocoDataset
 from .mrcnn.config import Config
+from .train_coco import Stage  # noqa: F401  (the schedule's stage type, re-exported)
+from .train_coco import schedule_stages as siamese_schedule
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,6 @@ def coco_config(preset="paper", backbone="resnet50", **overrides):
 
 
 # ------------------------------------------------------------------------- schedule
-Stage = collections.namedtuple("Stage", ["layers", "until_epoch", "learning_rate"])
 
 
 def schedule_stages(heads_epochs=PAPER_HEADS_EPOCHS, all_epochs=PAPER_ALL_EPOCHS,
@@ -135,24 +135,7 @@ def schedule_stages(heads_epochs=PAPER_HEADS_EPOCHS, all_epochs=PAPER_ALL_EPOCHS
     ``lr / lr_drop``; empty stages are left out. Needs ``0 <= heads_epochs <= all_epochs <=
     total_epochs``, ``total_epochs >= 1`` and positive rates, else ``ValueError``.
     """
-    values = {"heads_epochs": heads_epochs, "all_epochs": all_epochs, "total_epochs": total_epochs}
-    for name, value in values.items():
-        if isinstance(value, bool) or int(value) != value or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    if total_epochs < 1:
-        raise ValueError(f"total_epochs must be >= 1, got {total_epochs}")
-    if not heads_epochs <= all_epochs <= total_epochs:
-        raise ValueError("need heads_epochs <= all_epochs <= total_epochs, got "
-                         f"{heads_epochs}, {all_epochs}, {total_epochs}")
-    if not (lr > 0 and lr_drop > 0):
-        raise ValueError(f"learning rate and drop must be > 0, got {lr!r}, {lr_drop!r}")
-    stages, start = [], 0
-    for layers, until, rate in (("heads", heads_epochs, lr), ("all", all_epochs, lr),
-                                ("all", total_epochs, lr / lr_drop)):
-        if until > start:
-            stages.append(Stage(layers, int(until), float(rate)))
-            start = until
-    return stages
+    return siamese_schedule(heads_epochs, all_epochs, total_epochs, lr, lr_drop)
 
 
 # ------------------------------------------------------------------------- data
@@ -341,7 +324,7 @@ def load_model_weights(model, spec, imagenet_weights=None, strict=False, exclude
 # ------------------------------------------------------------------------- command line
 def build_parser():
     """The ``coco.py`` parser (matterport's options plus this project's)."""
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(allow_abbrev=False,
         description="Train or evaluate plain Mask R-CNN on MS COCO's 80 categories "
                     "(the paper's Table 1 baseline).")
     parser.add_argument("command", choices=["train", "evaluate"], help="'train' or 'evaluate'")

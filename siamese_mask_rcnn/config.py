@@ -30,6 +30,10 @@ class SiameseConfig(Config):
 
     # Matching (paper §4.3, Appendix 1.2): 1x1 conv of [P_query, |P_query - pool(P_ref)|] to this many channels.
     MATCHING_CHANNELS = 384
+    # Negative pairs (open-world search, beyond the paper): this fraction of training pairs
+    # takes a reference of a training category ABSENT from the query, so every anchor and
+    # ROI is background. 0 trains exactly as the paper and the release did.
+    NEGATIVE_PAIR_FRACTION = 0.0
     # The official release puts a ReLU after every FPN conv; keep it so its weights behave.
     FPN_RELU = True
 

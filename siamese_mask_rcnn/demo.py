@@ -26,7 +26,7 @@ import numpy as np
 
 from . import evaluation
 from .config import siamese_config
-from .mrcnn.fileio import ensure_writable_dir
+from .mrcnn.fileio import ensure_writable_dir, safe_filename
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def save_examples(model, dataset, class_ids, out_dir, count=4, seed=0, top_k=3):
             reference, image, result["rois"][keep], result["masks"][:, :, keep], result["scores"][keep],
             title=f"one-shot: {dataset.class_names[class_id]} (top {len(keep)} of {len(result['scores'])})",
             figsize=(5, 5))
-        path = out_dir / f"example_{len(paths)}_{dataset.class_names[class_id]}.png"
+        path = out_dir / f"example_{len(paths)}_{safe_filename(dataset.class_names[class_id])}.png"
         visualize.save_figure(fig, path)
         plt.close(fig)
         paths.append(str(path))
@@ -255,7 +255,7 @@ def _evaluation_work(val, eval_limit):
     """Work units of the evaluation stage (queries, categories, reports, pictures)."""
     image_ids = sorted(val.image_ids)[:eval_limit] if eval_limit else list(val.image_ids)
     pairs = sum(len(val.image_categories.get(i, [])) for i in image_ids)
-    absent_images = len(image_ids[:eval_limit if eval_limit else 50])
+    absent_images = len(image_ids)  # open-world search: every scene, 5 absent categories
     return (WORK_SECONDS["query"] * (2 * len(image_ids) + absent_images)
             + WORK_SECONDS["category"] * (pairs + 5 * absent_images)
             + 2 * WORK_SECONDS["report"] + 4 * WORK_SECONDS["example"])
@@ -362,10 +362,13 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
                                             val.oneshot_class_ids, seed=seed, limit=eval_limit, progress=False),
     }
     progress.advance("report")
-    absent = evaluation.absent_category_test(val, predict, val.oneshot_class_ids, seed=seed,
-                                             score_threshold=inference.config.DETECTION_MIN_CONFIDENCE,
-                                             limit=eval_limit if eval_limit else 50,
-                                             max_categories_per_image=5, progress=False)
+    # Open-world search (beyond the paper): every one-shot category searched in every scene,
+    # present or not (5 random absent ones per scene), so detections on scenes without the
+    # category are false positives.
+    open_world = evaluation.evaluate_open_world(
+        val, predict, val.oneshot_class_ids, seed=seed, limit=eval_limit, max_absent_per_image=5,
+        score_threshold=inference.config.DETECTION_MIN_CONFIDENCE, progress=False)
+    open_world_summary = evaluation.open_world_summary(open_world)
     progress.stage("writing results")
     steps_done = model.epoch * config.STEPS_PER_EPOCH
     info = {"dataset": dataset, "train_scenes": len(train.image_ids), "eval_scenes": len(val.image_ids),
@@ -377,14 +380,16 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
             "final_loss": history[-1]["loss"] if history else None,
             "config": config.to_dict()}
     title = f"one-shot instance segmentation on {dataset} (mAP50, %)"
-    written = evaluation.write_outputs(out_dir, rows, absent=absent, config=info, title=title)
+    written = evaluation.write_outputs(out_dir, rows, config=info, title=title)
+    written.update(evaluation.write_open_world(open_world, out_dir, prefix="oneshot_open_world"))
     progress.advance("report")
     examples = save_examples(inference, val, val.oneshot_class_ids, out_dir / "examples", seed=seed)
     progress.advance("example", len(examples))
     progress.close()
     summary = {label: {"map50_bbox": r["map50_bbox"], "map50_segm": r["map50_segm"], "n_pairs": r["n_pairs"]}
                for label, r in rows.items()}
-    summary.update({"absent_false_positives_per_image": absent["mean_false_positives_per_image"],
+    summary.update({"open_world": open_world_summary,
+                    "absent_false_positives_per_pair": open_world_summary["fp_per_absent_pair"],
                     "total_seconds": round(time.time() - t0, 1), "examples": examples,
                     "outputs": {k: str(v) for k, v in written.items()}, **{k: info[k] for k in
                     ("dataset", "epochs_trained", "steps", "time_capped", "data_seconds", "train_seconds",
@@ -392,6 +397,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if verbose:
         print(evaluation.format_table(rows, title=title))
+        print(evaluation.format_open_world(open_world))
         print(f"{steps_done} training steps in {train_seconds:.0f} s ({train_seconds / max(1, steps_done):.3f} "
               f"s/step); results in {out_dir} ({summary['total_seconds']:.0f} s in total)")
         if minutes is not None:

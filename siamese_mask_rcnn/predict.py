@@ -9,11 +9,16 @@ Command line: ``siamese-mrcnn predict --weights W.h5 --reference ref.jpg --query
 --out result.png --json result.json``.
 
 The model's configuration comes from ``--config``, else from the ``config.json`` that
-training writes beside its checkpoints, else from a preset.
+training writes beside its checkpoints, else from ``--preset``, else from the preset whose
+classifier width (``FPN_CLASSIF_FC_LAYERS_SIZE``) matches the file: the official release's
+``small_siamese_mrcnn_0160.h5`` (FC 512) gets ``small``, its ``large_*.h5`` files (FC 1024)
+get ``paper``.
 """
 import json
 import os
 import pathlib
+import sys
+import re
 
 import numpy as np
 
@@ -26,9 +31,16 @@ class InputError(ValueError):
     """A user-supplied file is missing or unusable (the message names it)."""
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def read_user_image(path, role):
-    """Read an image file as uint8 RGB ``[H, W, 3]``; raises ``InputError`` naming ``path``
-    (and ``role``, e.g. "query") if it is missing, a directory or unreadable."""
+    """Read an image file as uint8 RGB, as displayed (EXIF orientation applied);
+    ``InputError`` naming ``path`` if it cannot. Only local files are read: a URL
+    (``https://...``) is refused."""
+    if _URL.match(str(path)):
+        raise InputError(f"{role} image {path} is a URL: only local files are read "
+                         "(download it first)")
     path = pathlib.Path(path)
     if not path.exists():
         raise InputError(f"{role} image not found: {path}")
@@ -40,10 +52,52 @@ def read_user_image(path, role):
         raise InputError(f"{role} image {path} is not a readable image ({err})") from None
 
 
-def resolve_config(weights, config_path=None, preset="small", **overrides):
+def _preset_signature(config):
+    """The weight shapes that tell the presets apart: classifier width, matching conv kernel,
+    and whether the backbone is a ResNet (``res2a_branch2a``)."""
+    depth = int(config.TOP_DOWN_PYRAMID_SIZE)
+    return (int(config.FPN_CLASSIF_FC_LAYERS_SIZE), (1, 1, 2 * depth, int(config.MATCHING_CHANNELS)),
+            isinstance(config.BACKBONE, str))
+
+
+def infer_preset(weights):
+    """``(preset, reason)``: the preset (``siamese_mask_rcnn.presets``) whose weight shapes the
+    file has: the width of ``mrcnn_class_logits`` (``FPN_CLASSIF_FC_LAYERS_SIZE``), the
+    ``fpn_distance_P2`` kernel (pyramid and matching channels) and a ResNet backbone or not.
+    The release's ``small_siamese_mrcnn_0160.h5`` (FC 512) gives ``small``, its
+    ``large_*.h5`` files (FC 1024) give ``paper``.
+
+    Raises ``InputError`` naming the file if it cannot be read, lacks these layers, or no
+    preset has its shapes.
+    """
+    from .config import siamese_config
+    from .mrcnn.weights import read_h5_weight_shapes
+    from .presets import PRESET_NAMES
+
+    try:
+        layers = read_h5_weight_shapes(weights)
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read weights file {weights}: {err}") from None
+    logits = dict(layers.get("mrcnn_class_logits", []))
+    matching = dict(layers.get("fpn_distance_P2", []))
+    if "kernel" not in logits or "kernel" not in matching:
+        raise InputError(f"{weights} has no mrcnn_class_logits / fpn_distance_P2 kernel: cannot infer "
+                         "its preset (pass --preset or --config)")
+    found = (int(logits["kernel"][0]), tuple(int(d) for d in matching["kernel"]), "res2a_branch2a" in layers)
+    for name in PRESET_NAMES:
+        if _preset_signature(siamese_config(name)) == found:
+            return name, (f"its classifier is {found[0]} wide and its matching kernel is "
+                          f"{list(found[1])}")
+    raise InputError(f"{weights}: classifier width {found[0]}, matching kernel {list(found[1])} "
+                     f"match no preset of {list(PRESET_NAMES)}; pass --config with the model's config.json")
+
+
+def resolve_config(weights, config_path=None, preset=None, **overrides):
     """The single-image inference config for ``weights``: an explicit JSON, the run's
-    ``config.json``, or a preset; ``overrides`` (config keys) are applied on top.
-    Raises ``InputError`` naming an explicit config file that does not exist."""
+    ``config.json``, ``preset``, or (``preset=None``) the preset inferred from the file's
+    shapes (``infer_preset``, which says so on stderr); ``overrides`` (config keys) are
+    applied on top. Raises ``InputError`` naming an explicit config file that does not
+    exist, or a file whose preset cannot be inferred."""
     from .config import SiameseConfig, siamese_config
 
     overrides = {"IMAGES_PER_GPU": 1, "GPU_COUNT": 1, **overrides}
@@ -51,41 +105,99 @@ def resolve_config(weights, config_path=None, preset="small", **overrides):
         raise InputError(f"config file not found: {config_path}")
     path = config_path or os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
     if not os.path.exists(path):
+        if preset is None:
+            preset, reason = infer_preset(weights)
+            print(f"no config.json beside {weights}: assuming preset {preset!r} ({reason}); "
+                  "pass --preset or --config to choose", file=sys.stderr)
         return siamese_config(preset, **overrides)
     saved = SiameseConfig.load(path, strict=False).to_dict()
     return SiameseConfig.from_dict({**saved, **overrides}, strict=False)
 
 
-def load_model(weights, config_path=None, preset="small", min_confidence=None):
-    """An inference ``SiameseMaskRCNN`` with ``weights`` loaded by layer name (config as in
-    :func:`resolve_config`). Raises ``InputError`` naming a missing weights or config file."""
+def load_model(weights, config_path=None, preset=None, min_confidence=None, allow_partial=False,
+               exclude=None):
+    """An inference ``SiameseMaskRCNN`` with ``weights`` loaded by layer name.
+
+    ``weights``: a legacy-layout ``.h5`` (this project's checkpoints, matterport, the
+    official release) or a Keras 3 ``*.weights.h5`` of the same architecture. A file that
+    does not fill every weighted layer of the model is refused (the missing layers listed)
+    unless ``allow_partial`` or the missing layers match ``exclude`` (layer names or
+    regular expressions): random layers would give confident-looking nonsense.
+
+    Raises:
+        InputError: missing, truncated or corrupt file, a file that does not fit the
+            configuration (without a ``config.json``, the message says which preset was
+            assumed and how to pass ``--config``), or a partial file.
+    """
     from .siamese import SiameseMaskRCNN
 
     if not os.path.exists(weights):
         raise InputError(f"weights file not found: {weights}")
     overrides = {} if min_confidence is None else {"DETECTION_MIN_CONFIDENCE": float(min_confidence)}
     config = resolve_config(weights, config_path, preset, **overrides)
+    beside = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
     model = SiameseMaskRCNN("inference", config, model_dir=os.path.dirname(os.path.abspath(weights)))
-    model.load_weights(weights, by_name=True)
+    try:
+        report = model.load_weights(weights, by_name=True, exclude=exclude)
+        check_complete(weights, report, allow_partial)
+    except (OSError, ValueError) as err:
+        message = str(err) if str(weights) in str(err) else f"{weights}: {err}"
+        message = message.replace(" (pass skip_mismatch=True to skip these layers)", "")
+        if config_path is None and not os.path.exists(beside) and not _unreadable(message):
+            message = (f"{_shorten(message)}\nno config was found (no --config, no {beside}): assumed "
+                       f"preset '{preset or config.NAME}'; if the weights come from another configuration, pass "
+                       "the config.json of the run that wrote them with --config FILE (or "
+                       "--preset paper|small)")
+        raise InputError(message) from None
     return model
 
 
-def build_predictor(weights, config=None, preset="small"):
+def _unreadable(message):
+    """True for errors about the file itself (not about fitting a configuration)."""
+    return any(words in message for words in ("truncated or corrupt", "not an HDF5", "not found",
+                                              "no 'layer_names'"))
+
+
+def _shorten(message, lines=8):
+    """The first ``lines`` lines of a long error (e.g. 71 shape mismatches)."""
+    parts = message.split("\n")
+    return "\n".join(parts[:lines] + ([f"  ... ({len(parts) - lines} more)"] if len(parts) > lines else []))
+
+
+def check_complete(weights, report, allow_partial=False):
+    """Refuse a weights file that left model layers unfilled (``report.missing_in_file``;
+    excluded layers do not count) unless ``allow_partial``: ``InputError`` listing them."""
+    missing = list(report.missing_in_file)
+    if missing and not allow_partial:
+        total = len(missing) + len(report.loaded) + len(report.skipped)
+        raise InputError(
+            f"{weights} fills only {len(report.loaded)} of the model's {total} weighted layers; "
+            f"{len(missing)} missing: {', '.join(missing[:20])}{', ...' if len(missing) > 20 else ''} "
+            "(they would keep random values): pass --allow-partial (allow_partial=True) to run "
+            "anyway, or exclude=[...] for layers you mean to leave out")
+
+
+def build_predictor(weights, config=None, preset=None, allow_partial=False):
     """Load an inference model from ``weights`` and return its evaluation ``predict_fn``
     (``predict_fn(image, {class_id: [crops]}) → {class_id: result}``, see
     ``SiameseMaskRCNN.predict_fn``).
 
     The config is ``config``, else the ``config.json`` training wrote beside the weights,
-    else the ``preset``. Raises ``InputError`` naming a missing weights file.
+    else the ``preset``, else the preset inferred from the file (:func:`infer_preset`).
+    Raises ``InputError`` naming a missing, unreadable or partial weights file (see
+    :func:`load_model`; ``allow_partial`` as there).
     """
     if config is None:
-        return load_model(weights, preset=preset).predict_fn()
+        return load_model(weights, preset=preset, allow_partial=allow_partial).predict_fn()
     from .siamese import SiameseMaskRCNN
 
     if not os.path.exists(weights):
         raise InputError(f"weights file not found: {weights}")
     model = SiameseMaskRCNN("inference", config, model_dir="logs")
-    model.load_weights(weights, by_name=True)
+    try:
+        check_complete(weights, model.load_weights(weights, by_name=True), allow_partial)
+    except (OSError, ValueError) as err:
+        raise InputError(str(err) if str(weights) in str(err) else f"{weights}: {err}") from None
     return model.predict_fn()
 
 
@@ -102,16 +214,17 @@ def result_to_json(result, reference_paths, query_path):
             "count": len(detections), "detections": detections}
 
 
-def predict(weights, references, query, out_png=None, out_json=None, config_path=None, preset="small",
-            min_confidence=None, model=None):
+def predict(weights, references, query, out_png=None, out_json=None, config_path=None, preset=None,
+            min_confidence=None, model=None, allow_partial=False):
     """Find every instance of the references' category in ``query``.
 
     ``references``: one path/array or a list (k-shot: their embeddings are averaged).
     Returns ``{"rois", "scores", "masks", "class_ids"}``; writes a picture and/or JSON.
 
     Raises:
-        InputError: an image or the weights cannot be used, or the folder of ``out_png`` /
-            ``out_json`` cannot be written (checked before the model is loaded).
+        InputError: a missing, unreadable or URL image, a weights file :func:`load_model`
+            refuses, or the folder of ``out_png`` / ``out_json`` cannot be written (checked
+            before the model is loaded).
     """
     for out in (out_png, out_json):
         if out:
@@ -123,7 +236,7 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
     ref_images = [read_user_image(r, "reference") if not isinstance(r, np.ndarray) else r for r in refs]
     query_image = read_user_image(query, "query") if not isinstance(query, np.ndarray) else query
     if model is None:
-        model = load_model(weights, config_path, preset, min_confidence)
+        model = load_model(weights, config_path, preset, min_confidence, allow_partial=allow_partial)
     result = model.detect_embeddings(query_image, {0: model.embed_category(ref_images)})[0]
     if out_png:
         import matplotlib.pyplot as plt

@@ -8,7 +8,8 @@ Each preset is its parent preset with a few settings changed; ``paper`` is
   256 RPN anchors per image, 2000/1000 post-NMS ROIs, 200 training ROIs, 100 instances,
   detection NMS 0.5, minimum confidence 0.7, weight decay 1e-4, clip norm 5, learning rate
   0.02, 3 images per GPU (batch 12 on 4 GPUs).
-* ``small`` — the official release's small model: 512² query, 96² reference, FC 512,
+* ``small`` — the official release's small model: 512² query (shorter side scaled up to at
+  least 400, the release's IMAGE_MIN_DIM), 96² reference, FC 512,
   64 RPN anchors, 500/500 ROIs, 100 training ROIs, 30 instances.
 * ``demo`` — the CPU demo on embedded data (``siamese-mrcnn demo``): a few-layer backbone
   (``tiny_backbone``), 128² scenes, 32² references, narrow heads.
@@ -27,7 +28,7 @@ TINY_BACKBONE = "<tiny_backbone>"
 PRESETS = {
     "paper": (None, {}),
     "small": ("paper", {
-        "IMAGE_MIN_DIM": 512, "IMAGE_MAX_DIM": 512,
+        "IMAGE_MIN_DIM": 400, "IMAGE_MAX_DIM": 512,
         "TARGET_MIN_DIM": 75, "TARGET_MAX_DIM": 96,
         "FPN_CLASSIF_FC_LAYERS_SIZE": 512,
         "RPN_TRAIN_ANCHORS_PER_IMAGE": 64,

@@ -47,8 +47,13 @@ class PooledEmbedding(KL.Layer):
     """Global average pooling of every pyramid level (paper Section 4.3, step 1).
 
     Input: a list of L maps ``[N, h_l, w_l, C]``; output ``[N, L, C]`` (the mean feature
-    of each level). No arguments besides the standard layer ones.
+    of each level), computed in float32 under mixed precision. No arguments besides the
+    standard layer ones.
     """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
 
     def call(self, maps):
         return tf.stack([tf.reduce_mean(m, axis=[1, 2]) for m in maps], axis=1)
@@ -98,6 +103,7 @@ class DistanceConcat(KL.Layer):
     """
 
     def __init__(self, level, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # the matching distance stays float32 (mixed precision)
         super().__init__(**kwargs)
         if int(level) < 0:
             raise ValueError(f"level must be >= 0, got {level}")
@@ -151,8 +157,12 @@ class SiameseMaskRCNN(MaskRCNN):
         return [("input_references", [c.NUM_TARGETS] + list(c.TARGET_SHAPE), "float32")]
 
     def num_mask_channels(self):
-        """One class-agnostic mask (paper Section 4.4)."""
+        """One class-agnostic mask (the release's ``mrcnn_mask`` kernel ``[1, 1, 256, 1]``)."""
         return 1
+
+    def class_agnostic_bbox(self):
+        """One class-agnostic box regressor (the release's ``mrcnn_bbox_fc`` kernel ``[FC, 4]``)."""
+        return True
 
     def build(self, mode, config):
         """Build the three parts and the chained ``keras_model`` (called by ``__init__``).
@@ -213,25 +223,47 @@ class SiameseMaskRCNN(MaskRCNN):
         """Query images that contain at least one reference-able training category."""
         return dataset.query_image_ids(dataset.train_class_ids)
 
+    def negatives_without_positives(self):
+        """ROIs sampled as negatives from a negative pair (no positive ROI): as many as an
+        image with its full share of positives gets, when ``NEGATIVE_PAIR_FRACTION`` > 0."""
+        c = self.config
+        if getattr(c, "NEGATIVE_PAIR_FRACTION", 0.0) <= 0:
+            return 0
+        return max(1, int(round(c.TRAIN_ROIS_PER_IMAGE * (1.0 - c.ROI_POSITIVE_RATIO))))
+
     def load_training_example(self, dataset, image_id, rng, augmentation=None):
         """One (query, references) training example (paper Section 5.1).
 
         A random training category present in query ``image_id`` is drawn, ``NUM_TARGETS``
         references of it are cropped from other images, and the ground truth is that
-        category's instances in the query only. Returns the model inputs as numpy arrays
+        category's instances in the query only. With probability ``NEGATIVE_PAIR_FRACTION``
+        (beyond the paper; 0 by default) the pair is a *negative* one instead: the reference
+        category is a training category absent from the query, and the ground truth is
+        empty (every anchor and ROI is background). Returns the model inputs as numpy arrays
         in ``input_specs("training")`` order; raises ``SkipExample`` when the query has no
         usable category or no instance survives augmentation.
         """
         c = self.config
-        class_id = dataset.sample_reference_class(image_id, rng)
+        fraction = float(getattr(c, "NEGATIVE_PAIR_FRACTION", 0.0))
+        # The draw is made only when negatives are on, so fraction 0 keeps the paper's stream.
+        class_id = None
+        if fraction > 0 and rng.random() < fraction:
+            class_id = dataset.sample_absent_reference_class(image_id, rng)
+        negative = class_id is not None
+        if not negative:
+            class_id = dataset.sample_reference_class(image_id, rng)
         if class_id is None:
             raise SkipExample()
         crops = dataset.sample_references(class_id, c.NUM_TARGETS, rng, exclude_image_id=image_id)
         image = dataset.load_image(image_id)
-        masks, labels = dataset.load_class_gt(image_id, class_id)
+        if negative:
+            masks = np.zeros(image.shape[:2] + (0,), dtype=bool)
+            labels = np.zeros((0,), dtype=np.int32)
+        else:
+            masks, labels = dataset.load_class_gt(image_id, class_id)
         image, meta, class_ids, boxes, masks = prepare_gt(
             image, masks, labels, c, image_id=image_id, augmentation=augmentation, rng=rng)
-        if not np.any(class_ids > 0):
+        if not negative and not np.any(class_ids > 0):
             raise SkipExample()
         references = np.stack([mold_reference(r, c) for r in crops])
         return self._pack_targets(image, meta, class_ids, boxes, masks, rng, extra=[references])

@@ -129,6 +129,13 @@ def build_parser(prog=None):
                       help="MultiWorkerMirroredStrategy over the machines of TF_CONFIG")
     dist.add_argument("--images-per-gpu", type=int, default=None,
                       help="images per GPU (default: the preset's 3); batch = this x replicas")
+    dist.add_argument("--mixed-precision", nargs="?", const="auto", default=None,
+                      choices=["auto", "mixed_float16", "mixed_bfloat16"],
+                      help="mixed precision (float32 weights, losses, box decoding, NMS and "
+                           "matching distance): mixed_float16 with dynamic loss scaling on "
+                           "GPUs, mixed_bfloat16 on TPUs and recent CPUs; 'auto' (the default "
+                           "when given without a value) picks mixed_float16 if a GPU is visible, "
+                           "else mixed_bfloat16")
     sched = parser.add_argument_group("schedule (epochs of --steps-per-epoch steps)")
     sched.add_argument("--steps-per-epoch", type=int, default=1000, help="default 1000")
     sched.add_argument("--validation-steps", type=int, default=50,
@@ -144,7 +151,32 @@ def build_parser(prog=None):
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of weight initialisation and data sampling (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--config-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="set any configuration value after the preset and the options "
+                             "above, e.g. TRAIN_BN=True or TRAIN_ROIS_PER_IMAGE=64 (repeatable; "
+                             "VALUE is a Python literal, else a string)")
     return parser
+
+
+def parse_overrides(items):
+    """``{"KEY": value}`` of ``--config-override KEY=VALUE`` items (VALUE a Python literal,
+    else a string).
+
+    Raises:
+        ValueError: an item without ``=`` or with a key that is not UPPER_CASE.
+    """
+    import ast
+    out = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not key.isupper():
+            raise ValueError(f"--config-override {item!r}: expected KEY=VALUE with an UPPER_CASE key")
+        try:
+            out[key] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            out[key] = text.strip()
+    return out
 
 
 def check_args(parser, args):
@@ -188,6 +220,12 @@ def check_args(parser, args):
     try:
         ensure_writable_dir(args.logs, "--logs folder")
     except UnwritableOutputError as err:
+        parser.error(str(err))
+    try:
+        overrides = parse_overrides(args.config_override)
+        if overrides:
+            siamese_config("paper", **overrides)
+    except ValueError as err:
         parser.error(str(err))
 
 
@@ -255,12 +293,36 @@ def build_config(args, replicas=None):
         overrides["IMAGES_PER_GPU"] = args.images_per_gpu
     if args.lr is not None:
         overrides["LEARNING_RATE"] = args.lr
+    if args.mixed_precision:
+        overrides["MIXED_PRECISION"] = mixed_precision_policy(args.mixed_precision)
     if args.backbone == "tiny":
         # the "smoke" preset's changes: small's structure at 128² with tiny_backbone
         overrides.update(preset_changes("smoke"))
     else:
         overrides["BACKBONE"] = args.backbone
+    overrides.update(parse_overrides(args.config_override))
     return siamese_config(args.preset, **overrides)
+
+
+def mixed_precision_policy(choice):
+    """The Keras dtype policy of ``--mixed-precision CHOICE``: ``auto`` is ``mixed_float16``
+    when TensorFlow sees a GPU, else ``mixed_bfloat16``."""
+    if choice != "auto":
+        return choice
+    import tensorflow as tf  # TensorFlow only once training is asked for
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+
+
+def weights_fingerprint(model):
+    """SHA-256 of all the model's weights (float32 bytes, in layer order): equal on every
+    worker of a multi-machine run whose replicas stayed in sync."""
+    import hashlib
+
+    import numpy as np
+    digest = hashlib.sha256()
+    for w in model.keras_model.weights:
+        digest.update(np.ascontiguousarray(np.asarray(w, dtype=np.float32)).tobytes())
+    return digest.hexdigest()
 
 
 def load_split_dataset(dataset_dir, subset, year, annotation_file, image_dir, split):
@@ -354,13 +416,20 @@ def main(argv=None, prog=None):
     keras.utils.set_random_seed(args.seed)
     config = build_config(args, replicas=strategy.num_replicas_in_sync if strategy else None)
     train_set, val_set = load_datasets(args)
-    logs = worker_logs_dir(args.logs, os.environ.get("TF_CONFIG")) if args.multi_worker else args.logs
-    model = SiameseMaskRCNN("training", config, model_dir=logs, strategy=strategy)
+    # Every worker resolves run directory and --weights last in --logs (storage shared by
+    # the machines); only the chief writes there (see mrcnn.training).
+    model = SiameseMaskRCNN("training", config, model_dir=args.logs, strategy=strategy)
     load_initial_weights(model, args.weights, exclude=args.exclude)
 
     stages = schedule_stages(args.heads_epochs, args.all_epochs, args.total_epochs,
                              config.LEARNING_RATE)
     todo = remaining_stages(stages, model.epoch)
+    summary = train_set.index_summary()
+    print(f"training set: {summary['pairs']} (query, category) pairs in {summary['images']} images; "
+          f"{summary['same_image_reference_pairs']} of them take the reference from the query itself "
+          f"(the category has no usable instance in another image); annotations dropped on load: "
+          f"{summary['dropped_annotations'].get('invalid', 0)} invalid, "
+          f"{summary['dropped_annotations'].get('degenerate', 0)} degenerate")
     print(f"split {split_label(args.split)}: {len(train_set.train_class_ids)} training categories, "
           f"{len(train_set.oneshot_class_ids)} held out; batch {config.BATCH_SIZE}; "
           f"starting after epoch {model.epoch}; stages to run: "
@@ -372,16 +441,33 @@ def main(argv=None, prog=None):
                                learning_rate=stage.learning_rate, epochs=stage.until_epoch,
                                layers=stage.layers, steps_per_epoch=args.steps_per_epoch,
                                validation_steps=args.validation_steps, verbose=0 if args.quiet else 1)
-    return {"log_dir": model.log_dir, "epoch": model.epoch, "stages": todo, "history": history}
+    fingerprint = weights_fingerprint(model)
+    print(f"finished at epoch {model.epoch}; weights sha256 {fingerprint}", flush=True)
+    return {"log_dir": model.log_dir, "epoch": model.epoch, "stages": todo, "history": history,
+            "weights_sha256": fingerprint}
 
 
 def run(argv=None, prog=None):
     """:func:`main` for the command line: a missing file or a bad value ends the program
     with ``error: <message>`` on stderr (exit status 1) instead of a traceback, and so does a
     diverging run (the message names the last good checkpoint); argument errors and an
-    unwritable ``--logs`` exit with status 2 (argparse)."""
+    unwritable ``--logs`` exit with status 2 (argparse). Multi-machine training that loses a
+    worker ends every surviving worker with ``error: lost another worker ...`` and exit
+    status 3. A loader error that stops the input
+    pipeline (``DataPipelineError``, naming the image, its file and the original exception)
+    ends training with ``error: ...`` and exit status 1."""
     try:
         main(argv, prog)
     except (FileNotFoundError, ValueError, FloatingPointError) as error:
         sys.exit(f"error: {error}")
+    except RuntimeError as error:
+        from .mrcnn.pipeline import DataPipelineError  # imports TensorFlow: only when needed
+        from .mrcnn.training import WorkerLostError
+        if isinstance(error, DataPipelineError):
+            sys.exit(f"error: {error}")
+        if not isinstance(error, WorkerLostError):
+            raise
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        # TensorFlow's collective threads may still wait on the lost peer: leave at once.
+        os._exit(3)
     return 0

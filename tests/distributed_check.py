@@ -13,18 +13,26 @@ The last stdout line is ``REPORT {json}``. Steps:
    initial weights with ``model.save_weights``.
 2. Build the same model under ``MirroredStrategy(["/cpu:0", "/cpu:1"])`` with 2 images per
    replica (same global batch of 4) and ``load_weights`` the saved file into it.
-3. Reference, without ``tf.distribute`` or ``training.py``: the per-image losses
-   (``keras_model(batch, training=True)``, ``[4, 5]``) and, with a plain ``GradientTape``,
-   the gradient ``g`` of ``mean_i sum_k w_k L_ik + weight_decay_loss(train_vars)``.
-4. The clip norm is set to the median per-variable norm of ``g``, so that about half of
-   the variables are clipped and half are not; the expected first SGD update (zero
-   momentum) is ``-lr * g * min(1, clipnorm / |g|)`` per variable.
+3. Reference, without ``tf.distribute``, ``training.py`` or ``losses.reduce_losses``: the
+   per-image loss parts (``keras_model(batch, training=True)``, ``[4, 5, 2]``: sum and count
+   of each loss) and, with a plain ``GradientTape``, the gradient ``g`` of the objective
+   written out by hand from the definition of ``--normalization``:
+   ``per_image``: ``mean_i sum_k w_k sum_ik / count_ik + weight_decay_loss(train_vars)``, the
+   same for both runs; ``release``: ``mean_g sum_k w_k (Σ_{i in g} sum_ik) / (Σ_{i in g}
+   count_ik) + weight_decay``, with the groups ``g`` = the replicas' image sets ({0,1,2,3} on
+   one device, {0,1} and {2,3} on two replicas), so each run has its own reference.
+4. The clip norm is set to ``--clip-fraction`` of the global norm of the one-device ``g``,
+   so that the global norm of every run's gradient is clipped; the expected first SGD update
+   (zero momentum) is ``-lr * g * min(1, clipnorm / |g|_global)``.
 5. On both models, run ``training.make_step_functions(..)``'s train step once on the same
    batch (distributed with ``experimental_distribute_dataset``) and record the five losses,
    the total and every trainable variable before and after the step.
 6. With ``--train``: reload the initial weights into the two-replica model and run
    ``MaskRCNN.train`` for one step (the real loop with its input pipeline); record its
    reported losses and the weights after the step.
+7. ``release`` only: from the initial weights again, one step of both models on a batch whose
+   two halves are the same two images (``[a, b, a, b]``): pooling over the global batch and
+   averaging the replicas' pools then agree, so both runs must apply the same update.
 
 Determinism: ROI sampling (``DetectionTargetLayer``) shuffles proposals with
 ``tf.random.shuffle``, whose stream differs between a batch of 4 on one device and two
@@ -83,7 +91,7 @@ def configure_devices():
     return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
-def tiny_settings(images_per_gpu, gpu_count, weight_decay):
+def tiny_settings(images_per_gpu, gpu_count, weight_decay, normalization="per_image"):
     """Config overrides shared by both models: tiny backbone and heads, 64² images, a few
     anchors that all become proposals, and ROI sampling that keeps every proposal."""
     from siamese_mask_rcnn.mrcnn.backbone import tiny_backbone
@@ -102,6 +110,7 @@ def tiny_settings(images_per_gpu, gpu_count, weight_decay):
         POOL_SIZE=3, MASK_POOL_SIZE=3, MASK_SHAPE=[6, 6],
         WEIGHT_DECAY=weight_decay, GRADIENT_CLIP_NORM=1e6, LOSS_WEIGHTS=dict(LOSS_WEIGHTS),
         SEED=0, DATA_WORKERS=1, STEPS_PER_EPOCH=1, VALIDATION_STEPS=0,
+        LOSS_NORMALIZATION=normalization,
     )
 
 
@@ -120,19 +129,19 @@ def big_shapes_dataset(count, seed, size=64):
     return dataset
 
 
-def make_mrcnn(images_per_gpu, gpu_count, weight_decay, strategy, model_dir):
+def make_mrcnn(images_per_gpu, gpu_count, weight_decay, strategy, model_dir, normalization):
     """A tiny training-mode ``MaskRCNN`` (4 classes: background + the three shapes)."""
     from siamese_mask_rcnn.mrcnn.config import Config
     from siamese_mask_rcnn.mrcnn.model import MaskRCNN
-    config = Config(NUM_CLASSES=4, **tiny_settings(images_per_gpu, gpu_count, weight_decay))
+    config = Config(NUM_CLASSES=4, **tiny_settings(images_per_gpu, gpu_count, weight_decay, normalization))
     return MaskRCNN("training", config, model_dir, strategy=strategy)
 
 
-def make_siamese(images_per_gpu, gpu_count, weight_decay, strategy, model_dir):
+def make_siamese(images_per_gpu, gpu_count, weight_decay, strategy, model_dir, normalization):
     """A tiny training-mode ``SiameseMaskRCNN`` (32² references, 32 matching channels)."""
     from siamese_mask_rcnn.config import siamese_config
     from siamese_mask_rcnn.siamese import SiameseMaskRCNN
-    settings = tiny_settings(images_per_gpu, gpu_count, weight_decay)
+    settings = tiny_settings(images_per_gpu, gpu_count, weight_decay, normalization)
     settings.update(NUM_CLASSES=2, TARGET_MIN_DIM=24, TARGET_MAX_DIM=32, MATCHING_CHANNELS=32,
                     FPN_RELU=False)
     return SiameseMaskRCNN("training", siamese_config("small", **settings), model_dir, strategy=strategy)
@@ -170,19 +179,35 @@ def unique_train_variables(model, layers="all"):
 
 
 # ------------------------------------------------------------------------------ steps
-def reference_gradient(model, batch, train_vars):
-    """Per-image losses, weight decay, total and its gradient, without tf.distribute."""
+def objective(parts, weights, normalization, groups):
+    """The loss objective written out from its definition (``[B, 5, 2]`` parts -> scalar and
+    the five losses): see the module docstring, step 3."""
+    def ratio(num, den):
+        return tf.math.divide_no_nan(num, den)
+
+    if normalization == "per_image":
+        losses = tf.reduce_mean(ratio(parts[..., 0], parts[..., 1]), axis=0)
+    else:
+        losses = tf.add_n([ratio(tf.reduce_sum(tf.gather(parts[..., 0], g), axis=0),
+                                 tf.reduce_sum(tf.gather(parts[..., 1], g), axis=0))
+                           for g in groups]) / len(groups)
+    return tf.reduce_sum(losses * weights), losses
+
+
+def reference_gradient(model, batch, train_vars, groups):
+    """Per-image loss parts, weight decay, losses, total and its gradient, without tf.distribute."""
     from siamese_mask_rcnn.mrcnn.losses import LOSS_NAMES, weight_decay_loss
     config = model.config
     weights = tf.constant([float(config.LOSS_WEIGHTS[n]) for n in LOSS_NAMES])
     tensors = [tf.constant(b) for b in batch]
     with tf.GradientTape() as tape:
-        per_image = model.keras_model(tensors, training=True)
+        parts = model.keras_model(tensors, training=True)
         reg = weight_decay_loss(train_vars, config.WEIGHT_DECAY)
-        total = tf.reduce_mean(tf.reduce_sum(per_image * weights, axis=1)) + reg
+        weighted, losses = objective(parts, weights, config.LOSS_NORMALIZATION, groups)
+        total = weighted + reg
     grads = tape.gradient(total, train_vars)
     grads = [np.zeros(v.shape, np.float32) if g is None else g.numpy() for g, v in zip(grads, train_vars)]
-    return per_image.numpy(), float(reg.numpy()), float(total.numpy()), grads
+    return parts.numpy(), losses.numpy(), float(reg.numpy()), float(total.numpy()), grads
 
 
 def one_step(model, batch, learning_rate, momentum):
@@ -211,84 +236,118 @@ def train_one_step(model, init, dataset, learning_rate):
     return {k: v for k, v in logs[0].items() if isinstance(v, float)}, before, after
 
 
-def variable_rows(variables, grads, clipnorm, learning_rate, runs):
-    """Per-variable statistics: expected update from the reference gradient, and each run's."""
+def global_norm(grads):
+    return float(np.sqrt(sum(float(np.sum(np.square(g.astype(np.float64)))) for g in grads)))
+
+
+def expected_updates(grads, clipnorm, learning_rate):
+    """``-lr * g * min(1, c / |g|_global)`` per variable (first SGD step, zero momentum)."""
+    norm = global_norm(grads)
+    scale = min(1.0, clipnorm / norm) if norm > 0 else 1.0
+    return [-learning_rate * g.astype(np.float64) * scale for g in grads]
+
+
+def variable_rows(variables, expected, runs):
+    """Per-variable statistics of every run: its update vs its expected update and vs the
+    one-device update of the same batch. ``expected[run]`` is the list of expected updates."""
     rows = []
-    for i, (v, g) in enumerate(zip(variables, grads)):
-        g = g.astype(np.float64)
-        norm = float(np.linalg.norm(g))
-        expected = -learning_rate * g * min(1.0, clipnorm / norm) if norm > 0 else np.zeros_like(g)
-        row = {"name": v.path, "size": int(g.size), "grad_norm": norm, "clipped": bool(norm > clipnorm),
-               "expected_update_norm": float(np.linalg.norm(expected)),
-               "max_abs_expected_update": float(np.abs(expected).max())}
-        first = None
+    for i, v in enumerate(variables):
+        row = {"name": v.path, "size": int(v.shape.num_elements())}
+        updates = {key: after[i].astype(np.float64) - before[i] for key, (before, after) in runs.items()}
         for key, (before, after) in runs.items():
-            update = after[i].astype(np.float64) - before[i]
+            exp = expected[key][i]
+            update = updates[key]
+            row[f"{key}_max_abs_expected_update"] = float(np.abs(exp).max())
             row[f"{key}_start_equals_one_device"] = bool(np.array_equal(before[i], runs["one_device"][0][i]))
             row[f"{key}_max_abs_weight"] = float(max(np.abs(before[i]).max(), np.abs(after[i]).max()))
-            row[f"{key}_update_norm"] = float(np.linalg.norm(update))
-            row[f"{key}_max_abs_diff_expected"] = float(np.abs(update - expected).max())
-            if first is None:
-                first = update
-            else:
-                row[f"{key}_max_abs_diff_one_device"] = float(np.abs(update - first).max())
+            row[f"{key}_update_sq"] = float(np.sum(update ** 2))
+            row[f"{key}_max_abs_diff_expected"] = float(np.abs(update - exp).max())
+            # the one-device run of the same batch: "same_halves_*" runs have their own
+            baseline = "same_halves_one_device" if key.startswith("same_halves_") else "one_device"
+            if key != baseline:
+                row[f"{key}_max_abs_diff_one_device"] = float(np.abs(update - updates[baseline]).max())
+        row["max_abs_expected_update"] = row["one_device_max_abs_expected_update"]
         rows.append(row)
     return rows
 
 
 # ------------------------------------------------------------------------------ main
-def run(kind, weight_decay, learning_rate, momentum, clip_quantile, train):
+def run(kind, weight_decay, learning_rate, momentum, clip_fraction, train, normalization):
     from siamese_mask_rcnn.mrcnn.losses import LOSS_NAMES
     devices = configure_devices()
     make = make_mrcnn if kind == "mrcnn" else make_siamese
     dataset = make_dataset(kind)
-    report = {"kind": kind, "devices": devices, "learning_rate": learning_rate,
+    report = {"kind": kind, "devices": devices, "learning_rate": learning_rate, "normalization": normalization,
               "loss_names": list(LOSS_NAMES) + ["loss"]}
+    one_groups, two_groups = [[0, 1, 2, 3]], [[0, 1], [2, 3]]
     with tempfile.TemporaryDirectory() as tmp:
-        one = make(GLOBAL_BATCH, 1, weight_decay, tf.distribute.get_strategy(), tmp)
+        one = make(GLOBAL_BATCH, 1, weight_decay, tf.distribute.get_strategy(), tmp, normalization)
         batch = first_training_batch(one, dataset)
         anchors = len(one.get_anchors(one.config.IMAGE_SHAPE))
         if anchors != ANCHORS:
             raise RuntimeError(f"the config yields {anchors} anchors, not {ANCHORS}: update ANCHORS")
         init = os.path.join(tmp, "init.h5")
         one.save_weights(init)
-        two = make(GLOBAL_BATCH // 2, 2, weight_decay, tf.distribute.MirroredStrategy(devices[:2]), tmp)
+        two = make(GLOBAL_BATCH // 2, 2, weight_decay, tf.distribute.MirroredStrategy(devices[:2]), tmp,
+                   normalization)
         two.load_weights(init, by_name=True)
         log("built both models")
 
         variables = unique_train_variables(one)
-        per_image, reg, ref_total, grads = reference_gradient(one, batch, variables)
-        # A second pass draws other shuffles in the ROI sampling: same losses if nothing is dropped.
+        parts, losses1, reg, total1, grads1 = reference_gradient(one, batch, variables, one_groups)
+        _, losses2, _, total2, grads2 = reference_gradient(one, batch, variables, two_groups)
+        # A second pass draws other shuffles in the ROI sampling: same parts if nothing is dropped.
         repeat = one.keras_model([tf.constant(b) for b in batch], training=True).numpy()
-        norms = [float(np.linalg.norm(g)) for g in grads]
-        clipnorm = float(np.quantile([n for n in norms if n > 0], clip_quantile))
+        clipnorm = clip_fraction * global_norm(grads1)
         one.config.GRADIENT_CLIP_NORM = two.config.GRADIENT_CLIP_NORM = clipnorm
-        log("reference gradient")
+        log("reference gradients")
 
         out1, before1, after1 = one_step(one, batch, learning_rate, momentum)
         log("one-device step")
         out2, before2, after2 = one_step(two, batch, learning_rate, momentum)
         log("two-replica step")
         runs = {"one_device": (before1, after1), "two_replicas": (before2, after2)}
+        expected = {"one_device": expected_updates(grads1, clipnorm, learning_rate),
+                    "two_replicas": expected_updates(grads2, clipnorm, learning_rate)}
         report.update({
             "replicas": [one.strategy.num_replicas_in_sync, two.strategy.num_replicas_in_sync],
             "per_replica_batch": [one.config.IMAGES_PER_GPU, two.config.IMAGES_PER_GPU],
             "global_batch": [one.config.BATCH_SIZE, two.config.BATCH_SIZE],
             "loss_weights": [float(one.config.LOSS_WEIGHTS[n]) for n in LOSS_NAMES],
             "clipnorm": clipnorm,
-            "per_image_losses": per_image.tolist(),
-            "per_image_losses_repeat": repeat.tolist(),
+            "grad_global_norm": [global_norm(grads1), global_norm(grads2)],
+            "per_image_parts": parts.tolist(),
+            "per_image_parts_repeat": repeat.tolist(),
+            "reference_losses": [losses1.tolist(), losses2.tolist()],
             "reference_reg": reg,
-            "reference_total": ref_total,
+            "reference_total": [total1, total2],
             "one_device": out1.tolist(),
             "two_replicas": out2.tolist(),
         })
         if train:
             history, before3, after3 = train_one_step(two, init, dataset, learning_rate)
             runs["train_two_replicas"] = (before3, after3)
+            expected["train_two_replicas"] = expected["two_replicas"]
             report["train_history"] = history
             log("MaskRCNN.train on two replicas")
-        report["variables"] = variable_rows(variables, grads, clipnorm, learning_rate, runs)
+        if normalization == "release":
+            same = [np.concatenate([b[:2], b[:2]]) for b in batch]
+            one.load_weights(init, by_name=True)
+            two.load_weights(init, by_name=True)
+            _, same_losses, _, same_total, same_grads = reference_gradient(one, same, variables, one_groups)
+            out3, before4, after4 = one_step(one, same, learning_rate, momentum)
+            two.load_weights(init, by_name=True)
+            out4, before5, after5 = one_step(two, same, learning_rate, momentum)
+            runs["same_halves_one_device"] = (before4, after4)
+            runs["same_halves_two_replicas"] = (before5, after5)
+            expected["same_halves_one_device"] = expected["same_halves_two_replicas"] = expected_updates(
+                same_grads, clipnorm, learning_rate)
+            report.update({"same_halves_one_device": out3.tolist(), "same_halves_two_replicas": out4.tolist(),
+                           "same_halves_reference_losses": same_losses.tolist(),
+                           "same_halves_reference_total": same_total,
+                           "same_halves_grad_global_norm": global_norm(same_grads)})
+            log("same-halves steps")
+        report["variables"] = variable_rows(variables, expected, runs)
     return report
 
 
@@ -298,12 +357,14 @@ def main(argv=None):
     parser.add_argument("--weight-decay", type=float, default=2.0)
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--clip-quantile", type=float, default=0.5,
-                        help="clip norm = this quantile of the per-variable gradient norms")
+    parser.add_argument("--clip-fraction", type=float, default=0.3,
+                        help="clip norm = this fraction of the global norm of the one-device gradient")
+    parser.add_argument("--normalization", choices=("release", "per_image"), default="release",
+                        help="LOSS_NORMALIZATION of both models")
     parser.add_argument("--train", action="store_true", help="also run MaskRCNN.train for one step")
     args = parser.parse_args(argv)
     report = run(args.model, args.weight_decay, args.learning_rate, args.momentum,
-                 args.clip_quantile, args.train)
+                 args.clip_fraction, args.train, args.normalization)
     print("REPORT " + json.dumps(report), flush=True)
 
 

@@ -112,7 +112,8 @@ def tame_kernels(h5_path):
 def test_matterport_resnet50_coco_weights_load_and_evaluate(coco_subset_dir, matterport_layout_dir,
                                                             tmp_path):
     from siamese_mask_rcnn.mrcnn import weights as W
-    h5 = W.write_manifest_h5(matterport_layout_dir / "matterport_resnet50_coco_manifest.json",
+    from h5_fixtures import write_manifest_h5
+    h5 = write_manifest_h5(matterport_layout_dir / "matterport_resnet50_coco_manifest.json",
                              tmp_path / "mask_rcnn_coco_r50.h5", seed=1)
     tame_kernels(h5)
     summary = cm.main(["evaluate", "--model", str(h5), "--backbone", "resnet50", "--image-size", "256",

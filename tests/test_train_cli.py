@@ -125,6 +125,32 @@ def test_config_batch_is_images_per_gpu_times_gpus(tmp_path):
     assert cli.build_config(args, replicas=8).BATCH_SIZE == 16
 
 
+def test_config_override_and_mixed_precision_options(tmp_path):
+    args = _parse_and_check(["--dataset", str(tmp_path), "--config-override", "TRAIN_BN=True",
+                             "--config-override", "TRAIN_ROIS_PER_IMAGE=64", "--config-override", "NAME=mine",
+                             "--mixed-precision", "mixed_bfloat16"])
+    config = cli.build_config(args)
+    assert config.TRAIN_BN is True and config.TRAIN_ROIS_PER_IMAGE == 64 and config.NAME == "mine"
+    assert config.MIXED_PRECISION == "mixed_bfloat16"
+    assert cli.build_config(_parse_and_check(["--dataset", str(tmp_path)])).MIXED_PRECISION is None
+    # 'auto' on this GPU-less machine: bfloat16
+    auto = cli.build_config(_parse_and_check(["--dataset", str(tmp_path), "--mixed-precision"]))
+    assert auto.MIXED_PRECISION == "mixed_bfloat16"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config-override", "NOT_A_KEY=1"], "Unknown config attribute 'NOT_A_KEY'"),
+    (["--config-override", "train_bn=True"], "expected KEY=VALUE with an UPPER_CASE key"),
+    (["--config-override", "TRAIN_BN"], "expected KEY=VALUE"),
+    (["--mixed-precision", "float8"], "invalid choice: 'float8'"),
+])
+def test_bad_config_override_or_precision(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _parse_and_check(["--dataset", str(tmp_path), *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_tiny_backbone_config(tmp_path):
     from siamese_mask_rcnn.mrcnn.backbone import tiny_backbone
     config = cli.build_config(_parse_and_check(["--dataset", str(tmp_path), "--backbone", "tiny"]))

@@ -30,7 +30,7 @@ if __package__ in (None, ""):
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from siamese_mask_rcnn.evaluation.cli import main  # noqa: E402
+from siamese_mask_rcnn.evaluation.cli import main, run  # noqa: E402,F401
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -180,6 +180,32 @@ class OneShotDataset(utils.Dataset):
             names = [self.class_names[c] for c in self.unreferenceable_class_ids]
             logger.info("classes without a usable reference instance (never sampled): %s",
                         ", ".join(names))
+        same = self.same_image_reference_pairs(self._all_class_ids())
+        if same:
+            logger.info("%d (query, category) pairs have their category's only usable reference "
+                        "instances in the query itself: the reference is then cropped from the "
+                        "query image (e.g. %s)", len(same),
+                        ", ".join(f"image {i} / {self.class_names[c]}" for i, c in same[:5]))
+
+    def same_image_reference_pairs(self, class_ids=None):
+        """``(image_id, class_id)`` pairs (of :meth:`query_class_pairs`) whose category has usable
+        reference instances in that image only: the sampler then crops the reference from
+        the query itself (``info["same_image"]``), e.g. a category with one instance."""
+        self._require_prepared("same_image_reference_pairs()")
+        return [(i, c) for i, c in self.query_class_pairs(class_ids) if self.category_index[c] == [i]]
+
+    def index_summary(self, class_ids=None):
+        """Counts of the one-shot index for ``class_ids`` (default: training classes):
+        images, reference-able classes, pairs, same-image pairs, crowd and small instances,
+        and annotations dropped on load (``dropped_annotations``, when the source checks)."""
+        self._require_prepared("index_summary()")
+        pairs = self.query_class_pairs(class_ids)
+        return {"images": len(self.image_ids), "referenceable_classes": len(self.category_index),
+                "pairs": len(pairs),
+                "same_image_reference_pairs": len(self.same_image_reference_pairs(class_ids)),
+                "crowd_instances": self.num_crowd,
+                "small_instances": sum(self.skipped_small.values()),
+                "dropped_annotations": dict(getattr(self, "dropped_annotations", {}))}
 
     # ------------------------------------------------------------------ class split
     def _validate_split(self, train_class_ids, oneshot_class_ids):
@@ -225,6 +251,25 @@ class OneShotDataset(utils.Dataset):
         """
         self._require_prepared("sample_reference_class()")
         candidates = self._eligible_classes(image_id, class_ids)
+        if not candidates:
+            return None
+        return int(candidates[int(rng.integers(len(candidates)))])
+
+    def sample_absent_reference_class(self, image_id, rng, class_ids=None):
+        """Draw a category ABSENT from query ``image_id`` for a negative training pair, or
+        ``None`` if there is none.
+
+        Uniform over the classes of ``class_ids`` (default ``train_class_ids``) without any
+        annotation in the image (crowd included) and with a usable reference instance in
+        some (necessarily other) image.
+
+        Raises:
+            RuntimeError: the dataset is not prepared.
+        """
+        self._require_prepared("sample_absent_reference_class()")
+        annotated = {abs(int(a["class_id"])) for a in self.instance_annotations(image_id)}
+        allowed = self.train_class_ids if class_ids is None else [int(c) for c in class_ids]
+        candidates = [c for c in allowed if c not in annotated and self.category_index.get(c)]
         if not candidates:
             return None
         return int(candidates[int(rng.integers(len(candidates)))])

@@ -34,6 +34,8 @@ from ..cocoformat import IOU_TYPES
 from .analyses import (DEFAULT_CLUTTER_BINS, absent_category_test, clutter_analysis,
                        confusion_matrix, instance_counts)
 from .baselines import ground_truth_predictor, random_boxes_predictor
+from .openworld import (evaluate_open_world, format_open_world, open_world_summary,
+                        write_open_world)
 from .pairs import EvalPair, build_eval_pairs
 from .predictions import detections_to_coco, run_predictions
 from .protocol import (coco_ap50, confidence_interval95, evaluate, evaluate_runs,
@@ -45,6 +47,7 @@ from .report import (TABLE_ROW_ORDER, format_table, plot_clutter, plot_confusion
 __all__ = [
     "IOU_TYPES", "DEFAULT_CLUTTER_BINS", "TABLE_ROW_ORDER", "EvalPair",
     "build_eval_pairs", "run_predictions", "detections_to_coco",
+    "evaluate_open_world", "open_world_summary", "format_open_world", "write_open_world",
     "coco_ap50", "evaluation_ground_truth", "evaluate", "evaluate_runs", "confidence_interval95",
     "ground_truth_predictor", "random_boxes_predictor",
     "confusion_matrix", "clutter_analysis", "instance_counts", "absent_category_test",

@@ -16,6 +16,7 @@ import argparse
 import datetime
 import logging
 import os
+import sys
 
 from ..datasets.coco import SPLIT_ALL, parse_split, split_label
 from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
@@ -23,6 +24,7 @@ from ..presets import PRESET_NAMES
 from ..train_coco import load_split_dataset
 from .analyses import absent_category_test, clutter_analysis, confusion_matrix
 from .baselines import ground_truth_predictor, random_boxes_predictor
+from .openworld import RESULTS_FILE, evaluate_open_world, format_open_world, write_open_world
 from .protocol import evaluate_runs
 from .report import format_table, write_outputs
 
@@ -57,10 +59,19 @@ def build_parser(prog=None):
                        help="siamese (needs --weights), gt (ground truth as predictions) "
                             "or random (the random-boxes baseline)")
     model.add_argument("--weights", help="trained Siamese Mask R-CNN weights (.h5)")
-    model.add_argument("--preset", default="small", choices=list(PRESET_NAMES),
+    model.add_argument("--preset", default=None, choices=list(PRESET_NAMES),
                        help="model configuration preset when no config.json is beside the "
-                            "weights (default small)")
+                            "weights (default: inferred from the weights' shapes)")
+    model.add_argument("--allow-partial", action="store_true",
+                       help="evaluate even if --weights leaves some layers of the model unfilled")
     protocol = parser.add_argument_group("protocol")
+    protocol.add_argument("--protocol", choices=["paper", "open-world"], default="paper",
+                          help="paper: search each query only for categories present in it "
+                               "(paper §5.2); open-world: search every category in every query, "
+                               "so detections on images without the category are false positives")
+    protocol.add_argument("--max-absent-per-image", type=int, default=None,
+                          help="open-world: search at most N random absent categories per query "
+                               "(seeded; present ones always); default: all")
     protocol.add_argument("--runs", type=int, default=1,
                           help="evaluation runs with seeds seed, seed+1, ... (paper: 5)")
     protocol.add_argument("--seed", type=int, default=0, help="seed of the first run")
@@ -76,7 +87,9 @@ def build_parser(prog=None):
     analyses.add_argument("--absent", action="store_true",
                           help="false positives when the category is absent from the query")
     analyses.add_argument("--score-threshold", type=float, default=0.7,
-                          help="score above which a detection counts in --absent (default 0.7)")
+                          help="score above which a detection counts in --absent and in the "
+                               "open-world false positives per absent pair (default 0.7, the "
+                               "paper preset's DETECTION_MIN_CONFIDENCE)")
     parser.add_argument("--out", help="output folder (default logs/eval_<timestamp>/)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -102,6 +115,11 @@ def check_args(parser, args):
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
+    if args.max_absent_per_image is not None and args.max_absent_per_image < 0:
+        parser.error(f"--max-absent-per-image must be >= 0, got {args.max_absent_per_image}")
+    if args.protocol == "open-world" and (args.confusion or args.clutter or args.absent):
+        parser.error("--confusion, --clutter and --absent belong to the paper protocol; "
+                     "the open-world protocol reports false positives on absent categories itself")
     args.out = args.out or default_out_dir()
     try:
         ensure_writable_dir(args.out, "--out folder")
@@ -133,7 +151,7 @@ def make_predictor_factory(args, dataset):
         return lambda seed: random_boxes_predictor(dataset, seed)
     # imported here so that the baselines run without TensorFlow
     from ..predict import build_predictor
-    predictor = build_predictor(args.weights, preset=args.preset)
+    predictor = build_predictor(args.weights, preset=args.preset, allow_partial=args.allow_partial)
     return lambda seed: predictor
 
 
@@ -172,6 +190,8 @@ def main(argv=None, prog=None):
     dataset = load_dataset(args)
     factory = make_predictor_factory(args, dataset)
     progress = not args.quiet
+    if args.protocol == "open-world":
+        return run_open_world(args, dataset, factory, progress)
     summary = {}
     for set_name, class_ids in category_sets(args, dataset):
         summary[ROW_LABELS[(args.model, set_name)]] = evaluate_runs(
@@ -205,3 +225,42 @@ def main(argv=None, prog=None):
               f"{100 * absent['fraction_images_with_false_positive']:.1f}% of images with one")
     print(f"outputs written to {out_dir}")
     return summary
+
+
+def run(argv=None, prog=None):
+    """:func:`main` for the command line: unusable data or weights (a bad annotation file, an
+    image whose size differs from its JSON, a truncated, foreign or partial weights file)
+    end the program with ``<prog>: error: <message naming the file>`` on stderr and exit
+    status 2 instead of a traceback. Returns 0."""
+    try:
+        main(argv, prog)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"{prog or 'evaluate_siamese.py'}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    return 0
+
+
+def run_open_world(args, dataset, factory, progress):
+    """The open-world protocol for each chosen category set: results stream to
+    ``<out>/<set>_open_world_results.jsonl`` (an interrupted run started again with the same
+    ``--out`` resumes), then the summary, curve CSV and PNG are written and printed.
+    Returns ``{set name: open-world result}``.
+
+    Raises:
+        ValueError: a results file in ``--out`` written with other settings (named).
+    """
+    out_dir = args.out or default_out_dir()
+    if progress:
+        print(f"results stream to {out_dir}; if interrupted, run again with --out {out_dir} to resume")
+    outcome = {}
+    for set_name, class_ids in category_sets(args, dataset):
+        result = evaluate_open_world(
+            dataset, factory(args.seed), class_ids, seed=args.seed, shots=args.shots,
+            limit=args.limit, max_absent_per_image=args.max_absent_per_image,
+            score_threshold=args.score_threshold,
+            results_path=os.path.join(out_dir, f"{set_name}_{RESULTS_FILE}"), progress=progress)
+        write_open_world(result, out_dir, prefix=f"{set_name}_open_world")
+        print(f"[{ROW_LABELS[(args.model, set_name)]}] " + format_open_world(result))
+        outcome[set_name] = result
+    print(f"outputs written to {out_dir}")
+    return outcome

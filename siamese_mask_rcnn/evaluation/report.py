@@ -9,9 +9,10 @@ import csv
 import json
 import math
 import pathlib
-import re
 
 import numpy as np
+
+from ..mrcnn.fileio import safe_filename
 
 #: Row order of :func:`format_table` (other row labels follow in insertion order).
 TABLE_ROW_ORDER = ("background", "one-shot", "random boxes")
@@ -258,7 +259,7 @@ def format_table(summary, title=None):
 
 def _slug(label):
     """A file-name-safe version of a row label."""
-    return re.sub(r"[^a-z0-9]+", "_", str(label).lower()).strip("_") or "row"
+    return safe_filename(str(label).lower(), keep="a-z0-9", default="row")
 
 
 def _evaluations_of(entry):

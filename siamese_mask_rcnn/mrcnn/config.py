@@ -188,9 +188,21 @@ class Config:
     # Batch normalisation training: False freezes BN layers (small batches).
     TRAIN_BN = False
 
-    # Gradient clipping: each gradient tensor is clipped to this L2 norm (Keras clipnorm),
-    # applied to the global-batch gradient under tf.distribute.
+    # Gradient clipping: the global L2 norm of all gradients together is clipped to this value
+    # (tf.clip_by_global_norm; Keras 2's optimizer ``clipnorm``, which matterport and the
+    # official release used), applied to the global-batch gradient under tf.distribute.
     GRADIENT_CLIP_NORM = 5.0
+
+    # How the losses are normalised (see mrcnn.losses):
+    # "release" (matterport and the official Siamese release): the classifier loss is the mean
+    #   over all TRAIN_ROIS_PER_IMAGE rows (padding rows included); the other losses are pooled
+    #   over the anchors / positive ROIs of a replica's whole batch; replicas are averaged.
+    # "per_image": each loss is a mean over one image's valid rows, averaged over the global batch.
+    LOSS_NORMALIZATION = "release"
+    # Mixed precision (an addition): None (float32), "mixed_float16" (GPUs; training uses
+    # dynamic loss scaling) or "mixed_bfloat16" (TPUs, recent CPUs). Weights stay float32,
+    # and so do losses, box decoding, NMS, ROIAlign and the Siamese matching distance.
+    MIXED_PRECISION = None
 
     # Additions to matterport: seed for reproducible data sampling (None means
     # fresh entropy) and the number of parallel data-loading workers.
@@ -240,6 +252,9 @@ class Config:
             side = self.IMAGE_MAX_DIM
         self.IMAGE_SHAPE = np.array([side, side, self.IMAGE_CHANNEL_COUNT])
         self.IMAGE_META_SIZE = image_meta_size(self.NUM_CLASSES)
+        if self.LOSS_NORMALIZATION not in ("release", "per_image"):
+            raise ValueError(f"LOSS_NORMALIZATION must be 'release' or 'per_image', "
+                             f"got {self.LOSS_NORMALIZATION!r}")
 
     def config_keys(self):
         """Sorted names of every configuration attribute (UPPER_CASE)."""

@@ -94,3 +94,18 @@ def ensure_writable_dir(path, what="output folder"):
         reason = err.strerror or str(err)
         raise UnwritableOutputError(f"cannot write to the {what} {path}: {reason}") from None
     return path
+
+
+def safe_filename(name, keep="A-Za-z0-9.-", default="unnamed", max_length=100):
+    """``name`` (e.g. a category name from a dataset) made safe as one path component.
+
+    Every run of characters outside ``keep`` (a regex character-class body) becomes ``_``
+    — so ``/``, ``\\``, ``:``, spaces and control characters never reach the file system —
+    leading/trailing ``.``, ``_`` and ``-`` are stripped (no hidden files, no ``..``), the
+    result is cut to ``max_length`` characters and is ``default`` if nothing is left.
+    ``"Korean/character13"`` → ``"Korean_character13"``.
+    """
+    import re
+
+    safe = re.sub(f"[^{keep}]+", "_", str(name)).strip("._-")[:max_length].strip("._-")
+    return safe or default

@@ -35,6 +35,24 @@ class UnfoldRois(keras.layers.Layer):
         return tuple(reference[:2]) + tuple(x[1:])
 
 
+class RepeatBoxDeltas(keras.layers.Layer):
+    """``[B·N, 4] → [B·N, C, 4]``: one class-agnostic set of box deltas used for all ``C``
+    classes (the official Siamese Mask R-CNN release's box regressor)."""
+
+    def __init__(self, num_classes, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+
+    def call(self, x):
+        return tf.tile(x[:, None, :], [1, self.num_classes, 1])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_classes, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
 class RpnOutputs(keras.layers.Layer):
     """Reshape raw RPN conv maps to ``[B, anchors, k]``."""
 
@@ -71,8 +89,12 @@ def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_channels=51
 
 
 def fpn_classifier_graph(rois, feature_maps, image_meta, pool_size, num_classes,
-                         train_bn=False, fc_layers_size=1024):
+                         train_bn=False, fc_layers_size=1024, class_agnostic_bbox=False):
     """Classifier + box regressor on ROIs pooled from P2..P5.
+
+    The box regressor ``mrcnn_bbox_fc`` predicts ``4·C`` deltas (one box per class, matterport,
+    kernel ``[fc, 4·C]``) or, with ``class_agnostic_bbox``, 4 deltas shared by every class
+    (kernel ``[fc, 4]``, the official Siamese Mask R-CNN release); the output shape is the same.
 
     Returns ``(mrcnn_class_logits [B, N, C], mrcnn_probs [B, N, C], mrcnn_bbox [B, N, C, 4])``.
     """
@@ -88,8 +110,12 @@ def fpn_classifier_graph(rois, feature_maps, image_meta, pool_size, num_classes,
     logits = layers.Dense(num_classes, name="mrcnn_class_logits")(shared)
     logits = UnfoldRois(name="mrcnn_class_logits_unfold")([logits, rois])
     probs = layers.Activation("softmax", name="mrcnn_class")(logits)
-    bbox = layers.Dense(num_classes * 4, name="mrcnn_bbox_fc")(shared)
-    bbox = layers.Reshape([num_classes, 4], name="mrcnn_bbox_reshape")(bbox)
+    if class_agnostic_bbox:
+        bbox = layers.Dense(4, name="mrcnn_bbox_fc")(shared)
+        bbox = RepeatBoxDeltas(num_classes, name="mrcnn_bbox_reshape")(bbox)
+    else:
+        bbox = layers.Dense(num_classes * 4, name="mrcnn_bbox_fc")(shared)
+        bbox = layers.Reshape([num_classes, 4], name="mrcnn_bbox_reshape")(bbox)
     bbox = UnfoldRois(name="mrcnn_bbox")([bbox, rois])
     return logits, probs, bbox
 

@@ -8,7 +8,6 @@ import os
 import warnings
 
 import numpy as np
-import skimage.io
 
 
 class ImageLoadError(OSError):
@@ -73,18 +72,66 @@ def _to_uint8(image):
     return np.clip(np.nan_to_num(image), 0, 255).round().astype(np.uint8)
 
 
+#: PIL modes holding more than 8 bits per pixel, and the value that maps to 255.
+_WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+
+
+def pil_to_rgb(image, path=None):
+    """A PIL image as uint8 ``[H, W, 3]`` RGB, as displayed (EXIF orientation applied).
+
+    8-bit modes (``1``, ``L``, ``LA``, ``P``, ``PA``, ``RGB``, ``RGBA``, ``CMYK``,
+    ``YCbCr``, ``HSV``, ...) use PIL's own conversion to RGB (palettes and colour spaces
+    applied, alpha dropped), ``LAB`` PIL's CIELAB → sRGB colour transform; 16-bit and 32-bit integer greys (``I;16*``, ``I``) are
+    scaled from 0..65535 to 0..255 (values outside are clipped), float greys (``F``) as by
+    :func:`to_uint8_rgb` (``[0, 1]`` times 255, else clipped to ``[0, 255]``).
+
+    Raises:
+        ImageLoadError: a mode PIL cannot convert (``path`` named).
+    """
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in _WIDE_MODES:
+        grey = np.asarray(image, dtype=np.float64)
+        grey = np.clip(grey, 0, _WIDE_MODES[mode]) * (255.0 / _WIDE_MODES[mode])
+        return to_uint8_rgb(grey.round().astype(np.uint8), path=path)
+    if mode == "F":
+        return to_uint8_rgb(np.asarray(image, dtype=np.float32), path=path)
+    if mode == "LAB":  # PIL converts CIELAB only through a colour transform
+        from PIL import ImageCms
+        transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"),
+                                            "LAB", "RGB")
+        return to_uint8_rgb(np.asarray(ImageCms.applyTransform(image, transform)), path=path)
+    if mode != "RGB":
+        try:
+            image = image.convert("RGB")
+        except (ValueError, OSError) as exc:
+            raise ImageLoadError(path, f"image mode {mode!r} cannot be converted to RGB ({exc})") from exc
+    return to_uint8_rgb(np.asarray(image), path=path)
+
+
 def read_image(path):
-    """Read an image file into a uint8 ``[H, W, 3]`` RGB array.
+    """Read an image file into a uint8 ``[H, W, 3]`` RGB array, as displayed.
+
+    The file's EXIF orientation (e.g. 6: "rotate 90° clockwise to display") is applied, so
+    boxes and masks are in the frame every image viewer shows. Every mode PIL can open is
+    converted as :func:`pil_to_rgb` describes; multi-frame files give their first frame.
 
     Raises:
         ImageLoadError: missing, unreadable or corrupt file (the path is named).
     """
+    from PIL import Image
+
     if not os.path.isfile(path):
         raise ImageLoadError(path, "no such file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = skimage.io.imread(path)
+            with Image.open(path) as handle:
+                handle.load()
+                return pil_to_rgb(handle, path=path)
+    except ImageLoadError:
+        raise
     except Exception as exc:  # decoders raise many different types
         raise ImageLoadError(path, f"{type(exc).__name__}: {exc}") from exc
-    return to_uint8_rgb(image, path=path)

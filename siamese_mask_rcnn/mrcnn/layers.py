@@ -15,14 +15,20 @@ from .image_meta import parse_image_meta_graph
 # Box operations (graph versions of the numpy helpers in utils)
 # ----------------------------------------------------------------------------------------
 
+#: Largest log-scale change a box delta may apply (a box grows at most 10⁶-fold): without it
+#: a huge delta on a zero-height box gives 0·inf = NaN and crashes ROIAlign.
+MAX_LOG_SCALE_DELTA = float(np.log(1e6))
+
+
 def apply_box_deltas_graph(boxes, deltas):
-    """Apply ``(dy, dx, log dh, log dw)`` deltas to ``(y1, x1, y2, x2)`` boxes."""
+    """Apply ``(dy, dx, log dh, log dw)`` deltas to ``(y1, x1, y2, x2)`` boxes; the log
+    scales are capped at ``MAX_LOG_SCALE_DELTA`` (never reached by a trained model)."""
     height = boxes[:, 2] - boxes[:, 0]
     width = boxes[:, 3] - boxes[:, 1]
     cy = boxes[:, 0] + 0.5 * height + deltas[:, 0] * height
     cx = boxes[:, 1] + 0.5 * width + deltas[:, 1] * width
-    height = height * tf.exp(deltas[:, 2])
-    width = width * tf.exp(deltas[:, 3])
+    height = height * tf.exp(tf.minimum(deltas[:, 2], MAX_LOG_SCALE_DELTA))
+    width = width * tf.exp(tf.minimum(deltas[:, 3], MAX_LOG_SCALE_DELTA))
     return tf.stack([cy - 0.5 * height, cx - 0.5 * width, cy + 0.5 * height, cx + 0.5 * width], axis=1)
 
 
@@ -108,11 +114,17 @@ class BatchNorm(keras.layers.BatchNormalization):
     the statistics stay as loaded, whatever ``training`` flag the call gets. ``True`` or
     ``None``: follow the ``training`` flag of the call (batch statistics in the training
     step, moving statistics at detection time; unlike matterport, ``True`` never puts
-    the inference graph in training mode).
+    the inference graph in training mode). A training BatchNorm is synchronised
+    (``synchronized=True``): under a ``tf.distribute`` strategy its batch statistics and
+    moving statistics are those of the whole global batch, as on one device. Weights and
+    layer names are unchanged, so weight files load either way.
     """
 
     def __init__(self, train_bn=False, **kwargs):
         kwargs.setdefault("epsilon", 1e-3)
+        # Trained statistics are synchronised over tf.distribute replicas (mean and variance
+        # of the global batch, not of each replica's images); one device: plain moments.
+        kwargs.setdefault("synchronized", train_bn is not False)
         super().__init__(**kwargs)
         self.train_bn = train_bn
 
@@ -127,7 +139,17 @@ class BatchNorm(keras.layers.BatchNormalization):
         return {**super().get_config(), "train_bn": self.train_bn}
 
 
-class AnchorsLayer(keras.layers.Layer):
+class Float32Layer(keras.layers.Layer):
+    """A layer that always computes in float32, whatever the global (mixed) dtype policy:
+    Keras casts its floating inputs to float32. Box decoding, NMS, ROI sampling and ROIAlign
+    derive from it (mixed precision keeps coordinates and their arithmetic in float32)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+
+class AnchorsLayer(Float32Layer):
     """Holds the normalised anchors of a fixed image shape and tiles them over the batch.
 
     Args:
@@ -154,7 +176,7 @@ class AnchorsLayer(keras.layers.Layer):
         return (input_shape[0],) + self.anchors.shape
 
 
-class NormBoxesLayer(keras.layers.Layer):
+class NormBoxesLayer(Float32Layer):
     """Normalise pixel GT boxes ``[batch, N, 4]`` by the image shape ``(h, w)`` (pixels).
 
     Output: ``[batch, N, 4]`` float32 normalised boxes (matterport convention).
@@ -171,7 +193,7 @@ class NormBoxesLayer(keras.layers.Layer):
         return norm_boxes_graph(tf.cast(boxes, tf.float32), tf.constant(self.image_shape))
 
 
-class ProposalLayer(keras.layers.Layer):
+class ProposalLayer(Float32Layer):
     """RPN scores + deltas + anchors → ``proposal_count`` boxes per image after NMS.
 
     Args:
@@ -216,7 +238,7 @@ class ProposalLayer(keras.layers.Layer):
         return (input_shape[0][0], self.proposal_count, 4)
 
 
-class PyramidROIAlign(keras.layers.Layer):
+class PyramidROIAlign(Float32Layer):
     """ROIAlign over the pyramid: each box is cropped from the level its size selects.
 
     Inputs: ``[boxes [B, N, 4], image_meta [B, META], P2, P3, P4, P5]``.
@@ -268,7 +290,7 @@ def max_positive_rois(train_rois_per_image, roi_positive_ratio):
     return int(int(train_rois_per_image) * float(roi_positive_ratio))
 
 
-class DetectionTargetLayer(keras.layers.Layer):
+class DetectionTargetLayer(Float32Layer):
     """Sample training ROIs from proposals and build their class, box and mask targets.
 
     Inputs: ``[proposals [B, N, 4], gt_class_ids [B, G], gt_boxes [B, G, 4] (normalised),
@@ -284,6 +306,11 @@ class DetectionTargetLayer(keras.layers.Layer):
         bbox_std_dev: 4 values the box deltas are divided by (``BBOX_STD_DEV``).
         mask_shape: ``(mh, mw)`` of the mask targets (``MASK_SHAPE``).
         use_mini_mask: the GT masks are mini-masks cropped to their boxes.
+        negatives_without_positives: how many negatives to sample from an image without any
+            positive ROI. Mask R-CNN's rule (0, the default) keeps the negatives at
+            ``positives · (1/ratio − 1)``, i.e. none; a one-shot model trained with negative
+            pairs (a reference category absent from the query) needs them, so that the
+            classifier learns that nothing matches.
         seed: integer seed of the ROI subsampling (None: drawn from Python's seeded
             ``random``). The sampling is stateless, driven by a ``keras.random.SeedGenerator``
             whose state (not a weight: ``.h5`` files are unchanged) is saved with the
@@ -291,8 +318,9 @@ class DetectionTargetLayer(keras.layers.Layer):
     """
 
     def __init__(self, train_rois_per_image, roi_positive_ratio, bbox_std_dev, mask_shape,
-                 use_mini_mask, seed=None, **kwargs):
+                 use_mini_mask, seed=None, negatives_without_positives=0, **kwargs):
         super().__init__(**kwargs)
+        self.negatives_without_positives = int(negatives_without_positives)
         self.seed = None if seed is None else int(seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed, name=f"{self.name}_seed")
         self.train_rois = int(train_rois_per_image)
@@ -305,7 +333,7 @@ class DetectionTargetLayer(keras.layers.Layer):
         return {**super().get_config(), "train_rois_per_image": self.train_rois,
                 "roi_positive_ratio": self.positive_ratio, "bbox_std_dev": self.bbox_std_dev.tolist(),
                 "mask_shape": list(self.mask_shape), "use_mini_mask": self.use_mini_mask,
-                "seed": self.seed}
+                "seed": self.seed, "negatives_without_positives": self.negatives_without_positives}
 
     def _one(self, args):
         proposals, gt_class_ids, gt_boxes, gt_masks, seed = args
@@ -334,6 +362,9 @@ class DetectionTargetLayer(keras.layers.Layer):
         # float64 + a tiny epsilon: in float32, 66 / 0.33 is 199.99998 and one ROI was lost.
         total = tf.floor(tf.cast(pos_count, tf.float64) / self.positive_ratio + 1e-6)
         neg_count = tf.cast(total, tf.int32) - pos_count
+        if self.negatives_without_positives:
+            neg_count = tf.where(pos_count > 0, neg_count,
+                                 tf.minimum(self.negatives_without_positives, self.train_rois))
         negative = tf.random.experimental.stateless_shuffle(negative, seed=neg_seed)[:neg_count]
 
         pos_rois = tf.gather(proposals, positive)
@@ -382,7 +413,7 @@ class DetectionTargetLayer(keras.layers.Layer):
         return [(b, r, 4), (b, r), (b, r, 4), (b, r) + self.mask_shape]
 
 
-class DetectionLayer(keras.layers.Layer):
+class DetectionLayer(Float32Layer):
     """Final detections: refine ROIs by class, drop background and weak scores, per-class NMS.
 
     Inputs: ``[rois [B, N, 4], mrcnn_class [B, N, C], mrcnn_bbox [B, N, C, 4], image_meta]``.

@@ -1,14 +1,30 @@
-"""The five Mask R-CNN losses, computed per image.
+"""The five Mask R-CNN losses and their two normalisations.
 
-Each function returns one value per image (``[B]``): the mean over that image's valid
-anchors/ROIs, 0 when it has none. The training step sums them and divides by the
-*global* batch size, so a loss is the same on one device and on any number of replicas
-under ``tf.distribute`` (a per-replica ``reduce_mean`` would be summed over replicas).
+Every loss is a ratio ``sum / count`` (e.g. the summed box smooth-L1 over the number of
+positive-ROI coordinates). The loss layer outputs, per image, the numerator and the
+denominator of each loss (``[B, 5, 2]``); ``reduce_losses`` turns them into the losses with
+``config.LOSS_NORMALIZATION``:
+
+* ``"release"`` (default; matterport and the official Siamese Mask R-CNN release, paper §4):
+  numerators and denominators are summed over the images of one replica (one GPU's batch in
+  the release) and divided, then the replicas are averaged. The classifier loss counts all
+  ``TRAIN_ROIS_PER_IMAGE`` rows of every image, padding rows (target class 0) included; the
+  box and mask losses are pooled over all positive ROIs of the replica's batch, the RPN losses
+  over its sampled / positive anchors. Pooling per replica and averaging replicas equals
+  pooling over the global batch only when every replica has the same denominators (e.g. the
+  same number of positive ROIs).
+* ``"per_image"``: each loss is a mean over one image's valid rows (0 when it has none, padding
+  rows excluded from the classifier loss), averaged over the global batch; the same on any
+  number of replicas.
+
+``*_loss_one`` give one image's ``"per_image"`` value; ``*_loss_parts`` its numerator and
+denominator.
 """
 import keras
 import tensorflow as tf
 
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss")
+NORMALIZATIONS = ("release", "per_image")
 
 
 def smooth_l1(y_true, y_pred):
@@ -17,53 +33,65 @@ def smooth_l1(y_true, y_pred):
     return tf.where(diff < 1.0, 0.5 * diff ** 2, diff - 0.5)
 
 
-def _safe_mean(values, mask):
-    mask = tf.cast(mask, tf.float32)
-    return tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
+def _ratio(parts):
+    """``numerator / denominator`` of a ``[..., 2]`` pair, 0 where the denominator is 0."""
+    return tf.math.divide_no_nan(parts[..., 0], parts[..., 1])
 
 
-def rpn_class_loss_one(rpn_match, rpn_class_logits):
-    """Match/no-match cross-entropy over the image's sampled anchors (rpn_match ≠ 0)."""
+def _count(x):
+    return tf.cast(tf.size(x), tf.float32)
+
+
+def rpn_class_loss_parts(rpn_match, rpn_class_logits):
+    """``[sum, count]`` of the match/no-match cross-entropy over the sampled anchors
+    (``rpn_match`` ≠ 0) of one image; ``rpn_match`` ``[A, 1]``, logits ``[A, 2]``."""
     rpn_match = tf.reshape(rpn_match, [-1])
     labels = tf.cast(tf.equal(rpn_match, 1), tf.int32)
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=rpn_class_logits)
-    return _safe_mean(ce, tf.not_equal(rpn_match, 0))
+    sampled = tf.cast(tf.not_equal(rpn_match, 0), tf.float32)
+    return tf.stack([tf.reduce_sum(ce * sampled), tf.reduce_sum(sampled)])
 
 
-def rpn_bbox_loss_one(target_bbox, rpn_match, rpn_bbox):
-    """Smooth-L1 between the positive anchors' deltas and their (packed) targets."""
+def rpn_bbox_loss_parts(target_bbox, rpn_match, rpn_bbox):
+    """``[sum, count]`` of the smooth-L1 between the positive anchors' deltas and their
+    (packed) targets, counted per coordinate."""
     rpn_match = tf.reshape(rpn_match, [-1])
     positive = tf.where(tf.equal(rpn_match, 1))[:, 0]
     pred = tf.gather(rpn_bbox, positive)
     target = target_bbox[:tf.shape(positive)[0]]
     loss = smooth_l1(target, pred)
-    return tf.math.divide_no_nan(tf.reduce_sum(loss), tf.cast(tf.size(loss), tf.float32))
+    return tf.stack([tf.reduce_sum(loss), _count(loss)])
 
 
-def mrcnn_class_loss_one(target_class_ids, logits, active_class_ids, valid):
-    """ROI classification cross-entropy; predictions of classes not active in the image's
-    source are not penalised (matterport's rule); padding ROIs are ignored."""
+def mrcnn_class_loss_parts(target_class_ids, logits, active_class_ids, valid):
+    """``[sum, count]`` of the ROI classification cross-entropy over the rows where ``valid``
+    is true; predictions of classes not active in the image's source are not counted
+    (matterport's rule). ``valid`` all true = the release's normalisation over every
+    ``TRAIN_ROIS_PER_IMAGE`` row, padding rows (target 0) included."""
     target_class_ids = tf.cast(target_class_ids, tf.int32)
     pred_ids = tf.argmax(logits, axis=1, output_type=tf.int32)
     pred_active = tf.gather(tf.cast(active_class_ids, tf.float32), pred_ids)
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target_class_ids, logits=logits)
-    return _safe_mean(ce * pred_active, tf.cast(valid, tf.float32) * pred_active)
+    weight = tf.cast(valid, tf.float32) * pred_active
+    return tf.stack([tf.reduce_sum(ce * weight), tf.reduce_sum(weight)])
 
 
-def mrcnn_bbox_loss_one(target_bbox, target_class_ids, pred_bbox):
-    """Smooth-L1 on the deltas of each positive ROI's own class."""
+def mrcnn_bbox_loss_parts(target_bbox, target_class_ids, pred_bbox):
+    """``[sum, count]`` of the smooth-L1 on the deltas of each positive ROI's own class
+    (``pred_bbox`` ``[N, C, 4]``; a class-agnostic head repeats its deltas for every class),
+    counted per coordinate."""
     target_class_ids = tf.cast(target_class_ids, tf.int32)
     positive = tf.where(target_class_ids > 0)[:, 0]
     classes = tf.gather(target_class_ids, positive)
     index = tf.stack([tf.cast(positive, tf.int32), classes], axis=1)
     pred = tf.gather_nd(pred_bbox, index)
     loss = smooth_l1(tf.gather(target_bbox, positive), pred)
-    return tf.math.divide_no_nan(tf.reduce_sum(loss), tf.cast(tf.size(loss), tf.float32))
+    return tf.stack([tf.reduce_sum(loss), _count(loss)])
 
 
-def mrcnn_mask_loss_one(target_masks, target_class_ids, pred_masks):
-    """Binary cross-entropy of each positive ROI's mask; a single-channel (class-agnostic)
-    mask head uses channel 0 for every class."""
+def mrcnn_mask_loss_parts(target_masks, target_class_ids, pred_masks):
+    """``[sum, count]`` of the binary cross-entropy of each positive ROI's mask, counted per
+    pixel; a single-channel (class-agnostic) mask head uses channel 0 for every class."""
     target_class_ids = tf.cast(target_class_ids, tf.int32)
     positive = tf.where(target_class_ids > 0)[:, 0]
     pred = tf.transpose(pred_masks, [0, 3, 1, 2])  # [N, C, h, w]
@@ -73,35 +101,102 @@ def mrcnn_mask_loss_one(target_masks, target_class_ids, pred_masks):
     pred = tf.gather_nd(pred, tf.stack([tf.cast(positive, tf.int32), classes], axis=1))
     target = tf.gather(target_masks, positive)
     bce = keras.losses.binary_crossentropy(target[..., None], pred[..., None])
-    return tf.math.divide_no_nan(tf.reduce_sum(bce), tf.cast(tf.size(bce), tf.float32))
+    return tf.stack([tf.reduce_sum(bce), _count(bce)])
+
+
+def rpn_class_loss_one(rpn_match, rpn_class_logits):
+    """Match/no-match cross-entropy, mean over the image's sampled anchors (rpn_match ≠ 0)."""
+    return _ratio(rpn_class_loss_parts(rpn_match, rpn_class_logits))
+
+
+def rpn_bbox_loss_one(target_bbox, rpn_match, rpn_bbox):
+    """Smooth-L1 between the positive anchors' deltas and their (packed) targets, mean."""
+    return _ratio(rpn_bbox_loss_parts(target_bbox, rpn_match, rpn_bbox))
+
+
+def mrcnn_class_loss_one(target_class_ids, logits, active_class_ids, valid):
+    """ROI classification cross-entropy, mean over the ``valid`` rows whose predicted class is
+    active in the image's source (matterport's rule)."""
+    return _ratio(mrcnn_class_loss_parts(target_class_ids, logits, active_class_ids, valid))
+
+
+def mrcnn_bbox_loss_one(target_bbox, target_class_ids, pred_bbox):
+    """Smooth-L1 on the deltas of each positive ROI's own class, mean."""
+    return _ratio(mrcnn_bbox_loss_parts(target_bbox, target_class_ids, pred_bbox))
+
+
+def mrcnn_mask_loss_one(target_masks, target_class_ids, pred_masks):
+    """Binary cross-entropy of each positive ROI's mask, mean over its pixels."""
+    return _ratio(mrcnn_mask_loss_parts(target_masks, target_class_ids, pred_masks))
+
+
+def check_normalization(normalization):
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"LOSS_NORMALIZATION must be one of {NORMALIZATIONS}, got {normalization!r}")
+    return normalization
 
 
 class MaskRCNNLosses(keras.layers.Layer):
-    """Computes the five per-image losses; outputs a ``[B, 5]`` tensor in LOSS_NAMES order."""
+    """The five losses of each image as ``[sum, count]`` pairs: output ``[B, 5, 2]`` in
+    LOSS_NAMES order (``reduce_losses`` turns them into losses).
+
+    ``normalization`` decides which classifier rows count: ``"release"`` all
+    ``TRAIN_ROIS_PER_IMAGE`` rows (padding included), ``"per_image"`` only the sampled ROIs.
+    """
+
+    def __init__(self, normalization="release", **kwargs):
+        kwargs.setdefault("dtype", "float32")  # losses in float32 under mixed precision
+        super().__init__(**kwargs)
+        self.normalization = check_normalization(normalization)
 
     def call(self, inputs):
         (rpn_match, rpn_bbox_target, rpn_class_logits, rpn_bbox,
          target_class_ids, target_bbox, target_mask, rois,
          class_logits, pred_bbox, pred_masks, active_class_ids) = inputs
-        valid = tf.reduce_any(tf.not_equal(rois, 0.0), axis=2)
+        if self.normalization == "release":
+            valid = tf.ones(tf.shape(rois)[:2], tf.bool)
+        else:
+            valid = tf.reduce_any(tf.not_equal(rois, 0.0), axis=2)
 
         def one(args):
             (m, rt, rl, rb, tc, tb, tm, v, cl, pb, pm, ac) = args
             return tf.stack([
-                rpn_class_loss_one(m, rl),
-                rpn_bbox_loss_one(rt, m, rb),
-                mrcnn_class_loss_one(tc, cl, ac, v),
-                mrcnn_bbox_loss_one(tb, tc, pb),
-                mrcnn_mask_loss_one(tm, tc, pm),
+                rpn_class_loss_parts(m, rl),
+                rpn_bbox_loss_parts(rt, m, rb),
+                mrcnn_class_loss_parts(tc, cl, ac, v),
+                mrcnn_bbox_loss_parts(tb, tc, pb),
+                mrcnn_mask_loss_parts(tm, tc, pm),
             ])
 
         return tf.map_fn(one, (rpn_match, rpn_bbox_target, rpn_class_logits, rpn_bbox,
                                target_class_ids, target_bbox, target_mask, valid,
                                class_logits, pred_bbox, pred_masks, active_class_ids),
-                         fn_output_signature=tf.TensorSpec([len(LOSS_NAMES)], tf.float32))
+                         fn_output_signature=tf.TensorSpec([len(LOSS_NAMES), 2], tf.float32))
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0][0], len(LOSS_NAMES))
+        return (input_shape[0][0], len(LOSS_NAMES), 2)
+
+    def get_config(self):
+        return {**super().get_config(), "normalization": self.normalization}
+
+
+def reduce_losses(parts, normalization, global_batch, replicas=1):
+    """This replica's share ``[5]`` of the five losses from its images' ``[b, 5, 2]`` parts.
+
+    Summed over the replicas (``ReduceOp.SUM``) the shares give the losses of the step:
+
+    * ``"release"``: ``(Σ_i sum_i) / (Σ_i count_i)`` over the replica's images, divided by
+      ``replicas`` (the mean over replicas);
+    * ``"per_image"``: ``Σ_i sum_i / count_i`` over the replica's images divided by
+      ``global_batch`` (the mean over the global batch).
+
+    A ratio with a zero count is 0. On one device (``replicas=1``, ``global_batch = b``) the
+    result is the loss of the batch.
+    """
+    check_normalization(normalization)
+    if normalization == "release":
+        return _ratio(tf.reduce_sum(parts, axis=0)) / float(replicas)
+    return tf.reduce_sum(_ratio(parts), axis=0) / float(global_batch)
 
 
 def weight_decay_loss(variables, weight_decay):

@@ -6,7 +6,7 @@ is assembled from small pieces that live in their own modules:
 * ``backbone``  — ResNet-50/101 (or a callable) + FPN,
 * ``heads``     — RPN (nested ``rpn_model``), classifier, mask head,
 * ``layers``    — proposal, ROI-target, pyramid ROIAlign and detection layers,
-* ``losses``    — the five per-image losses,
+* ``losses``    — the five losses (release or per-image normalisation),
 * ``pipeline``  — the ``tf.data`` input pipeline,
 * ``weights``   — matterport-layout ``.h5`` files, read and written by layer name,
 * ``training``  — the training loop, layer selection, optimizer and training ``tf.data``,
@@ -95,6 +95,34 @@ def default_strategy(config):
     return tf.distribute.get_strategy()
 
 
+MIXED_PRECISION_POLICIES = (None, "float32", "mixed_float16", "mixed_bfloat16")
+
+
+class dtype_policy:
+    """Context manager: build layers under the Keras dtype policy ``name`` (None: leave the
+    global policy alone) and restore the previous global policy afterwards, so that one
+    mixed-precision model does not change models built later in the same process.
+    Raises ``ValueError`` for a policy other than those of ``MIXED_PRECISION_POLICIES``."""
+
+    def __init__(self, name):
+        if name not in MIXED_PRECISION_POLICIES:
+            raise ValueError(f"MIXED_PRECISION={name!r}: use None, 'mixed_float16' (GPUs) "
+                             "or 'mixed_bfloat16' (TPUs, recent CPUs)")
+        self.name = name
+        self.previous = None
+
+    def __enter__(self):
+        if self.name is not None:
+            self.previous = keras.config.dtype_policy()
+            keras.config.set_dtype_policy(self.name)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            keras.config.set_dtype_policy(self.previous)
+        return False
+
+
 def check_image_shape(config):
     """The pyramid needs image sides divisible by 2**6."""
     h, w = config.IMAGE_SHAPE[:2]
@@ -122,7 +150,7 @@ class MaskRCNN:
         self.checkpoint_path = None
         self._functions = {}
         self.set_log_dir()
-        with self.strategy.scope():
+        with self.strategy.scope(), dtype_policy(getattr(config, "MIXED_PRECISION", None)):
             self.keras_model = self.build(mode=mode, config=config)
 
     # ------------------------------------------------------------------ graph
@@ -151,6 +179,15 @@ class MaskRCNN:
         """Channels of the mask head: one per class (the Siamese model has one)."""
         return self.config.NUM_CLASSES
 
+    def class_agnostic_bbox(self):
+        """Whether ``mrcnn_bbox_fc`` predicts one box for all classes (False: one per class)."""
+        return False
+
+    def negatives_without_positives(self):
+        """ROIs sampled as negatives from a training image without any positive ROI: 0, Mask
+        R-CNN's rule (the Siamese model overrides it for negative pairs)."""
+        return 0
+
     def build(self, mode, config):
         """Build the Keras model of ``mode`` (called by ``__init__``)."""
         check_image_shape(config)
@@ -166,7 +203,7 @@ class MaskRCNN:
         """RPN, proposals, classifier and mask heads on given feature maps.
 
         Training: ``gt_inputs`` are the RPN and GT target inputs and the output is the
-        ``[B, 5]`` per-image loss tensor. Inference: the outputs are ``[detections,
+        ``[B, 5, 2]`` per-image loss parts (``losses.reduce_losses``). Inference: the outputs are ``[detections,
         mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, rpn_class, rpn_bbox]``.
         """
         config = self.config
@@ -191,10 +228,12 @@ class MaskRCNN:
             rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
                 config.TRAIN_ROIS_PER_IMAGE, config.ROI_POSITIVE_RATIO, config.BBOX_STD_DEV,
                 config.MASK_SHAPE, config.USE_MINI_MASK, seed=getattr(config, "SEED", None),
+                negatives_without_positives=self.negatives_without_positives(),
                 name="proposal_targets")([rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks])
             class_logits, _, bbox = fpn_classifier_graph(
                 rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
-                train_bn=config.TRAIN_BN, fc_layers_size=fc)
+                train_bn=config.TRAIN_BN, fc_layers_size=fc,
+                class_agnostic_bbox=self.class_agnostic_bbox())
             # The mask loss reads positive ROIs only, which lead the sampled ROIs: the mask
             # head (most of a CPU step's work) runs on those rows alone. With frozen BN
             # (TRAIN_BN False) the loss is the same as on all rows.
@@ -206,14 +245,15 @@ class MaskRCNN:
             masks = build_fpn_mask_graph(mask_rois, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
                                          self.num_mask_channels(), train_bn=config.TRAIN_BN,
                                          conv_channels=config.MASK_CONV_CHANNELS)
-            return MaskRCNNLosses(name="losses")([
+            return MaskRCNNLosses(config.LOSS_NORMALIZATION, name="losses")([
                 input_rpn_match, input_rpn_bbox, rpn_class_logits, rpn_bbox,
                 target_class_ids, target_bbox, target_mask, rois,
                 class_logits, bbox, masks, active_class_ids])
 
         _, class_probs, bbox = fpn_classifier_graph(
             rpn_rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
-            train_bn=config.TRAIN_BN, fc_layers_size=fc)
+            train_bn=config.TRAIN_BN, fc_layers_size=fc,
+            class_agnostic_bbox=self.class_agnostic_bbox())
         detections = DetectionLayer(config.DETECTION_MAX_INSTANCES, config.DETECTION_MIN_CONFIDENCE,
                                     config.DETECTION_NMS_THRESHOLD, config.BBOX_STD_DEV,
                                     name="mrcnn_detection")([rpn_rois, class_probs, bbox, input_image_meta])
@@ -290,7 +330,9 @@ class MaskRCNN:
         return layer
 
     def compile(self, learning_rate, momentum):
-        """Create the SGD optimiser (momentum, gradient clipping by GRADIENT_CLIP_NORM)."""
+        """Create the SGD optimiser: momentum, and the *global* norm of all gradients clipped
+        to ``GRADIENT_CLIP_NORM`` (Keras 2's ``clipnorm``, as in matterport and the release;
+        Keras 3 calls it ``global_clipnorm``)."""
         self.optimizer = make_optimizer(self.config, self.strategy, learning_rate, momentum)
         return self.optimizer
 

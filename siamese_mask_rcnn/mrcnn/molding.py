@@ -100,8 +100,11 @@ def unmold_detections(detections, masks, original_image_shape, image_shape, wind
     wy1, wx1, wy2, wx2 = norm_boxes(np.asarray(window, dtype=np.float64)[None], image_shape[:2])[0]
     shift = np.array([wy1, wx1, wy1, wx1], dtype=np.float64)
     window_h, window_w = wy2 - wy1, wx2 - wx1
-    scale = np.array([window_h, window_w, window_h, window_w], dtype=np.float64)
-    boxes = denorm_boxes((boxes - shift) / scale, original_image_shape[:2])
+    if window_h > 0 and window_w > 0:
+        scale = np.array([window_h, window_w, window_h, window_w], dtype=np.float64)
+        boxes = denorm_boxes((boxes - shift) / scale, original_image_shape[:2])
+    else:  # a 1-pixel-thin window (extreme aspect ratio): map through pixel coordinates
+        boxes = _window_pixels_to_original(boxes, image_shape, window, original_image_shape)
 
     keep = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0
     boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
@@ -112,3 +115,17 @@ def unmold_detections(detections, masks, original_image_shape, image_shape, wind
     else:
         full_masks = np.zeros(tuple(original_image_shape[:2]) + (0,), dtype=bool)
     return boxes, class_ids, scores, full_masks
+
+
+def _window_pixels_to_original(boxes, image_shape, window, original_image_shape):
+    """Normalised boxes of the molded image → int32 pixel boxes of the original image, by
+    the window's pixel extent and the original size (used when the window is 1 px thin)."""
+    height, width = image_shape[:2]
+    orig_h, orig_w = original_image_shape[:2]
+    y1, x1, y2, x2 = (float(v) for v in window)
+    pixels = boxes * np.array([height - 1, width - 1, height - 1, width - 1]) + np.array([0, 0, 1, 1])
+    shift = np.array([y1, x1, y1, x1])
+    scale = np.array([(y2 - y1) / orig_h, (x2 - x1) / orig_w] * 2)
+    out = np.around((pixels - shift) / scale)
+    out = np.clip(out, 0, np.array([orig_h, orig_w, orig_h, orig_w]))
+    return out.astype(np.int32)

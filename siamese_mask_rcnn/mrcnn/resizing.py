@@ -24,6 +24,12 @@ def _cast_like(array, dtype):
     return array.astype(dtype)
 
 
+def scaled_size(h, w, scale):
+    """``(round(h * scale), round(w * scale))``, at least 1 pixel per side: an extreme aspect
+    ratio (a 2000x3 image scaled to fit 512) keeps a 1-pixel side instead of vanishing."""
+    return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+
+
 def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square", rng=None):
     """Resize (and pad or crop) an image, keeping its aspect ratio and dtype.
 
@@ -68,7 +74,7 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
             scale = max_dim / image_max
 
     if scale != 1:
-        resized = resize(image, (round(h * scale), round(w * scale)), preserve_range=True)
+        resized = resize(image, scaled_size(h, w, scale), preserve_range=True)
         image = _cast_like(resized, image_dtype)
 
     h, w = image.shape[:2]
@@ -114,13 +120,13 @@ def _pad_to_multiple(size, multiple):
 def resize_mask(mask, scale, padding, crop=None):
     """Resize ``[H, W, N]`` masks like :func:`resize_image` did the image.
 
-    Nearest-neighbour scaling to ``round(H*scale) x round(W*scale)`` (the size
-    the image got), then the crop (if any) and the padding. dtype is preserved.
+    Nearest-neighbour scaling to :func:`scaled_size` (the size the image got,
+    at least 1 pixel per side), then the crop (if any) and the padding. dtype is preserved.
     """
     mask = np.asarray(mask)
     h, w = mask.shape[:2]
     if scale != 1:
-        new_h, new_w = round(h * scale), round(w * scale)
+        new_h, new_w = scaled_size(h, w, scale)
         rows = np.minimum(((np.arange(new_h) + 0.5) * (h / new_h)).astype(np.int64), h - 1)
         cols = np.minimum(((np.arange(new_w) + 0.5) * (w / new_w)).astype(np.int64), w - 1)
         mask = mask[rows][:, cols]

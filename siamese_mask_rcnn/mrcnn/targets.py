@@ -169,12 +169,40 @@ def load_image_gt(dataset, config, image_id, augment=False, augmentation=None, u
                       use_mini_mask=use_mini_mask)
 
 
+_GT_OVERFLOW_WARNED = set()
+
+
+def keep_gt_instances(class_ids, n, rng, image_id):
+    """Indices (sorted) of the ``n`` = ``MAX_GT_INSTANCES`` GT instances kept when an image
+    has more.
+
+    Target instances (positive class ids: for the Siamese model, the reference's category)
+    come first, a random subset with ``rng`` if there are too many, then crowd regions; the
+    rest are dropped and count as background. Logs a warning once per image id with the
+    counts.
+    """
+    class_ids = np.asarray(class_ids)
+    positive = np.flatnonzero(class_ids > 0)
+    crowd = np.flatnonzero(class_ids <= 0)
+    keep = np.concatenate([rng.permutation(positive), rng.permutation(crowd)])[:n].astype(int)
+    if image_id not in _GT_OVERFLOW_WARNED:
+        _GT_OVERFLOW_WARNED.add(image_id)
+        kept_targets = min(len(positive), n)
+        log.warning("image %d has %d ground-truth instances (%d target, %d crowd), more than "
+                    "MAX_GT_INSTANCES=%d: %d target and %d crowd instance(s) dropped (trained as "
+                    "background); raise MAX_GT_INSTANCES to keep them", image_id, len(class_ids),
+                    len(positive), len(crowd), n, len(positive) - kept_targets,
+                    len(crowd) - (n - kept_targets))
+    return np.sort(keep)
+
+
 def pack_training_inputs(config, image, image_meta, class_ids, boxes, masks, rng, extra=()):
     """The training inputs of one prepared image, in the model's input order.
 
     RPN targets are built on the (cached) pixel anchors of ``image``; at most
-    ``MAX_GT_INSTANCES`` instances are kept (a random subset with ``rng`` when there are
-    more) and the GT arrays are zero-padded to that length.
+    ``MAX_GT_INSTANCES`` instances are kept (see :func:`keep_gt_instances`: target instances
+    first, a warning once per image when some are dropped) and the GT arrays are
+    zero-padded to that length.
 
     Returns:
         ``[molded image, image_meta, *extra, rpn_match [A, 1], rpn_bbox
@@ -185,7 +213,7 @@ def pack_training_inputs(config, image, image_meta, class_ids, boxes, masks, rng
     rpn_match, rpn_bbox = build_rpn_targets(image.shape, anchors, class_ids, boxes, config, rng=rng)
     n = min(len(class_ids), config.MAX_GT_INSTANCES)
     if len(class_ids) > n:
-        keep = rng.choice(len(class_ids), n, replace=False)
+        keep = keep_gt_instances(class_ids, n, rng, int(image_meta[0]))
         class_ids, boxes, masks = class_ids[keep], boxes[keep], masks[..., keep]
     gt_ids = np.zeros([config.MAX_GT_INSTANCES], np.int32)
     gt_boxes = np.zeros([config.MAX_GT_INSTANCES, 4], np.float32)

@@ -1,18 +1,28 @@
 """The training loop behind ``MaskRCNN.train``.
 
-One step: the model computes the five per-image losses; each is summed over the replica's
-images and divided by the **global** batch, weighted by ``LOSS_WEIGHTS``; weight decay is
-added once per step (divided by the number of replicas, because replica gradients are
-summed). Gradients flow only into the selected layers. Runs unchanged on one device,
-``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``.
+One step: the model computes each image's loss parts; ``losses.reduce_losses`` turns them
+into this replica's share of the five losses (``LOSS_NORMALIZATION="release"``: pooled over
+the replica's images, divided by the number of replicas; ``"per_image"``: per-image means
+divided by the global batch), weighted by ``LOSS_WEIGHTS``; weight decay is added once per
+step (divided by the number of replicas, because replica gradients are summed). Gradients
+flow only into the selected layers. Runs unchanged on one device, ``MirroredStrategy`` and
+``MultiWorkerMirroredStrategy``.
 
 Gradient clipping must see the gradient of the *global* batch: Keras optimizers clip inside
 ``apply_gradients`` *before* they sum the replicas' gradients, which under ``tf.distribute``
 would clip each replica's partial gradient (up to ``replicas × clipnorm`` after the sum, and
 a different update than on one device). The step therefore sums the gradients itself
-(``ReplicaContext.all_reduce``), clips the sum with the optimizer's settings, and hands the
-optimizer ``1/replicas`` of it, which the optimizer's own sum turns back into the clipped
+(``ReplicaContext.all_reduce``), clips the sum with the optimizer's settings (``compile``
+sets ``global_clipnorm``: ``tf.clip_by_global_norm`` of all gradients together), and hands
+the optimizer ``1/replicas`` of it, which the optimizer's own sum turns back into the clipped
 global gradient (its own clipping is then a no-op: every norm is already within bounds).
+
+Several machines (``MultiWorkerMirroredStrategy``): each worker's input pipeline loads only
+its replicas' share of every global batch (``distribute_dataset``); only the chief writes
+checkpoints, ``config.json``, ``history.jsonl`` and TensorBoard files (``is_chief``); a
+worker that dies stops the others with a ``WorkerLostError``. Mixed precision
+(``MIXED_PRECISION="mixed_float16"``): the loss is scaled by the ``LossScaleOptimizer``'s
+dynamic scale and the summed gradients are unscaled before clipping.
 """
 import json
 import logging
@@ -27,8 +37,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoints
 from . import weights as mweights
-from .losses import LOSS_NAMES, weight_decay_loss
-from .pipeline import SkipCounter, build_dataset
+from .losses import LOSS_NAMES, reduce_losses, weight_decay_loss
+from .pipeline import PipelineIterator, SkipCounter, build_dataset
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +74,29 @@ def select_trainable_layers(keras_model, layers):
 
 
 def make_optimizer(config, strategy, learning_rate, momentum):
-    """SGD with ``momentum`` and gradient clipping by ``config.GRADIENT_CLIP_NORM``, created in
-    ``strategy``'s scope."""
+    """SGD with ``momentum``, created in ``strategy``'s scope, whose gradients' *global* norm is
+    clipped to ``config.GRADIENT_CLIP_NORM`` (``tf.clip_by_global_norm``: Keras 2's optimizer
+    ``clipnorm`` as matterport and the release used it; Keras 3 calls it ``global_clipnorm``,
+    its ``clipnorm`` clips each tensor); with ``MIXED_PRECISION="mixed_float16"`` wrapped in a
+    dynamic ``keras.optimizers.LossScaleOptimizer`` (float16 gradients underflow otherwise)."""
+    clip = config.GRADIENT_CLIP_NORM
     with strategy.scope():
-        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
-                                    clipnorm=config.GRADIENT_CLIP_NORM)
+        optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
+                                         global_clipnorm=clip if clip else None)
+        if getattr(config, "MIXED_PRECISION", None) == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        return optimizer
 
 
 def make_training_dataset(model, dataset, augmentation, seed, start, counter, global_batch,
-                          no_augmentation_sources=None):
+                          no_augmentation_sources=None, input_context=None):
     """The infinite batched ``tf.data`` pipeline of ``model``'s training inputs from ``dataset``.
 
     Examples come from ``model.load_training_example`` over ``model.training_image_ids(dataset)``
     (the hooks a subclass such as the Siamese model overrides); images of the sources in
-    ``no_augmentation_sources`` are not augmented. Returns ``(dataset, counter)``.
+    ``no_augmentation_sources`` are not augmented. ``input_context`` (a
+    ``tf.distribute.InputContext``) makes it this worker's share of every global batch, in
+    per-replica batches (see ``pipeline.build_dataset``). Returns ``(dataset, counter)``.
     """
     specs = model.input_specs("training")
     plain_sources = set(no_augmentation_sources or ())
@@ -88,7 +107,18 @@ def make_training_dataset(model, dataset, augmentation, seed, start, counter, gl
                                            None if source in plain_sources else augmentation)
 
     return build_dataset(load, model.training_image_ids(dataset), specs, global_batch, seed=seed,
-                         start=start, workers=getattr(model.config, "DATA_WORKERS", 2), counter=counter)
+                         start=start, workers=getattr(model.config, "DATA_WORKERS", 2), counter=counter,
+                         describe=lambda image_id: dataset.image_info[image_id].get("path"),
+                         **pipeline_arguments(input_context, global_batch))
+
+
+def pipeline_arguments(input_context, global_batch):
+    """``build_dataset`` keywords of a ``tf.distribute.InputContext`` (none without one)."""
+    if input_context is None:
+        return {}
+    return {"pipeline": input_context.input_pipeline_id,
+            "num_pipelines": input_context.num_input_pipelines,
+            "replica_batch": input_context.get_per_replica_batch_size(global_batch)}
 
 
 def clip_gradients(grads, optimizer):
@@ -132,10 +162,17 @@ def make_step_functions(model, trainable_layers, optimizer):
     with strategy.scope():
         if not optimizer.built:
             optimizer.build(train_vars)
+    # mixed_float16: a LossScaleOptimizer; the tape differentiates the scaled loss, the sum
+    # over replicas is unscaled before clipping, and the optimizer gets it scaled again so
+    # that it can skip the step and lower the scale when a gradient is not finite.
+    loss_scaled = hasattr(optimizer, "scale_loss") and hasattr(optimizer, "inner_optimizer")
+    clip_settings = optimizer.inner_optimizer if loss_scaled else optimizer
+
+    normalization = config.LOSS_NORMALIZATION
 
     def losses_of(inputs, training):
-        per_image = keras_model(list(inputs), training=training)  # [b, 5]
-        return tf.reduce_sum(per_image, axis=0) / global_batch  # this replica's share
+        parts = keras_model(list(inputs), training=training)  # [b, 5, 2]
+        return reduce_losses(parts, normalization, global_batch, replicas)  # this replica's share
 
     def train_fn(inputs):
         with tf.GradientTape() as tape:
@@ -144,11 +181,16 @@ def make_step_functions(model, trainable_layers, optimizer):
             if config.WEIGHT_DECAY:
                 reg = weight_decay_loss(train_vars, config.WEIGHT_DECAY) / replicas
             total = tf.reduce_sum(losses * weights) + reg
-        grads = tape.gradient(total, train_vars)
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, train_vars)]
+        grads = tape.gradient(optimizer.scale_loss(total) if loss_scaled else total, train_vars)
+        grads = [tf.zeros_like(v) if g is None else tf.cast(g, v.dtype) for g, v in zip(grads, train_vars)]
         # Sum over replicas first, then clip: see the module docstring.
         grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        grads = clip_gradients(grads, optimizer)
+        if loss_scaled:
+            scale = tf.convert_to_tensor(optimizer.dynamic_scale)
+            grads = [g / scale for g in grads]
+        grads = clip_gradients(grads, clip_settings)
+        if loss_scaled:
+            grads = [g * scale for g in grads]
         optimizer.apply_gradients(zip([g / replicas for g in grads], train_vars))
         return tf.concat([losses, tf.reshape(total, [1])], axis=0)
 
@@ -167,6 +209,77 @@ def make_step_functions(model, trainable_layers, optimizer):
         return strategy.reduce(tf.distribute.ReduceOp.SUM, out, axis=None)
 
     return train_step, val_step, train_vars
+
+
+def is_chief(strategy):
+    """True unless ``strategy`` spans several machines and this is not the chief task
+    (``MultiWorkerMirroredStrategy``: the ``chief`` task, or worker 0 without one)."""
+    return bool(getattr(strategy.extended, "should_checkpoint", True))
+
+
+def num_workers(strategy):
+    """Machines (worker tasks) the strategy spans: 1 unless ``MultiWorkerMirroredStrategy``."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return max(1, len(spec.get("worker", [])) + len(spec.get("chief", [])))
+
+
+def distribute_dataset(model, dataset, augmentation, seed, start, counter, no_augmentation_sources=None):
+    """The training pipeline distributed over the strategy's replicas.
+
+    Every worker builds its own input pipeline (``distribute_datasets_from_function``) that
+    loads only its replicas' part of each global batch (``pipeline.build_dataset``); the
+    example order is fixed by ``seed`` and the example index, so the global batch of step
+    ``s`` holds the same images on one device, on several GPUs and on several machines."""
+    strategy = model.strategy
+    global_batch = model.config.BATCH_SIZE
+
+    def make(input_context):
+        ds, _ = make_training_dataset(model, dataset, augmentation, seed, start, counter, global_batch,
+                                      no_augmentation_sources, input_context=input_context)
+        return ds
+
+    return strategy.distribute_datasets_from_function(make)
+
+
+class WorkerLostError(RuntimeError):
+    """A multi-machine training step failed because another worker stopped or became
+    unreachable; every surviving worker raises it (see ``worker_loss_as_error``)."""
+
+
+class worker_loss_as_error:
+    """Context manager: under ``MultiWorkerMirroredStrategy`` with several workers, turn the
+    errors TensorFlow's collectives raise when a peer dies (unavailable, aborted, cancelled,
+    deadline exceeded, internal) into a ``WorkerLostError`` naming the epoch, the step and
+    the chief's last checkpoint, so the run stops with a clear message."""
+
+    LOST = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+            tf.errors.DeadlineExceededError, tf.errors.InternalError, tf.errors.UnknownError)
+
+    def __init__(self, model, epoch, step):
+        self.model, self.epoch, self.step = model, epoch, step
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is None or not issubclass(kind, self.LOST) or num_workers(self.model.strategy) < 2:
+            return False
+        if self.epoch == 0:
+            last = " (none yet: training starts again)"
+        elif is_chief(self.model.strategy):
+            last = f" ({self.model.checkpoint_path.format(self.epoch)})"
+        else:
+            last = f" (epoch {self.epoch})"
+        first_line = ((str(getattr(error, "message", "")) or str(error) or kind.__name__).strip()
+                      .splitlines() or [kind.__name__])[0]
+        raise WorkerLostError(
+            f"lost another worker during epoch {self.epoch + 1}, step {self.step + 1} "
+            f"({kind.__name__}: {first_line[:300]}). Every worker must be restarted; "
+            f"restart all of them with --weights last to resume from the chief's last checkpoint"
+            + last) from error
 
 
 def _json_rate(learning_rate):
@@ -207,8 +320,12 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
     with strategy.scope():
         train_step, val_step, train_vars = make_step_functions(model, trainable_layers, optimizer)
 
-    # the run folder first (exclusive for a fresh run), then the state of a resumed run
-    checkpoints.prepare_run_dir(model)
+    # the run folder first (exclusive for a fresh run), then the state of a resumed run.
+    # Several machines: only the chief writes (run folder, config.json, checkpoints, history,
+    # TensorBoard); every worker restores a resumed run's state (the same optimizer slots).
+    chief = is_chief(strategy)
+    if chief:
+        checkpoints.prepare_run_dir(model)
     schedule = {"layers": str(layers), "learning_rate": _json_rate(learning_rate), "epochs": int(epochs),
                 "momentum": float(config.LEARNING_MOMENTUM), "steps_per_epoch": steps,
                 "batch": int(global_batch), "seed": seed}
@@ -227,15 +344,20 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
         start = model.epoch * steps * global_batch
 
     counter = SkipCounter()
-    train_ds, _ = make_training_dataset(model, train_dataset, augmentation, seed, start, counter, global_batch,
-                                        no_augmentation_sources)
-    train_iter = iter(strategy.experimental_distribute_dataset(train_ds))
+    # PipelineIterator: a loader error that is not about one example surfaces as
+    # DataPipelineError within seconds, and the workers never outlive the interpreter
+    train_iter = PipelineIterator(iter(distribute_dataset(model, train_dataset, augmentation, seed, start,
+                                                          counter, no_augmentation_sources)), counter)
     val_iter = None
     if val_dataset is not None and val_steps > 0:
-        val_ds, _ = make_training_dataset(model, val_dataset, None, seed + 1, 0, SkipCounter(), global_batch)
-        val_iter = iter(strategy.experimental_distribute_dataset(val_ds))
+        val_counter = SkipCounter()
+        val_iter = PipelineIterator(iter(distribute_dataset(model, val_dataset, None, seed + 1, 0, val_counter)),
+                                    val_counter)
 
-    writer = tf.summary.create_file_writer(model.log_dir)
+    if chief:
+        writer = tf.summary.create_file_writer(model.log_dir)
+    else:
+        writer = tf.summary.create_noop_writer()
     log.info("training %d variables of layers=%r from epoch %d to %d, lr=%s, in %s",
              len(train_vars), layers, model.epoch + 1, epochs, learning_rate, model.log_dir)
     _call_callbacks(custom_callbacks, "set_model", model.keras_model)
@@ -250,7 +372,8 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
         t0 = time.time()
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not verbose, leave=True)
         for step in bar:
-            values = train_step(next(train_iter)).numpy()
+            with worker_loss_as_error(model, epoch, step):
+                values = train_step(next(train_iter)).numpy()
             if not np.all(np.isfinite(values)):
                 writer.flush()
                 raise checkpoints.TrainingDiverged(
@@ -267,7 +390,8 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
         if val_iter is not None:
             vsums = np.zeros(len(names))
             for _ in range(val_steps):
-                vsums += val_step(next(val_iter)).numpy()
+                with worker_loss_as_error(model, epoch, steps - 1):
+                    vsums += val_step(next(val_iter)).numpy()
             logs.update({f"val_{n}": float(v / val_steps) for n, v in zip(names, vsums)})
         logs["seconds"] = time.time() - t0
         logs.update(counter.summary())
@@ -280,21 +404,25 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
         if bad:
             message = (f"non-finite values after epoch {epoch + 1} ({', '.join(bad)}): no checkpoint "
                        "written; " + checkpoints.last_good_message(last_good))
-            _append_history(model.log_dir, epoch + 1, {**logs, "diverged": message})
+            if chief:
+                _append_history(model.log_dir, epoch + 1, {**logs, "diverged": message})
             raise checkpoints.TrainingDiverged(message, last_good)
         model.epoch = epoch + 1
         model.data_position = start + (epoch + 1 - first_epoch) * steps * global_batch
         path = model.checkpoint_path.format(model.epoch)
-        # the state first: the .h5, written last and atomically, marks a complete checkpoint
-        state.save(path, model.epoch, model.data_position)
-        mweights.save_weights_by_name(model.keras_model, path)
+        if chief:
+            # the state first: the .h5, written last and atomically, marks a complete checkpoint
+            state.save(path, model.epoch, model.data_position)
+            mweights.save_weights_by_name(model.keras_model, path)
+            _append_history(model.log_dir, epoch + 1, {**logs, "checkpoint": path})
         last_good = path
+        if not chief:
+            path = None
         logs["checkpoint"] = path
         history.append(logs)
-        _append_history(model.log_dir, epoch + 1, logs)
         if verbose:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in logs.items() if isinstance(v, float) and "loss" in k)
-            print(f"epoch {epoch + 1}: {shown} ({logs['seconds']:.1f}s) -> {path}")
+            print(f"epoch {epoch + 1}: {shown} ({logs['seconds']:.1f}s) -> {path or 'not saved (not the chief)'}")
         _call_callbacks(custom_callbacks, "on_epoch_end", epoch, logs)
         if max_seconds is not None and time.time() - started > max_seconds and model.epoch < epochs:
             log.info("time budget of %.0f s used: stopping after epoch %d", max_seconds, model.epoch)

@@ -35,7 +35,10 @@ HDF5_ATTRIBUTE_LIMIT = 64512
 
 __all__ = [
     "LoadReport",
+    "is_keras3_weights_file",
+    "load_keras3_weights",
     "read_h5_weights",
+    "read_h5_weight_shapes",
     "iter_weighted_layers",
     "load_weights_by_name",
     "save_weights_by_name",
@@ -80,7 +83,18 @@ def _open_h5(filepath, mode="r"):
         raise FileNotFoundError(f"weights file not found: {path}")
     if os.path.isdir(path) or not h5py.is_hdf5(path):
         raise ValueError(f"not an HDF5 weights file: {path}")
-    return h5py.File(path, mode)
+    try:
+        return h5py.File(path, mode)
+    except OSError as err:  # truncated or corrupt: h5py's message does not name the file
+        raise ValueError(f"{path}: unreadable HDF5 weights file (truncated or corrupt?): {err}") from None
+
+
+def is_keras3_weights_file(filepath):
+    """True for a Keras 3 native ``*.weights.h5`` file (what ``keras.Model.save_weights``
+    writes: a ``layers`` group keyed by class counters, no ``layer_names`` attribute)."""
+    with _open_h5(filepath) as h5file:
+        return (_read_str_list_attr(h5file, "layer_names") is None and "model_weights" not in h5file
+                and isinstance(h5file.get("layers"), h5py.Group))
 
 
 def _weights_root(h5file, filepath):
@@ -92,7 +106,7 @@ def _weights_root(h5file, filepath):
     if "layers" in h5file and isinstance(h5file["layers"], h5py.Group):
         raise ValueError(
             f"{filepath} looks like a Keras 3 '.weights.h5' file (no 'layer_names' attribute); "
-            "load it with model.load_weights() instead")
+            "load it with load_weights_by_name() or the model's load_weights(), which read it whole")
     raise ValueError(
         f"{filepath} has no 'layer_names' attribute and no 'model_weights' group; "
         "it is not a legacy Keras HDF5 weights file")
@@ -144,9 +158,21 @@ def read_h5_weights(filepath):
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not HDF5 or not in the legacy layout.
+        ValueError: the file is not HDF5, truncated or corrupt, or not in the legacy layout
+            (the path is named).
     """
     path = os.fspath(filepath)
+    try:
+        return _read_h5_weights(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, RuntimeError, KeyError) as err:  # h5py errors of a truncated/corrupt file
+        raise ValueError(f"{path}: unreadable HDF5 weights file (truncated or corrupt?): "
+                         f"{type(err).__name__}: {err}") from None
+
+
+def _read_h5_weights(path):
+    """:func:`read_h5_weights` without the error translation."""
     result = {}
     owner = {}
     with _open_h5(path) as h5file:
@@ -165,6 +191,29 @@ def read_h5_weights(filepath):
                     continue
                 owner[layer] = group_name
                 result.setdefault(layer, []).append((short, array))
+    return result
+
+
+def read_h5_weight_shapes(filepath):
+    """Like :func:`read_h5_weights` but without reading the arrays: ``layer name ->
+    [(short weight name, shape tuple), ...]`` (fast on large files).
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`read_h5_weights`.
+    """
+    path = os.fspath(filepath)
+    result = {}
+    with _open_h5(path) as h5file:
+        root = _weights_root(h5file, path)
+        layer_names = _read_str_list_attr(root, "layer_names") or list(root.keys())
+        for group_name in layer_names:
+            if group_name not in root:
+                continue
+            group = root[group_name]
+            for weight_name in _read_str_list_attr(group, "weight_names") or []:
+                if weight_name in group:
+                    layer, short = _split_weight_name(weight_name, group_name)
+                    result.setdefault(layer, []).append((short, tuple(group[weight_name].shape)))
     return result
 
 
@@ -234,6 +283,43 @@ class LoadReport:
             lines.append(f"skipped ({len(self.skipped)}):")
             lines.extend(f"  {name}: {reason}" for name, reason in self.skipped)
         return "\n".join(lines)
+
+
+def load_keras3_weights(model, filepath):
+    """Load a Keras 3 native ``*.weights.h5`` file into ``model`` (Keras' own loader: the
+    model must have exactly the architecture that saved it). Returns a :class:`LoadReport`
+    listing every weighted layer as loaded.
+
+    Raises:
+        ValueError: the file does not fit the model (the path and Keras' reason named).
+    """
+    import tempfile
+
+    path = os.path.abspath(os.fspath(filepath))
+    with tempfile.TemporaryDirectory() as tmp:
+        # Keras insists on the ".weights.h5" suffix; a link gives any name one.
+        link = path if path.endswith(".weights.h5") else os.path.join(tmp, "model.weights.h5")
+        if link != path:
+            os.symlink(path, link)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model.load_weights(link)
+            # Keras only warns when it leaves parts of the model at their initial values
+            partial = [str(w.message) for w in caught if "Skipping" in str(w.message)
+                       or "freshly-initialized" in str(w.message)]
+            if partial:
+                raise ValueError(f"{len(partial)} part(s) of the model found nothing in the file, "
+                                 f"e.g. {partial[0]}")
+        except Exception as err:  # Keras raises ValueError, KeyError, ... on a mismatch
+            raise ValueError(f"{path}: a Keras 3 .weights.h5 file that does not fit this model "
+                             f"(Keras' native format loads only into the same architecture): "
+                             f"{type(err).__name__}: {err}") from None
+    report = LoadReport()
+    for name, layer in iter_weighted_layers(model):
+        report.loaded.append(name)
+        report.n_arrays += len(layer.weights)
+    return report
 
 
 def _compile_exclude(exclude):
@@ -329,12 +415,28 @@ def load_weights_by_name(model, filepath, by_name=True, exclude=None, skip_misma
             mismatch and nothing is assigned.
         verbose: 1 prints the report, 2 also prints each loaded layer.
 
+    A Keras 3 native ``*.weights.h5`` file (``keras.Model.save_weights``) is recognised and
+    loaded whole with Keras' own loader (:func:`load_keras3_weights`).
+
     Returns:
         a :class:`LoadReport`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: not an HDF5 file, truncated or corrupt, not in a known layout, or a
+            mismatch (every problem listed); the path is named.
     """
     path = os.fspath(filepath)
     if exclude and not by_name:
         raise ValueError("exclude requires by_name=True")
+    if is_keras3_weights_file(path):
+        if exclude:
+            raise ValueError(f"{path}: a Keras 3 .weights.h5 file loads whole (Keras' native "
+                             "format); exclude is not supported for it")
+        report = load_keras3_weights(model, path)
+        if verbose:
+            print(report)
+        return report
     file_layers = read_h5_weights(path)
     report = LoadReport()
     if by_name:
