@@ -167,8 +167,6 @@ def test_demo_runs_on_real_omniglot_archives(omniglot_dir, tmp_path):
     assert set(ROWS) <= set(written["rows"])
 
 
-@pytest.mark.xfail(reason="known after this session's merges: two same-seed main jobs differ in the encoder "
-                   "weights; to be fixed (see the issue note)", strict=False)
 def test_same_seed_gives_the_same_checkpoint_and_table(demo_run, tmp_path, capsys):
     """The main job is a function of its seed: a second run (here shown with its progress
     bar and a generous --minutes cap, which it announces) gives the same weights and table."""
