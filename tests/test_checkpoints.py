@@ -289,7 +289,9 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(uninterrupted, s
     first = killed.checkpoint_path.format(1)
     # the .h5 stays a complete matterport-layout file, the state is beside it
     assert os.path.isfile(first) and os.path.isfile(rd.state_prefix(first) + ".index")
-    assert _max_difference(_weights(first), _weights(reference.checkpoint_path.format(1))) == 0.0
+    # same seed, same data: equal up to float rounding of multi-threaded reductions
+    # (a different seed differs by > 1e-4, see the stateless test below)
+    assert _max_difference(_weights(first), _weights(reference.checkpoint_path.format(1))) < 1e-6
     # a write killed during epoch 2 left partial files behind
     stale = [os.path.join(killed.log_dir, ".mask_rcnn_demo_0002.h5.partial-abc123.h5"),
              os.path.join(killed.log_dir, "mask_rcnn_demo_0002.state_temp")]
