@@ -31,8 +31,11 @@ import warnings
 
 import numpy as np
 
+from .argchecks import require_at_least
 from .datasets.coco import OneShotCocoDataset
 from .mrcnn.config import Config
+from .mrcnn.weights import check_load_report
+from .paper_settings import PaperSettings
 from .train_coco import Stage  # noqa: F401  (the schedule's stage type, re-exported)
 from .train_coco import schedule_stages as siamese_schedule
 
@@ -49,7 +52,7 @@ LR_DROP = 10.0
 MODEL_KEYWORDS = ("imagenet", "last", "gt", "none", "coco")
 
 
-class CocoConfig(Config):
+class CocoConfig(PaperSettings, Config):
     """Mask R-CNN on COCO with the paper's hyper-parameters (the ``paper`` preset).
 
     1024² "square" images, 81 classes (background + 80), ResNet-50, SGD lr 0.02 / momentum
@@ -63,24 +66,6 @@ class CocoConfig(Config):
     NUM_CLASSES = 1 + 80
     IMAGES_PER_GPU = 3
     GPU_COUNT = 1
-    IMAGE_RESIZE_MODE = "square"
-    IMAGE_MIN_DIM = 800
-    IMAGE_MAX_DIM = 1024
-    FPN_CLASSIF_FC_LAYERS_SIZE = 1024
-    RPN_TRAIN_ANCHORS_PER_IMAGE = 256
-    PRE_NMS_LIMIT = 6000
-    RPN_NMS_THRESHOLD = 0.7
-    POST_NMS_ROIS_TRAINING = 2000
-    POST_NMS_ROIS_INFERENCE = 1000
-    TRAIN_ROIS_PER_IMAGE = 200
-    MAX_GT_INSTANCES = 100
-    DETECTION_MAX_INSTANCES = 100
-    DETECTION_NMS_THRESHOLD = 0.5
-    DETECTION_MIN_CONFIDENCE = 0.7
-    LEARNING_RATE = 0.02
-    LEARNING_MOMENTUM = 0.9
-    WEIGHT_DECAY = 0.0001
-    GRADIENT_CLIP_NORM = 5.0
     STEPS_PER_EPOCH = 1000
     VALIDATION_STEPS = 50
 
@@ -310,15 +295,7 @@ def load_model_weights(model, spec, imagenet_weights=None, strict=False, exclude
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     report = model.load_weights(path, by_name=True, exclude=exclude, skip_mismatch=not strict)
-    if not report.loaded:
-        raise ValueError(f"{path}: no layer name matches the model (expected matterport-style "
-                         "names such as conv1, res2a_branch2a, fpn_c5p5)")
-    if report.skipped:
-        log.warning("%s: %d layer(s) with other shapes were not loaded: %s", path,
-                    len(report.skipped), ", ".join(name for name, _ in report.skipped))
-    log.info("loaded %d layers (%d arrays) from %s; %d model layers not in the file",
-             len(report.loaded), report.n_arrays, path, len(report.missing_in_file))
-    return report
+    return check_load_report(report, path, log)
 
 
 # ------------------------------------------------------------------------- command line
@@ -388,14 +365,8 @@ def check_args(parser, args):
         parser.error("--model imagenet needs --imagenet-weights FILE (no downloads here)")
     if args.imagenet_weights and not os.path.isfile(args.imagenet_weights):
         parser.error(f"--imagenet-weights: file not found: {args.imagenet_weights}")
-    for name in ("gpus", "steps_per_epoch"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("validation_steps", "limit"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.images_per_gpu is not None and args.images_per_gpu < 1:
-        parser.error(f"--images-per-gpu must be >= 1, got {args.images_per_gpu}")
+    require_at_least(parser, args, 1, "gpus", "steps_per_epoch", "images_per_gpu")
+    require_at_least(parser, args, 0, "validation_steps", "limit")
     if args.image_size is not None and (args.image_size < 64 or args.image_size % 64):
         parser.error(f"--image-size must be a positive multiple of 64, got {args.image_size}")
     try:

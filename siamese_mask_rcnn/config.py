@@ -10,10 +10,11 @@ builds any preset of :mod:`siamese_mask_rcnn.presets` (``paper``, ``small``, ``d
 import numpy as np
 
 from .mrcnn.config import Config
+from .paper_settings import PaperSettings
 from .presets import PRESETS, preset_settings  # noqa: F401  (PRESETS: public re-export)
 
 
-class SiameseConfig(Config):
+class SiameseConfig(PaperSettings, Config):
     """One-shot Mask R-CNN settings (defaults = the "paper" preset)."""
 
     NAME = "siamese"
@@ -37,24 +38,6 @@ class SiameseConfig(Config):
     # The official release puts a ReLU after every FPN conv; keep it so its weights behave.
     FPN_RELU = True
 
-    IMAGE_RESIZE_MODE = "square"
-    IMAGE_MIN_DIM = 800
-    IMAGE_MAX_DIM = 1024
-    FPN_CLASSIF_FC_LAYERS_SIZE = 1024
-    RPN_TRAIN_ANCHORS_PER_IMAGE = 256
-    PRE_NMS_LIMIT = 6000
-    RPN_NMS_THRESHOLD = 0.7
-    POST_NMS_ROIS_TRAINING = 2000
-    POST_NMS_ROIS_INFERENCE = 1000
-    TRAIN_ROIS_PER_IMAGE = 200
-    MAX_GT_INSTANCES = 100
-    DETECTION_MAX_INSTANCES = 100
-    DETECTION_NMS_THRESHOLD = 0.5
-    DETECTION_MIN_CONFIDENCE = 0.7
-    LEARNING_RATE = 0.02
-    LEARNING_MOMENTUM = 0.9
-    WEIGHT_DECAY = 0.0001
-    GRADIENT_CLIP_NORM = 5.0
     LOSS_WEIGHTS = {"rpn_class_loss": 2.0, "rpn_bbox_loss": 0.1, "mrcnn_class_loss": 2.0,
                     "mrcnn_bbox_loss": 0.5, "mrcnn_mask_loss": 1.0}
     STEPS_PER_EPOCH = 1000

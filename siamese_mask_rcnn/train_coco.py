@@ -22,8 +22,10 @@ import logging
 import os
 import sys
 
+from .argchecks import require_at_least
 from .config import siamese_config
 from .mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
+from .mrcnn.weights import check_load_report
 from .datasets.coco import OneShotCocoDataset, parse_split, split_label
 from .presets import preset_changes
 
@@ -204,13 +206,8 @@ def check_args(parser, args):
             parser.error("--weights imagenet: weights cannot be downloaded here; pass the path "
                          "of a local ImageNet(-687) backbone file")
         parser.error(f"--weights: weights file not found: {args.weights}")
-    for name in ("gpus", "steps_per_epoch"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.images_per_gpu is not None and args.images_per_gpu < 1:
-        parser.error(f"--images-per-gpu must be >= 1, got {args.images_per_gpu}")
-    if args.validation_steps < 0:
-        parser.error(f"--validation-steps must be >= 0, got {args.validation_steps}")
+    require_at_least(parser, args, 1, "gpus", "steps_per_epoch", "images_per_gpu")
+    require_at_least(parser, args, 0, "validation_steps")
     try:
         schedule_stages(args.heads_epochs, args.all_epochs, args.total_epochs, args.lr or 0.02)
     except ValueError as err:
@@ -381,13 +378,7 @@ def load_initial_weights(model, weights, exclude=None):
               f"(after epoch {model.epoch}; the newest run of {model.model_dir} with a checkpoint)")
         return path
     report = model.load_weights(weights, by_name=True, exclude=exclude, skip_mismatch=True)
-    if not report.loaded:
-        raise ValueError(f"{weights}: no layer name matches the model (expected matterport-style "
-                         "names such as conv1, res2a_branch2a, fpn_c5p5)")
-    if report.skipped:
-        log.warning("%s: %d layer(s) with other shapes were not loaded: %s", weights,
-                    len(report.skipped), ", ".join(name for name, _ in report.skipped))
-    log.info("loaded %d layers from %s", len(report.loaded), weights)
+    check_load_report(report, weights, log)
     return weights
 
 

@@ -147,6 +147,8 @@ CONTRACT_HOMES = {
     "unmold_detections": "siamese_mask_rcnn.mrcnn.molding",
     "build_rpn_targets": "siamese_mask_rcnn.mrcnn.targets",
     "load_image_gt": "siamese_mask_rcnn.mrcnn.targets",
+    "check_load_report": "siamese_mask_rcnn.mrcnn.weights",
+    "require_at_least": "siamese_mask_rcnn.argchecks",
 }
 
 
@@ -167,3 +169,20 @@ def test_config_meta_size_is_the_composed_length():
     for n in (1, 2, 81):
         meta = compose_image_meta(0, (10, 20, 3), (64, 64, 3), (0, 0, 64, 64), 1.0, np.ones(n))
         assert Config(NUM_CLASSES=n).IMAGE_META_SIZE == meta.shape[0]
+
+
+def test_paper_settings_have_one_home():
+    """The paper's §5.1 settings live in ``PaperSettings`` only; the Siamese config and the
+    plain COCO Mask R-CNN config inherit them and redefine none of them."""
+    from siamese_mask_rcnn.coco_maskrcnn import CocoConfig
+    from siamese_mask_rcnn.config import SiameseConfig
+    from siamese_mask_rcnn.mrcnn.config import Config
+    from siamese_mask_rcnn.paper_settings import PaperSettings
+    keys = [k for k in vars(PaperSettings) if k.isupper()]
+    assert len(keys) >= 15
+    # they change matterport's defaults (else the mixin would be pointless)
+    assert any(getattr(Config, k) != getattr(PaperSettings, k) for k in keys)
+    for cls in (SiameseConfig, CocoConfig):
+        assert [k for k in keys if k in vars(cls)] == [], cls.__name__
+        config = cls()
+        assert {k: getattr(config, k) for k in keys} == {k: getattr(PaperSettings, k) for k in keys}

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 
+from ..argchecks import require_at_least
 from ..datasets.coco import SPLIT_ALL, parse_split, split_label
 from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
 from ..presets import PRESET_NAMES
@@ -110,13 +111,8 @@ def check_args(parser, args):
         parser.error("--model siamese needs --weights FILE (or use --model gt / random)")
     if args.weights and not os.path.isfile(args.weights):
         parser.error(f"weights file not found: {args.weights}")
-    for name in ("runs", "shots"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.limit is not None and args.limit < 1:
-        parser.error(f"--limit must be >= 1, got {args.limit}")
-    if args.max_absent_per_image is not None and args.max_absent_per_image < 0:
-        parser.error(f"--max-absent-per-image must be >= 0, got {args.max_absent_per_image}")
+    require_at_least(parser, args, 1, "runs", "shots", "limit")
+    require_at_least(parser, args, 0, "max_absent_per_image")
     if args.protocol == "open-world" and (args.confusion or args.clutter or args.absent):
         parser.error("--confusion, --clutter and --absent belong to the paper protocol; "
                      "the open-world protocol reports false positives on absent categories itself")

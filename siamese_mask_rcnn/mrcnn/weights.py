@@ -285,6 +285,25 @@ class LoadReport:
         return "\n".join(lines)
 
 
+def check_load_report(report, filepath, logger):
+    """Check the outcome of loading ``filepath`` with ``skip_mismatch=True``: log (warning,
+    on ``logger``) each layer skipped for its shape, and return ``report``.
+
+    Raises:
+        ValueError: no layer of the file matched a model layer by name (the file is named;
+            e.g. a weights file of another architecture).
+    """
+    if not report.loaded:
+        raise ValueError(f"{filepath}: no layer name matches the model (expected "
+                         "matterport-style names such as conv1, res2a_branch2a, fpn_c5p5)")
+    if report.skipped:
+        logger.warning("%s: %d layer(s) with other shapes were not loaded: %s", filepath,
+                       len(report.skipped), ", ".join(name for name, _ in report.skipped))
+    logger.info("loaded %d layers (%d arrays) from %s; %d model layers not in the file",
+                len(report.loaded), report.n_arrays, filepath, len(report.missing_in_file))
+    return report
+
+
 def load_keras3_weights(model, filepath):
     """Load a Keras 3 native ``*.weights.h5`` file into ``model`` (Keras' own loader: the
     model must have exactly the architecture that saved it). Returns a :class:`LoadReport`
