@@ -31,7 +31,7 @@ import warnings
 
 import numpy as np
 
-from .argchecks import require_at_least
+from .cliargs import require_at_least
 from .datasets.coco import OneShotCocoDataset
 from .mrcnn.config import Config
 from .mrcnn.weights import check_load_report

@@ -15,18 +15,17 @@ Checkpoints (``mask_rcnn_siamese_NNNN.h5`` with the training state beside them),
 ``<logs>/siamese<YYYYmmddTHHMMSS>-<suffix>/``; ``--weights last`` resumes the newest run of
 ``--logs`` that has a checkpoint, in its folder (see :mod:`.mrcnn.checkpoints`).
 """
-import argparse
 import collections
 import json
 import logging
 import os
 import sys
 
-from .argchecks import require_at_least
+from .cliargs import coco_parser, require_at_least
 from .config import siamese_config
 from .mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
 from .mrcnn.weights import check_load_report
-from .datasets.coco import OneShotCocoDataset, parse_split, split_label
+from .datasets.coco import OneShotCocoDataset, split_label
 from .presets import preset_changes
 
 log = logging.getLogger(__name__)
@@ -95,21 +94,15 @@ def remaining_stages(stages, epoch):
 def build_parser(prog=None):
     """The command-line parser (the flags of ``samples/coco/train_siamese.py``);
     ``prog`` names the program in messages (default: the script's name)."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Train Siamese Mask R-CNN on a COCO one-shot split (paper §5.1).")
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", help="COCO root: annotations/instances_{train,val}<year>.json "
-                                        "and images in {train,val}<year>/")
-    data.add_argument("--year", default="2017", help="COCO year (default 2017)")
-    data.add_argument("--train-annotations", help="training instances JSON (instead of --dataset)")
-    data.add_argument("--train-images", help="training image folder (instead of --dataset)")
-    data.add_argument("--val-annotations", help="validation instances JSON (instead of --dataset)")
-    data.add_argument("--val-images", help="validation image folder (instead of --dataset)")
-    data.add_argument("--split", type=parse_split, default=1, metavar="{1,2,3,4,all}",
-                      help="one-shot split S1..S4: its 20 held-out categories are never "
-                           "trained on; 'all': no held-out categories, all 80 are trained "
-                           "on (paper Table 1) (default 1)")
+    parser, data = coco_parser(
+        prog, "Train Siamese Mask R-CNN on a COCO one-shot split (paper §5.1).",
+        "COCO root: annotations/instances_{train,val}<year>.json and images in {train,val}<year>/",
+        "one-shot split S1..S4: its 20 held-out categories are never trained on; 'all': no "
+        "held-out categories, all 80 are trained on (paper Table 1)",
+        {"--train-annotations": "training instances JSON (instead of --dataset)",
+         "--train-images": "training image folder (instead of --dataset)",
+         "--val-annotations": "validation instances JSON (instead of --dataset)",
+         "--val-images": "validation image folder (instead of --dataset)"})
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=["paper", "small"], default="paper",
                        help="configuration preset (default paper: 1024² query, 192² reference)")

@@ -148,7 +148,7 @@ CONTRACT_HOMES = {
     "build_rpn_targets": "siamese_mask_rcnn.mrcnn.targets",
     "load_image_gt": "siamese_mask_rcnn.mrcnn.targets",
     "check_load_report": "siamese_mask_rcnn.mrcnn.weights",
-    "require_at_least": "siamese_mask_rcnn.argchecks",
+    "require_at_least": "siamese_mask_rcnn.cliargs",
 }
 
 

@@ -12,14 +12,13 @@ Outputs go to ``--out`` (default ``logs/eval_<timestamp>/``): COCO results JSON 
 masks), ``summary.json``, ``table.txt``, per-category AP50 plots and, if requested,
 confusion / clutter / absent-category files. The table is printed.
 """
-import argparse
 import datetime
 import logging
 import os
 import sys
 
-from ..argchecks import require_at_least
-from ..datasets.coco import SPLIT_ALL, parse_split, split_label
+from ..cliargs import coco_parser, require_at_least
+from ..datasets.coco import SPLIT_ALL, split_label
 from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
 from ..presets import PRESET_NAMES
 from ..train_coco import load_split_dataset
@@ -42,19 +41,14 @@ ROW_LABELS = {
 def build_parser(prog=None):
     """The command-line parser (the flags of ``samples/coco/evaluate_siamese.py``);
     ``prog`` names the program in messages (default: the script's name)."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="One-shot evaluation of Siamese Mask R-CNN on COCO (paper §5.2).")
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", help="COCO root with annotations/ and <subset><year>/")
-    data.add_argument("--year", default="2017", help="COCO year (default 2017)")
+    parser, data = coco_parser(
+        prog, "One-shot evaluation of Siamese Mask R-CNN on COCO (paper §5.2).",
+        "COCO root with annotations/ and <subset><year>/",
+        "one-shot split S1..S4, or 'all' (no held-out categories: every category present is "
+        "evaluated, --classes is ignored; paper Table 1)",
+        {"--annotations": "instances JSON file (instead of --dataset)",
+         "--images": "image folder (instead of --dataset)"})
     data.add_argument("--subset", default="val", help="COCO subset (default val)")
-    data.add_argument("--annotations", help="instances JSON file (instead of --dataset)")
-    data.add_argument("--images", help="image folder (instead of --dataset)")
-    data.add_argument("--split", type=parse_split, default=1, metavar="{1,2,3,4,all}",
-                      help="one-shot split S1..S4, or 'all' (no held-out categories: every "
-                           "category present is evaluated, --classes is ignored; paper "
-                           "Table 1) (default 1)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=["siamese", "gt", "random"], default="siamese",
                        help="siamese (needs --weights), gt (ground truth as predictions) "
