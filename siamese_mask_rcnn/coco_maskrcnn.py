@@ -149,7 +149,11 @@ def annotation_path(dataset_dir, subset, year, annotation_file=None):
 # ------------------------------------------------------------------------- predictors
 def model_predictor(model):
     """``predict(image, image_id) -> {"rois", "class_ids", "scores", "masks"}`` of an
-    inference-mode ``MaskRCNN`` (one image per call; ``BATCH_SIZE`` must be 1)."""
+    inference-mode ``MaskRCNN`` (one image per call; ``BATCH_SIZE`` must be 1).
+
+    Raises:
+        ValueError: the model's ``BATCH_SIZE`` is not 1.
+    """
     if model.config.BATCH_SIZE != 1:
         raise ValueError(f"evaluation needs BATCH_SIZE 1, got {model.config.BATCH_SIZE}")
 
@@ -489,7 +493,11 @@ def evaluate(args):
 
 def main(argv=None):
     """Entry point of ``samples/coco/coco.py``; returns the command's result. User errors
-    (missing files, bad values) exit with code 2 and a one-line message."""
+    (missing files, bad values) exit with code 2 and a one-line message.
+
+    Raises:
+        SystemExit: status 2 for bad arguments or an unreadable input (message on stderr).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)

@@ -33,6 +33,8 @@ import threading
 
 import numpy as np
 
+from .cliargs import require_at_least
+
 log = logging.getLogger(__name__)
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -206,6 +208,9 @@ def build_classifier(backbone, num_classes, image_size):
     project's small CNN, for tests). The classifier is backbone → global average pool →
     ``imagenet_fc`` logits ``[B, num_classes]``; ``backbone_model`` maps the image
     ``[B, S, S, 3]`` to C5. Batch norm trains (``train_bn=None``: follows ``training``).
+
+    Raises:
+        ValueError: ``backbone`` is not ``resnet50``, ``resnet101`` or ``tiny``.
     """
     import keras
     from .mrcnn.backbone import resnet_graph, tiny_backbone
@@ -395,13 +400,15 @@ def build_parser():
 
 
 def main(argv=None):
-    """Entry point of ``samples/imagenet/pretrain_backbone.py``; user errors exit with code 2."""
+    """Entry point of ``samples/imagenet/pretrain_backbone.py``; user errors exit with code 2.
+
+    Raises:
+        SystemExit: status 2 for bad arguments or an unreadable input (message on stderr).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("image_size", "batch_size", "gpus", "epochs", "steps_per_epoch", "val_steps", "workers"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    require_at_least(parser, args, 1, "image_size", "batch_size", "gpus", "epochs",
+                     "steps_per_epoch", "val_steps", "workers")
     if args.image_size % 32:
         parser.error(f"--image-size must be a multiple of 32, got {args.image_size}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

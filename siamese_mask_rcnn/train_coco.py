@@ -439,7 +439,12 @@ def run(argv=None, prog=None):
     worker ends every surviving worker with ``error: lost another worker ...`` and exit
     status 3. A loader error that stops the input
     pipeline (``DataPipelineError``, naming the image, its file and the original exception)
-    ends training with ``error: ...`` and exit status 1."""
+    ends training with ``error: ...`` and exit status 1.
+
+    Raises:
+        SystemExit: with the statuses above.
+        RuntimeError: an unexpected runtime error (a bug) is re-raised with its traceback.
+    """
     try:
         main(argv, prog)
     except (FileNotFoundError, ValueError, FloatingPointError) as error:

@@ -49,6 +49,9 @@ def generate_pyramid_anchors(scales, ratios, feature_shapes, feature_strides, an
 
     ``scales[i]`` is used on ``feature_shapes[i]`` with ``feature_strides[i]``.
     Returns ``[N, (y1, x1, y2, x2)]`` in pixels.
+
+    Raises:
+        ValueError: ``scales``, ``feature_shapes`` and ``feature_strides`` differ in length.
     """
     if not (len(scales) == len(feature_shapes) == len(feature_strides)):
         raise ValueError(

@@ -60,6 +60,9 @@ def resnet_graph(input_image, architecture, stage5=True, train_bn=None):
 
     The outputs are the stage ends res2c, res3d, res4f (res4w for 101) and res5c, i.e.
     the taps the paper calls C2..C5 (256, 512, 1024 and 2048 channels).
+
+    Raises:
+        ValueError: ``architecture`` is neither ``"resnet50"``, ``"resnet101"`` nor a callable.
     """
     if architecture not in RESNET_BLOCKS:
         raise ValueError(f"BACKBONE must be one of {sorted(RESNET_BLOCKS)} or a callable, got {architecture!r}")
@@ -102,7 +105,11 @@ REGISTERED_BACKBONES = {"tiny_backbone": tiny_backbone}
 
 def build_backbone(input_image, config):
     """C1..C5 for ``config.BACKBONE`` (a ResNet name, a matterport-style callable, or the
-    ``"<callable:name>"`` placeholder a saved config holds for a registered callable)."""
+    ``"<callable:name>"`` placeholder a saved config holds for a registered callable).
+
+    Raises:
+        ValueError: ``config.BACKBONE`` names no registered backbone.
+    """
     backbone = config.BACKBONE
     if isinstance(backbone, str) and backbone.startswith("<callable:"):
         name = backbone[len("<callable:"):-1]

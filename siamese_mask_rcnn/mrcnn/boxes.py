@@ -76,6 +76,9 @@ def non_max_suppression(boxes, scores, threshold):
 
     A box is dropped when its IoU with an already kept, higher-scoring box is
     greater than ``threshold``.
+
+    Raises:
+        ValueError: ``boxes`` and ``scores`` differ in length.
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores)
@@ -150,7 +153,11 @@ def denorm_boxes(boxes, shape):
 
 
 def trim_zeros(x):
-    """Remove the rows of ``x`` that are all zeros (padding)."""
+    """Remove the rows of ``x`` that are all zeros (padding).
+
+    Raises:
+        ValueError: ``x`` is not 2-D.
+    """
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"trim_zeros expects a 2-D array, got shape {x.shape}")

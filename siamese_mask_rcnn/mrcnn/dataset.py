@@ -32,7 +32,11 @@ class Dataset:
         self.class_map = class_map
 
     def add_class(self, source, class_id, class_name):
-        """Register class ``class_id`` of ``source`` (ignored if already registered)."""
+        """Register class ``class_id`` of ``source`` (ignored if already registered).
+
+        Raises:
+            ValueError: ``source`` contains a dot (``source.id`` keys would be ambiguous).
+        """
         if "." in source:
             raise ValueError(f"Source name cannot contain a dot: '{source}'")
         for info in self.class_info:
@@ -79,14 +83,22 @@ class Dataset:
                 if i == 0 or info["source"] == source]
 
     def map_source_class_id(self, source_class_id):
-        """Internal class id of a ``"source.class_id"`` string, e.g. ``"coco.12"``."""
+        """Internal class id of a ``"source.class_id"`` string, e.g. ``"coco.12"``.
+
+        Raises:
+            KeyError: ``source_class_id`` (``"source.id"``) was never added with :meth:`add_class`.
+        """
         try:
             return self.class_from_source_map[source_class_id]
         except KeyError:
             raise KeyError(f"Unknown source class id '{source_class_id}'") from None
 
     def get_source_class_id(self, class_id, source):
-        """Class id in ``source``'s own numbering of internal class ``class_id``."""
+        """Class id in ``source``'s own numbering of internal class ``class_id``.
+
+        Raises:
+            ValueError: class ``class_id`` belongs to another source.
+        """
         info = self.class_info[class_id]
         if info["source"] != source:
             raise ValueError(

@@ -26,7 +26,11 @@ def atomic_write(path, suffix=".tmp"):
     temporary file is removed and ``path`` is left as it was. Parent folders are created.
 
     The temporary file is hidden and named ``.<name>.partial-<random><suffix>``; a process
-    killed mid-write leaves it behind, and :func:`remove_partial_files` removes it later."""
+    killed mid-write leaves it behind, and :func:`remove_partial_files` removes it later.
+
+    Raises:
+        Whatever the block raises (``OSError`` when writing or renaming fails), after removing the temporary file.
+    """
     path = os.path.abspath(os.fspath(path))
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)

@@ -203,7 +203,12 @@ atexit.register(PipelineIterator.close_all)
 
 def next_batch(iterator, counter):
     """``next(iterator)``, raising the pipeline's :class:`DataPipelineError` (with the
-    loader's original exception in its message) instead of TensorFlow's wrapped error."""
+    loader's original exception in its message) instead of TensorFlow's wrapped error.
+
+    Raises:
+        DataPipelineError: a loader error stopped the pipeline (names the image, its file and the original exception).
+        tf.errors.OpError: any other TensorFlow error of the iterator.
+    """
     try:
         return next(iterator)
     except (tf.errors.OpError, DataPipelineError) as err:

@@ -50,6 +50,9 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
         scale: the resize factor.
         padding: ``[(top, bottom), (left, right), (0, 0)]``.
         crop: ``(y, x, h, w)`` in crop mode, else None.
+
+    Raises:
+        ValueError: an unknown ``mode``, a mode without the dimension it needs (``square``: ``max_dim``; ``crop``: ``min_dim``), ``pad64`` with ``min_dim`` not a multiple of 64, or ``crop`` on an image smaller than the crop.
     """
     image = np.asarray(image)
     image_dtype = image.dtype

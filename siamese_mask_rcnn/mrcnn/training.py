@@ -302,6 +302,10 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
     """Train ``model`` from ``model.epoch`` to ``epochs`` (see ``MaskRCNN.train``).
 
     ``max_seconds``: stop after the first epoch that ends past this wall-clock budget.
+
+    Raises:
+        ValueError: the global batch is not divisible by the number of replicas.
+        checkpoints.TrainingDiverged: a loss or a weight became NaN/inf (the message names the last good checkpoint).
     """
     config = model.config
     steps = int(steps_per_epoch or config.STEPS_PER_EPOCH)

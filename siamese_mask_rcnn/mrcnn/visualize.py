@@ -101,6 +101,9 @@ def apply_mask(image, mask, color, alpha=0.5):
     image: [H, W, 3] array (uint8 or float); mask: [H, W] (bool or 0/1);
     color: RGB floats in [0, 1]; alpha: opacity of the colour. Pixels outside the
     mask are returned unchanged. Unlike matterport the input is not modified.
+
+    Raises:
+        ValueError: ``image`` is not ``[H, W, 3]`` or ``mask`` is not ``[H, W]`` of the same size.
     """
     image = np.asarray(image)
     mask = np.asarray(mask)
@@ -149,7 +152,11 @@ def _as_display_image(image):
 ############################################################
 
 def display_images(images, titles=None, cols=4, cmap=None, norm=None, interpolation=None):
-    """Show a grid of images (``cols`` per row) with optional titles; returns the Figure."""
+    """Show a grid of images (``cols`` per row) with optional titles; returns the Figure.
+
+    Raises:
+        ValueError: no images, or as many titles as images are not given.
+    """
     images = list(images)
     if not images:
         raise ValueError("display_images: no images given")
@@ -217,6 +224,9 @@ def display_instances(image, boxes, masks, class_ids, class_names, scores=None, 
     class_names: list indexed by class id; scores: optional [N];
     captions: optional list of N strings replacing "name score".
     Instances whose box is all zeros are skipped.
+
+    Raises:
+        ValueError: ``class_ids`` and ``boxes`` differ in length.
     """
     boxes = np.zeros((0, 4)) if boxes is None else np.asarray(boxes)
     n = boxes.shape[0]
@@ -256,6 +266,9 @@ def draw_boxes(image, boxes=None, refined_boxes=None, masks=None, captions=None,
     masks: [H, W, N]; captions: N strings; visibilities: N values in {0, 1, 2}
     (0 hidden, 1 faint, 2 fully visible; default 2). With both box sets the
     original boxes are dotted and the refined ones solid. Returns the Figure.
+
+    Raises:
+        ValueError: neither ``boxes`` nor ``refined_boxes`` given, or their lengths (or that of ``captions``) differ.
     """
     if boxes is None and refined_boxes is None:
         raise ValueError("draw_boxes: give boxes or refined_boxes")
@@ -316,6 +329,9 @@ def display_siamese_instances(reference, query, boxes, masks, scores, title="one
     masks: [H, W, N]; scores: [N] (shown as captions when ``show_scores``).
     ``inset_fraction`` is the reference's longer side relative to the query's
     shorter side. Returns the Figure.
+
+    Raises:
+        ValueError: ``scores`` and ``boxes`` differ in length.
     """
     boxes = np.zeros((0, 4)) if boxes is None else np.asarray(boxes)
     n = boxes.shape[0]
