@@ -472,6 +472,9 @@ class OneShotCocoDataset(OneShotDataset):
     def load_mask(self, image_id):
         """Instance masks ``[H, W, N]`` bool and class ids ``[N]`` int32 (crowd negative),
         one per annotation in file order (same order as :meth:`instance_annotations`).
+
+        Raises:
+            AnnotationError: a segmentation of the annotation file cannot be decoded (names the file and the annotation id).
         """
         info = self.image_info[image_id]
         if info["source"] != SOURCE:

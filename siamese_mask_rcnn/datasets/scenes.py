@@ -240,6 +240,9 @@ class GeneratedSceneDataset(OneShotDataset):
     processes (:func:`parallel_chunks`). Scenes are pure functions of the image id, so the
     data do not depend on ``workers``. :meth:`build_reference_bank` fixes the references
     of training categories to a bank rendered once.
+
+    Raises:
+        ValueError: ``cache_size`` (when not None) or ``workers`` below 1.
     """
 
     def __init__(self, render_references=True, cache_size=16, workers=1):

@@ -156,6 +156,9 @@ class AnchorsLayer(Float32Layer):
         anchors: ``[A, (y1, x1, y2, x2)]`` normalised anchors.
 
     Input: any tensor whose first axis is the batch ``B``. Output: ``[B, A, 4]`` float32.
+
+    Raises:
+        ValueError: ``anchors`` is not ``[A, 4]``.
     """
 
     def __init__(self, anchors, **kwargs):

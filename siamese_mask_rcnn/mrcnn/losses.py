@@ -131,6 +131,12 @@ def mrcnn_mask_loss_one(target_masks, target_class_ids, pred_masks):
 
 
 def check_normalization(normalization):
+    """Return ``normalization`` if it is a known ``LOSS_NORMALIZATION`` (``"release"`` or
+    ``"per_image"``).
+
+    Raises:
+        ValueError: any other value.
+    """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"LOSS_NORMALIZATION must be one of {NORMALIZATIONS}, got {normalization!r}")
     return normalization

@@ -86,7 +86,11 @@ class SliceDetectionBoxes(KL.Layer):
 
 
 def default_strategy(config):
-    """``MirroredStrategy`` when ``GPU_COUNT > 1``, the default strategy otherwise."""
+    """``MirroredStrategy`` when ``GPU_COUNT > 1``, the default strategy otherwise.
+
+    Raises:
+        ValueError: ``GPU_COUNT`` is larger than the number of visible GPUs.
+    """
     if int(getattr(config, "GPU_COUNT", 1)) > 1:
         gpus = tf.config.list_logical_devices("GPU")
         if len(gpus) < config.GPU_COUNT:
@@ -124,7 +128,11 @@ class dtype_policy:
 
 
 def check_image_shape(config):
-    """The pyramid needs image sides divisible by 2**6."""
+    """The pyramid needs image sides divisible by 2**6.
+
+    Raises:
+        ValueError: ``IMAGE_SHAPE``'s sides are not multiples of 64.
+    """
     h, w = config.IMAGE_SHAPE[:2]
     if h % 64 or w % 64:
         raise ValueError(f"IMAGE_SHAPE {list(config.IMAGE_SHAPE[:2])} must be divisible by 64 "
@@ -136,6 +144,10 @@ class MaskRCNN:
 
     ``mode`` is ``"training"`` or ``"inference"``. ``strategy`` is a ``tf.distribute``
     strategy (default: ``MirroredStrategy`` over ``GPU_COUNT`` GPUs when > 1).
+
+    Raises:
+        ValueError: an unknown ``mode``, ``GPU_COUNT`` above the visible GPUs, or image sides
+            that are not multiples of 64.
     """
 
     def __init__(self, mode, config, model_dir, strategy=None):

@@ -110,6 +110,9 @@ def make_loader(load_fn, image_ids, seed, counter, shuffle=True, max_tries=50, d
     ``describe(image_id)`` gives the file of an image for messages (optional). A fatal
     error is recorded in ``counter.fatal`` and raised (as :class:`DataPipelineError`) by
     this and every later call, so all workers stop at once.
+
+    Raises:
+        ValueError: ``image_ids`` is empty.
     """
     image_ids = list(image_ids)
     if not image_ids:

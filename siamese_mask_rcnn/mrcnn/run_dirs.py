@@ -88,6 +88,9 @@ def create_run_dir(model_dir, name, now=None):
 
     Raises:
         OSError: ``model_dir`` cannot be created or written.
+
+    Raises:
+        FileExistsError: no free run folder name was found after many attempts.
     """
     model_dir = os.fspath(model_dir)
     os.makedirs(model_dir, exist_ok=True)
