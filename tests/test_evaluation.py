@@ -41,10 +41,11 @@ def _internal_image_id(dataset, coco_image_id):
     return next(i for i in dataset.image_ids if dataset.image_info[i]["id"] == coco_image_id)
 
 
-def _expected_pairs(raw, dataset):
+def _expected_pairs(raw, dataset, min_size=None):
     """(internal image id, internal class id) combinations computed from the raw JSON:
     a category present (non-crowd) in the image with a non-crowd instance of shorter box
-    side >= REFERENCE_MIN_SIZE in another image."""
+    side >= ``min_size`` (default: the dataset's REFERENCE_MIN_SIZE) in another image."""
+    min_size = dataset.REFERENCE_MIN_SIZE if min_size is None else min_size
     cat_pos = {c["id"]: p for p, c in enumerate(sorted(raw["categories"], key=lambda c: c["id"]), 1)}
     present, usable = set(), {}
     for a in raw["annotations"]:
@@ -53,7 +54,7 @@ def _expected_pairs(raw, dataset):
         present.add((a["image_id"], a["category_id"]))
         x, y, w, h = a["bbox"]
         sides = (round(y + h) - round(y), round(x + w) - round(x))  # rounded pixel box
-        if min(sides) >= dataset.REFERENCE_MIN_SIZE:
+        if min(sides) >= min_size:
             usable.setdefault(a["category_id"], set()).add(a["image_id"])
     return {(_internal_image_id(dataset, img), cat_pos[cat]) for img, cat in present
             if usable.get(cat, set()) - {img}}
@@ -394,8 +395,9 @@ def test_write_outputs_and_cli(dataset, coco_subset_dir, coco_subset_annotations
     assert saved["rows"]["ground truth (background)"]["map50_segm"] == pytest.approx(1.0)
     assert saved["config"]["model"] == "gt"
     results = json.loads((out_dir / "results_ground_truth_background_seed0.json").read_text())
-    gt = dataset.coco_gt()
+    from pycocotools.coco import COCO
     with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(coco_subset_annotations))  # the user's own file, its own ids
         loaded = gt.loadRes(results)  # RLE masks readable by pycocotools
     assert len(loaded.getAnnIds()) == len(results) > 0
     assert (out_dir / "table.txt").read_text() in printed
@@ -452,3 +454,97 @@ def test_siamese_mrcnn_evaluate_subcommand(coco_subset_annotations, coco_subset_
     with pytest.raises(SystemExit) as exc:
         cli.main(["evaluate", "--model", "gt"])
     assert exc.value.code == 2 and "siamese-mrcnn evaluate" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- fidelity to the release
+def _plain_pycocotools_ap50(annotation_file, results_file, cat_ids, iou_type, img_ids=None):
+    """AP50 (``stats[1]``) of a results file scored the way a user would: pycocotools' own
+    ``COCO(file)``, ``loadRes(path)`` and ``COCOeval``, only ``catIds`` (and ``imgIds``) set."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(annotation_file))
+        dt = gt.loadRes(str(results_file))
+        coco_eval = COCOeval(gt, dt, iou_type)
+        coco_eval.params.catIds = list(cat_ids)
+        if img_ids is not None:
+            coco_eval.params.imgIds = list(img_ids)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return float(coco_eval.stats[1])
+
+
+def test_results_files_score_with_plain_pycocotools_on_the_original_file(
+        coco_subset_annotations, coco_subset_dir, raw, tmp_path):
+    """The written results use the annotation file's own ids (COCO's non-contiguous ones),
+    so plain pycocotools on the original file gives the summary's AP50 of every run."""
+    out = tmp_path / "eval"
+    summary = evaluation_cli.main([
+        "--annotations", str(coco_subset_annotations), "--images", str(coco_subset_dir / "images"),
+        "--model", "random", "--classes", "both", "--quiet", "--out", str(out)])
+    saved = json.loads((out / "summary.json").read_text())
+    file_images = {img["id"] for img in raw["images"]}
+    file_categories = {cat["id"]: cat["name"] for cat in raw["categories"]}
+    checked = differing = 0
+    for label, slug in (("random boxes", "random_boxes"),
+                        ("random boxes (background)", "random_boxes_background")):
+        row = saved["rows"][label]
+        assert row["seeds"] == [0, 1, 2, 3, 4]  # 5 runs by default
+        cat_ids = row["source_category_ids"]
+        # the file's ids, not the internal ones: e.g. handbag is 31 in the file, 27 inside
+        assert [file_categories[c] for c in cat_ids] == [row["class_names"][str(c)]
+                                                        for c in row["class_ids"]]
+        assert set(row["source_image_ids"]) <= file_images
+        differing += cat_ids != row["class_ids"]
+        for run in row["runs"]:
+            path = out / f"results_{slug}_seed{run['seed']}.json"
+            results = json.loads(path.read_text())
+            assert results and {r["image_id"] for r in results} <= file_images
+            assert {r["category_id"] for r in results} <= set(cat_ids)
+            for iou_type in ("bbox", "segm"):
+                plain = _plain_pycocotools_ap50(coco_subset_annotations, path, cat_ids, iou_type)
+                assert abs(plain - run[f"map50_{iou_type}"]) < 1e-6, (label, run["seed"], iou_type)
+                restricted = _plain_pycocotools_ap50(coco_subset_annotations, path, cat_ids,
+                                                     iou_type, img_ids=row["source_image_ids"])
+                assert abs(restricted - run[f"map50_{iou_type}"]) < 1e-6
+                checked += 1
+        assert abs(row["map50_bbox"] - summary[label]["map50_bbox"]) < 1e-9
+    assert checked == 2 * 5 * 2 and differing == 1  # background: handbag 31 (file) vs 27
+    assert any(0 < run["map50_bbox"] < 1 for row in saved["rows"].values() for run in row["runs"])
+
+
+def test_runs_default_to_five(coco_subset_annotations, coco_subset_dir):
+    args = evaluation_cli.build_parser().parse_args(
+        ["--annotations", str(coco_subset_annotations), "--images", str(coco_subset_dir / "images")])
+    assert args.runs == 5 and args.reference_min_size == 0
+    assert "default 5" in evaluation_cli.build_parser().format_help()
+
+
+def test_references_come_from_every_non_crowd_instance(dataset, all_ids, raw,
+                                                       coco_subset_annotations, coco_subset_dir,
+                                                       tmp_path):
+    """No minimum reference size unless the user sets one (API and CLI)."""
+    assert dataset.REFERENCE_MIN_SIZE == 0
+    pairs = ev.build_eval_pairs(dataset, all_ids, seed=0, load_crops=False)
+    got = {(p.image_id, p.class_id) for p in pairs}
+    assert got == _expected_pairs(raw, dataset, min_size=0)
+    assert got > _expected_pairs(raw, dataset, min_size=16)  # more pairs than with a minimum
+    # cell phone in 182202: its only other-image instances (in 176857) are both < 16 px
+    phone = dataset.class_names.index("cell phone")
+    query = _internal_image_id(dataset, 182202)
+    (pair,) = [p for p in pairs if (p.image_id, p.class_id) == (query, phone)]
+    y1, x1, y2, x2 = pair.reference_info[0]["bbox"]
+    assert min(y2 - y1, x2 - x1) < 16
+    assert not dataset.instance_annotations(pair.reference_info[0]["image_id"])[
+        pair.reference_info[0]["annotation_index"]]["iscrowd"]
+    base = ["--annotations", str(coco_subset_annotations), "--images", str(coco_subset_dir / "images"),
+            "--model", "gt", "--classes", "both", "--runs", "1", "--quiet"]
+    rows_default = evaluation_cli.main(base + ["--out", str(tmp_path / "a")])
+    rows_16 = evaluation_cli.main(base + ["--reference-min-size", "16", "--out", str(tmp_path / "b")])
+    n_default = sum(r["n_pairs"] for r in rows_default.values())
+    n_16 = sum(r["n_pairs"] for r in rows_16.values())
+    assert n_default == len(_expected_pairs(raw, dataset, min_size=0))
+    assert n_16 == len(_expected_pairs(raw, dataset, min_size=16)) < n_default
+    with pytest.raises(SystemExit):
+        evaluation_cli.main(base + ["--reference-min-size", "-1", "--out", str(tmp_path / "c")])

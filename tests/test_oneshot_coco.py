@@ -44,8 +44,10 @@ def _silent(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def _load(annotations, image_dir, split=None):
+def _load(annotations, image_dir, split=None, min_size=None):
     ds = OneShotCocoDataset()
+    if min_size is not None:
+        ds.REFERENCE_MIN_SIZE = min_size
     ds.load_coco(annotation_file=str(annotations), image_dir=str(image_dir))
     if split is not None:
         ds.set_split(split)
@@ -56,6 +58,12 @@ def _load(annotations, image_dir, split=None):
 @pytest.fixture()
 def coco_ds(coco_subset_annotations, coco_subset_dir):
     return _load(coco_subset_annotations, coco_subset_dir / "images")
+
+
+@pytest.fixture()
+def coco_ds16(coco_subset_annotations, coco_subset_dir):
+    """The subset with a 16 px minimum reference size set by the user."""
+    return _load(coco_subset_annotations, coco_subset_dir / "images", min_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -170,22 +178,30 @@ def test_instance_annotations_bbox_conversion(coco_ds):
     assert len(crowd) == 1 and crowd[0]["bbox"] == CROWD_YXYX and crowd[0]["class_id"] == 1
 
 
-def test_index_hand_computed(coco_ds):
-    ids = {coco: _internal_image(coco_ds, coco) for coco in
+def test_index_hand_computed(coco_ds16, coco_ds):
+    ids = {coco: _internal_image(coco_ds16, coco) for coco in
            (74646, 86956, 166563, 176857, 182202, 193245, 424349)}
-    assert coco_ds.category_index[_cls(coco_ds, "elephant")] == [ids[166563]]
-    assert coco_ds.category_index[_cls(coco_ds, "person")] == sorted(
+    assert coco_ds16.category_index[_cls(coco_ds16, "elephant")] == [ids[166563]]
+    assert coco_ds16.category_index[_cls(coco_ds16, "person")] == sorted(
         ids[i] for i in (74646, 86956, 176857, 193245, 424349))
     # 176857's two cell phones are both < 16 px: present there, but not a reference source
-    phone = _cls(coco_ds, "cell phone")
-    assert coco_ds.category_index[phone] == [ids[182202]]
-    assert phone in coco_ds.image_categories[ids[176857]]
-    assert coco_ds.skipped_small[phone] == 2
-    assert coco_ds.num_crowd == 1
-    assert coco_ds.image_categories[ids[166563]] == [_cls(coco_ds, "elephant")]
+    phone = _cls(coco_ds16, "cell phone")
+    assert coco_ds16.category_index[phone] == [ids[182202]]
+    assert phone in coco_ds16.image_categories[ids[176857]]
+    assert coco_ds16.skipped_small[phone] == 2
+    assert coco_ds16.num_crowd == 1
+    assert coco_ds16.image_categories[ids[166563]] == [_cls(coco_ds16, "elephant")]
+    assert len(coco_ds16.category_index) == 18
+    assert len(coco_ds16.unreferenceable_class_ids) == 80 - 18
+    assert _cls(coco_ds16, "toothbrush") in coco_ds16.unreferenceable_class_ids
+    # the default (paper §5.2, the release): no minimum size, every non-crowd instance is a
+    # reference source, so 176857's small phones are too
+    assert OneShotCocoDataset.REFERENCE_MIN_SIZE == 0 and coco_ds.REFERENCE_MIN_SIZE == 0
+    assert coco_ds.category_index[phone] == [ids[176857], ids[182202]]
+    assert coco_ds.skipped_small == {} and coco_ds.num_crowd == 1
+    assert coco_ds.category_index[_cls(coco_ds, "person")] == coco_ds16.category_index[
+        _cls(coco_ds16, "person")]  # the crowd person (193245) still never counts alone
     assert len(coco_ds.category_index) == 18
-    assert len(coco_ds.unreferenceable_class_ids) == 80 - 18
-    assert _cls(coco_ds, "toothbrush") in coco_ds.unreferenceable_class_ids
 
 
 def test_index_agrees_with_raw_json(coco_ds, raw_coco):
@@ -198,7 +214,7 @@ def test_index_agrees_with_raw_json(coco_ds, raw_coco):
         for a in anns:
             x, y, w, h = a["bbox"]
             usable = not a["iscrowd"] and min(round(y + h) - round(y),
-                                              round(x + w) - round(x)) >= 16
+                                              round(x + w) - round(x)) >= coco_ds.REFERENCE_MIN_SIZE
             cid = coco_ds.map_source_class_id(f"coco.{a['category_id']}")
             if usable:
                 assert image_id in coco_ds.category_index[cid]
@@ -266,7 +282,10 @@ def test_sampler_is_reproducible(coco_ds):
     assert draws[0] == draws[1]
 
 
-def test_reference_from_other_image_and_never_crowd(coco_ds):
+@pytest.mark.parametrize("min_size", [0, 16])
+def test_reference_from_other_image_and_never_crowd(coco_subset_annotations, coco_subset_dir,
+                                                    min_size):
+    coco_ds = _load(coco_subset_annotations, coco_subset_dir / "images", min_size=min_size)
     rng = np.random.default_rng(7)
     person = _cls(coco_ds, "person")
     crowd_img = _internal_image(coco_ds, 193245)
@@ -283,7 +302,7 @@ def test_reference_from_other_image_and_never_crowd(coco_ds):
         ann = coco_ds.instance_annotations(info["image_id"])[info["annotation_index"]]
         assert ann["class_id"] == person and not ann["iscrowd"]
         y1, x1, y2, x2 = info["bbox"]
-        assert min(y2 - y1, x2 - x1) >= 16
+        assert min(y2 - y1, x2 - x1) >= max(min_size, 1)
         assert crop.dtype == np.uint8 and crop.shape == (y2 - y1, x2 - x1, 3)
         images_used.add(info["image_id"])
     assert crowd_img in images_used        # the crowd's image is drawn, only its crowd is not
@@ -456,7 +475,13 @@ class _Boxes(OneShotDataset):
 
 
 def test_base_contract_on_in_memory_dataset():
+    every = _Boxes()
+    every.load_boxes()
+    every.prepare()
+    # no minimum size by default: the 4 px bar is a reference too; the crowd square never
+    assert every.category_index == {1: [0, 1], 2: [0, 2]} and every.skipped_small == {}
     ds = _Boxes()
+    ds.REFERENCE_MIN_SIZE = 16
     ds.load_boxes()
     ds.prepare()
     assert ds.train_class_ids == [1, 2] and ds.oneshot_class_ids == []

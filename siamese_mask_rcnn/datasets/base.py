@@ -59,8 +59,8 @@ class OneShotDataset(utils.Dataset):
       :meth:`build_index`, which fills
 
       - ``category_index``: class id → sorted image ids holding at least one *usable
-        reference instance* of the class (non-crowd, shorter box side ≥
-        ``REFERENCE_MIN_SIZE``),
+        reference instance* of the class (non-crowd and, if ``REFERENCE_MIN_SIZE`` is set,
+        shorter box side ≥ ``REFERENCE_MIN_SIZE``),
       - ``image_categories``: image id → sorted class ids with a non-crowd instance in the
         image (small instances count: they are still ground truth),
       - ``reference_instances``: class id → list of ``(image_id, annotation_index)``,
@@ -68,10 +68,12 @@ class OneShotDataset(utils.Dataset):
         reference, ``num_crowd``: number of crowd instances,
       - ``unreferenceable_class_ids``: the classes without any usable reference instance
         (they can never be sampled as a reference category; logged at INFO level).
-    * Minimum-crop policy: ``REFERENCE_MIN_SIZE`` (class attribute, default 16 px) applies to
-      the shorter side of an instance's bounding box. Smaller instances are never used as
-      references, but they remain ground truth in the query. Set it on a subclass or an instance
-      **before** ``prepare()`` (or call ``build_index()`` again afterwards).
+    * Minimum-crop policy: ``REFERENCE_MIN_SIZE`` (class attribute, pixels, default 0 = off:
+      every non-crowd instance can be a reference, as in the paper §5.1-§5.2 and the official
+      release) applies to the shorter side of an instance's bounding box. Smaller instances
+      are then never used as references, but they remain ground truth in the query. Set it on
+      a subclass or an instance **before** ``prepare()`` (or call ``build_index()`` again
+      afterwards).
     * Class split: :meth:`set_class_split` sets ``train_class_ids`` (background categories,
       used for training) and ``oneshot_class_ids`` (held out). By default every class is a
       training class. Classes in neither list are simply never sampled by default.
@@ -82,12 +84,18 @@ class OneShotDataset(utils.Dataset):
     * Ground truth: :meth:`load_class_gt` returns only one category's instances (crowd
       ones labelled ``-1``).
     * COCO export: :meth:`to_coco_dict`, :meth:`coco_gt`, :meth:`export_coco`.
+    * Source ids: :meth:`source_image_id`, :meth:`source_class_id` and
+      :meth:`to_source_results` give the ids of the data's own annotation file (for COCO the
+      file's image and category ids; for generated data the ids of its :meth:`export_coco`
+      file), so written results score with plain pycocotools against that file.
 
-    Ids: all class ids and image ids in this API are the internal (matterport) ids.
+    Ids: all class ids and image ids in this API are the internal (matterport) ids, except
+    where a method says "source ids".
     """
 
-    #: Shorter side (pixels) of the bounding box below which an instance is never a reference.
-    REFERENCE_MIN_SIZE = 16
+    #: Shorter side (pixels) of the bounding box below which an instance is never a
+    #: reference; 0 (the default) uses every non-crowd instance, as the paper and the release.
+    REFERENCE_MIN_SIZE = 0
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -316,7 +324,8 @@ class OneShotDataset(utils.Dataset):
                 raise ValueError(f"unknown class id {class_id} (valid: 1..{self.num_classes - 1})")
             raise ValueError(
                 f"class {self._class_label(class_id)} has no usable reference instance "
-                f"(all are crowd or smaller than REFERENCE_MIN_SIZE={self.REFERENCE_MIN_SIZE} px)")
+                + ("(no non-crowd instance)" if not self.REFERENCE_MIN_SIZE else
+                   f"(all are crowd or smaller than REFERENCE_MIN_SIZE={self.REFERENCE_MIN_SIZE} px)"))
         images = self.category_index[class_id]
         skip = bisect.bisect_left(images, exclude_image_id) if exclude_image_id in by_image \
             else None
@@ -355,8 +364,8 @@ class OneShotDataset(utils.Dataset):
     def sample_references(self, class_id, k, rng, exclude_image_id=None, return_info=False):
         """Crop ``k`` reference instances of ``class_id`` (k-shot).
 
-        Instances are non-crowd, at least ``REFERENCE_MIN_SIZE`` px on the shorter box side,
-        distinct where possible and spread over different images; images other than
+        Instances are non-crowd (and at least ``REFERENCE_MIN_SIZE`` px on the shorter box
+        side when it is set), distinct where possible and spread over different images; images other than
         ``exclude_image_id`` are preferred (that image is used only when no other has one).
         Returns a list of ``uint8`` crops (and, with ``return_info``, a list of info dicts
         as in :meth:`sample_reference`). Raises ``ValueError`` if the class has no usable
@@ -382,8 +391,8 @@ class OneShotDataset(utils.Dataset):
     def sample_reference(self, class_id, rng, exclude_image_id=None, return_info=False):
         """Crop one random reference instance of ``class_id``.
 
-        A random image holding a usable instance (non-crowd, shorter box side ≥
-        ``REFERENCE_MIN_SIZE``) other than ``exclude_image_id`` is drawn, then a random
+        A random image holding a usable instance (non-crowd; shorter box side ≥
+        ``REFERENCE_MIN_SIZE`` when it is set) other than ``exclude_image_id`` is drawn, then a random
         instance in it; the crop is the instance's bounding box (``uint8 [h, w, 3]``).
         Only when no other image has one is ``exclude_image_id`` itself used
         (``info["same_image"]`` is then True). With ``return_info`` returns
@@ -423,6 +432,75 @@ class OneShotDataset(utils.Dataset):
         labels = np.where(class_ids[keep] < 0, -1, 1).astype(np.int32)
         return masks[:, :, keep], labels
 
+    # ------------------------------------------------------------------ source ids
+    def source_image_id(self, image_id):
+        """The id of internal image ``image_id`` in the data's own annotation file
+        (``image_info[image_id]["id"]``: a COCO file's image id; for generated data the id
+        :meth:`export_coco` writes, equal to the internal id).
+
+        Raises:
+            ValueError: ``image_id`` is not an image of the dataset.
+        """
+        image_id = int(image_id)
+        if not 0 <= image_id < len(self.image_info):
+            raise ValueError(f"unknown image id {image_id} (valid: 0..{len(self.image_info) - 1})")
+        return _plain_id(self.image_info[image_id]["id"])
+
+    def source_class_id(self, class_id):
+        """The id of internal class ``class_id`` in the data's own annotation file
+        (``class_info[class_id]["id"]``: a COCO file's category id, e.g. 90 for toothbrush
+        whose internal id is 80).
+
+        Raises:
+            ValueError: ``class_id`` is not a category of the dataset (0 is the background).
+        """
+        class_id = int(class_id)
+        if not 0 < class_id < len(self.class_info):
+            raise ValueError(f"unknown class id {class_id} (valid: 1..{len(self.class_info) - 1})")
+        return _plain_id(self.class_info[class_id]["id"])
+
+    def _source_id_maps(self):
+        """``({internal image id: source id}, {internal class id: source id})``.
+
+        Raises:
+            ValueError: two images (or two categories) share a source id, e.g. when two
+                sources are mixed in one dataset (the ids are named).
+        """
+        maps = []
+        for kind, ids, lookup in (("image", self.image_ids, self.source_image_id),
+                                  ("category", self._all_class_ids(), self.source_class_id)):
+            mapping, owner = {}, {}
+            for internal in ids:
+                source = lookup(internal)
+                if source in owner:
+                    raise ValueError(
+                        f"{type(self).__name__}: {kind}s {owner[source]} and {int(internal)} share "
+                        f"the source id {source!r}; results cannot be written in source ids")
+                owner[source] = int(internal)
+                mapping[int(internal)] = source
+            maps.append(mapping)
+        return tuple(maps)
+
+    def to_source_results(self, results):
+        """COCO results (dicts with ``image_id`` and ``category_id``) with the internal ids
+        replaced by the source ids of :meth:`source_image_id` / :meth:`source_class_id`
+        (new dicts; the other fields are shared). Scored against the data's own annotation
+        file with plain pycocotools they give the evaluation's AP50 (paper §5.2).
+
+        Raises:
+            ValueError: a result names an image or category the dataset does not have, or
+                the dataset's source ids are not unique (named).
+        """
+        images, classes = self._source_id_maps()
+        converted = []
+        for result in results:
+            image_id, class_id = int(result["image_id"]), int(result["category_id"])
+            if image_id not in images or class_id not in classes:
+                raise ValueError(f"result for image {image_id}, category {class_id}: not an "
+                                 f"image / category of {type(self).__name__}")
+            converted.append(dict(result, image_id=images[image_id], category_id=classes[class_id]))
+        return converted
+
     # ------------------------------------------------------------------ COCO export
     def _coco_image_entry(self, image_id):
         """The COCO ``images`` entry of one image (``id`` = internal image id)."""
@@ -450,11 +528,18 @@ class OneShotDataset(utils.Dataset):
                          "iscrowd": int(raw_id < 0)})
         return anns
 
-    def to_coco_dict(self, class_ids=None, image_ids=None):
-        """The dataset as a COCO-format dict (internal image and class ids).
+    def to_coco_dict(self, class_ids=None, image_ids=None, source_ids=False):
+        """The dataset as a COCO-format dict.
 
         ``class_ids`` (default: all classes) restricts categories and annotations;
-        ``image_ids`` (default: all images) restricts images. Annotation ids run from 1.
+        ``image_ids`` (default: all images) restricts images (both internal ids). Annotation
+        ids run from 1. Image and category ids are the internal ones, or with ``source_ids``
+        those of the data's own annotation file (:meth:`source_image_id`,
+        :meth:`source_class_id`), which the evaluation's results files use.
+
+        Raises:
+            RuntimeError: the dataset is not prepared.
+            ValueError: ``source_ids`` and two images / categories share a source id.
         """
         self._require_prepared("to_coco_dict()")
         class_ids = self._all_class_ids() if class_ids is None else [int(c) for c in class_ids]
@@ -470,6 +555,15 @@ class OneShotDataset(utils.Dataset):
         categories = [{"id": c, "name": self.class_names[c],
                        "supercategory": self.class_info[c].get("source", "")}
                       for c in class_ids]
+        if source_ids:
+            image_map, class_map = self._source_id_maps()
+            for entry in images:
+                entry["id"] = image_map[entry["id"]]
+            for entry in categories:
+                entry["id"] = class_map[entry["id"]]
+            for ann in annotations:
+                ann["image_id"] = image_map[ann["image_id"]]
+                ann["category_id"] = class_map[ann["category_id"]]
         return {"info": {"description": f"exported from {type(self).__name__}"},
                 "licenses": [], "images": images, "categories": categories,
                 "annotations": annotations}
@@ -481,21 +575,47 @@ class OneShotDataset(utils.Dataset):
     def export_coco(self, json_path, image_dir=None, class_ids=None, image_ids=None):
         """Write the dataset as a COCO JSON file (atomically) and optionally its images.
 
-        With ``image_dir`` every image is written there as ``{image_id:012d}.png`` and the
-        JSON's ``file_name`` entries point to those files, so the result loads like any
-        COCO-format dataset (e.g. ``OneShotCocoDataset.load_coco(annotation_file=...,
-        image_dir=...)``). Returns the JSON path.
+        Image and category ids are the source ids (:meth:`source_image_id`,
+        :meth:`source_class_id`; equal to the internal ids for generated data), the ids of
+        the evaluation's results files, so those score against this file with plain
+        pycocotools. ``class_ids`` / ``image_ids`` select internal ids. With ``image_dir``
+        every image is written there as ``{internal image_id:012d}.png`` and the JSON's
+        ``file_name`` entries point to those files, so the result loads like any COCO-format
+        dataset (e.g. ``OneShotCocoDataset.load_coco(annotation_file=..., image_dir=...)``).
+        Returns the JSON path.
+
+        Raises:
+            ValueError: two images / categories share a source id (named).
+            OSError: a file cannot be written.
         """
         data = self.to_coco_dict(class_ids=class_ids, image_ids=image_ids)
+        image_map, class_map = self._source_id_maps()
         if image_dir is not None:
             image_dir = pathlib.Path(image_dir)
             image_dir.mkdir(parents=True, exist_ok=True)
             for entry in data["images"]:
                 entry["file_name"] = f"{entry['id']:012d}.png"
                 _write_png_atomic(self.load_image(entry["id"]), image_dir / entry["file_name"])
+        for entry in data["images"]:
+            entry["id"] = image_map[entry["id"]]
+        for entry in data["categories"]:
+            entry["id"] = class_map[entry["id"]]
+        for ann in data["annotations"]:
+            ann["image_id"] = image_map[ann["image_id"]]
+            ann["category_id"] = class_map[ann["category_id"]]
         json_path = pathlib.Path(json_path)
         _write_text_atomic(json.dumps(data), json_path)
         return json_path
+
+
+def _plain_id(value):
+    """A source id as JSON writes it: a Python ``int`` for integer-like ids (numpy
+    included), anything else unchanged."""
+    if isinstance(value, (bool, np.bool_)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    return value
 
 
 def _write_text_atomic(text, path):

@@ -26,7 +26,9 @@ paper §5.3), the confusion matrix (§6.4, :func:`confusion_matrix`), the clutte
 Tables, files and plots are written by :mod:`.report`; the command line
 (``samples/coco/evaluate_siamese.py``, ``siamese-mrcnn evaluate``) lives in :mod:`.cli`.
 
-Ids are the dataset's internal ids (``OneShotDataset.coco_gt`` uses the same ids).
+Ids are the dataset's internal ids (``OneShotDataset.coco_gt`` uses the same ids); the
+results files :func:`write_outputs` writes use the annotation file's own image and category
+ids (``source_results``), so plain pycocotools scores them against the original file.
 AP values are fractions in [0, 1]; tables print percentages. Same seed → same numbers.
 No TensorFlow is imported by this package (only :mod:`.cli` does, for a trained model).
 """

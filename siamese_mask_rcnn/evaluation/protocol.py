@@ -94,7 +94,15 @@ def evaluate(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None, progre
     least one pair), ``class_names``, ``no_gt_bbox`` / ``no_gt_segm``, ``skipped`` (image,
     category combinations without a reference elsewhere), ``pairs`` (image id, class id and
     reference info of every pair), ``results`` (COCO results), ``coco_gt`` (the restricted
-    ground truth, a pycocotools object), ``seed``, ``shots``, ``limit``.
+    ground truth, a pycocotools object), ``seed``, ``shots``, ``limit`` — all in internal
+    ids — and, in the ids of the data's own annotation file (for COCO the file's image and
+    category ids; :meth:`~siamese_mask_rcnn.datasets.base.OneShotDataset.to_source_results`):
+    ``source_results`` (the results, as :func:`~.report.write_outputs` writes them),
+    ``source_category_ids`` (``class_ids``) and ``source_image_ids`` (the query images).
+    Scoring ``source_results`` with plain pycocotools ``COCOeval`` against that file,
+    ``params.catIds = source_category_ids`` and ``params.imgIds = source_image_ids``, gives
+    this function's AP50 values whenever every instance can be a reference
+    (``REFERENCE_MIN_SIZE`` 0, the default) and the file has no annotation the loader dropped.
 
     Raises:
         ValueError: unknown class ids, ``shots`` < 1 or ``limit`` < 1 (the value is
@@ -113,7 +121,11 @@ def evaluate(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None, progre
                          "references": [dict(info, bbox=None if info.get("bbox") is None
                                              else [int(v) for v in info["bbox"]])
                                         for info in p.reference_info]} for p in pairs],
-              "results": results}
+              "results": results,
+              "source_results": dataset.to_source_results(results),
+              "source_category_ids": [dataset.source_class_id(c) for c in evaluated],
+              "source_image_ids": [dataset.source_image_id(i)
+                                   for i in sorted({int(p.image_id) for p in pairs})]}
     if not evaluated:
         logger.warning("no evaluation pair for categories %s", class_ids)
         for iou_type in IOU_TYPES:
@@ -147,10 +159,14 @@ def evaluate_runs(dataset, predict_fn, class_ids, runs=5, seed=0, shots=1, limit
 
     ``predict_fn_for_seed(run_seed)``, if given, builds each run's predictor (e.g. the
     random-boxes baseline with fresh shifts); otherwise ``predict_fn`` is used for all.
+    The default of 5 runs is the official release's protocol (the mean over 5 reference
+    draws); the paper text (§5.2) describes a single run per split.
     Returns ``runs`` (per-run seed, n_pairs, mAP50 and per-category AP50), the means
     ``map50_bbox`` / ``map50_segm``, their 95% intervals ``ci95_bbox`` / ``ci95_segm``
     (1.96·std(run values)/√runs), the mean per-category ``ap50_bbox`` / ``ap50_segm``, and
-    ``evaluations`` (the full :func:`evaluate` dicts).
+    ``evaluations`` (the full :func:`evaluate` dicts), and ``source_category_ids`` /
+    ``source_image_ids`` (every run's evaluated categories / query images in the annotation
+    file's own ids, see :func:`evaluate`).
 
     Raises:
         ValueError: ``runs`` < 1, neither ``predict_fn`` nor ``predict_fn_for_seed``,
@@ -183,4 +199,6 @@ def evaluate_runs(dataset, predict_fn, class_ids, runs=5, seed=0, shots=1, limit
                 per_category.setdefault(class_id, []).append(ap)
         summary[f"ap50_{iou_type}"] = {c: float(np.mean(v)) for c, v in sorted(per_category.items())}
     summary["n_pairs"] = int(np.mean([e["n_pairs"] for e in evaluations]))
+    for key in ("source_category_ids", "source_image_ids"):
+        summary[key] = sorted(set().union(*(e[key] for e in evaluations)))
     return summary

@@ -270,7 +270,7 @@ def _evaluations_of(entry):
 def summarize(entry):
     """The JSON-ready numbers of an :func:`evaluate` / :func:`evaluate_runs` dict (no
     results, no pycocotools objects, no per-pair reference info)."""
-    skip = {"results", "coco_gt", "pairs", "evaluations"}
+    skip = {"results", "source_results", "coco_gt", "pairs", "evaluations"}
     numbers = {k: v for k, v in entry.items() if k not in skip}
     if "evaluations" in entry:
         numbers["skipped"] = entry["evaluations"][0].get("skipped", [])
@@ -305,7 +305,10 @@ def write_outputs(out_dir, summary, confusion=None, clutter=None, absent=None, c
                   title=None):
     """Write everything an evaluation produced to ``out_dir``; returns ``{name: path}``.
 
-    * ``results_<row>_seed<S>.json``: the COCO results (RLE masks) of every run of every row;
+    * ``results_<row>_seed<S>.json``: the COCO results (RLE masks) of every run of every row,
+      in the annotation file's own image and category ids (``source_results``; plain
+      pycocotools scores them against that file, with ``catIds`` / ``imgIds`` set to the
+      row's ``source_category_ids`` / ``source_image_ids`` in ``summary.json``);
     * ``summary.json``: the numbers of every row (+ ``config``), ``table.txt``: the table;
     * ``ap50_<row>.png``: per-category AP50;
     * optional ``confusion.{png,csv,json}``, ``clutter.{png,csv,json}``, ``absent.{json,csv}``.
@@ -322,7 +325,8 @@ def write_outputs(out_dir, summary, confusion=None, clutter=None, absent=None, c
         entry = summary[label]
         for evaluation in _evaluations_of(entry):
             name = f"results_{_slug(label)}_seed{evaluation['seed']}"
-            written[name] = write_json(evaluation["results"], out_dir / f"{name}.json")
+            results = evaluation.get("source_results", evaluation["results"])
+            written[name] = write_json(results, out_dir / f"{name}.json")
         fig = plot_per_category(entry, out_dir / f"ap50_{_slug(label)}.png",
                                 title=f"AP50 per category: {label}")
         plt.close(fig)
