@@ -53,6 +53,8 @@ MATTERPORT = {
         "MaskRCNN.find_trainable_layer": [("self", E), ("layer", E)],
         "MaskRCNN.get_trainable_layers": [("self", E)],
         "MaskRCNN.run_graph": [("self", E), ("images", E), ("outputs", E), ("image_metas", None)],
+        "MaskRCNN.set_trainable": [("self", E), ("layer_regex", E), ("keras_model", None), ("indent", 0),
+                                   ("verbose", 1)],
     },
     "utils": {
         "extract_bboxes": [("mask", E)],
@@ -97,6 +99,8 @@ MATTERPORT = {
         "Dataset.source_image_link": [("self", E), ("image_id", E)],
         "Dataset.load_image": [("self", E), ("image_id", E)],
         "Dataset.load_mask": [("self", E), ("image_id", E)],
+        "batch_slice": [("inputs", E), ("graph_fn", E), ("batch_size", E), ("names", None)],
+        "box_refinement_graph": [("box", E), ("gt_box", E)],
     },
     "visualize": {
         "display_images": [("images", E), ("titles", None), ("cols", 4), ("cmap", None), ("norm", None),
@@ -109,6 +113,18 @@ MATTERPORT = {
         "plot_precision_recall": [("AP", E), ("precisions", E), ("recalls", E)],
         "draw_boxes": [("image", E), ("boxes", None), ("refined_boxes", None), ("masks", None),
                        ("captions", None), ("visibilities", None), ("title", ""), ("ax", None)],
+        "display_differences": [("image", E), ("gt_box", E), ("gt_class_id", E), ("gt_mask", E),
+                                ("pred_box", E), ("pred_class_id", E), ("pred_score", E), ("pred_mask", E),
+                                ("class_names", E), ("title", ""), ("ax", None), ("show_mask", True),
+                                ("show_box", True), ("iou_threshold", 0.5), ("score_threshold", 0.5)],
+        "draw_rois": [("image", E), ("rois", E), ("refined_rois", E), ("mask", E), ("class_ids", E),
+                      ("class_names", E), ("limit", 10)],
+        "draw_box": [("image", E), ("box", E), ("color", E)],
+        "display_top_masks": [("image", E), ("mask", E), ("class_ids", E), ("class_names", E), ("limit", 4)],
+        "plot_overlaps": [("gt_class_ids", E), ("pred_class_ids", E), ("pred_scores", E), ("overlaps", E),
+                          ("class_names", E), ("threshold", 0.5)],
+        "display_table": [("table", E)],
+        "display_weight_stats": [("model", E)],
     },
     "config": {
         "Config.__init__": [("self", E)],
@@ -120,19 +136,11 @@ MATTERPORT = {
 # matterport names this port does not provide, and why
 NOT_PROVIDED = {
     "utils": {
-        "batch_slice": "TF1 graph helper; Keras 3 layers map over the batch with tf.map_fn",
-        "box_refinement_graph": "graph op; lives in mrcnn.layers (utils stays free of TensorFlow)",
         "download_trained_weights": "no downloads: weights are local files",
         "mold_mask": "never implemented by matterport either",
     },
     "model": {
-        "MaskRCNN.set_trainable": "layers train by selection in train(layers=...), not by flags",
-        "MaskRCNN.ancestor": "TF1 graph walking",
-    },
-    "visualize": {
-        "display_differences": "not ported", "draw_rois": "not ported", "draw_box": "not ported",
-        "display_top_masks": "not ported", "plot_overlaps": "not ported", "display_table": "not ported",
-        "display_weight_stats": "not ported",
+        "MaskRCNN.ancestor": "TF1 graph walking (Keras 3 has no tensor-name graph to walk)",
     },
 }
 

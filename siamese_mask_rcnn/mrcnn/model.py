@@ -341,6 +341,20 @@ class MaskRCNN:
         wrappers here; kept for matterport's API)."""
         return layer
 
+    def set_trainable(self, layer_regex, keras_model=None, indent=0, verbose=1):
+        """Set ``trainable`` on the weighted layers of ``keras_model`` (default: this model's,
+        nested models included): True where the name fully matches ``layer_regex`` (a regex or
+        a preset of ``train``: "heads", "3+", "4+", "5+", "all"), False elsewhere; prints the
+        trainable layers when ``verbose > 0``. ``train(layers=...)`` still trains what it
+        selects. Returns the trainable layers (see :func:`.training.set_trainable`).
+
+        Raises:
+            ValueError: ``layer_regex`` is not a valid regex or matches no weighted layer.
+        """
+        from .training import set_trainable
+        return set_trainable(self.keras_model if keras_model is None else keras_model, layer_regex,
+                             indent=indent, verbose=verbose)
+
     def compile(self, learning_rate, momentum):
         """Create the SGD optimiser: momentum, and the *global* norm of all gradients clipped
         to ``GRADIENT_CLIP_NORM`` (Keras 2's ``clipnorm``, as in matterport and the release;

@@ -52,6 +52,19 @@ LAYER_PRESETS = {
 }
 
 
+def _layer_regex(layers):
+    """The compiled regex of a :data:`LAYER_PRESETS` name or of a regex string.
+
+    Raises:
+        ValueError: ``layers`` is not a valid regex.
+    """
+    pattern = LAYER_PRESETS.get(layers, layers)
+    try:
+        return re.compile(pattern)
+    except (re.error, TypeError) as err:
+        raise ValueError(f"layers={layers!r} is neither a preset {sorted(LAYER_PRESETS)} nor a valid regex: {err}")
+
+
 def select_trainable_layers(keras_model, layers):
     """The weighted layers whose names fully match a preset of :data:`LAYER_PRESETS` or a regex
     (matterport semantics; layers inside nested models are found too).
@@ -59,11 +72,7 @@ def select_trainable_layers(keras_model, layers):
     Raises:
         ValueError: ``layers`` is not a valid regex, or it matches no weighted layer.
     """
-    pattern = LAYER_PRESETS.get(layers, layers)
-    try:
-        regex = re.compile(pattern)
-    except re.error as err:
-        raise ValueError(f"layers={layers!r} is neither a preset {sorted(LAYER_PRESETS)} nor a valid regex: {err}")
+    regex = _layer_regex(layers)
     chosen = []
     for name, layer in mweights.iter_weighted_layers(keras_model):
         if regex.fullmatch(name):
@@ -71,6 +80,36 @@ def select_trainable_layers(keras_model, layers):
     if not chosen:
         raise ValueError(f"layers={layers!r} matches no weighted layer of the model")
     return chosen
+
+
+def set_trainable(keras_model, layer_regex, indent=0, verbose=1):
+    """Set ``layer.trainable`` of every weighted layer of ``keras_model`` (nested models
+    included): True for exactly the layers :func:`select_trainable_layers` picks for
+    ``layer_regex`` (a preset name or a regex fully matching layer names), False for the
+    others. Sub-model containers keep their own flag (Keras 3 would pass it to all their
+    layers). With ``verbose > 0`` prints each nested model (``In model: <name>``) and each
+    trainable layer with its class, indented by ``indent`` spaces plus 4 per nesting level.
+    Returns the trainable layers.
+
+    ``train(layers=...)`` makes its own selection and sets the flags of the layers it trains
+    to True, so flags set here do not stop a later ``train`` from training a layer.
+
+    Raises:
+        ValueError: ``layer_regex`` is not a valid regex or matches no weighted layer (no
+            flag is changed then).
+    """
+    chosen = {id(layer) for layer in select_trainable_layers(keras_model, layer_regex)}
+    shown = set()
+    for parents, layer in mweights._walk_weighted_layers(keras_model):
+        layer.trainable = id(layer) in chosen
+        if verbose > 0:
+            for depth in range(len(parents)):
+                if parents[:depth + 1] not in shown:
+                    shown.add(parents[:depth + 1])
+                    print(" " * (indent + 4 * depth) + f"In model: {parents[depth]}")
+            if layer.trainable:
+                print(" " * (indent + 4 * len(parents)) + f"{layer.name:20}   ({type(layer).__name__})")
+    return [layer for _, layer in mweights.iter_weighted_layers(keras_model) if id(layer) in chosen]
 
 
 def make_optimizer(config, strategy, learning_rate, momentum):
@@ -320,6 +359,8 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
         raise ValueError(f"batch {global_batch} is not divisible by {strategy.num_replicas_in_sync} replicas")
 
     trainable_layers = select_trainable_layers(model.keras_model, layers)
+    for layer in trainable_layers:  # a layer frozen earlier by set_trainable trains when selected
+        layer.trainable = True
     optimizer = model.optimizer = make_optimizer(config, strategy, learning_rate, config.LEARNING_MOMENTUM)
     with strategy.scope():
         train_step, val_step, train_vars = make_step_functions(model, trainable_layers, optimizer)

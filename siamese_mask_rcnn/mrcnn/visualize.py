@@ -1,8 +1,9 @@
 """Drawing helpers for detections, masks and one-shot (reference, query) results.
 
 The public names follow matterport's ``mrcnn.visualize`` (``random_colors``,
-``apply_mask``, ``display_images``, ``display_instances``, ``draw_boxes``,
-``plot_precision_recall``) and add ``display_siamese_instances`` (the paper's
+``apply_mask``, ``draw_box``, ``display_images``, ``display_instances``, ``draw_boxes``,
+``display_differences``, ``draw_rois``, ``display_top_masks``, ``plot_precision_recall``,
+``plot_overlaps``, and from :mod:`.tables` ``display_table``, ``display_weight_stats``) and add ``display_siamese_instances`` (the paper's
 Fig. 5 layout: the query with coloured masks and boxes, the reference image as an
 inset in the lower-left corner) and ``save_figure``.
 
@@ -23,6 +24,10 @@ import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib import lines, patches
 from matplotlib.patches import Polygon
+
+from .masks import unmold_mask
+from .metrics import compute_matches
+from .tables import display_table, display_weight_stats  # noqa: F401  (matterport's names)
 
 
 ############################################################
@@ -120,6 +125,39 @@ def apply_mask(image, mask, color, alpha=0.5):
         info = np.iinfo(image.dtype)
         blended = np.clip(np.round(blended), info.min, info.max)
     out[where] = blended.astype(image.dtype)
+    return out
+
+
+def draw_box(image, box, color):
+    """Draw a 2-pixel outline of ``box`` into a copy of ``image``; returns the copy.
+
+    image: [H, W, C] array; box: ``(y1, x1, y2, x2)`` in pixels (``y2``/``x2`` exclusive,
+    the outline lies inside the box: rows ``y1, y1+1, y2-2, y2-1`` and the same columns);
+    color: C values (e.g. RGB 0-255 for uint8 images). Parts outside the image are
+    dropped. Unlike matterport the input is not modified: use the returned array.
+
+    Raises:
+        ValueError: ``image`` is not ``[H, W, C]``, ``box`` has not 4 values, or ``color``
+            does not have C values.
+    """
+    out = np.array(image, copy=True)
+    if out.ndim != 3:
+        raise ValueError(f"draw_box: image must be [H, W, C], got shape {out.shape}")
+    if np.asarray(box).shape != (4,):
+        raise ValueError(f"draw_box: box must be (y1, x1, y2, x2), got {box!r}")
+    if np.asarray(color).shape != (out.shape[2],):
+        raise ValueError(f"draw_box: color {color!r} needs {out.shape[2]} values")
+    height, width = out.shape[:2]
+    y1, x1, y2, x2 = [int(round(float(v))) for v in box]
+    if y2 <= y1 or x2 <= x1:
+        return out
+    color = np.asarray(color)
+    for top, bottom, left, right in ((y1, min(y1 + 2, y2), x1, x2), (max(y2 - 2, y1), y2, x1, x2),
+                                     (y1, y2, x1, min(x1 + 2, x2)), (y1, y2, max(x2 - 2, x1), x2)):
+        top, bottom = max(top, 0), min(bottom, height)
+        left, right = max(left, 0), min(right, width)
+        if bottom > top and right > left:
+            out[top:bottom, left:right] = color
     return out
 
 
@@ -308,6 +346,128 @@ def draw_boxes(image, boxes=None, refined_boxes=None, masks=None, captions=None,
     return _finish(fig, created)
 
 
+def display_differences(image, gt_box, gt_class_id, gt_mask, pred_box, pred_class_id, pred_score,
+                        pred_mask, class_names, title="", ax=None, show_mask=True, show_box=True,
+                        iou_threshold=0.5, score_threshold=0.5):
+    """Ground truth (green) and predictions (red) on one image; returns the Figure.
+
+    gt_box: [G, 4] / pred_box: [P, 4] ``(y1, x1, y2, x2)`` pixels; gt_mask: [H, W, G];
+    pred_mask: [H, W, P]; gt_class_id: [G]; pred_class_id, pred_score: [P]. All-zero
+    (padding) boxes are dropped. Predictions are matched to ground truth as in
+    :func:`.metrics.compute_matches` (``iou_threshold``, ``score_threshold``) and drawn in
+    descending score order, captioned ``"score / IoU"``: the mask IoU with the matched
+    ground-truth instance, or the highest IoU with any instance when unmatched.
+
+    Raises:
+        ValueError: a box count differs from its mask, class-id or score count.
+    """
+    gt_box, pred_box = np.asarray(gt_box).reshape(-1, 4), np.asarray(pred_box).reshape(-1, 4)
+    n_gt, n_pred = gt_box.shape[0], pred_box.shape[0]
+    _check_instances(gt_box, gt_mask, n_gt, "display_differences (ground truth)")
+    _check_instances(pred_box, pred_mask, n_pred, "display_differences (predictions)")
+    if len(gt_class_id) != n_gt or len(pred_class_id) != n_pred or len(pred_score) != n_pred:
+        raise ValueError(f"display_differences: {n_gt} GT boxes with {len(gt_class_id)} class ids, "
+                         f"{n_pred} predicted boxes with {len(pred_class_id)} class ids and "
+                         f"{len(pred_score)} scores")
+    keep_gt = np.any(gt_box != 0, axis=1)
+    keep_pred = np.flatnonzero(np.any(pred_box != 0, axis=1))
+    keep_pred = keep_pred[np.argsort(-np.asarray(pred_score)[keep_pred], kind="stable")]
+    gt_box, gt_class_id = gt_box[keep_gt], np.asarray(gt_class_id)[keep_gt]
+    gt_mask = np.asarray(gt_mask)[..., keep_gt]
+    pred_box, pred_class_id = pred_box[keep_pred], np.asarray(pred_class_id)[keep_pred]
+    pred_score, pred_mask = np.asarray(pred_score)[keep_pred], np.asarray(pred_mask)[..., keep_pred]
+    _, pred_match, overlaps = compute_matches(gt_box, gt_class_id, gt_mask, pred_box, pred_class_id,
+                                              pred_score, pred_mask, iou_threshold=iou_threshold,
+                                              score_threshold=score_threshold)
+    captions = [""] * len(gt_box)
+    for i, match in enumerate(pred_match):
+        if match > -1:
+            iou = overlaps[i, int(match)]
+        else:
+            iou = overlaps[i].max() if overlaps.shape[1] else 0.0
+        captions.append(f"{float(pred_score[i]):.2f} / {float(iou):.2f}")
+    colors = [(0.0, 1.0, 0.0)] * len(gt_box) + [(1.0, 0.0, 0.0)] * len(pred_box)
+    masks = np.concatenate([gt_mask.astype(bool), pred_mask.astype(bool)], axis=-1)
+    return display_instances(image, np.concatenate([gt_box, pred_box]), masks,
+                             np.concatenate([gt_class_id, pred_class_id]), class_names,
+                             title=title or "Ground Truth and Detections\n GT=green, pred=red, "
+                                            "captions: score/IoU",
+                             ax=ax, show_mask=show_mask, show_bbox=show_box, colors=colors,
+                             captions=captions)
+
+
+def draw_rois(image, rois, refined_rois, mask, class_ids, class_names, limit=10, seed=None):
+    """Show up to ``limit`` training ROIs (picked at random when there are more): each ROI
+    dashed; for positive ROIs (class id > 0) also the refined box, a line joining the two
+    top-left corners, the class name and the ROI's mask pasted into the image.
+
+    rois, refined_rois: [N, 4] ``(y1, x1, y2, x2)`` pixels; mask: [N, h, w] per-ROI masks
+    (values in [0, 1], e.g. ``MASK_SHAPE``); class_ids: [N]. Prints the positive and
+    negative ROI counts (as matterport does). ``seed`` fixes the random pick and colours.
+    Returns the Figure.
+
+    Raises:
+        ValueError: ``rois``, ``refined_rois``, ``mask`` and ``class_ids`` differ in length.
+    """
+    rois, refined_rois = np.asarray(rois).reshape(-1, 4), np.asarray(refined_rois).reshape(-1, 4)
+    class_ids, mask = np.asarray(class_ids).astype(int), np.asarray(mask)
+    n = rois.shape[0]
+    if not (len(refined_rois) == len(mask) == len(class_ids) == n):
+        raise ValueError(f"draw_rois: {n} rois, {len(refined_rois)} refined rois, {len(mask)} masks "
+                         f"and {len(class_ids)} class ids")
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(n, limit, replace=False)) if n > limit else np.arange(n)
+    title = f"Showing {len(ids)} random ROIs out of {n}" if n > limit else f"{n} ROIs"
+    fig, ax, created = _prepare_canvas(None, image, title, (12, 12))
+    canvas = _as_display_image(image)
+    for i in ids:
+        color = tuple(float(c) for c in rng.random(3))
+        positive = class_ids[i] > 0
+        _draw_box(ax, rois[i], color if positive else "gray", linestyle="dashed",
+                  alpha=0.7 if positive else 0.3)
+        if positive:
+            _draw_box(ax, refined_rois[i], color, linestyle="solid")
+            (y1, x1), (ry1, rx1) = rois[i][:2], refined_rois[i][:2]
+            ax.add_line(lines.Line2D([x1, rx1], [y1, ry1], color=color))
+            name = class_names[class_ids[i]] if class_ids[i] < len(class_names) else str(class_ids[i])
+            ax.text(float(rx1), float(ry1) + 8, name, size=11, color="w")
+            full = unmold_mask(mask[i], np.round(rois[i]).astype(np.int32), canvas.shape)
+            canvas = apply_mask(canvas, full, color)
+    ax.imshow(canvas)
+    positives = int(np.sum(class_ids > 0))
+    print("Positive ROIs: ", positives)
+    print("Negative ROIs: ", n - positives)
+    print(f"Positive Ratio: {positives / max(n, 1):.2f}")
+    return _finish(fig, created)
+
+
+def display_top_masks(image, mask, class_ids, class_names, limit=4):
+    """The image beside the masks of its ``limit`` classes with the largest mask area.
+
+    mask: [H, W, N]; class_ids: [N]. Each class panel shows its instances labelled 1, 2, ...
+    (later instances on top); a panel without a class is empty and titled "-".
+    Returns the Figure of :func:`display_images`.
+
+    Raises:
+        ValueError: ``mask`` and ``class_ids`` describe different numbers of instances.
+    """
+    image, mask, class_ids = np.asarray(image), np.asarray(mask), np.asarray(class_ids)
+    if mask.shape[-1] != len(class_ids):
+        raise ValueError(f"display_top_masks: masks have {mask.shape[-1]} channels for "
+                         f"{len(class_ids)} class ids")
+    areas = {int(c): float(mask[..., class_ids == c].sum()) for c in np.unique(class_ids)}
+    top = [c for c, area in sorted(areas.items(), key=lambda item: -item[1]) if area > 0][:limit]
+    panels, titles = [image], [f"H x W={image.shape[0]}x{image.shape[1]}"]
+    for k in range(limit):
+        labels = np.zeros(mask.shape[:2], dtype=np.int32)
+        if k < len(top):
+            for rank, channel in enumerate(np.flatnonzero(class_ids == top[k]), start=1):
+                labels[mask[..., channel].astype(bool)] = rank
+        panels.append(labels)
+        titles.append(class_names[top[k]] if k < len(top) else "-")
+    return display_images(panels, titles=titles, cols=limit + 1, cmap="Blues_r")
+
+
 def plot_precision_recall(AP, precisions, recalls):
     """Plot a precision-recall curve titled with its AP; returns the Figure."""
     fig, ax = _new_axes((8, 6))
@@ -318,6 +478,44 @@ def plot_precision_recall(AP, precisions, recalls):
     ax.set_xlim(0, 1.1)
     ax.plot(np.asarray(recalls), np.asarray(precisions))
     return _finish(fig, created=True)
+
+
+def plot_overlaps(gt_class_ids, pred_class_ids, pred_scores, overlaps, class_names, threshold=0.5):
+    """Grid of IoUs between predictions (rows) and ground truth (columns); returns the Figure.
+
+    gt_class_ids: [G]; pred_class_ids, pred_scores: [P]; overlaps: [P', G'] IoUs of the
+    non-background (class id != 0) predictions and ground truth, in order. A cell shows its
+    IoU and, above ``threshold``, "match" (same class) or "wrong" (other class).
+
+    Raises:
+        ValueError: ``overlaps`` does not have one row per prediction and one column per
+            ground-truth instance of a real class.
+    """
+    gt_class_ids, pred_class_ids = np.asarray(gt_class_ids), np.asarray(pred_class_ids)
+    pred_scores, overlaps = np.asarray(pred_scores), np.asarray(overlaps, dtype=np.float64)
+    pred_scores = pred_scores[pred_class_ids != 0]
+    gt_class_ids, pred_class_ids = gt_class_ids[gt_class_ids != 0], pred_class_ids[pred_class_ids != 0]
+    if overlaps.shape != (len(pred_class_ids), len(gt_class_ids)):
+        raise ValueError(f"plot_overlaps: overlaps shape {overlaps.shape} != "
+                         f"({len(pred_class_ids)} predictions, {len(gt_class_ids)} ground truth)")
+    fig, ax = _new_axes((12, 10))
+    ax.imshow(overlaps, interpolation="nearest", cmap="Blues", vmin=0, vmax=1)
+    ax.set_yticks(np.arange(len(pred_class_ids)))
+    ax.set_yticklabels([f"{class_names[int(c)]} ({float(s):.2f})" for c, s in zip(pred_class_ids, pred_scores)])
+    ax.set_xticks(np.arange(len(gt_class_ids)))
+    ax.set_xticklabels([class_names[int(c)] for c in gt_class_ids], rotation=90)
+    half = overlaps.max() / 2.0 if overlaps.size else 0.0
+    for i in range(overlaps.shape[0]):
+        for j in range(overlaps.shape[1]):
+            value = overlaps[i, j]
+            verdict = ("match" if gt_class_ids[j] == pred_class_ids[i] else "wrong") if value > threshold else ""
+            color = "white" if value > half else ("black" if value > 0 else "grey")
+            ax.text(j, i, f"{value:.3f}\n{verdict}", ha="center", va="center", fontsize=9, color=color)
+    ax.set_xlabel("Ground Truth")
+    ax.set_ylabel("Predictions")
+    fig.tight_layout()
+    return _finish(fig, created=True)
+
 
 
 def display_siamese_instances(reference, query, boxes, masks, scores, title="one-shot detections",
