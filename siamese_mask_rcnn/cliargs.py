@@ -3,6 +3,7 @@
 bad value stops with exit status 2 and a message naming the flag, before any data is read.
 Imports no TensorFlow."""
 import argparse
+import os
 
 from .datasets.coco import parse_split
 
@@ -29,6 +30,17 @@ def flag_name(dest):
     """The command-line spelling of an argparse destination: ``steps_per_epoch`` ->
     ``--steps-per-epoch``."""
     return "--" + dest.replace("_", "-")
+
+
+def require_file(parser, path, what):
+    """Stop via ``parser.error`` (``SystemExit`` status 2) with ``"<what> file not found:
+    <path>"`` if ``path`` is given (not None / empty) but is not a file.
+
+    Raises:
+        SystemExit: status 2, naming ``what`` and the path.
+    """
+    if path and not os.path.isfile(path):
+        parser.error(f"{what} file not found: {path}")
 
 
 def require_at_least(parser, args, minimum, *dests):

@@ -31,7 +31,7 @@ import warnings
 
 import numpy as np
 
-from .cliargs import require_at_least
+from .cliargs import require_at_least, require_file
 from .datasets.coco import OneShotCocoDataset
 from .mrcnn.config import Config
 from .mrcnn.weights import check_load_report
@@ -363,12 +363,11 @@ def check_args(parser, args):
         parser.error("--model gt is an evaluation sanity check; it cannot be trained")
     if args.model == "none" and args.command == "evaluate":
         parser.error("--model none: evaluating random weights is meaningless; pass a file")
-    if args.model not in MODEL_KEYWORDS and not os.path.isfile(args.model):
-        parser.error(f"--model: weights file not found: {args.model}")
+    if args.model not in MODEL_KEYWORDS:
+        require_file(parser, args.model, "--model: weights")
     if args.model == "imagenet" and not args.imagenet_weights:
         parser.error("--model imagenet needs --imagenet-weights FILE (no downloads here)")
-    if args.imagenet_weights and not os.path.isfile(args.imagenet_weights):
-        parser.error(f"--imagenet-weights: file not found: {args.imagenet_weights}")
+    require_file(parser, args.imagenet_weights, "--imagenet-weights: weights")
     require_at_least(parser, args, 1, "gpus", "steps_per_epoch", "images_per_gpu")
     require_at_least(parser, args, 0, "validation_steps", "limit")
     if args.image_size is not None and (args.image_size < 64 or args.image_size % 64):

@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 
-from .cliargs import coco_parser, require_at_least
+from .cliargs import coco_parser, flag_name, require_at_least, require_file
 from .config import siamese_config
 from .mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
 from .mrcnn.weights import check_load_report
@@ -187,9 +187,7 @@ def check_args(parser, args):
     if (args.val_annotations is None) != (args.val_images is None):
         parser.error("give both --val-annotations and --val-images (or neither)")
     for name in ("train_annotations", "val_annotations"):
-        path = getattr(args, name)
-        if path is not None and not os.path.isfile(path):
-            parser.error(f"--{name.replace('_', '-')}: file not found: {path}")
+        require_file(parser, getattr(args, name), flag_name(name) + ": annotation")
     for name in ("train_images", "val_images", "dataset"):
         path = getattr(args, name)
         if path is not None and not os.path.isdir(path):
@@ -198,7 +196,7 @@ def check_args(parser, args):
         if args.weights == "imagenet":
             parser.error("--weights imagenet: weights cannot be downloaded here; pass the path "
                          "of a local ImageNet(-687) backbone file")
-        parser.error(f"--weights: weights file not found: {args.weights}")
+        require_file(parser, args.weights, "--weights: weights")
     require_at_least(parser, args, 1, "gpus", "steps_per_epoch", "images_per_gpu")
     require_at_least(parser, args, 0, "validation_steps")
     try:

@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 
-from ..cliargs import coco_parser, require_at_least
+from ..cliargs import coco_parser, require_at_least, require_file
 from ..datasets.coco import SPLIT_ALL, split_label
 from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
 from ..presets import PRESET_NAMES
@@ -115,8 +115,7 @@ def check_args(parser, args):
         parser.error("give --dataset DIR, or both --annotations FILE and --images DIR")
     if args.model == "siamese" and not args.weights:
         parser.error("--model siamese needs --weights FILE (or use --model gt / random)")
-    if args.weights and not os.path.isfile(args.weights):
-        parser.error(f"weights file not found: {args.weights}")
+    require_file(parser, args.weights, "weights")
     require_at_least(parser, args, 1, "runs", "shots", "limit")
     require_at_least(parser, args, 0, "max_absent_per_image", "reference_min_size")
     if args.protocol == "open-world" and (args.confusion or args.clutter or args.absent):
