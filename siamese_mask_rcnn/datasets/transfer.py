@@ -255,7 +255,8 @@ class ProceduralShapes:
     def patch(self, class_id, rng, short_side, ranges, background_mean):
         """One object of ``class_id``: ``(alpha [h, w] in 0..1, premultiplied colour [h, w, 3],
         extras)``, pixels of the scene."""
-        from PIL import Image, ImageDraw, ImageFilter
+        from PIL import Image, ImageDraw
+        from scipy import ndimage
 
         style = self.styles[int(class_id) - 1]
         radius = rng.uniform(*ranges["object_scale"]) * short_side
@@ -273,13 +274,12 @@ class ProceduralShapes:
         outline = None
         if rng.uniform() < ranges["outline_probability"]:
             width = int(round(rng.uniform(*ranges["outline_width"]) * s))
-            eroded = np.asarray(canvas.filter(ImageFilter.MinFilter(2 * width + 1))) > 127
+            eroded = ndimage.minimum_filter(inside, size=2 * width + 1, mode="constant", cval=False)
             outline = inside & ~eroded
         # unit-frame coordinates of every sub-pixel centre
-        ys, xs = np.mgrid[0:h * s, 0:w * s].astype(np.float64)
-        px = (xs + 0.5) / s - centre[0]
-        py = (ys + 0.5) / s - centre[1]
-        inverse = np.linalg.inv(matrix)
+        px = ((np.arange(w * s, dtype=np.float32) + 0.5) / s - centre[0])[None, :]
+        py = ((np.arange(h * s, dtype=np.float32) + 0.5) / s - centre[1])[:, None]
+        inverse = np.linalg.inv(matrix).astype(np.float32)
         u = inverse[0, 0] * px + inverse[0, 1] * py
         v = inverse[1, 0] * px + inverse[1, 1] * py
         factor = rng.uniform(*ranges["brightness"])
