@@ -448,7 +448,7 @@ def _smooth_noise(rng, height, width, cells):
     return np.asarray(Image.fromarray(grid, mode="F").resize((width, height), Image.BICUBIC))
 
 
-def make_background(rng, height, width, ranges):
+def compose_background(rng, height, width, ranges):
     """A background, float32 [height, width, 3] in 0..255, and its kind (a name of
     :data:`BACKGROUND_KINDS`)."""
     kind = BACKGROUND_KINDS[int(rng.integers(len(BACKGROUND_KINDS)))]
@@ -529,7 +529,7 @@ def compose_scene(source, rng, present_pool, all_class_ids, ranges, anchor=None,
     short = int(rng.integers(ranges["short_side"][0], ranges["short_side"][1] + 1))
     long_side = int(round(short * rng.uniform(*ranges["aspect"])))
     height, width = (short, long_side) if rng.uniform() < 0.5 else (long_side, short)
-    background, kind = make_background(rng, height, width, ranges)
+    background, kind = compose_background(rng, height, width, ranges)
     mean = background.reshape(-1, 3).mean(axis=0)
     pool = np.asarray(sorted(set(present_pool) - {anchor}), dtype=np.int64)
     n_present = int(rng.integers(ranges["present_categories"][0], ranges["present_categories"][1] + 1))
@@ -590,7 +590,8 @@ class TransferSceneDataset(OneShotDataset):
             ``1..len(source.class_names)``, names ``source.class_names``).
         num_images: number of scenes (image ids ``0..num_images-1``); all are composed on
             construction and kept (about ``4 × H × W`` bytes each).
-        seed: scene ``i`` comes from ``numpy.random.default_rng([seed, i])``.
+        seed: scene ``i`` comes from ``numpy.random.default_rng([seed, i])`` and its
+            :meth:`anchor` category (shared with its neighbour scene).
         oneshot_class_ids: the held-out categories (default: every category); the others
             are background categories.
         present_class_ids: categories that may be "present" (several instances) in a scene:
