@@ -46,6 +46,9 @@ def build_parser():
     demo.add_argument("--eval-scenes", type=int, default=150)
     demo.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N scenes only")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--transfer-scenes", type=int, default=demo_job.TRANSFER_SCENES,
+                      help="scenes of the independent composer on which the one-shot categories are "
+                           f"evaluated again (transfer; default {demo_job.TRANSFER_SCENES}, 0 skips it)")
     demo.add_argument("--negative-pairs", type=float, default=None, metavar="FRACTION",
                       help="fraction of training pairs whose reference category is absent from "
                            "the query (NEGATIVE_PAIR_FRACTION; default: the demo preset's)")
@@ -93,6 +96,8 @@ def main(argv=None):
                 parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if args.minutes is not None and args.minutes <= 0:
             parser.error(f"--minutes must be > 0, got {args.minutes}")
+        if args.transfer_scenes < 0:
+            parser.error(f"--transfer-scenes must be >= 0, got {args.transfer_scenes}")
         if args.negative_pairs is not None and not 0 <= args.negative_pairs <= 1:
             parser.error(f"--negative-pairs must be in [0, 1], got {args.negative_pairs}")
         overrides = ({} if args.negative_pairs is None
@@ -102,7 +107,7 @@ def main(argv=None):
                               steps=args.steps, minutes=args.minutes, threads=args.threads,
                               steps_per_epoch=args.steps_per_epoch, num_train=args.train_scenes,
                               num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit,
-                              config_overrides=overrides)
+                              config_overrides=overrides, transfer_scenes=args.transfer_scenes)
         except UnwritableOutputError as err:
             print(f"siamese-mrcnn demo: error: {err}", file=sys.stderr)
             return 2

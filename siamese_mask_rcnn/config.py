@@ -35,6 +35,9 @@ class SiameseConfig(PaperSettings, Config):
     # takes a reference of a training category ABSENT from the query, so every anchor and
     # ROI is background. 0 trains exactly as the paper and the release did.
     NEGATIVE_PAIR_FRACTION = 0.0
+    # Independent photometric + geometric augmentation of query and references (beyond the
+    # paper; siamese_mask_rcnn.augmentation). False trains exactly as the paper did.
+    PAIR_AUGMENTATION = False
     # The official release puts a ReLU after every FPN conv; keep it so its weights behave.
     FPN_RELU = True
 

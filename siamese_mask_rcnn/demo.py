@@ -41,6 +41,9 @@ INTER_OP_THREADS = 2
 REFERENCES_PER_CLASS = 16
 #: Processes that render the training scenes and the reference bank.
 RENDER_WORKERS = 2
+#: Scenes of the independent composer (``datasets.transfer``) on which the one-shot
+#: categories are evaluated again ("transfer"); 0 skips that evaluation.
+TRANSFER_SCENES = 150
 #: Learning-rate warm-up: linear from 10 % of the rate over this many steps (at most a
 #: tenth of the run), then a cosine decay to 1 % of the rate at the last step.
 WARMUP_STEPS = 200
@@ -50,7 +53,8 @@ WARMUP_STEPS = 200
 #: validation steps and the checkpoint after each epoch; "build": the model and the
 #: tracing of the training step).
 WORK_SECONDS = {"scene": 0.005, "reference": 0.0006, "build": 20.0, "step": 0.17,
-                "epoch": 0.5, "query": 0.008, "category": 0.018, "report": 4.0, "example": 0.6}
+                "epoch": 0.5, "query": 0.008, "category": 0.018, "report": 4.0, "example": 0.6,
+                "transfer_scene": 0.12}
 
 
 def demo_config(image_size=128, reference_size=32, preset="demo", **overrides):
@@ -130,6 +134,47 @@ def save_examples(model, dataset, class_ids, out_dir, count=4, seed=0, top_k=3):
         plt.close(fig)
         paths.append(str(path))
     return paths
+
+
+def evaluate_transfer(dataset, predict_fn, num_scenes, seed=0):
+    """The one-shot categories of ``dataset`` evaluated on ``num_scenes`` scenes of the
+    independent composer (:func:`.datasets.transfer.transfer_dataset_like`, scene seed
+    ``seed``), with the same protocol (paper Section 5.2): references are crops of instances
+    in other composer scenes.
+
+    Returns ``{"one-shot": evaluation, "random boxes": evaluation}`` (dicts of
+    :func:`evaluation.evaluate`).
+
+    Raises:
+        ValueError: ``dataset`` is neither the procedural data nor Omniglot scenes.
+    """
+    from .datasets.transfer import transfer_dataset_like
+
+    transfer = transfer_dataset_like(dataset, num_images=num_scenes, seed=seed)
+    classes = transfer.oneshot_class_ids
+    return {"one-shot": evaluation.evaluate(transfer, predict_fn, classes, seed=seed, progress=False),
+            "random boxes": evaluation.evaluate(transfer, evaluation.random_boxes_predictor(transfer, seed=seed),
+                                                classes, seed=seed, progress=False)}
+
+
+def format_transfer_table(rows, transfer_rows, dataset="synthetic"):
+    """In-distribution and transfer mAP50 (%) side by side: one line per row label present
+    in both (``"one-shot"``, ``"random boxes"``), boxes and masks, and the pair counts."""
+    def cell(value):
+        return "   n/a" if value is None or not math.isfinite(value) else f"{100 * value:6.1f}"
+
+    lines = [f"one-shot mAP50 (%) on {dataset}: in-distribution scenes vs transfer scenes "
+             f"(independent composer)",
+             f"{'':14s}{'in-distribution':>22s}{'transfer':>22s}",
+             f"{'':14s}{'bbox':>8s}{'segm':>7s}{'pairs':>7s}{'bbox':>8s}{'segm':>7s}{'pairs':>7s}",
+             "-" * 58]
+    for label in rows:
+        if label not in transfer_rows:
+            continue
+        a, b = rows[label], transfer_rows[label]
+        lines.append(f"{label:14s}  {cell(a['map50_bbox'])} {cell(a['map50_segm'])}{a['n_pairs']:7d}"
+                     f"  {cell(b['map50_bbox'])} {cell(b['map50_segm'])}{b['n_pairs']:7d}")
+    return "\n".join(lines)
 
 
 def configure_threads(threads, inter_op_threads=INTER_OP_THREADS):
@@ -265,7 +310,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
              minutes=None, num_train=2000, num_val=150, seed=0, eval_limit=None,
              config_overrides=None, verbose=1, threads=DEFAULT_THREADS,
              references_per_class=REFERENCES_PER_CLASS, workers=RENDER_WORKERS,
-             steps_per_epoch=None):
+             steps_per_epoch=None, transfer_scenes=TRANSFER_SCENES):
     """Train for ``steps`` steps, evaluate (paper §5.2 protocol, §5.3 baseline), write the
     results.
 
@@ -281,6 +326,11 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         references_per_class: references rendered once per training category
             (0: render a fresh one for every training pair instead).
         workers: processes rendering the training scenes and references.
+        transfer_scenes: scenes of the independent composer (:mod:`.datasets.transfer`:
+            other canvases, backgrounds, colours, stroke widths, scales and density) on
+            which the one-shot categories are evaluated again; the summary's
+            ``"one-shot (transfer)"`` row and ``transfer_table.txt`` put it beside the
+            in-distribution ``"one-shot"`` row. 0 skips it.
         verbose: 1 shows one progress bar for the whole job and the table; 0 is silent.
 
     Returns the summary dict (mAP50 per row as fractions, steps, timings, output paths),
@@ -288,13 +338,15 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
 
     Raises:
         ValueError: unknown dataset or config key (see :func:`make_datasets`,
-            :func:`demo_config`), ``steps < 1`` or ``minutes <= 0``.
+            :func:`demo_config`), ``steps < 1``, ``minutes <= 0`` or ``transfer_scenes < 0``.
         FileNotFoundError: Omniglot archives missing.
         UnwritableOutputError: (an ``OSError``) ``out_dir`` cannot be created or written;
             checked first.
     """
     if minutes is not None and float(minutes) <= 0:
         raise ValueError(f"minutes must be > 0, got {minutes}")
+    if int(transfer_scenes) < 0:
+        raise ValueError(f"transfer_scenes must be >= 0, got {transfer_scenes}")
     t0 = time.time()
     out_dir = pathlib.Path(ensure_writable_dir(out_dir, "demo output folder"))  # before any work
     overrides = dict(config_overrides or {})
@@ -313,7 +365,9 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         return (WORK_SECONDS["scene"] * (num_train + num_val)
                 + WORK_SECONDS["reference"] * train_classes * int(references_per_class)
                 + WORK_SECONDS["build"] + WORK_SECONDS["step"] * total_steps
-                + WORK_SECONDS["epoch"] * epochs + eval_work)
+                + WORK_SECONDS["epoch"] * epochs + eval_work
+                + (WORK_SECONDS["transfer_scene"] + 2 * WORK_SECONDS["query"]
+                   + 3 * WORK_SECONDS["category"]) * int(transfer_scenes))
 
     # a first estimate (3/4 of 400 categories train, 150 scenes evaluated), exact once the data exist
     progress = JobProgress(job_work(300, 50 * WORK_SECONDS["report"] / 4), enabled=bool(verbose))
@@ -369,6 +423,13 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         val, predict, val.oneshot_class_ids, seed=seed, limit=eval_limit, max_absent_per_image=5,
         score_threshold=inference.config.DETECTION_MIN_CONFIDENCE, progress=False)
     open_world_summary = evaluation.open_world_summary(open_world)
+    transfer_rows, transfer_seconds = {}, 0.0
+    if transfer_scenes:
+        progress.stage("evaluating transfer")
+        t_transfer = time.time()
+        transfer_rows = evaluate_transfer(val, predict, int(transfer_scenes), seed)
+        transfer_seconds = time.time() - t_transfer
+        progress.advance("transfer_scene", int(transfer_scenes))
     progress.stage("writing results")
     steps_done = model.epoch * config.STEPS_PER_EPOCH
     info = {"dataset": dataset, "train_scenes": len(train.image_ids), "eval_scenes": len(val.image_ids),
@@ -382,12 +443,20 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     title = f"one-shot instance segmentation on {dataset} (mAP50, %)"
     written = evaluation.write_outputs(out_dir, rows, config=info, title=title)
     written.update(evaluation.write_open_world(open_world, out_dir, prefix="oneshot_open_world"))
+    if transfer_rows:
+        transfer_table = format_transfer_table(rows, transfer_rows, dataset)
+        written["transfer_table"] = out_dir / "transfer_table.txt"
+        written["transfer_table"].write_text(transfer_table + "\n")
     progress.advance("report")
     examples = save_examples(inference, val, val.oneshot_class_ids, out_dir / "examples", seed=seed)
     progress.advance("example", len(examples))
     progress.close()
     summary = {label: {"map50_bbox": r["map50_bbox"], "map50_segm": r["map50_segm"], "n_pairs": r["n_pairs"]}
                for label, r in rows.items()}
+    for label, r in transfer_rows.items():
+        summary[f"{label} (transfer)"] = {"map50_bbox": r["map50_bbox"], "map50_segm": r["map50_segm"],
+                                          "n_pairs": r["n_pairs"]}
+    summary["transfer"] = {"scenes": int(transfer_scenes), "seconds": round(transfer_seconds, 1)}
     summary.update({"open_world": open_world_summary,
                     "absent_false_positives_per_pair": open_world_summary["fp_per_absent_pair"],
                     "total_seconds": round(time.time() - t0, 1), "examples": examples,
@@ -398,6 +467,8 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     if verbose:
         print(evaluation.format_table(rows, title=title))
         print(evaluation.format_open_world(open_world))
+        if transfer_rows:
+            print(transfer_table)
         print(f"{steps_done} training steps in {train_seconds:.0f} s ({train_seconds / max(1, steps_done):.3f} "
               f"s/step); results in {out_dir} ({summary['total_seconds']:.0f} s in total)")
         if minutes is not None:

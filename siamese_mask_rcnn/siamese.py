@@ -231,6 +231,16 @@ class SiameseMaskRCNN(MaskRCNN):
             return 0
         return max(1, int(round(c.TRAIN_ROIS_PER_IMAGE * (1.0 - c.ROI_POSITIVE_RATIO))))
 
+    def pair_augmentation(self):
+        """The :class:`~siamese_mask_rcnn.augmentation.PairAugmentation` of
+        ``PAIR_AUGMENTATION`` (built once), or None when it is off (the default)."""
+        if not getattr(self.config, "PAIR_AUGMENTATION", False):
+            return None
+        if getattr(self, "_pair_augmentation", None) is None:
+            from .augmentation import PairAugmentation
+            self._pair_augmentation = PairAugmentation()
+        return self._pair_augmentation
+
     def load_training_example(self, dataset, image_id, rng, augmentation=None):
         """One (query, references) training example (paper Section 5.1).
 
@@ -239,7 +249,10 @@ class SiameseMaskRCNN(MaskRCNN):
         category's instances in the query only. With probability ``NEGATIVE_PAIR_FRACTION``
         (beyond the paper; 0 by default) the pair is a *negative* one instead: the reference
         category is a training category absent from the query, and the ground truth is
-        empty (every anchor and ROI is background). Returns the model inputs as numpy arrays
+        empty (every anchor and ROI is background). With ``PAIR_AUGMENTATION`` (beyond the
+        paper; off by default) each reference crop and the query (unless ``augmentation`` is
+        given) get independent photometric and geometric augmentation
+        (:mod:`siamese_mask_rcnn.augmentation`). Returns the model inputs as numpy arrays
         in ``input_specs("training")`` order; raises ``SkipExample`` when the query has no
         usable category or no instance survives augmentation.
         """
@@ -255,6 +268,11 @@ class SiameseMaskRCNN(MaskRCNN):
         if class_id is None:
             raise SkipExample()
         crops = dataset.sample_references(class_id, c.NUM_TARGETS, rng, exclude_image_id=image_id)
+        pair_augmentation = self.pair_augmentation()
+        if pair_augmentation is not None:  # references and query drawn independently
+            crops = pair_augmentation.augment_references(crops, rng)
+            if augmentation is None:
+                augmentation = pair_augmentation.query_transform
         image = dataset.load_image(image_id)
         if negative:
             masks = np.zeros(image.shape[:2] + (0,), dtype=bool)

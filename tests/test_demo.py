@@ -14,9 +14,10 @@ TINY_MODEL = preset_changes("tiny")
 ROWS = ["background", "one-shot", "random boxes"]
 
 
-#: The tiny main job: 4 training steps in 2 epochs, evaluation on the first 6 of 12 scenes.
+#: The tiny main job: 4 training steps in 2 epochs, evaluation on the first 6 of 12 scenes and
+#: on 10 scenes of the independent transfer composer.
 TINY_JOB = dict(steps=4, steps_per_epoch=2, num_train=60, num_val=12, seed=0, eval_limit=6,
-                config_overrides=TINY_MODEL, references_per_class=2, workers=1)
+                config_overrides=TINY_MODEL, references_per_class=2, workers=1, transfer_scenes=10)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,7 @@ def test_demo_command_line_defaults():
         "synthetic", "logs/demo", DEFAULT_STEPS, None, None, DEFAULT_THREADS)
     assert (args.train_scenes, args.eval_scenes, args.eval_limit, args.seed, args.data_dir) == (
         2000, 150, None, 0, None)
+    assert args.transfer_scenes == 150
 
 
 def test_demo_command_line_passes_arguments_to_run_demo(monkeypatch, tmp_path):
@@ -68,18 +70,19 @@ def test_demo_command_line_passes_arguments_to_run_demo(monkeypatch, tmp_path):
     code = cli.main(["demo", "--out", str(tmp_path), "--steps", "40", "--minutes", "0.5",
                      "--steps-per-epoch", "3", "--threads", "1", "--train-scenes", "60",
                      "--eval-scenes", "12", "--eval-limit", "6", "--seed", "7", "--dataset", "omniglot",
-                     "--data-dir", "/data"])
+                     "--data-dir", "/data", "--transfer-scenes", "20"])
     assert code == 0
     assert calls == [dict(out_dir=str(tmp_path), dataset="omniglot", data_dir="/data", steps=40, minutes=0.5,
                           threads=1, steps_per_epoch=3, num_train=60, num_val=12, seed=7, eval_limit=6,
-                          config_overrides={})]
+                          config_overrides={}, transfer_scenes=20)]
 
 
 @pytest.mark.parametrize("argv, message", [
     (["demo", "--dataset", "coco"], "invalid choice"), (["demo", "--steps", "two"], "invalid int"),
     (["demo", "--steps", "0"], "--steps must be >= 1, got 0"),
     (["demo", "--minutes", "0"], "--minutes must be > 0"),
-    (["demo", "--threads", "-1"], "--threads must be >= 1"), ([], "required")])
+    (["demo", "--threads", "-1"], "--threads must be >= 1"),
+    (["demo", "--transfer-scenes", "-1"], "--transfer-scenes must be >= 0"), ([], "required")])
 def test_demo_command_line_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(argv)
@@ -139,6 +142,28 @@ def test_demo_writes_summary_table_and_examples(demo_run):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_demo_reports_in_distribution_and_transfer_side_by_side(demo_run):
+    """The tiny job evaluates the one-shot categories on its own held-out scenes and on
+    scenes of the independent composer; both rows are in the summary and in one table."""
+    out_dir, summary = demo_run
+    assert summary["transfer"]["scenes"] == 10
+    for label in ("one-shot", "one-shot (transfer)", "random boxes (transfer)"):
+        row = summary[label]
+        assert row["n_pairs"] > 0, label
+        for key in ("map50_bbox", "map50_segm"):
+            assert math.isfinite(row[key]) and 0.0 <= row[key] <= 1.0, (label, key, row[key])
+    lines = (out_dir / "transfer_table.txt").read_text().splitlines()
+    assert "in-distribution" in lines[1] and "transfer" in lines[1]
+    body = {line[:14].strip(): line[14:].split() for line in lines[4:]}
+    assert sorted(body) == ["one-shot", "random boxes"]
+    bbox, segm, pairs, t_bbox, t_segm, t_pairs = body["one-shot"]
+    assert float(bbox) == pytest.approx(100 * summary["one-shot"]["map50_bbox"], abs=0.051)
+    assert float(t_bbox) == pytest.approx(100 * summary["one-shot (transfer)"]["map50_bbox"], abs=0.051)
+    assert float(t_segm) == pytest.approx(100 * summary["one-shot (transfer)"]["map50_segm"], abs=0.051)
+    assert (int(pairs), int(t_pairs)) == (summary["one-shot"]["n_pairs"],
+                                          summary["one-shot (transfer)"]["n_pairs"])
+
+
 def test_demo_checkpoint_and_config(demo_run):
     from siamese_mask_rcnn.config import SiameseConfig
 
@@ -158,9 +183,10 @@ def test_demo_runs_on_real_omniglot_archives(omniglot_dir, tmp_path):
 
     summary = run_demo(out_dir=str(tmp_path), dataset="omniglot", data_dir=str(omniglot_dir), steps=2,
                        num_train=30, num_val=16, seed=0, eval_limit=None, config_overrides=TINY_MODEL,
-                       references_per_class=2, workers=1, verbose=0)
+                       references_per_class=2, workers=1, verbose=0, transfer_scenes=6)
     assert summary["dataset"] == "omniglot"
     assert summary["one-shot"]["n_pairs"] > 0 and summary["background"]["n_pairs"] > 0
+    assert summary["one-shot (transfer)"]["n_pairs"] > 0  # composer scenes of held-out characters
     for row in ROWS:
         assert 0.0 <= summary[row]["map50_bbox"] <= 1.0
     written = json.loads((tmp_path / "summary.json").read_text())
