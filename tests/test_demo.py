@@ -222,9 +222,10 @@ def test_same_seed_gives_the_same_checkpoint_and_table(demo_run, tmp_path, capsy
 
     a, b = weights(first["checkpoint"]), weights(second["checkpoint"])
     assert len(a) > 20 and sorted(a) == sorted(b)
-    # float rounding only: multi-threaded CPU kernels may add in another order (~1e-8)
+    # float rounding only: multi-threaded CPU kernels may add in another order; seen up to
+    # 4.8e-6 after 4 steps in CI-like runs, while another seed moves weights by > 1e-2 (below)
     worst = max(float(np.max(np.abs(a[name].astype(np.float64) - b[name]))) for name in a)
-    assert worst <= 1e-6, worst
+    assert worst <= 2e-5, worst
 
 
 def test_a_different_seed_gives_a_different_model(demo_run, tmp_path):
@@ -237,4 +238,6 @@ def test_a_different_seed_gives_a_different_model(demo_run, tmp_path):
     with h5py.File(first["checkpoint"], "r") as f, h5py.File(other["checkpoint"], "r") as g:
         names = []
         f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-        assert any(not np.array_equal(f[n][()], g[n][()]) for n in names)
+        worst = max(float(np.max(np.abs(f[n][()].astype(np.float64) - g[n][()]))) for n in names)
+    # far beyond the float noise the same-seed test tolerates (2e-5)
+    assert worst > 1e-2, worst
