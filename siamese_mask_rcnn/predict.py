@@ -65,19 +65,25 @@ def infer_preset(weights):
     file has: the width of ``mrcnn_class_logits`` (``FPN_CLASSIF_FC_LAYERS_SIZE``), the
     ``fpn_distance_P2`` kernel (pyramid and matching channels) and a ResNet backbone or not.
     The release's ``small_siamese_mrcnn_0160.h5`` (FC 512) gives ``small``, its
-    ``large_*.h5`` files (FC 1024) give ``paper``.
+    ``large_*.h5`` files (FC 1024) give ``paper``. A Keras 3 native ``*.weights.h5`` file
+    stores no layer names: its preset is the first (largest) one whose classifier kernel
+    ``[FC, NUM_CLASSES]``, matching kernel and first backbone kernel (ResNet ``conv1``
+    ``[7, 7, 3, 64]`` or not) are all among the file's array shapes.
 
     Raises ``InputError`` naming the file if it cannot be read, lacks these layers, or no
     preset has its shapes.
     """
     from .config import siamese_config
-    from .mrcnn.weights import read_h5_weight_shapes
+    from .mrcnn.weights import is_keras3_weights_file, keras3_weight_shapes, read_h5_weight_shapes
     from .presets import PRESET_NAMES
 
     try:
-        layers = read_h5_weight_shapes(weights)
+        keras3_shapes = set(keras3_weight_shapes(weights)) if is_keras3_weights_file(weights) else None
+        layers = read_h5_weight_shapes(weights) if keras3_shapes is None else {}
     except (OSError, ValueError) as err:
         raise InputError(f"cannot read weights file {weights}: {err}") from None
+    if keras3_shapes is not None:
+        return _infer_keras3_preset(weights, keras3_shapes)
     logits = dict(layers.get("mrcnn_class_logits", []))
     matching = dict(layers.get("fpn_distance_P2", []))
     if "kernel" not in logits or "kernel" not in matching:
@@ -90,6 +96,27 @@ def infer_preset(weights):
                           f"{list(found[1])}")
     raise InputError(f"{weights}: classifier width {found[0]}, matching kernel {list(found[1])} "
                      f"match no preset of {list(PRESET_NAMES)}; pass --config with the model's config.json")
+
+
+#: Kernel shape of the ResNet backbone's first convolution (``conv1``).
+_RESNET_CONV1_KERNEL = (7, 7, 3, 64)
+
+
+def _infer_keras3_preset(weights, shapes):
+    """:func:`infer_preset` for a Keras 3 ``*.weights.h5`` file whose arrays have ``shapes``."""
+    from .config import siamese_config
+    from .presets import PRESET_NAMES
+
+    for name in PRESET_NAMES:
+        config = siamese_config(name)
+        width, matching, resnet = _preset_signature(config)
+        classifier = (width, int(config.NUM_CLASSES))
+        if classifier in shapes and matching in shapes and (_RESNET_CONV1_KERNEL in shapes) == resnet:
+            return name, (f"its Keras 3 weights hold a {list(classifier)} classifier kernel and a "
+                          f"{list(matching)} matching kernel")
+    raise InputError(f"{weights}: a Keras 3 .weights.h5 file that does not fit this model: no preset of "
+                     f"{list(PRESET_NAMES)} has its classifier and matching kernel shapes (Keras 3 files "
+                     "keep no layer names); pass --config with the config.json of the model that saved it")
 
 
 def resolve_config(weights, config_path=None, preset=None, **overrides):

@@ -185,8 +185,23 @@ def test_keras3_weights_file_loads_natively(weights, pictures, tmp_path, capsys)
     load_model(str(folder / "renamed.h5"))
 
 
-@pytest.mark.xfail(reason="known after this session's merges: preset inference reads the file first and "
-                   "its message format differs; to be fixed (see the issue note)", strict=False)
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_keras3_weights_file_without_config_json_gets_its_preset_from_its_shapes(weights, pictures, tmp_path,
+                                                                                 capsys):
+    from siamese_mask_rcnn.predict import infer_preset
+    legacy = load_model(str(weights))
+    folder = tmp_path / "k3_alone"
+    folder.mkdir()
+    native = folder / "model.weights.h5"
+    legacy.keras_model.save_weights(str(native))
+    assert infer_preset(str(native))[0] == "tiny"
+    out = tmp_path / "alone.json"
+    assert run_cli("--weights", native, "--reference", pictures["ref"], "--query", pictures["query"],
+                   "--json", out) == 0
+    assert "assuming preset 'tiny'" in capsys.readouterr().err
+    assert "detections" in json.loads(out.read_text())
+
+
 def test_keras3_weights_file_of_another_model_exits_2(pictures, tmp_path, capsys):
     import keras
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])

@@ -4,8 +4,15 @@
 ``TF_CONFIG`` (two workers on free 127.0.0.1 ports; worker 0 is the chief), on the shared
 COCO subset with the tiny CPU config, one image per worker (global batch 2) and one step
 per epoch, towards epoch 6; worker 1 is killed after the chief's checkpoint 4 and the chief
-must stop with a clear error; a single process trains the same global batch of 2 on one
-device for 2 epochs; then both workers are restarted with ``--weights last`` and finish.
+must stop with a clear error; a single process trains the same global batch of 2 on two
+replicas of one image each (``MirroredStrategy`` over two logical CPU devices) for 2 epochs;
+then both workers are restarted with ``--weights last`` and finish.
+
+Why two replicas in the single process: with the default (release) loss normalisation each
+replica pools its own images' losses (sum of sums / sum of counts) and the replicas are
+averaged, so two workers of one image each equal one device with both images only when the
+two images have the same positive-anchor / positive-ROI counts. What must hold for any data
+is that machines change nothing: two workers equal one process with the same replicas.
 
 Determinism: the data order is fixed by the seed and the example index, and each worker
 loads its own half of every global batch (``pipeline.build_dataset``), so worker ``w`` sees
@@ -123,10 +130,25 @@ class Cluster:
                          f"--- stderr:\n{self.text(i, 'err')[-3000:]}" for i, p in enumerate(self.procs))
 
 
+# One process, two replicas on this CPU: ``train_coco.run`` with a ``MirroredStrategy`` over two
+# logical CPU devices in place of the multi-worker strategy (``make_strategy``).
+TWO_CPU_REPLICAS = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from siamese_mask_rcnn import train_coco
+train_coco.make_strategy = lambda args: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+sys.exit(train_coco.run(sys.argv[1:]))
+"""
+
+
 def run_single(tmp, logs, *extra, timeout=RUN_TIMEOUT):
+    """``train_siamese.py`` in one process on two replicas of one image each (global batch 2)."""
+    args = train_args(logs, "--images-per-gpu", "1", *extra)[1:]  # without the script
     with open(tmp / "single.out", "w+") as out, open(tmp / "single.err", "w+") as err:
         try:
-            code = subprocess.run([sys.executable, *train_args(logs, "--images-per-gpu", "2", *extra)],
+            code = subprocess.run([sys.executable, "-c", TWO_CPU_REPLICAS, *args],
                                   cwd=ROOT, env=environment(), stdout=out, stderr=err,
                                   stdin=subprocess.DEVNULL, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
@@ -221,10 +243,14 @@ def test_workers_end_with_identical_weights(runs):
     assert fingerprint(runs["second"][0]) == fingerprint(runs["second"][1])
 
 
-@pytest.mark.xfail(reason="known after this session's merges: with the release loss normalisation two workers equal one process only where replica counts are equal (see the issue note)", strict=False)
 def test_two_workers_equal_one_process_on_the_same_global_batch(runs):
+    """Two workers of one replica each give the weights of one process with two replicas of
+    one image each (the same per-replica loss pooling), to float rounding."""
     run_dir = runs["run_dir"]
     (single_run,) = run_dirs(runs["single_logs"])
+    config = json.load(open(runs["single_logs"] / single_run / "config.json"))
+    assert (config["GPU_COUNT"], config["IMAGES_PER_GPU"], config["BATCH_SIZE"]) == (2, 1, 2)
+    assert config["LOSS_NORMALIZATION"] == "release"
     single = h5_weights(runs["single_logs"] / single_run / "mask_rcnn_siamese_0002.h5")
     two = h5_weights(run_dir / "mask_rcnn_siamese_0002.h5")
     after_one = h5_weights(run_dir / "mask_rcnn_siamese_0001.h5")

@@ -70,6 +70,21 @@ class RpnOutputs(keras.layers.Layer):
         return (input_shape[0], None, self.k)
 
 
+def rpn_conv_dtype(anchor_stride):
+    """``"float32"`` for a strided (``anchor_stride > 1``) shared RPN conv under the
+    ``mixed_bfloat16`` policy, else None (the global policy).
+
+    TensorFlow's oneDNN CPU kernels compute the bfloat16 kernel gradient of a strided
+    convolution wrongly when a side of its input is smaller than the stride (measured with
+    TensorFlow 2.21: values up to 1e37 or inf instead of the float32 gradient), and the RPN
+    runs on every pyramid level, down to P6 (1×1 for a 64² image). The weights stay float32
+    either way; with the default ``RPN_ANCHOR_STRIDE = 1`` nothing changes.
+    """
+    if int(anchor_stride) > 1 and keras.config.dtype_policy().name == "mixed_bfloat16":
+        return "float32"
+    return None
+
+
 def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_channels=512):
     """The Region Proposal Network as a nested model named ``rpn_model``.
 
@@ -79,7 +94,7 @@ def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_channels=51
     """
     feature_map = keras.Input(shape=[None, None, depth], name="input_rpn_feature_map")
     shared = layers.Conv2D(conv_channels, 3, padding="same", activation="relu", strides=anchor_stride,
-                           name="rpn_conv_shared")(feature_map)
+                           dtype=rpn_conv_dtype(anchor_stride), name="rpn_conv_shared")(feature_map)
     x = layers.Conv2D(2 * anchors_per_location, 1, name="rpn_class_raw")(shared)
     logits = RpnOutputs(2, name="rpn_class_logits_reshape")(x)
     probs = layers.Activation("softmax", name="rpn_class_xxx")(logits)

@@ -36,6 +36,7 @@ HDF5_ATTRIBUTE_LIMIT = 64512
 __all__ = [
     "LoadReport",
     "is_keras3_weights_file",
+    "keras3_weight_shapes",
     "load_keras3_weights",
     "read_h5_weights",
     "read_h5_weight_shapes",
@@ -95,6 +96,30 @@ def is_keras3_weights_file(filepath):
     with _open_h5(filepath) as h5file:
         return (_read_str_list_attr(h5file, "layer_names") is None and "model_weights" not in h5file
                 and isinstance(h5file.get("layers"), h5py.Group))
+
+
+def keras3_weight_shapes(filepath):
+    """The shapes (tuples) of every array of a Keras 3 native ``*.weights.h5`` file, in file
+    order. That format keys layers by class counters (``dense_3``), not by layer name, so
+    shapes are all it tells about the model that saved it.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`read_h5_weights`.
+    """
+    shapes = []
+
+    def visit(_, obj):
+        if isinstance(obj, h5py.Dataset):
+            shapes.append(tuple(int(d) for d in obj.shape))
+
+    path = os.fspath(filepath)
+    with _open_h5(path) as h5file:
+        try:
+            h5file.visititems(visit)
+        except (OSError, RuntimeError, KeyError) as err:
+            raise ValueError(f"{path}: unreadable HDF5 weights file (truncated or corrupt?): "
+                             f"{type(err).__name__}: {err}") from None
+    return shapes
 
 
 def _weights_root(h5file, filepath):
