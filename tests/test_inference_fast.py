@@ -303,3 +303,21 @@ def test_thread_flags_reach_tensorflow(monkeypatch):
     applied.clear()
     apply_thread_arguments(parser, parser.parse_args([]))
     assert applied == {}  # TensorFlow's defaults stay
+
+
+def test_folded_path_leaves_the_weight_file_layout_alone(images, tmp_path):
+    """The folded path's sub-models share the head model's layers: after it ran, the model
+    has the same weights, and a file saved by layer name fills a fresh model completely and
+    gives the same detections."""
+    model = _model()
+    query, references = images
+    names_before = [w.path for w in model.keras_model.weights]
+    embeddings = {i: e for i, e in enumerate(model.encode_references(references[:3]))}
+    folded = model.detect_embeddings(query, embeddings, fold=True)
+    assert [w.path for w in model.keras_model.weights] == names_before
+    model.save_weights(str(tmp_path / "after_fold.h5"))
+    keras.utils.set_random_seed(11)
+    fresh = SiameseMaskRCNN("inference", _config(), model_dir="logs/test_inference_fast")
+    report = fresh.load_weights(str(tmp_path / "after_fold.h5"), by_name=True)
+    assert not list(report.missing_in_file)
+    _assert_same_results(folded, fresh.detect_embeddings(query, embeddings, fold=False))
