@@ -1,12 +1,21 @@
-"""Inference and training-step timings of the Siamese model presets on this machine.
+"""Inference timings of the Siamese model presets on this machine, stage by stage.
 
 Run by hand (not part of the tests)::
 
-    python benchmarks/bench_inference.py [--presets paper small demo] [--repeats 5] [--train-steps 5]
+    python benchmarks/bench_inference.py [--presets paper small demo] [--repeats 3]
+        [--categories 5] [--threads N]
 
-Prints, per preset: graph build time, query encoding (backbone + FPN), one reference
-embedding, the matching + heads pass for one category, a full ``detect`` call, and the
-mean seconds per training step (random weights; only the speed is measured).
+Prints the CPU, then per preset the seconds of each inference stage for one query and one
+category: query encoding (ResNet + FPN), one reference embedding, matching (paper Section
+4.3), RPN + proposals, ROI heads (classifier + detection layer), mask head (on the detections
+that pass the threshold) and unmolding, each stage's convolution GFLOP and achieved GFLOP/s,
+and, measured in the same run, a plain Keras ResNet-50 forward at the query size (the
+machine's practical convolution throughput, the "ceiling"). Then ``detect_embeddings``
+with 1 and with ``--categories`` categories (the batched, folded path) and the cost of
+each extra category. When ``torch`` and ``torchvision`` are importable (they are not
+dependencies), torchvision's ``maskrcnn_resnet50_fpn`` at the query size is timed too.
+Random weights (only the speed is measured) and a score threshold of 0, so the mask head
+runs on all ``DETECTION_MAX_INSTANCES`` slots (its worst case).
 """
 import argparse
 import os
@@ -19,36 +28,118 @@ import numpy as np
 def machine_description():
     import tensorflow as tf
     cpu = platform.processor() or platform.machine()
+    flags = ""
     try:
         with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+            lines = f.readlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
         cpu = names[0] if names else cpu
+        flag_lines = [line for line in lines if line.startswith("flags")]
+        flags = flag_lines[0] if flag_lines else ""
     except OSError:
         pass
+    isa = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
     gpus = tf.config.list_physical_devices("GPU")
-    return (f"{cpu}, {os.cpu_count()} cores, GPUs: {len(gpus)}, Python {platform.python_version()}, "
-            f"TensorFlow {tf.__version__}")
+    return (f"{cpu} ({isa}), {os.cpu_count()} cores, GPUs: {len(gpus)}, intra/inter-op threads "
+            f"{tf.config.threading.get_intra_op_parallelism_threads()}/"
+            f"{tf.config.threading.get_inter_op_parallelism_threads()} (0 = TensorFlow's default), "
+            f"Python {platform.python_version()}, TensorFlow {tf.__version__}")
 
 
 def config_for(preset):
+    """The preset's inference config with ``DETECTION_MIN_CONFIDENCE`` 0: with random weights
+    every detection slot then fills, the mask head's worst case (with a trained model it runs
+    only on the detections that pass the preset's threshold)."""
     from siamese_mask_rcnn.config import siamese_config
     from siamese_mask_rcnn.demo import demo_config
     if preset == "demo":
-        return demo_config(IMAGES_PER_GPU=1)
-    return siamese_config(preset, IMAGES_PER_GPU=1)
+        return demo_config(IMAGES_PER_GPU=1, DETECTION_MIN_CONFIDENCE=0.0)
+    return siamese_config(preset, IMAGES_PER_GPU=1, DETECTION_MIN_CONFIDENCE=0.0)
 
 
 def timed(fn, repeats):
-    fn()  # warm-up / tracing
+    """Mean seconds of ``fn()`` over ``repeats`` calls after one warm-up (tracing) call."""
+    fn()
     t0 = time.perf_counter()
     for _ in range(repeats):
         fn()
     return (time.perf_counter() - t0) / repeats
 
 
-def bench_preset(preset, repeats, train_steps):
-    from siamese_mask_rcnn.siamese import SiameseMaskRCNN
-    from siamese_mask_rcnn.datasets.synthetic import make_train_val
+def graph_conv_flops(fn, specs):
+    """FLOPs (2 per multiply-add) of the convolutions of ``fn`` traced at the fixed ``specs``."""
+    import tensorflow as tf
+    graph = tf.function(fn).get_concrete_function(*specs).graph
+    flops = 0
+    for op in graph.get_operations():
+        if op.type not in ("Conv2D", "DepthwiseConv2dNative", "Conv2DBackpropInput"):
+            continue
+        kernel = op.inputs[1].shape
+        out = op.outputs[0].shape
+        if op.type == "Conv2DBackpropInput":  # transposed conv: input pixels x kernel taps
+            x = op.inputs[2].shape
+            flops += 2 * x[0] * x[1] * x[2] * kernel[0] * kernel[1] * kernel[2] * kernel[3]
+        elif op.type == "DepthwiseConv2dNative":
+            flops += 2 * out[0] * out[1] * out[2] * out[3] * kernel[0] * kernel[1]
+        else:
+            flops += 2 * out[0] * out[1] * out[2] * kernel[0] * kernel[1] * kernel[2] * kernel[3]
+    return int(flops)
+
+
+def head_conv_flops(model, detections):
+    """Convolution FLOPs of the head stages for one category and ``detections`` masks."""
+    c = model.config
+    C, M, R = c.TOP_DOWN_PYRAMID_SIZE, c.MATCHING_CHANNELS, c.RPN_CONV_CHANNELS
+    anchors = len(c.RPN_ANCHOR_RATIOS)
+    shapes = model._level_shapes()
+    pixels = sum(h * w for h, w in shapes)
+    s = c.RPN_ANCHOR_STRIDE
+    rpn_pixels = sum(int(np.ceil(h / s)) * int(np.ceil(w / s)) for h, w in shapes)
+    fc, pool, rois = c.FPN_CLASSIF_FC_LAYERS_SIZE, c.POOL_SIZE, c.POST_NMS_ROIS_INFERENCE
+    mp, mc = c.MASK_POOL_SIZE, c.MASK_CONV_CHANNELS
+    return {
+        "matching": 2 * pixels * 2 * C * M,
+        "rpn": 2 * rpn_pixels * (9 * M * R + R * 6 * anchors),
+        "roi_heads": 2 * rois * (pool * pool * M * fc + fc * fc + fc * 6),
+        "mask_head": 2 * detections * (mp * mp * 9 * (M * mc + 3 * mc * mc) + mp * mp * 4 * mc * mc
+                                       + 4 * mp * mp * mc),
+    }
+
+
+def resnet50_ceiling(config, repeats):
+    """Seconds and GFLOP/s of a plain Keras ResNet-50 forward (no top) at the query size."""
+    import keras
+    import tensorflow as tf
+    shape = [1] + [int(v) for v in config.IMAGE_SHAPE[:2]] + [3]
+    net = keras.applications.ResNet50(weights=None, include_top=False, input_shape=shape[1:])
+    spec = tf.TensorSpec(shape, tf.float32)
+    flops = graph_conv_flops(lambda x: net(x, training=False), [spec])
+    fn = tf.function(lambda x: net(x, training=False), input_signature=[spec])
+    x = tf.random.uniform(shape)
+    seconds = timed(lambda: fn(x).numpy(), repeats)
+    return seconds, flops
+
+
+def torchvision_seconds(side, repeats, threads):
+    """torchvision ``maskrcnn_resnet50_fpn`` (random weights) on one ``side``² image, or None."""
+    try:
+        import torch
+        import torchvision
+    except ImportError:
+        return None
+    if threads:
+        torch.set_num_threads(threads)
+    net = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+                                                             min_size=side, max_size=side).eval()
+    x = [torch.rand(3, side, side)]
+    with torch.no_grad():
+        return timed(lambda: net(x), repeats)
+
+
+def bench_preset(preset, repeats, categories):
+    import keras
+    import tensorflow as tf
+    from siamese_mask_rcnn.siamese import LEVELS, SiameseMaskRCNN
 
     config = config_for(preset)
     t0 = time.perf_counter()
@@ -57,48 +148,113 @@ def bench_preset(preset, repeats, train_steps):
     rng = np.random.default_rng(0)
     side = int(config.IMAGE_MAX_DIM)
     query = rng.integers(0, 255, (side * 3 // 4, side, 3), dtype=np.uint8)
-    reference = rng.integers(0, 255, (int(config.TARGET_MAX_DIM), int(config.TARGET_MAX_DIM) * 2 // 3, 3),
-                             dtype=np.uint8)
-    embedding = model.embed_category([reference])
-    row = {
-        "build_s": build,
-        "encode_query_s": timed(lambda: model.encode_query(query), repeats),
-        "embed_reference_s": timed(lambda: model.embed_category([reference]), repeats),
-        "detect_1_category_s": timed(lambda: model.detect_embeddings(query, {0: embedding}), repeats),
-        "detect_5_categories_s": timed(lambda: model.detect_embeddings(query, {k: embedding for k in range(5)}),
-                                       max(1, repeats // 2)),
-        "detect_call_s": timed(lambda: model.detect([[reference]], [query]), repeats),
+    references = [rng.integers(0, 255, (int(config.TARGET_MAX_DIM), int(config.TARGET_MAX_DIM) * 2 // 3, 3),
+                               dtype=np.uint8) for _ in range(categories)]
+    embeddings = model.encode_references(references)
+    molded, metas, windows, maps = model.encode_query(query)
+
+    # Stage boundaries inside the head model: cumulative prefixes, timed one by one.
+    hm = model.head_model
+    inputs = hm.inputs
+    prefixes = {
+        "matching": [hm.get_layer(f"fpn_distance_{n}").output for n in LEVELS],
+        "rpn": [hm.get_layer("ROI").output],
+        "roi_heads": [hm.get_layer("mrcnn_detection").output],
+        "mask_head": [hm.outputs[0], hm.outputs[3]],
     }
-    if train_steps:
-        train_cfg = type(config).from_dict({**config.to_dict(), "IMAGES_PER_GPU": 2 if preset != "demo" else 4},
-                                           strict=False)
-        data, _ = make_train_val(num_categories=100, num_train=40, num_val=1, image_size=side)
-        # Every train() call traces its step once: time a short and a long run and take the
-        # difference, so the per-step figure excludes tracing.
-        seconds = []
-        for steps in (1, 1 + train_steps):
-            trainer = SiameseMaskRCNN("training", train_cfg, model_dir="logs/bench")
-            t0 = time.perf_counter()
-            trainer.train(data, None, 0.001, epochs=1, layers="all", steps_per_epoch=steps, verbose=0)
-            seconds.append(time.perf_counter() - t0)
-        row["train_step_s"] = (seconds[1] - seconds[0]) / train_steps
-        row["train_first_step_incl_tracing_s"] = seconds[0]
-        row["train_batch"] = train_cfg.BATCH_SIZE
-    return row
+    signature = model._head_signature()
+    args = [tf.constant(metas), tf.constant(embeddings[:1])] + [tf.constant(m) for m in maps]
+    cumulative, outputs = {}, None
+    for stage, tensors in prefixes.items():
+        probe = keras.Model(inputs, tensors)
+        fn = tf.function(lambda *x, p=probe: p(list(x), training=False), input_signature=signature)
+        cumulative[stage] = timed(lambda f=fn: [o.numpy() for o in tf.nest.flatten(f(*args))], repeats)
+        if stage == "mask_head":
+            outputs = [o.numpy() for o in fn(*args)]
+    detections, masks = outputs
+    real = int((detections[0, :, 4] > 0).sum())
+    stages = {"encode_query": timed(lambda: model.encode_query(query), repeats),
+              "embed_reference": timed(lambda: model.encode_references(references[:1]), repeats)}
+    previous = 0.0
+    for stage in prefixes:
+        stages[stage] = max(0.0, cumulative[stage] - previous)
+        previous = cumulative[stage]
+    stages["unmolding"] = timed(lambda: model.detection_result(detections[0], masks[0], query.shape,
+                                                               molded[0].shape, windows[0]), repeats)
+
+    shape = [1] + [int(v) for v in config.IMAGE_SHAPE]
+    flops = {"encode_query": graph_conv_flops(lambda x: model.encoder(x, training=False),
+                                              [tf.TensorSpec(shape, tf.float32)]),
+             "embed_reference": graph_conv_flops(lambda x: model.reference_model(x, training=False),
+                                                 [tf.TensorSpec([1] + list(config.TARGET_SHAPE), tf.float32)])}
+    flops.update(head_conv_flops(model, max(1, real)))
+
+    one = {0: embeddings[0]}
+    many = {i: e for i, e in enumerate(embeddings)}
+    detect_one = timed(lambda: model.detect_embeddings(query, one), repeats)
+    detect_many = timed(lambda: model.detect_embeddings(query, many), max(1, repeats // 2))
+    detect_many_plain = timed(lambda: model.detect_embeddings(query, many, batch_size=1, fold=False),
+                              max(1, repeats // 2))
+    return {"build_s": build, "stages": stages, "flops": flops, "detections": real,
+            "detect_1": detect_one, "detect_k": detect_many, "detect_k_plain": detect_many_plain,
+            "categories": categories, "fold": model.fold_pays(categories),
+            "batch": min(categories, model.category_batch_size()), "config": config}
+
+
+def print_report(preset, row, ceiling, torch_s):
+    stages, flops = row["stages"], row["flops"]
+    ceiling_s, ceiling_flops = ceiling
+    ceiling_rate = ceiling_flops / ceiling_s / 1e9
+    print(f"\npreset {preset} (graph build {row['build_s']:.1f} s, mask head on {row['detections']} "
+          f"detections)")
+    print(f"| stage | seconds | conv GFLOP | GFLOP/s | % of ResNet-50 |")
+    print(f"|---|---|---|---|---|")
+    print(f"| plain ResNet-50 forward (ceiling) | {ceiling_s:.3f} | {ceiling_flops / 1e9:.1f} | "
+          f"{ceiling_rate:.1f} | 100 |")
+    for stage, seconds in stages.items():
+        f = flops.get(stage)
+        if f is None:
+            print(f"| {stage} | {seconds:.3f} | - | - | - |")
+            continue
+        rate = f / seconds / 1e9 if seconds > 0 else float("nan")
+        print(f"| {stage} | {seconds:.3f} | {f / 1e9:.2f} | {rate:.1f} | {100 * rate / ceiling_rate:.0f} |")
+    k = row["categories"]
+    extra = (row["detect_k"] - row["detect_1"]) / max(1, k - 1)
+    extra_plain = (row["detect_k_plain"] - row["detect_1"]) / max(1, k - 1)
+    print(f"detect_embeddings, 1 category: {row['detect_1']:.3f} s")
+    print(f"detect_embeddings, {k} categories (batch {row['batch']}, folded {row['fold']}): "
+          f"{row['detect_k']:.3f} s, {extra:.3f} s per extra category")
+    print(f"  one call per category, plain graph: {row['detect_k_plain']:.3f} s, "
+          f"{extra_plain:.3f} s per extra category")
+    if torch_s is not None:
+        print(f"torchvision maskrcnn_resnet50_fpn at the query size: {torch_s:.3f} s "
+              f"(1 category {row['detect_1'] / torch_s:.2f}x, extra category {extra / torch_s:.2f}x)")
+    else:
+        print("torchvision: not installed, not compared")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["demo", "small", "paper"])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--train-steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per figure (after a warm-up)")
+    parser.add_argument("--paper-repeats", type=int, default=1,
+                        help="timed calls per figure for the slow paper preset (default 1)")
+    parser.add_argument("--categories", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="TensorFlow intra-op threads")
+    parser.add_argument("--inter-op-threads", type=int, default=None)
     args = parser.parse_args()
+    import tensorflow as tf
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    if args.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     print(f"machine: {machine_description()}")
     for preset in args.presets:
-        row = bench_preset(preset, args.repeats, args.train_steps)
-        print(f"\npreset {preset}:")
-        for key, value in row.items():
-            print(f"  {key:<36} {value:8.3f}" if isinstance(value, float) else f"  {key:<36} {value}")
+        repeats = args.paper_repeats if preset == "paper" else args.repeats
+        row = bench_preset(preset, repeats, args.categories)
+        ceiling = resnet50_ceiling(row["config"], repeats)
+        torch_s = torchvision_seconds(int(row["config"].IMAGE_SHAPE[0]), repeats, args.threads)
+        print_report(preset, row, ceiling, torch_s)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ def build_parser():
     pred.add_argument("--min-confidence", type=float, help="score threshold (default: the config's)")
     pred.add_argument("--allow-partial", action="store_true",
                       help="run even if the weights file leaves some layers of the model unfilled")
+    demo_job.add_thread_arguments(pred)
     sub.add_parser("train", add_help=False,
                    help="train on a COCO one-shot split (siamese-mrcnn train --help)")
     sub.add_parser("evaluate", add_help=False,
@@ -112,6 +113,7 @@ def main(argv=None):
             print(f"siamese-mrcnn demo: error: {err}", file=sys.stderr)
             return 2
         return 0
+    demo_job.apply_thread_arguments(parser, args)
     try:
         result = predict(args.weights, args.reference, args.query, out_png=args.out, out_json=args.json,
                          config_path=args.config, preset=args.preset, min_confidence=args.min_confidence,

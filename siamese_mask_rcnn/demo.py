@@ -177,6 +177,44 @@ def format_transfer_table(rows, transfer_rows, dataset="synthetic"):
     return "\n".join(lines)
 
 
+def add_thread_arguments(parser):
+    """Add ``--threads`` (TensorFlow intra-op threads: the threads one op such as a
+    convolution splits over) and ``--inter-op-threads`` (ops run concurrently) to an
+    ``argparse`` parser. Both default to TensorFlow's own choice (every core it sees); on a
+    small machine ``--threads <cores> --inter-op-threads 2`` is the fastest measured
+    (README, "Benchmarks")."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="TensorFlow intra-op threads (default: TensorFlow's, every core)")
+    parser.add_argument("--inter-op-threads", type=int, default=None,
+                        help="TensorFlow inter-op threads, ops run at once (default: TensorFlow's)")
+
+
+def apply_thread_arguments(parser, args):
+    """Apply ``--threads`` / ``--inter-op-threads`` (see :func:`add_thread_arguments`) before
+    TensorFlow runs its first op. A value < 1 ends the program through ``parser.error``
+    (exit status 2, naming the flag). Returns the ``(intra, inter)`` pair now in force
+    (0 = TensorFlow's default)."""
+    for flag, value in (("--threads", args.threads), ("--inter-op-threads", args.inter_op_threads)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
+    import tensorflow as tf
+
+    threading = tf.config.threading
+    for value, setter, getter in ((args.threads, threading.set_intra_op_parallelism_threads,
+                                   threading.get_intra_op_parallelism_threads),
+                                  (args.inter_op_threads, threading.set_inter_op_parallelism_threads,
+                                   threading.get_inter_op_parallelism_threads)):
+        if value is None:
+            continue
+        try:
+            setter(int(value))
+        except RuntimeError:
+            if getter() != int(value):
+                log.warning("TensorFlow is already initialised with %d threads; %d not applied",
+                            getter(), value)
+    return threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads()
+
+
 def configure_threads(threads, inter_op_threads=INTER_OP_THREADS):
     """Run TensorFlow's ops on ``threads`` threads (intra-op) and ``inter_op_threads``
     concurrent ops. Must run before TensorFlow executes its first op.

@@ -16,7 +16,9 @@ The network is three separable parts; the encoder's weights are shared by all of
 
 ``keras_model`` chains the three parts for training (it outputs the losses) or inference
 (detections). For many categories against one query, :meth:`SiameseMaskRCNN.detect_embeddings`
-runs the encoder once and the head model once per category.
+runs the encoder once and the categories through the heads in batched calls; with several
+categories it computes the query's share of the matching and RPN convolutions once
+(:meth:`SiameseMaskRCNN.matching_costs`).
 
 Naming: inside the code the example image is the *reference*; "target" means a
 ground-truth training target only. The configuration keys ``NUM_TARGETS``,
@@ -318,13 +320,163 @@ class SiameseMaskRCNN(MaskRCNN):
         maps = [m.numpy() for m in fn(molded.astype(np.float32))]
         return molded, metas.astype(np.float32), windows, maps
 
-    def detect_embeddings(self, image, embeddings):
+    #: Bytes of activations one batched head call over several categories may hold; the
+    #: number of categories per call (:meth:`category_batch_size`) follows from it.
+    CATEGORY_BATCH_BYTES = 2 ** 31
+
+    def _level_shapes(self):
+        """``(h, w)`` of the query's P2..P6 in the heads."""
+        c = self.config
+        return [(int(np.ceil(c.IMAGE_SHAPE[0] / s)), int(np.ceil(c.IMAGE_SHAPE[1] / s)))
+                for s in c.BACKBONE_STRIDES]
+
+    def category_batch_size(self):
+        """How many categories one batched head call takes (at least 1, at most 32): the
+        float32 activations of the matching and the RPN conv of one category (input, matched
+        maps and RPN features, counted twice for temporaries) fit ``CATEGORY_BATCH_BYTES``."""
+        c = self.config
+        pixels = sum(h * w for h, w in self._level_shapes())
+        channels = 2 * c.TOP_DOWN_PYRAMID_SIZE + c.MATCHING_CHANNELS + c.RPN_CONV_CHANNELS
+        return int(max(1, min(32, self.CATEGORY_BATCH_BYTES // (pixels * channels * 4 * 2))))
+
+    def matching_costs(self):
+        """Multiply-accumulates of the matching and RPN convolution (paper Section 4.3) on
+        one query: ``(plain, folded_once, folded_per_category)``.
+
+        *plain* is the graph's cost per category: the 1×1 conv of ``[P, |P − e|]`` (2C →
+        M channels) on P2..P6 and the 3×3 RPN conv (M → R) on its output. The matching
+        conv is linear and the RPN conv follows it with no activation in between, so the
+        query term (``P·W_query + bias`` and its RPN conv) can be computed once per query
+        (*folded_once*, with the composition of the reference kernel with the RPN kernel),
+        and each category then pays only its reference term (*folded_per_category*): the
+        1×1 conv of ``|P − e|`` (C → M) on P2..P5, which the ROI heads read, and the
+        composed 3×3 conv (C → R) on P2..P6.
+        """
+        c = self.config
+        C, M, R = c.TOP_DOWN_PYRAMID_SIZE, c.MATCHING_CHANNELS, c.RPN_CONV_CHANNELS
+        stride = c.RPN_ANCHOR_STRIDE
+        shapes = self._level_shapes()
+        pixels = [h * w for h, w in shapes]
+        rpn_pixels = sum(int(np.ceil(h / stride)) * int(np.ceil(w / stride)) for h, w in shapes)
+        plain = sum(pixels) * 2 * C * M + rpn_pixels * 9 * M * R
+        once = sum(pixels[:4]) * C * M + rpn_pixels * 9 * M * R + len(shapes) * 9 * C * M * R
+        per_category = sum(pixels[:4]) * C * M + rpn_pixels * 9 * C * R
+        return plain, once, per_category
+
+    def fold_pays(self, categories):
+        """Whether the folded matching (see :meth:`matching_costs`) costs fewer operations
+        than the plain graph for ``categories`` categories of one query, and can run (the
+        matching and RPN convs compute in float32)."""
+        hm = self.head_model
+        layers = [hm.get_layer(f"fpn_distance_{n}") for n in LEVELS]
+        layers.append(hm.get_layer("rpn_model").get_layer("rpn_conv_shared"))
+        if any(layer.compute_dtype != "float32" for layer in layers):
+            return False
+        plain, once, per_category = self.matching_costs()
+        return categories * plain > once + categories * per_category
+
+    def _head_signature(self, *extra):
+        c = self.config
+        return ([tf.TensorSpec([None, c.IMAGE_META_SIZE], tf.float32),
+                 tf.TensorSpec([None, len(LEVELS), c.TOP_DOWN_PYRAMID_SIZE], tf.float32)] +
+                [tf.TensorSpec([None, h, w, c.TOP_DOWN_PYRAMID_SIZE], tf.float32)
+                 for h, w in self._level_shapes()] + list(extra))
+
+    def _plain_heads_fn(self):
+        """``(meta [1, META], embeddings [K, 5, C], P2..P6 [1, h, w, C]) → (detections,
+        masks, rpn_class, rpn_bbox)``: the head model on the query repeated K times (one
+        batched call)."""
+        def heads(meta, embeddings, *maps):
+            k = tf.shape(embeddings)[0]
+            maps = [tf.repeat(m, k, axis=0) for m in maps]
+            outputs = self.head_model([tf.repeat(meta, k, axis=0), embeddings] + maps, training=False)
+            return outputs[0], outputs[3], outputs[5], outputs[6]
+        return self.cached_function("heads_batch", heads, self._head_signature())
+
+    def _fold_parts(self):
+        """The layers of the folded path: the matching convs, the RPN conv, and two
+        sub-models sharing the head model's layers (built once): the RPN after its
+        shared conv, and the heads after the RPN (proposals, classifier, detections,
+        mask head)."""
+        if "fold_parts" not in self._functions:
+            hm = self.head_model
+            rpn = hm.get_layer("rpn_model")
+            shared = rpn.get_layer("rpn_conv_shared")
+            rpn_tail = keras.Model(shared.output, rpn.outputs, name="rpn_after_shared_conv")
+            matched = [hm.get_layer(f"fpn_distance_{n}").output for n in LEVELS[:4]]
+            inputs = ([hm.get_layer("head_image_meta").output] + matched +
+                      [hm.get_layer("rpn_class").output, hm.get_layer("rpn_bbox").output])
+            # rpn_class / rpn_bbox are inputs here, so they must not be outputs as well.
+            tail = keras.Model(inputs, hm.outputs[:5], name="heads_after_rpn")
+            convs = [hm.get_layer(f"fpn_distance_{n}") for n in LEVELS]
+            self._functions["fold_parts"] = (convs, shared, rpn_tail, tail)
+        return self._functions["fold_parts"]
+
+    def _fold_query_fn(self):
+        """``P2..P6 [1, h, w, C] → (query terms of P2..P5 [1, h, w, M], RPN pre-activations
+        of the query terms on P2..P6 [1, h', w', R], composed reference kernels
+        [3, 3, C, R] per level)``: the once-per-query part of the folded matching."""
+        c = self.config
+
+        def fold_query(*maps):
+            convs, shared, _, _ = self._fold_parts()
+            depth = c.TOP_DOWN_PYRAMID_SIZE
+            query, pre, kernels = [], [], []
+            for i, (fmap, conv) in enumerate(zip(maps, convs)):
+                kernel = conv.kernel  # [1, 1, 2C, M]: rows [0, C) see P, rows [C, 2C) see |P - e|
+                q = tf.nn.conv2d(fmap, kernel[:, :, :depth], 1, "SAME") + conv.bias
+                pre.append(tf.nn.conv2d(q, shared.kernel, c.RPN_ANCHOR_STRIDE, "SAME") + shared.bias)
+                kernels.append(tf.einsum("cm,yxmo->yxco", kernel[0, 0, depth:], shared.kernel))
+                if i < 4:
+                    query.append(q)
+            return query + pre + kernels
+        return self.cached_function("fold_query", fold_query, self._head_signature()[2:])
+
+    def _fold_heads_fn(self):
+        """``(meta [1, META], embeddings [K, 5, C], P2..P6, fold_query outputs) →
+        (detections, masks, rpn_class, rpn_bbox)``: the per-category part of the folded matching and the heads,
+        for K categories in one call."""
+        c = self.config
+        depth = c.TOP_DOWN_PYRAMID_SIZE
+        shapes = self._level_shapes()
+        stride = c.RPN_ANCHOR_STRIDE
+        query_specs = [tf.TensorSpec([None, h, w, c.MATCHING_CHANNELS], tf.float32) for h, w in shapes[:4]]
+        pre_specs = [tf.TensorSpec([None, int(np.ceil(h / stride)), int(np.ceil(w / stride)),
+                                    c.RPN_CONV_CHANNELS], tf.float32) for h, w in shapes]
+        kernel_specs = [tf.TensorSpec([3, 3, depth, c.RPN_CONV_CHANNELS], tf.float32) for _ in shapes]
+
+        def heads(meta, embeddings, *tensors):
+            convs, _, rpn_tail, tail = self._fold_parts()
+            maps, query, pre, kernels = tensors[:5], tensors[5:9], tensors[9:14], tensors[14:19]
+            k = tf.shape(embeddings)[0]
+            matched, level_outputs = [], []
+            for i, fmap in enumerate(maps):
+                diff = tf.abs(fmap - embeddings[:, i][:, None, None, :])  # [K, h, w, C]
+                if i < 4:
+                    matched.append(query[i] + tf.nn.conv2d(diff, convs[i].kernel[:, :, depth:], 1, "SAME"))
+                shared = tf.nn.relu(pre[i] + tf.nn.conv2d(diff, kernels[i], stride, "SAME"))
+                level_outputs.append(rpn_tail(shared, training=False))
+            rpn_class = tf.concat([o[1] for o in level_outputs], axis=1)
+            rpn_bbox = tf.concat([o[2] for o in level_outputs], axis=1)
+            outputs = tail([tf.repeat(meta, k, axis=0)] + matched + [rpn_class, rpn_bbox], training=False)
+            return outputs[0], outputs[3], rpn_class, rpn_bbox
+        return self.cached_function("fold_heads", heads,
+                                    self._head_signature(*query_specs, *pre_specs, *kernel_specs))
+
+    def detect_embeddings(self, image, embeddings, batch_size=None, fold=None):
         """Detect the categories ``{key: embedding [5, C]}`` in one query image ``[H, W, 3]``.
 
-        The query is encoded once; the head model runs once per key. Returns
-        ``{key: {"rois" [N, 4] (y1, x1, y2, x2 image pixels), "class_ids" [N],
+        The query is encoded once; the categories then run through the matching and heads
+        (paper Sections 4.3-4.4) in batched calls of ``batch_size`` categories (default
+        :meth:`category_batch_size`; 1 runs them one by one). ``fold``: True computes the
+        query term of the matching once and gives each category only its reference term
+        (:meth:`matching_costs`), False runs the plain graph, None (default) folds when
+        that costs fewer operations (:meth:`fold_pays`: from about three categories on).
+        All give the same detections up to float rounding.
+
+        Returns ``{key: {"rois" [N, 4] (y1, x1, y2, x2 image pixels), "class_ids" [N],
         "scores" [N], "masks" [H, W, N] bool}}``. Raises ``RuntimeError`` outside inference
-        mode and ``ValueError`` for an embedding of the wrong size.
+        mode and ``ValueError`` for an embedding of the wrong size or a ``batch_size`` < 1.
         """
         if self.mode != "inference":
             raise RuntimeError("create the model in inference mode to detect")
@@ -335,18 +487,33 @@ class SiameseMaskRCNN(MaskRCNN):
             if emb.size != size:
                 raise ValueError(f"embedding {key!r} has {emb.size} values, expected "
                                  f"{len(LEVELS)} x {c.TOP_DOWN_PYRAMID_SIZE} = {size}")
+        if batch_size is None:
+            batch_size = self.category_batch_size()
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = int(batch_size)
+        keys = list(embeddings)
+        if not keys:
+            return {}
+        stacked = np.stack([embeddings[key].reshape(len(LEVELS), -1) for key in keys])
         molded, metas, windows, maps = self.encode_query(image)
-        signature = ([tf.TensorSpec([None, c.IMAGE_META_SIZE], tf.float32),
-                      tf.TensorSpec([None, len(LEVELS), c.TOP_DOWN_PYRAMID_SIZE], tf.float32)] +
-                     [tf.TensorSpec([None] + list(m.shape[1:]), tf.float32) for m in maps])
-        fn = self.cached_function("head", lambda *x: self.head_model(list(x), training=False), signature)
         maps = [tf.convert_to_tensor(m) for m in maps]  # once, not once per category
+        if fold is None:
+            fold = self.fold_pays(len(keys))
+        if fold:
+            self._fold_parts()  # builds the sub-models outside any tf.function trace
+            prepared = self._fold_query_fn()(*maps)
+            fn = self._fold_heads_fn()
+        else:
+            prepared = []
+            fn = self._plain_heads_fn()
         results = {}
-        for key, emb in embeddings.items():
-            emb = emb.reshape(1, len(LEVELS), -1)
-            detections, _, _, mrcnn_mask, _, _, _ = [o.numpy() for o in fn(metas, emb, *maps)]
-            results[key] = self.detection_result(detections[0], mrcnn_mask[0], image.shape,
-                                                 molded[0].shape, windows[0])
+        for start in range(0, len(keys), batch_size):
+            detections, masks = fn(metas, stacked[start:start + batch_size], *maps, *prepared)[:2]
+            detections, masks = detections.numpy(), masks.numpy()
+            for row, key in enumerate(keys[start:start + batch_size]):
+                results[key] = self.detection_result(detections[row], masks[row], image.shape,
+                                                     molded[0].shape, windows[0])
         return results
 
     def detect(self, references, images, verbose=0):

@@ -99,6 +99,8 @@ def build_parser(prog=None):
                                "paper preset's DETECTION_MIN_CONFIDENCE)")
     parser.add_argument("--out", help="output folder (default logs/eval_<timestamp>/)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    from ..demo import add_thread_arguments
+    add_thread_arguments(parser)
     return parser
 
 
@@ -193,6 +195,8 @@ def main(argv=None, prog=None):
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     check_args(parser, args)
+    from ..demo import apply_thread_arguments
+    apply_thread_arguments(parser, args)
     logging.basicConfig(level=logging.WARNING)
     dataset = load_dataset(args)
     factory = make_predictor_factory(args, dataset)

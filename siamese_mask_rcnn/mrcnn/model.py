@@ -79,10 +79,41 @@ class LeadingRois(KL.Layer):
 
 
 class SliceDetectionBoxes(KL.Layer):
-    """Boxes ``[B, N, 4]`` of detection rows ``[B, N, 6]``."""
+    """The boxes of the detection rows that the mask head must see: ``[B, n, 4]`` of
+    detection rows ``[B, N, 6]`` (normalised coordinates), where ``n`` is the largest
+    number of real detections (class id > 0) of any image of the batch, at least 1.
+
+    :class:`.layers.DetectionLayer` puts the real detections first (best score first)
+    and zero-pads the rest, so the rows cut here are padding in every image: the mask head
+    (paper Section 4.4) then runs only on detections that passed
+    ``DETECTION_MIN_CONFIDENCE``, not on all ``DETECTION_MAX_INSTANCES`` slots.
+    """
 
     def call(self, detections):
-        return detections[..., :4]
+        real = tf.reduce_sum(tf.cast(detections[..., 4] > 0, tf.int32), axis=1)
+        count = tf.maximum(1, tf.reduce_max(tf.concat([real, [0]], axis=0)))
+        return detections[:, :count, :4]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None, 4)
+
+
+class PadDetectionRows(KL.Layer):
+    """Inputs ``[masks [B, n, h, w, C], detections [B, N, 6]]``: the mask-head output padded
+    back to one mask per detection row, ``[B, N, h, w, C]``; rows that are not a real
+    detection (class id 0) get an all-zero mask."""
+
+    def call(self, inputs):
+        masks, detections = inputs
+        rows = tf.shape(detections)[1]
+        masks = masks[:, :rows]
+        masks = tf.pad(masks, [[0, 0], [0, rows - tf.shape(masks)[1]], [0, 0], [0, 0], [0, 0]])
+        real = tf.cast(detections[..., 4] > 0, masks.dtype)
+        return masks * real[:, :, None, None, None]
+
+    def compute_output_shape(self, input_shape):
+        masks, detections = input_shape
+        return (masks[0], detections[1]) + tuple(masks[2:])
 
 
 def default_strategy(config):
@@ -216,7 +247,9 @@ class MaskRCNN:
 
         Training: ``gt_inputs`` are the RPN and GT target inputs and the output is the
         ``[B, 5, 2]`` per-image loss parts (``losses.reduce_losses``). Inference: the outputs are ``[detections,
-        mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, rpn_class, rpn_bbox]``.
+        mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, rpn_class, rpn_bbox]``; the mask head
+        runs only on the rows that are real detections (:class:`SliceDetectionBoxes`) and
+        the padding rows of ``mrcnn_mask`` are zero.
         """
         config = self.config
         anchors = AnchorsLayer(self.get_anchors(config.IMAGE_SHAPE), name="anchors")(input_image_meta)
@@ -273,6 +306,7 @@ class MaskRCNN:
         masks = build_fpn_mask_graph(det_boxes, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
                                      self.num_mask_channels(), train_bn=config.TRAIN_BN,
                                      conv_channels=config.MASK_CONV_CHANNELS)
+        masks = PadDetectionRows(name="mrcnn_mask_pad")([masks, detections])
         return [detections, class_probs, bbox, masks, rpn_rois, rpn_class, rpn_bbox]
 
     def get_anchors(self, image_shape):
