@@ -242,6 +242,9 @@ class ProceduralShapes:
     ``styles[k]``), with ``name``, ``family``, ``shape``, ``primary`` and ``secondary``
     (RGB 0..255), ``pattern`` and ``pattern_params`` (e.g.
     ``SyntheticOneShotDataset.styles``).
+
+    Raises:
+        ValueError: ``styles`` is empty.
     """
 
     kind = "procedural"
@@ -349,7 +352,12 @@ class OmniglotGlyphs:
         return state
 
     def drawing(self, class_id, drawer):
-        """Stroke coverage of one drawing, float32 [h, w] in 0..1, cropped to the strokes."""
+        """Stroke coverage of one drawing, float32 [h, w] in 0..1, cropped to the strokes.
+
+        Raises:
+            ValueError: the drawing's PNG in the archive cannot be decoded (names the archive
+                and the member).
+        """
         from PIL import Image
 
         key = (int(class_id), int(drawer))
