@@ -42,6 +42,9 @@ def build_parser():
     demo.add_argument("--threads", type=int, default=demo_job.DEFAULT_THREADS,
                       help=f"TensorFlow intra-op threads (default {demo_job.DEFAULT_THREADS}, the fastest "
                            "measured on 2 cores)")
+    demo.add_argument("--no-deterministic", dest="deterministic", action="store_false",
+                      help="let TensorFlow's kernels add in any order (faster on some machines; "
+                           "runs of the same seed then differ by rounding that grows over training)")
     demo.add_argument("--train-scenes", type=int, default=2000)
     demo.add_argument("--eval-scenes", type=int, default=150)
     demo.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N scenes only")
@@ -108,7 +111,8 @@ def main(argv=None):
                               steps=args.steps, minutes=args.minutes, threads=args.threads,
                               steps_per_epoch=args.steps_per_epoch, num_train=args.train_scenes,
                               num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit,
-                              config_overrides=overrides, transfer_scenes=args.transfer_scenes)
+                              config_overrides=overrides, transfer_scenes=args.transfer_scenes,
+                              deterministic=args.deterministic)
         except UnwritableOutputError as err:
             print(f"siamese-mrcnn demo: error: {err}", file=sys.stderr)
             return 2

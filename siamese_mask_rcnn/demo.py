@@ -348,7 +348,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
              minutes=None, num_train=2000, num_val=150, seed=0, eval_limit=None,
              config_overrides=None, verbose=1, threads=DEFAULT_THREADS,
              references_per_class=REFERENCES_PER_CLASS, workers=RENDER_WORKERS,
-             steps_per_epoch=None, transfer_scenes=TRANSFER_SCENES):
+             steps_per_epoch=None, transfer_scenes=TRANSFER_SCENES, deterministic=True):
     """Train for ``steps`` steps, evaluate (paper §5.2 protocol, §5.3 baseline), write the
     results.
 
@@ -370,6 +370,14 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
             ``"one-shot (transfer)"`` row and ``transfer_table.txt`` put it beside the
             in-distribution ``"one-shot"`` row. 0 skips it.
         verbose: 1 shows one progress bar for the whole job and the table; 0 is silent.
+        deterministic: run TensorFlow's ops deterministically
+            (``tf.config.experimental.enable_op_determinism``, for the rest of the process).
+            Without it, multi-threaded kernels may add in another order from run to run; over
+            3,000 steps that rounding grows (a near-tied proposal flips, other ROIs are
+            sampled) into runs of the same seed that differ by several mAP50 points. With it,
+            the same seed gives the same checkpoint and table on the same kind of CPU; another
+            CPU kind (e.g. AVX2 vs AVX-512 kernels) rounds differently and lands elsewhere in
+            that spread.
 
     Returns the summary dict (mAP50 per row as fractions, steps, timings, output paths),
     also written as ``demo_summary.json``.
@@ -425,6 +433,10 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     progress.stage("building the model")
     if threads is not None:
         configure_threads(threads)
+    if deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     import keras
     from .siamese import SiameseMaskRCNN  # imports TensorFlow: only when a model is built
 
