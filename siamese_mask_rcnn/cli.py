@@ -84,8 +84,9 @@ def main(argv=None):
     an output folder that cannot be written, checked before any long work).
 
     Raises:
-        SystemExit: bad arguments (status 2, from argparse) and, for ``train``, a missing
-            file or bad value (status 1 with ``error: <message>``).
+        SystemExit: bad arguments or a missing input file (status 2, with a message naming
+            the flag or file), and, for ``train``, a bad value found while training (status 1
+            with ``error: <message>``).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in DELEGATED:
@@ -113,10 +114,14 @@ def main(argv=None):
                               num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit,
                               config_overrides=overrides, transfer_scenes=args.transfer_scenes,
                               deterministic=args.deterministic)
-        except UnwritableOutputError as err:
+        except (UnwritableOutputError, FileNotFoundError, ValueError) as err:
+            # user errors (an unwritable --out, missing Omniglot archives, --dataset omniglot
+            # without --data-dir) end here, before any training
             print(f"siamese-mrcnn demo: error: {err}", file=sys.stderr)
             return 2
         return 0
+    if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
+        parser.error(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
     demo_job.apply_thread_arguments(parser, args)
     try:
         result = predict(args.weights, args.reference, args.query, out_png=args.out, out_json=args.json,

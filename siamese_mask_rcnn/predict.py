@@ -137,8 +137,11 @@ def resolve_config(weights, config_path=None, preset=None, **overrides):
             print(f"no config.json beside {weights}: assuming preset {preset!r} ({reason}); "
                   "pass --preset or --config to choose", file=sys.stderr)
         return siamese_config(preset, **overrides)
-    saved = SiameseConfig.load(path, strict=False).to_dict()
-    return SiameseConfig.from_dict({**saved, **overrides}, strict=False)
+    try:
+        saved = SiameseConfig.load(path, strict=False).to_dict()
+        return SiameseConfig.from_dict({**saved, **overrides}, strict=False)
+    except (ValueError, TypeError, OSError) as err:
+        raise InputError(f"config file {path} cannot be used: {err}") from None
 
 
 def load_model(weights, config_path=None, preset=None, min_confidence=None, allow_partial=False,
@@ -171,10 +174,11 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
         message = str(err) if str(weights) in str(err) else f"{weights}: {err}"
         message = message.replace(" (pass skip_mismatch=True to skip these layers)", "")
         if config_path is None and not os.path.exists(beside) and not _unreadable(message):
-            message = (f"{_shorten(message)}\nno config was found (no --config, no {beside}): assumed "
-                       f"preset '{preset or config.NAME}'; if the weights come from another configuration, pass "
-                       "the config.json of the run that wrote them with --config FILE (or "
-                       "--preset paper|small)")
+            chosen = (f"used the preset '{preset}' you chose" if preset else
+                      f"assumed preset '{config.NAME}'")
+            message = (f"{_shorten(message)}\nno config was found (no --config, no {beside}): {chosen}; "
+                       "if the weights come from another configuration, pass the config.json of the "
+                       "run that wrote them with --config FILE (or another --preset)")
         raise InputError(message) from None
     return model
 
@@ -201,7 +205,7 @@ def check_complete(weights, report, allow_partial=False):
             f"{weights} fills only {len(report.loaded)} of the model's {total} weighted layers; "
             f"{len(missing)} missing: {', '.join(missing[:20])}{', ...' if len(missing) > 20 else ''} "
             "(they would keep random values): pass --allow-partial (allow_partial=True) to run "
-            "anyway, or exclude=[...] for layers you mean to leave out")
+            "anyway, or, from Python, exclude=[...] for layers you mean to leave out")
 
 
 def build_predictor(weights, config=None, preset=None, allow_partial=False):

@@ -37,7 +37,7 @@ from .mrcnn.heads import FoldRois
 from .mrcnn.model import MaskRCNN, check_image_shape
 from .mrcnn.molding import mold_image
 from .mrcnn.pipeline import SkipExample
-from .mrcnn.targets import prepare_gt
+from .mrcnn.targets import describe_image, prepare_gt
 
 #: The pyramid levels that are matched, in order (the embedding's second axis).
 LEVELS = ("P2", "P3", "P4", "P5", "P6")
@@ -286,7 +286,8 @@ class SiameseMaskRCNN(MaskRCNN):
         if not negative and not np.any(class_ids > 0):
             raise SkipExample()
         references = np.stack([mold_reference(r, c) for r in crops])
-        return self._pack_targets(image, meta, class_ids, boxes, masks, rng, extra=[references])
+        return self._pack_targets(image, meta, class_ids, boxes, masks, rng, extra=[references],
+                                  image_name=describe_image(dataset, image_id))
 
     # ------------------------------------------------------------------ inference
     def encode_references(self, references):

@@ -143,13 +143,14 @@ def test_checkpoint_without_config_says_which_preset_was_assumed(weights, pictur
     code = run_cli("--weights", path, "--reference", pictures["ref"], "--query", pictures["query"])
     assert code == 0
     assert "no config.json beside" in capsys.readouterr().err
-    # A preset that does not fit: the message says which was assumed and how to pass --config.
+    # A preset that does not fit: the message says which preset was used (the user's
+    # --preset, not an "assumption") and how to pass --config.
     code = run_cli("--weights", path, "--preset", "small", "--reference", pictures["ref"],
                    "--query", pictures["query"])
     assert code == 2
     err = capsys.readouterr().err
     assert str(path) in err
-    assert f"no config was found (no --config, no {tmp_path / 'alone' / 'config.json'}): assumed preset 'small'" in err
+    assert f"no config was found (no --config, no {tmp_path / 'alone' / 'config.json'}): used the preset 'small' you chose" in err
     assert "--config FILE" in err and "skip_mismatch" not in err
     # with --config it loads
     code = run_cli("--weights", path, "--config", weights.parent / "config.json", "--reference", pictures["ref"],

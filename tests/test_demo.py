@@ -242,3 +242,15 @@ def test_a_different_seed_gives_a_different_model(demo_run, tmp_path):
         worst = max(float(np.max(np.abs(f[n][()].astype(np.float64) - g[n][()]))) for n in names)
     # (the same-seed test above finds exactly 0)
     assert worst > 1e-2, worst
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--dataset omniglot needs --data-dir"),
+    (["--data-dir", "/nonexistent/omniglot"], "/nonexistent/omniglot")])
+def test_omniglot_demo_without_its_archives_exits_2_naming_what_is_missing(extra, message, tmp_path,
+                                                                          capsys):
+    code = cli.main(["demo", "--dataset", "omniglot", "--steps", "1", "--out", str(tmp_path / "o")]
+                    + extra)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "siamese-mrcnn demo: error:" in err and message in err and "Traceback" not in err

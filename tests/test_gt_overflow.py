@@ -63,3 +63,25 @@ def test_at_the_limit_nothing_is_dropped_or_warned(caplog):
         gt_ids, _, _, _ = _pack(config, 9003, n_target=7, n_crowd=3)
     assert sorted(gt_ids.tolist()) == [-1] * 3 + [1] * 7
     assert not [r for r in caplog.records if "MAX_GT_INSTANCES" in r.getMessage()]
+
+
+def test_the_warning_names_the_file_and_its_own_image_id(caplog):
+    """Through a dataset, the warning names the image as its annotation file does (its own id
+    and path), not by the internal index."""
+    from siamese_mask_rcnn.mrcnn.dataset import Dataset
+    from siamese_mask_rcnn.mrcnn.targets import describe_image
+
+    dataset = Dataset()
+    dataset.add_class("file", 1, "thing")
+    dataset.add_image("file", image_id=384850, path="/data/000000384850.jpg")
+    dataset.add_image("file", image_id=7, path=None)
+    dataset.prepare()
+    assert describe_image(dataset, 0) == "image 384850 (/data/000000384850.jpg)"
+    assert describe_image(dataset, 1) == "image 7"
+    config = ShapesConfig(MAX_GT_INSTANCES=10)
+    image, meta, class_ids, boxes, masks = _inputs(12, 0, 9004)
+    with caplog.at_level(logging.WARNING):
+        pack_training_inputs(config, image, meta, class_ids, boxes, masks, np.random.default_rng(0),
+                             image_name=describe_image(dataset, 0))
+    assert any(r.getMessage().startswith("image 384850 (/data/000000384850.jpg) has 12 ground-truth")
+               for r in caplog.records)

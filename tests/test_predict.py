@@ -187,6 +187,22 @@ def test_missing_weights_and_config_exit_2(files, tmp_path, capsys):
                    "--query", files["query"])
     assert code == 2
     assert f"config file not found: {tmp_path / 'nope.json'}" in capsys.readouterr().err
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    code = run_cli("--weights", files["weights"], "--config", broken, "--reference", files["ref"],
+                   "--query", files["query"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"config file {broken} cannot be used" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1"])
+def test_min_confidence_outside_zero_one_exits_2(files, value, capsys):
+    with pytest.raises(SystemExit) as info:
+        run_cli("--weights", files["weights"], "--reference", files["ref"], "--query", files["query"],
+                "--min-confidence", value)
+    assert info.value.code == 2
+    assert f"--min-confidence must be in [0, 1], got {float(value)}" in capsys.readouterr().err
 
 
 def test_read_user_image_converts_to_rgb(tmp_path):

@@ -42,7 +42,7 @@ from .layers import (AnchorsLayer, BatchNorm, DetectionLayer, DetectionTargetLay
 from .losses import MaskRCNNLosses
 from .molding import mold_image, mold_inputs, unmold_detections, unmold_image
 from .pipeline import SkipExample
-from .targets import build_rpn_targets, load_image_gt, pack_training_inputs
+from .targets import build_rpn_targets, describe_image, load_image_gt, pack_training_inputs
 from .training import LAYER_PRESETS, make_optimizer, run_training, select_trainable_layers
 
 log = logging.getLogger(__name__)
@@ -408,11 +408,13 @@ class MaskRCNN:
             dataset, c, image_id, augmentation=augmentation, use_mini_mask=c.USE_MINI_MASK, rng=rng)
         if not np.any(class_ids > 0):
             raise SkipExample()
-        return self._pack_targets(image, image_meta, class_ids, boxes, masks, rng, extra=[])
+        return self._pack_targets(image, image_meta, class_ids, boxes, masks, rng, extra=[],
+                                  image_name=describe_image(dataset, image_id))
 
-    def _pack_targets(self, image, image_meta, class_ids, boxes, masks, rng, extra):
+    def _pack_targets(self, image, image_meta, class_ids, boxes, masks, rng, extra, image_name=None):
         """:func:`.targets.pack_training_inputs` with this model's config."""
-        return pack_training_inputs(self.config, image, image_meta, class_ids, boxes, masks, rng, extra)
+        return pack_training_inputs(self.config, image, image_meta, class_ids, boxes, masks, rng, extra,
+                                    image_name=image_name)
 
     def training_image_ids(self, dataset):
         """Image ids a training epoch draws from (all, by default)."""

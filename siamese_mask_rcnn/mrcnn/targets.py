@@ -172,14 +172,24 @@ def load_image_gt(dataset, config, image_id, augment=False, augmentation=None, u
 _GT_OVERFLOW_WARNED = set()
 
 
-def keep_gt_instances(class_ids, n, rng, image_id):
+def describe_image(dataset, image_id):
+    """How messages name internal image ``image_id`` of ``dataset``: ``"image <id in the
+    data's own annotation file> (<path>)"`` when the image info has them, else
+    ``"image <image_id>"``."""
+    info = dataset.image_info[image_id] if 0 <= image_id < len(dataset.image_info) else {}
+    text = f"image {info.get('id', image_id)}"
+    return f"{text} ({info['path']})" if info.get("path") else text
+
+
+def keep_gt_instances(class_ids, n, rng, image_id, image_name=None):
     """Indices (sorted) of the ``n`` = ``MAX_GT_INSTANCES`` GT instances kept when an image
     has more.
 
     Target instances (positive class ids: for the Siamese model, the reference's category)
     come first, a random subset with ``rng`` if there are too many, then crowd regions; the
     rest are dropped and count as background. Logs a warning once per image id with the
-    counts.
+    counts, naming the image as ``image_name`` (see :func:`describe_image`; default
+    ``"image <image_id>"``).
     """
     class_ids = np.asarray(class_ids)
     positive = np.flatnonzero(class_ids > 0)
@@ -188,21 +198,24 @@ def keep_gt_instances(class_ids, n, rng, image_id):
     if image_id not in _GT_OVERFLOW_WARNED:
         _GT_OVERFLOW_WARNED.add(image_id)
         kept_targets = min(len(positive), n)
-        log.warning("image %d has %d ground-truth instances (%d target, %d crowd), more than "
+        log.warning("%s has %d ground-truth instances (%d target, %d crowd), more than "
                     "MAX_GT_INSTANCES=%d: %d target and %d crowd instance(s) dropped (trained as "
-                    "background); raise MAX_GT_INSTANCES to keep them", image_id, len(class_ids),
+                    "background); raise MAX_GT_INSTANCES to keep them",
+                    image_name or f"image {image_id}", len(class_ids),
                     len(positive), len(crowd), n, len(positive) - kept_targets,
                     len(crowd) - (n - kept_targets))
     return np.sort(keep)
 
 
-def pack_training_inputs(config, image, image_meta, class_ids, boxes, masks, rng, extra=()):
+def pack_training_inputs(config, image, image_meta, class_ids, boxes, masks, rng, extra=(),
+                         image_name=None):
     """The training inputs of one prepared image, in the model's input order.
 
     RPN targets are built on the (cached) pixel anchors of ``image``; at most
     ``MAX_GT_INSTANCES`` instances are kept (see :func:`keep_gt_instances`: target instances
     first, a warning once per image when some are dropped) and the GT arrays are
-    zero-padded to that length.
+    zero-padded to that length. ``image_name`` names the image in that warning
+    (:func:`describe_image`).
 
     Returns:
         ``[molded image, image_meta, *extra, rpn_match [A, 1], rpn_bbox
@@ -213,7 +226,7 @@ def pack_training_inputs(config, image, image_meta, class_ids, boxes, masks, rng
     rpn_match, rpn_bbox = build_rpn_targets(image.shape, anchors, class_ids, boxes, config, rng=rng)
     n = min(len(class_ids), config.MAX_GT_INSTANCES)
     if len(class_ids) > n:
-        keep = keep_gt_instances(class_ids, n, rng, int(image_meta[0]))
+        keep = keep_gt_instances(class_ids, n, rng, int(image_meta[0]), image_name)
         class_ids, boxes, masks = class_ids[keep], boxes[keep], masks[..., keep]
     gt_ids = np.zeros([config.MAX_GT_INSTANCES], np.int32)
     gt_boxes = np.zeros([config.MAX_GT_INSTANCES, 4], np.float32)
