@@ -273,5 +273,9 @@ def run_open_world(args, dataset, factory, progress):
         write_open_world(result, out_dir, prefix=f"{set_name}_open_world")
         print(f"[{ROW_LABELS[(args.model, set_name)]}] " + format_open_world(result))
         outcome[set_name] = result
+    if args.model in ("gt", "random"):
+        print(f"note: --model {args.model} reads the ground truth of the searched category, so it "
+              "answers absent categories with nothing: its false positives per absent pair are 0 "
+              "by construction, not a baseline for them")
     print(f"outputs written to {out_dir}")
     return outcome
