@@ -723,7 +723,8 @@ LAYER_ARGS = {
                                  mask_shape=(14, 10), use_mini_mask=False),
     "DetectionLayer": dict(max_instances=9, min_confidence=0.6, nms_threshold=0.4, bbox_std_dev=STD),
     "FoldRois": {}, "UnfoldRois": {}, "RpnOutputs": dict(k=4), "RepeatBoxDeltas": dict(num_classes=3),
-    "ActiveClassIds": {}, "SliceDetectionBoxes": {}, "MaskRCNNLosses": {}, "LeadingRois": dict(count=3),
+    "ActiveClassIds": {}, "SliceDetectionBoxes": {}, "PadDetectionRows": {}, "MaskRCNNLosses": {},
+    "LeadingRois": dict(count=3),
 }
 
 
