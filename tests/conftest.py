@@ -90,3 +90,16 @@ def coco_split1(coco_subset_annotations, coco_subset_dir):
     dataset.set_split(1)
     dataset.prepare()
     return dataset
+
+
+@pytest.fixture
+def headless_plots(monkeypatch):
+    """Fail if anything calls ``plt.show()`` under Agg; close every figure after the test.
+    Plotting test modules use it with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import matplotlib.pyplot as plt
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("plt.show() called on a headless backend")
+    monkeypatch.setattr(plt, "show", forbidden)
+    yield
+    plt.close("all")

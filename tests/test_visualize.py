@@ -12,14 +12,7 @@ from siamese_mask_rcnn.mrcnn import visualize  # noqa: E402
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def no_show_and_close(monkeypatch):
-    """Fail if anything calls plt.show() under Agg; close figures after each test."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("plt.show() called on a headless backend")
-    monkeypatch.setattr(plt, "show", forbidden)
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("headless_plots")  # conftest: plt.show() fails, figures closed
 
 
 def _scene():

@@ -13,13 +13,7 @@ from matplotlib import lines, patches  # noqa: E402
 from siamese_mask_rcnn.mrcnn import visualize  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def no_show_and_close(monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("plt.show() called on a headless backend")
-    monkeypatch.setattr(plt, "show", forbidden)
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("headless_plots")  # conftest: plt.show() fails, figures closed
 
 
 def rectangles(ax):
