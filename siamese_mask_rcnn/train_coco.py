@@ -91,18 +91,24 @@ def remaining_stages(stages, epoch):
 
 
 # ------------------------------------------------------------------------- arguments
+#: The data flags' texts (``cliargs.coco_parser``), then the files that replace --dataset.
+DATA_TEXTS = (
+    "Train Siamese Mask R-CNN on a COCO one-shot split (paper §5.1).",
+    "COCO root: annotations/instances_{train,val}<year>.json and images in {train,val}<year>/",
+    "one-shot split S1..S4: its 20 held-out categories are never trained on; 'all': no "
+    "held-out categories, all 80 are trained on (paper Table 1)")
+FILE_FLAGS = {
+    "--train-annotations": "training instances JSON (instead of --dataset)",
+    "--train-images": "training image folder (instead of --dataset)",
+    "--val-annotations": "validation instances JSON (instead of --dataset)",
+    "--val-images": "validation image folder (instead of --dataset)",
+}
+
+
 def build_parser(prog=None):
     """The command-line parser (the flags of ``samples/coco/train_siamese.py``);
     ``prog`` names the program in messages (default: the script's name)."""
-    parser, data = coco_parser(
-        prog, "Train Siamese Mask R-CNN on a COCO one-shot split (paper §5.1).",
-        "COCO root: annotations/instances_{train,val}<year>.json and images in {train,val}<year>/",
-        "one-shot split S1..S4: its 20 held-out categories are never trained on; 'all': no "
-        "held-out categories, all 80 are trained on (paper Table 1)",
-        {"--train-annotations": "training instances JSON (instead of --dataset)",
-         "--train-images": "training image folder (instead of --dataset)",
-         "--val-annotations": "validation instances JSON (instead of --dataset)",
-         "--val-images": "validation image folder (instead of --dataset)"})
+    parser, data = coco_parser(prog, *DATA_TEXTS, FILE_FLAGS)
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=["paper", "small"], default="paper",
                        help="configuration preset (default paper: 1024² query, 192² reference)")

@@ -43,16 +43,18 @@ ROW_LABELS = {
 }
 
 
+#: The data flags' texts (``cliargs.coco_parser``), then the annotation files that replace --dataset.
+DATA_TEXTS = ("One-shot evaluation of Siamese Mask R-CNN on COCO (paper §5.2).",
+              "COCO root with annotations/ and <subset><year>/",
+              "one-shot split S1..S4, or 'all' (no held-out categories: every category present is "
+              "evaluated, --classes is ignored; paper Table 1)")
+FILE_FLAGS = {"--annotations": "instances JSON file (instead of --dataset)",
+              "--images": "image folder (instead of --dataset)"}
+
+
 def build_parser(prog=None):
-    """The command-line parser (the flags of ``samples/coco/evaluate_siamese.py``);
-    ``prog`` names the program in messages (default: the script's name)."""
-    parser, data = coco_parser(
-        prog, "One-shot evaluation of Siamese Mask R-CNN on COCO (paper §5.2).",
-        "COCO root with annotations/ and <subset><year>/",
-        "one-shot split S1..S4, or 'all' (no held-out categories: every category present is "
-        "evaluated, --classes is ignored; paper Table 1)",
-        {"--annotations": "instances JSON file (instead of --dataset)",
-         "--images": "image folder (instead of --dataset)"})
+    """The parser of ``samples/coco/evaluate_siamese.py`` (``prog``: its name in messages)."""
+    parser, data = coco_parser(prog, *DATA_TEXTS, FILE_FLAGS)
     data.add_argument("--subset", default="val", help="COCO subset (default val)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=["siamese", "gt", "random"], default="siamese",
