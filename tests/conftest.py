@@ -92,6 +92,12 @@ def coco_split1(coco_subset_annotations, coco_subset_dir):
     return dataset
 
 
+@pytest.fixture(scope="module")
+def coco_split1_ids(coco_split1):
+    """Every category id of :func:`coco_split1`, training and one-shot, sorted."""
+    return sorted(coco_split1.train_class_ids + coco_split1.oneshot_class_ids)
+
+
 @pytest.fixture
 def headless_plots(monkeypatch):
     """Fail if anything calls ``plt.show()`` under Agg; close every figure after the test.

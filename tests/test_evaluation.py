@@ -21,19 +21,14 @@ def dataset(coco_split1):
 
 
 @pytest.fixture(scope="module")
-def all_ids(dataset):
-    return sorted(dataset.train_class_ids + dataset.oneshot_class_ids)
-
-
-@pytest.fixture(scope="module")
 def raw(coco_subset_annotations):
     with open(coco_subset_annotations) as handle:
         return json.load(handle)
 
 
 @pytest.fixture(scope="module")
-def gt_eval(dataset, all_ids):
-    return ev.evaluate(dataset, ev.ground_truth_predictor(dataset), all_ids, seed=0,
+def gt_eval(dataset, coco_split1_ids):
+    return ev.evaluate(dataset, ev.ground_truth_predictor(dataset), coco_split1_ids, seed=0,
                        progress=False)
 
 
@@ -61,8 +56,8 @@ def _expected_pairs(raw, dataset, min_size=None):
 
 
 # ---------------------------------------------------------------- pairs
-def test_pairs_follow_protocol(dataset, all_ids, raw):
-    pairs = ev.build_eval_pairs(dataset, all_ids, seed=0)
+def test_pairs_follow_protocol(dataset, coco_split1_ids, raw):
+    pairs = ev.build_eval_pairs(dataset, coco_split1_ids, seed=0)
     got = {(p.image_id, p.class_id) for p in pairs}
     assert len(got) == len(pairs)  # every combination once
     assert got == _expected_pairs(raw, dataset)
@@ -76,25 +71,25 @@ def test_pairs_follow_protocol(dataset, all_ids, raw):
         assert crop.dtype == np.uint8 and crop.shape == (y2 - y1, x2 - x1, 3)
 
 
-def test_pairs_k_shot_limit_and_lazy_crops(dataset, all_ids):
-    pairs = ev.build_eval_pairs(dataset, all_ids, seed=3, shots=3, limit=2, load_crops=False)
+def test_pairs_k_shot_limit_and_lazy_crops(dataset, coco_split1_ids):
+    pairs = ev.build_eval_pairs(dataset, coco_split1_ids, seed=3, shots=3, limit=2, load_crops=False)
     assert len({p.image_id for p in pairs}) == 2
     assert all(p.references is None and len(p.reference_info) == 3 for p in pairs)
     assert all(i["image_id"] != p.image_id for p in pairs for i in p.reference_info)
     with pytest.raises(ValueError, match="shots"):
-        ev.build_eval_pairs(dataset, all_ids, seed=0, shots=0)
+        ev.build_eval_pairs(dataset, coco_split1_ids, seed=0, shots=0)
 
 
-def test_same_seed_same_draws_other_seed_differs(dataset, all_ids):
+def test_same_seed_same_draws_other_seed_differs(dataset, coco_split1_ids):
     def draws(seed):
         return [(p.image_id, p.class_id, [(i["image_id"], i["annotation_index"])
                                           for i in p.reference_info])
-                for p in ev.build_eval_pairs(dataset, all_ids, seed=seed, load_crops=False)]
+                for p in ev.build_eval_pairs(dataset, coco_split1_ids, seed=seed, load_crops=False)]
     assert draws(0) == draws(0)
     assert draws(0) != draws(1)
     rnd = ev.random_boxes_predictor(dataset, seed=0)
-    first = ev.evaluate(dataset, rnd, all_ids, seed=5, progress=False)
-    second = ev.evaluate(dataset, ev.random_boxes_predictor(dataset, seed=0), all_ids, seed=5,
+    first = ev.evaluate(dataset, rnd, coco_split1_ids, seed=5, progress=False)
+    second = ev.evaluate(dataset, ev.random_boxes_predictor(dataset, seed=0), coco_split1_ids, seed=5,
                          progress=False)
     assert first["results"] == second["results"]
     assert first["ap50_bbox"] == second["ap50_bbox"] and first["ap50_segm"] == second["ap50_segm"]
@@ -155,9 +150,9 @@ def test_ground_truth_predictions_give_ap50_one(gt_eval, dataset, raw):
     assert all(isinstance(r["segmentation"]["counts"], str) for r in gt_eval["results"])
 
 
-def test_random_boxes_equal_independent_cocoeval(dataset, all_ids):
+def test_random_boxes_equal_independent_cocoeval(dataset, coco_split1_ids):
     from pycocotools.cocoeval import COCOeval
-    out = ev.evaluate(dataset, ev.random_boxes_predictor(dataset, seed=1), all_ids, seed=0,
+    out = ev.evaluate(dataset, ev.random_boxes_predictor(dataset, seed=1), coco_split1_ids, seed=0,
                       progress=False)
     gt = dataset.coco_gt()
     for iou_type in ("bbox", "segm"):
@@ -196,8 +191,8 @@ def test_random_boxes_are_shifted_ground_truth(dataset):
 
 
 # ---------------------------------------------------------------- predictions
-def test_run_predictions_one_call_per_image_and_conversion(dataset, all_ids):
-    pairs = ev.build_eval_pairs(dataset, all_ids, seed=0)
+def test_run_predictions_one_call_per_image_and_conversion(dataset, coco_split1_ids):
+    pairs = ev.build_eval_pairs(dataset, coco_split1_ids, seed=0)
     calls = []
 
     def predict(image, references):
@@ -242,23 +237,23 @@ def test_confidence_interval_formula():
     assert ev.confidence_interval95([0.4]) == 0.0
 
 
-def test_evaluate_runs_mean_and_ci(dataset, all_ids):
-    out = ev.evaluate_runs(dataset, None, all_ids, runs=3, seed=10, progress=False,
+def test_evaluate_runs_mean_and_ci(dataset, coco_split1_ids):
+    out = ev.evaluate_runs(dataset, None, coco_split1_ids, runs=3, seed=10, progress=False,
                            predict_fn_for_seed=lambda s: ev.random_boxes_predictor(dataset, s))
     assert out["seeds"] == [10, 11, 12]
     for iou_type in ("bbox", "segm"):
         values = [r[f"map50_{iou_type}"] for r in out["runs"]]
         assert out[f"map50_{iou_type}"] == pytest.approx(np.mean(values))
         assert out[f"ci95_{iou_type}"] == pytest.approx(1.96 * np.std(values) / math.sqrt(3))
-    single = ev.evaluate(dataset, ev.random_boxes_predictor(dataset, 10), all_ids, seed=10,
+    single = ev.evaluate(dataset, ev.random_boxes_predictor(dataset, 10), coco_split1_ids, seed=10,
                          progress=False)
     assert out["runs"][0]["map50_bbox"] == single["map50_bbox"]
     assert len({json.dumps(e["pairs"]) for e in out["evaluations"]}) == 3  # new draws per run
 
 
 # ---------------------------------------------------------------- confusion
-def test_confusion_of_ground_truth_is_diagonal(dataset, all_ids, gt_eval):
-    conf = ev.confusion_matrix(dataset, None, all_ids, evaluation=gt_eval)
+def test_confusion_of_ground_truth_is_diagonal(dataset, coco_split1_ids, gt_eval):
+    conf = ev.confusion_matrix(dataset, None, coco_split1_ids, evaluation=gt_eval)
     matrix = conf["matrix"]
     assert conf["class_ids"] == gt_eval["class_ids"]
     np.testing.assert_allclose(np.diag(matrix), 1.0)
@@ -268,7 +263,7 @@ def test_confusion_of_ground_truth_is_diagonal(dataset, all_ids, gt_eval):
     np.testing.assert_array_equal(conf["column_sums_off_diagonal"], 0.0)
 
 
-def test_confusion_counts_false_positives(dataset, all_ids, gt_eval):
+def test_confusion_counts_false_positives(dataset, coco_split1_ids, gt_eval):
     """A predictor that answers every reference with the image's persons: row i, column
     person gets AP = share of recall thresholds reached by the persons of i's images."""
     gt_fn = ev.ground_truth_predictor(dataset)
@@ -277,8 +272,8 @@ def test_confusion_counts_false_positives(dataset, all_ids, gt_eval):
         found = gt_fn(image, {1: []}, image_id=image_id)[1]
         return {c: found for c in references}
 
-    evaluation = ev.evaluate(dataset, persons, all_ids, seed=0, progress=False)
-    conf = ev.confusion_matrix(dataset, None, all_ids, evaluation=evaluation)
+    evaluation = ev.evaluate(dataset, persons, coco_split1_ids, seed=0, progress=False)
+    conf = ev.confusion_matrix(dataset, None, coco_split1_ids, evaluation=evaluation)
     ids = conf["class_ids"]
     person = ids.index(1)
     gt = evaluation["coco_gt"]
@@ -521,12 +516,12 @@ def test_runs_default_to_five(coco_subset_annotations, coco_subset_dir):
     assert "default 5" in evaluation_cli.build_parser().format_help()
 
 
-def test_references_come_from_every_non_crowd_instance(dataset, all_ids, raw,
+def test_references_come_from_every_non_crowd_instance(dataset, coco_split1_ids, raw,
                                                        coco_subset_annotations, coco_subset_dir,
                                                        tmp_path):
     """No minimum reference size unless the user sets one (API and CLI)."""
     assert dataset.REFERENCE_MIN_SIZE == 0
-    pairs = ev.build_eval_pairs(dataset, all_ids, seed=0, load_crops=False)
+    pairs = ev.build_eval_pairs(dataset, coco_split1_ids, seed=0, load_crops=False)
     got = {(p.image_id, p.class_id) for p in pairs}
     assert got == _expected_pairs(raw, dataset, min_size=0)
     assert got > _expected_pairs(raw, dataset, min_size=16)  # more pairs than with a minimum

@@ -15,13 +15,8 @@ def dataset(coco_split1):
 
 
 @pytest.fixture(scope="module")
-def all_ids(dataset):
-    return sorted(dataset.train_class_ids + dataset.oneshot_class_ids)
-
-
-@pytest.fixture(scope="module")
-def gt_open_world(dataset, all_ids):
-    return ow.evaluate_open_world(dataset, baselines.ground_truth_predictor(dataset), all_ids,
+def gt_open_world(dataset, coco_split1_ids):
+    return ow.evaluate_open_world(dataset, baselines.ground_truth_predictor(dataset), coco_split1_ids,
                                   seed=0, progress=False)
 
 
@@ -62,14 +57,14 @@ def test_curve_points_on_a_hand_made_case():
 # ---------------------------------------------------------------- protocol
 
 
-def test_every_category_searched_in_every_image(dataset, all_ids, gt_open_world):
+def test_every_category_searched_in_every_image(dataset, coco_split1_ids, gt_open_world):
     images = sorted(dataset.image_ids)
     assert gt_open_world["n_images"] == len(images)
     for image_id in images:
-        present, absent = ow.open_world_categories(dataset, image_id, all_ids)
+        present, absent = ow.open_world_categories(dataset, image_id, coco_split1_ids)
         annotated = {abs(a["class_id"]) for a in dataset.instance_annotations(image_id)}
         assert set(present) <= annotated and not set(absent) & annotated
-        assert set(present) | set(absent) == {c for c in all_ids
+        assert set(present) | set(absent) == {c for c in coco_split1_ids
                                              if (c in dataset.image_categories.get(image_id, [])
                                                  or c not in annotated)
                                              and [i for i in dataset.category_index.get(c, []) if i != image_id]}
@@ -84,14 +79,14 @@ def test_ground_truth_scores_100_and_no_false_positive(gt_open_world):
     assert gt_open_world["operating_point"]["threshold"] == 0.0
 
 
-def test_one_confident_false_positive_lowers_ap_by_the_hand_computed_amount(dataset, all_ids,
+def test_one_confident_false_positive_lowers_ap_by_the_hand_computed_amount(dataset, coco_split1_ids,
                                                                           gt_open_world):
     # The first absent pair of some category that has ground truth: one detection scored
     # above every true positive makes that category's AP n/(n+1) (n = its instances), the
     # precision of the envelope at every recall level.
     target = None
     for image_id in sorted(dataset.image_ids):
-        _, absent = ow.open_world_categories(dataset, image_id, all_ids)
+        _, absent = ow.open_world_categories(dataset, image_id, coco_split1_ids)
         for class_id in absent:
             if class_id in gt_open_world["ap50_bbox"]:
                 target = (image_id, class_id)
@@ -111,7 +106,7 @@ def test_one_confident_false_positive_lowers_ap_by_the_hand_computed_amount(data
                              "masks": mask}
         return out
 
-    result = ow.evaluate_open_world(dataset, predict, all_ids, seed=0, progress=False)
+    result = ow.evaluate_open_world(dataset, predict, coco_split1_ids, seed=0, progress=False)
     gt_data = dataset.to_coco_dict(class_ids=[class_id])
     n = sum(1 for a in gt_data["annotations"] if not a["iscrowd"])
     assert result["ap50_bbox"][class_id] == pytest.approx(n / (n + 1))
@@ -124,17 +119,17 @@ def test_one_confident_false_positive_lowers_ap_by_the_hand_computed_amount(data
             assert ap == pytest.approx(1.0)
 
 
-def test_absent_cap_is_seeded_and_keeps_present(dataset, all_ids):
+def test_absent_cap_is_seeded_and_keeps_present(dataset, coco_split1_ids):
     for image_id in sorted(dataset.image_ids)[:4]:
-        present, absent = ow.open_world_categories(dataset, image_id, all_ids)
-        p2, a2 = ow.open_world_categories(dataset, image_id, all_ids, max_absent_per_image=3, seed=5)
+        present, absent = ow.open_world_categories(dataset, image_id, coco_split1_ids)
+        p2, a2 = ow.open_world_categories(dataset, image_id, coco_split1_ids, max_absent_per_image=3, seed=5)
         assert p2 == present and len(a2) == min(3, len(absent)) and set(a2) <= set(absent)
-        assert ow.open_world_categories(dataset, image_id, all_ids, 3, seed=5) == (p2, a2)
+        assert ow.open_world_categories(dataset, image_id, coco_split1_ids, 3, seed=5) == (p2, a2)
     with pytest.raises(ValueError, match="max_absent_per_image"):
-        ow.open_world_categories(dataset, 0, all_ids, max_absent_per_image=-1)
+        ow.open_world_categories(dataset, 0, coco_split1_ids, max_absent_per_image=-1)
 
 
-def test_interrupted_run_resumes_where_it_stopped(dataset, all_ids, tmp_path):
+def test_interrupted_run_resumes_where_it_stopped(dataset, coco_split1_ids, tmp_path):
     gt = baselines.ground_truth_predictor(dataset)
     path = tmp_path / "ow.jsonl"
     calls = []
@@ -146,7 +141,7 @@ def test_interrupted_run_resumes_where_it_stopped(dataset, all_ids, tmp_path):
         return gt(image, references, image_id=image_id)
 
     with pytest.raises(KeyboardInterrupt):
-        ow.evaluate_open_world(dataset, flaky, all_ids, seed=3, max_absent_per_image=4,
+        ow.evaluate_open_world(dataset, flaky, coco_split1_ids, seed=3, max_absent_per_image=4,
                                results_path=path, progress=False)
     lines = path.read_text().splitlines()
     assert json.loads(lines[0])["kind"] == "header" and len(lines) == 1 + 4
@@ -159,15 +154,16 @@ def test_interrupted_run_resumes_where_it_stopped(dataset, all_ids, tmp_path):
         resumed.append(image_id)
         return gt(image, references, image_id=image_id)
 
-    result = ow.evaluate_open_world(dataset, counting, all_ids, seed=3, max_absent_per_image=4,
+    result = ow.evaluate_open_world(dataset, counting, coco_split1_ids, seed=3, max_absent_per_image=4,
                                     results_path=path, progress=False)
     assert not set(resumed) & set(calls) and len(resumed) + 4 == len(dataset.image_ids)
-    fresh = ow.evaluate_open_world(dataset, gt, all_ids, seed=3, max_absent_per_image=4, progress=False)
+    fresh = ow.evaluate_open_world(dataset, gt, coco_split1_ids, seed=3, max_absent_per_image=4,
+                                   progress=False)
     assert result["map50_bbox"] == fresh["map50_bbox"] == pytest.approx(1.0)
     assert result["n_absent_pairs"] == fresh["n_absent_pairs"]
     assert len(path.read_text().splitlines()) == 1 + len(dataset.image_ids)
     with pytest.raises(ValueError, match=r"ow\.jsonl was written with seed=3"):
-        ow.evaluate_open_world(dataset, gt, all_ids, seed=4, max_absent_per_image=4,
+        ow.evaluate_open_world(dataset, gt, coco_split1_ids, seed=4, max_absent_per_image=4,
                                results_path=path, progress=False)
 
 
