@@ -12,6 +12,7 @@ import sys
 
 from . import demo as demo_job
 from . import train_coco
+from .cliargs import require_at_least
 from .evaluation import cli as evaluation_cli
 from .mrcnn.fileio import UnwritableOutputError
 from .predict import InputError, predict
@@ -95,14 +96,11 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
-        for name in ("steps", "steps_per_epoch", "threads", "train_scenes", "eval_scenes", "eval_limit"):
-            value = getattr(args, name)
-            if value is not None and value < 1:
-                parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        require_at_least(parser, args, 1, "steps", "steps_per_epoch", "threads", "train_scenes",
+                         "eval_scenes", "eval_limit")
         if args.minutes is not None and args.minutes <= 0:
             parser.error(f"--minutes must be > 0, got {args.minutes}")
-        if args.transfer_scenes < 0:
-            parser.error(f"--transfer-scenes must be >= 0, got {args.transfer_scenes}")
+        require_at_least(parser, args, 0, "transfer_scenes")
         if args.negative_pairs is not None and not 0 <= args.negative_pairs <= 1:
             parser.error(f"--negative-pairs must be in [0, 1], got {args.negative_pairs}")
         overrides = ({} if args.negative_pairs is None

@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from . import evaluation
+from .cliargs import require_at_least
 from .config import siamese_config
 from .mrcnn.fileio import ensure_writable_dir, safe_filename
 
@@ -194,9 +195,7 @@ def apply_thread_arguments(parser, args):
     TensorFlow runs its first op. A value < 1 ends the program through ``parser.error``
     (exit status 2, naming the flag). Returns the ``(intra, inter)`` pair now in force
     (0 = TensorFlow's default)."""
-    for flag, value in (("--threads", args.threads), ("--inter-op-threads", args.inter_op_threads)):
-        if value is not None and value < 1:
-            parser.error(f"{flag} must be >= 1, got {value}")
+    require_at_least(parser, args, 1, "threads", "inter_op_threads")
     import tensorflow as tf
 
     threading = tf.config.threading
