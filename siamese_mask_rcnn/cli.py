@@ -56,6 +56,10 @@ def build_parser():
     demo.add_argument("--negative-pairs", type=float, default=None, metavar="FRACTION",
                       help="fraction of training pairs whose reference category is absent from "
                            "the query (NEGATIVE_PAIR_FRACTION; default: the demo preset's)")
+    demo.add_argument("--presence-head", dest="presence_head", action="store_true", default=None,
+                      help="train and use the presence head (PRESENCE_HEAD; default: the demo preset's)")
+    demo.add_argument("--no-presence-head", dest="presence_head", action="store_false",
+                      help="the paper's model without the presence head")
 
     pred = sub.add_parser("predict", help="detect the reference's category in your own query image")
     pred.add_argument("--weights", required=True, help="an .h5 checkpoint")
@@ -105,6 +109,8 @@ def main(argv=None):
             parser.error(f"--negative-pairs must be in [0, 1], got {args.negative_pairs}")
         overrides = ({} if args.negative_pairs is None
                      else {"NEGATIVE_PAIR_FRACTION": float(args.negative_pairs)})
+        if args.presence_head is not None:
+            overrides["PRESENCE_HEAD"] = bool(args.presence_head)
         try:
             demo_job.run_demo(out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir,
                               steps=args.steps, minutes=args.minutes, threads=args.threads,
@@ -128,7 +134,8 @@ def main(argv=None):
     except InputError as err:
         print(f"siamese-mrcnn predict: error: {err}", file=sys.stderr)
         return 2
-    print(f"{len(result['scores'])} detections"
+    presence = (f" (presence of the category: {result['presence']:.3f})" if "presence" in result else "")
+    print(f"{len(result['scores'])} detections{presence}"
           + "".join(f"\n  score {s:.3f} box (y1, x1, y2, x2) {list(map(int, b))}"
                     for s, b in zip(result["scores"], result["rois"])))
     return 0

@@ -35,6 +35,17 @@ class SiameseConfig(PaperSettings, Config):
     # takes a reference of a training category ABSENT from the query, so every anchor and
     # ROI is background. 0 trains exactly as the paper and the release did.
     NEGATIVE_PAIR_FRACTION = 0.0
+    # The presence head (open-world search, beyond the paper; siamese_mask_rcnn.presence): one
+    # "is the category here?" score per (query, reference) pair from the matched maps, trained
+    # with a negative reference per query behind a gradient stop, multiplied into the
+    # detection scores. False builds exactly the paper's model (the release's weights).
+    PRESENCE_HEAD = False
+    PRESENCE_CHANNELS = 64
+    # True lets the presence loss train the encoder and the matching as well (no gradient stop).
+    PRESENCE_GRADIENT = False
+    # "multiply": detection scores times the presence, those below DETECTION_MIN_CONFIDENCE
+    # dropped; "none": the presence is reported beside the detector's own scores.
+    PRESENCE_GATING = "multiply"
     # Independent photometric + geometric augmentation of query and references (beyond the
     # paper; siamese_mask_rcnn.augmentation). False trains exactly as the paper did.
     PAIR_AUGMENTATION = False
@@ -49,6 +60,10 @@ class SiameseConfig(PaperSettings, Config):
 
     def _derive(self):
         super()._derive()
+        if self.PRESENCE_GATING not in ("multiply", "none"):
+            raise ValueError(f"PRESENCE_GATING must be 'multiply' or 'none', got {self.PRESENCE_GATING!r}")
+        if int(self.PRESENCE_CHANNELS) < 1:
+            raise ValueError(f"PRESENCE_CHANNELS must be >= 1, got {self.PRESENCE_CHANNELS}")
         self.TARGET_SHAPE = np.array([self.TARGET_MAX_DIM, self.TARGET_MAX_DIM, self.IMAGE_CHANNEL_COUNT])
 
 

@@ -241,8 +241,11 @@ def result_to_json(result, reference_paths, query_path):
                            "box_xywh": box_yxyx_to_xywh((y1, x1, y2, x2)),
                            "mask_area": int(result["masks"][:, :, i].sum()),
                            "mask_rle": encode_mask(result["masks"][:, :, i])})
-    return {"query": str(query_path), "references": [str(p) for p in reference_paths],
-            "count": len(detections), "detections": detections}
+    payload = {"query": str(query_path), "references": [str(p) for p in reference_paths],
+               "count": len(detections), "detections": detections}
+    if "presence" in result:  # a model with the presence head (siamese_mask_rcnn.presence)
+        payload["presence"] = float(result["presence"])
+    return payload
 
 
 def predict(weights, references, query, out_png=None, out_json=None, config_path=None, preset=None,
@@ -250,7 +253,10 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
     """Find every instance of the references' category in ``query``.
 
     ``references``: one path/array or a list (k-shot: their embeddings are averaged).
-    Returns ``{"rois", "scores", "masks", "class_ids"}``; writes a picture and/or JSON.
+    Returns ``{"rois", "scores", "masks", "class_ids"}`` (and ``"presence"``, the
+    probability that the category is in the query, for a model with the presence head: its
+    scores are already multiplied by it, so an absent category gives no detection); writes
+    a picture and/or JSON.
 
     Raises:
         InputError: a missing, unreadable or URL image, a weights file :func:`load_model`

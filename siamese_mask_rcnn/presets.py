@@ -48,6 +48,8 @@ PRESETS = {
         "DETECTION_MIN_CONFIDENCE": 0.5, "MINI_MASK_SHAPE": (28, 28), "LEARNING_RATE": 0.01,
         "WEIGHT_DECAY": 0.0001, "STEPS_PER_EPOCH": 100, "VALIDATION_STEPS": 2, "SEED": 0,
         "DATA_WORKERS": 2, "FPN_RELU": False,
+        # with --presence-head, its loss trains the encoder too (measured better here)
+        "PRESENCE_GRADIENT": True,
     }),
     "tiny": ("demo", {
         "IMAGES_PER_GPU": 2, "TOP_DOWN_PYRAMID_SIZE": 16, "MATCHING_CHANNELS": 24,

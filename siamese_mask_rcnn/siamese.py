@@ -38,6 +38,7 @@ from .mrcnn.model import MaskRCNN, check_image_shape
 from .mrcnn.molding import mold_image
 from .mrcnn.pipeline import SkipExample
 from .mrcnn.targets import describe_image, prepare_gt
+from .presence import PresenceHead, PresenceLossParts, gate_detections
 
 #: The pyramid levels that are matched, in order (the embedding's second axis).
 LEVELS = ("P2", "P3", "P4", "P5", "P6")
@@ -123,19 +124,19 @@ class DistanceConcat(KL.Layer):
         return {**super().get_config(), "level": self.level}
 
 
-def matching_graph(query_maps, embedding, channels):
+def matching_graph(query_maps, embedding, channels, convs=None, prefix="fpn_distance_concat"):
     """The matching of paper Section 4.3 at every level.
 
     ``query_maps``: the query's P2..P6 (``[B, h_l, w_l, C]``); ``embedding``: ``[B, 5, C]``.
-    Returns the five matched maps ``[B, h_l, w_l, channels]`` (layers
-    ``fpn_distance_concat_P*`` and the 1×1 convolutions ``fpn_distance_P*``), a drop-in
-    replacement for the pyramid in the heads.
+    Returns the matched maps ``[B, h_l, w_l, channels]`` (layers ``<prefix>_P*`` and the 1×1
+    convolutions ``fpn_distance_P*``), a drop-in replacement for the pyramid in the heads.
+    ``convs``: the 1×1 convolutions to use (shared weights, e.g. to match a second
+    embedding against the same query); new ones by default.
     """
-    out = []
-    for i, (fmap, name) in enumerate(zip(query_maps, LEVELS)):
-        x = DistanceConcat(i, name=f"fpn_distance_concat_{name}")([fmap, embedding])
-        out.append(KL.Conv2D(channels, 1, name=f"fpn_distance_{name}")(x))
-    return out
+    if convs is None:
+        convs = [KL.Conv2D(channels, 1, name=f"fpn_distance_{name}") for name in LEVELS[:len(query_maps)]]
+    return [conv(DistanceConcat(i, name=f"{prefix}_{name}")([fmap, embedding]))
+            for i, (fmap, name, conv) in enumerate(zip(query_maps, LEVELS, convs))]
 
 
 # ------------------------------------------------------------------------------ model
@@ -158,6 +159,35 @@ class SiameseMaskRCNN(MaskRCNN):
         c = self.config
         return [("input_references", [c.NUM_TARGETS] + list(c.TARGET_SHAPE), "float32")]
 
+    def has_presence_head(self):
+        """Whether the model has the presence head (``PRESENCE_HEAD``; :mod:`.presence`)."""
+        return bool(getattr(self.config, "PRESENCE_HEAD", False))
+
+    def input_specs(self, mode):
+        """Matterport's inputs with the references after the meta; in training with the
+        presence head, last, ``input_negative_references`` ``[NUM_TARGETS, *TARGET_SHAPE]``
+        (references of a category absent from the query)."""
+        specs = super().input_specs(mode)
+        if mode == "training" and self.has_presence_head():
+            specs.append(("input_negative_references", [self.config.NUM_TARGETS] + list(self.config.TARGET_SHAPE),
+                          "float32"))
+        return specs
+
+    def loss_names(self):
+        """Matterport's five losses, then ``presence_loss`` with the presence head."""
+        return super().loss_names() + (("presence_loss",) if self.has_presence_head() else ())
+
+    def clip_groups(self, variables):
+        """The presence head's variables are clipped on their own, so that its gradients do
+        not change the clipping of the detector's (which then trains exactly as without the
+        head); see ``MaskRCNN.clip_groups``."""
+        if not self.has_presence_head() or not self.presence_head.stop_gradient:
+            return super().clip_groups(variables)
+        own = {id(v) for v in self.presence_head.variables()}
+        head = [i for i, v in enumerate(variables) if id(v) in own]
+        rest = [i for i, v in enumerate(variables) if id(v) not in own]
+        return [group for group in (rest, head) if group]
+
     def num_mask_channels(self):
         """One class-agnostic mask (the release's ``mrcnn_mask`` kernel ``[1, 1, 256, 1]``)."""
         return 1
@@ -178,6 +208,7 @@ class SiameseMaskRCNN(MaskRCNN):
         self.encoder = self._build_encoder()
         self.pooling = PooledEmbedding(name="reference_pooling")
         self.reference_model = self._build_reference_model()
+        self.presence_head = None  # built after the heads (see _build_head_model)
         self.head_model = self._build_head_model(mode)
 
         inputs = [keras.Input(shape=shape, name=name, dtype=dtype)
@@ -188,6 +219,12 @@ class SiameseMaskRCNN(MaskRCNN):
         # [B, K, h, w, 3] -> [B·K, h, w, 3]: every reference through the shared encoder.
         reference_maps = self.encoder(FoldRois(name="fold_shots")(references))
         embedding = MeanOverShots(config.NUM_TARGETS, name="k_shot_mean")(self.pooling(reference_maps))
+        if mode == "training" and self.has_presence_head():
+            # the last input: references of an absent category -> the negative embedding,
+            # which the head model takes last (the presence loss, siamese_mask_rcnn.presence)
+            negative_maps = self.encoder(FoldRois(name="fold_negative_shots")(gt_inputs[-1]))
+            gt_inputs = gt_inputs[:-1] + [MeanOverShots(config.NUM_TARGETS, name="k_shot_mean_negative")(
+                self.pooling(negative_maps))]
         outputs = self.head_model([meta, embedding] + list(query_maps) + gt_inputs)
         return keras.Model(inputs, outputs, name="siamese_mask_rcnn")
 
@@ -215,10 +252,30 @@ class SiameseMaskRCNN(MaskRCNN):
         if mode == "training":
             n_first = 2 + len(self.extra_input_specs())
             gt_inputs = [keras.Input(shape=shape, name=f"head_{name}", dtype=dtype)
-                         for name, shape, dtype in self.input_specs("training")[n_first:]]
-        matched = matching_graph(maps, embedding, c.MATCHING_CHANNELS)
+                         for name, shape, dtype in MaskRCNN.input_specs(self, "training")[n_first:]]
+        convs = [KL.Conv2D(c.MATCHING_CHANNELS, 1, name=f"fpn_distance_{name}") for name in LEVELS]
+        matched = matching_graph(maps, embedding, c.MATCHING_CHANNELS, convs)
         outputs = self.build_heads(mode, meta, matched, matched[:4], gt_inputs)
-        return keras.Model([meta, embedding] + maps + gt_inputs, outputs, name="siamese_heads")
+        presence_inputs = []
+        if self.has_presence_head():
+            # constructed only now: a Keras initializer draws its seed when constructed, so
+            # the detector's layers get the same initial weights with and without the head
+            self.presence_head = PresenceHead(c.PRESENCE_CHANNELS, not getattr(c, "PRESENCE_GRADIENT", False))
+        if self.has_presence_head() and mode == "inference":
+            # outputs[7]: the presence [B, 1] (its sigmoid layer is named "presence")
+            logit = self.presence_head.logits(matched[:4])
+            outputs = outputs + [KL.Activation("sigmoid", name="presence", dtype="float32")(logit)]
+        elif self.has_presence_head():
+            # training: the loss parts [B, 5, 2] get a sixth row, the presence loss of the
+            # positive pair and of the negative one (the last input, matched by the same convs)
+            negative = keras.Input([len(LEVELS), depth], name="head_negative_embedding")
+            presence_inputs = [negative]
+            rematched = matching_graph(maps[:4], negative, c.MATCHING_CHANNELS, convs[:4],
+                                       prefix="presence_negative_concat")
+            logits = [self.presence_head.logits(matched[:4]), self.presence_head.logits(rematched)]
+            parts = PresenceLossParts(name="presence_loss_parts")(logits)
+            outputs = KL.Concatenate(axis=1, name="all_loss_parts", dtype="float32")([outputs, parts])
+        return keras.Model([meta, embedding] + maps + gt_inputs + presence_inputs, outputs, name="siamese_heads")
 
     # -------------------------------------------------------------- training data
     def training_image_ids(self, dataset):
@@ -286,8 +343,29 @@ class SiameseMaskRCNN(MaskRCNN):
         if not negative and not np.any(class_ids > 0):
             raise SkipExample()
         references = np.stack([mold_reference(r, c) for r in crops])
-        return self._pack_targets(image, meta, class_ids, boxes, masks, rng, extra=[references],
-                                  image_name=describe_image(dataset, image_id))
+        arrays = self._pack_targets(image, meta, class_ids, boxes, masks, rng, extra=[references],
+                                    image_name=describe_image(dataset, image_id))
+        if self.has_presence_head():
+            arrays.append(self._negative_references(dataset, image_id, rng))
+        return arrays
+
+    def _negative_references(self, dataset, image_id, rng):
+        """Molded ``NUM_TARGETS`` references ``[k, *TARGET_SHAPE]`` of a training category
+        absent from query ``image_id``, for the presence head's negative pair. They come from
+        a random stream spawned from ``rng``'s seed, which leaves ``rng`` untouched: the
+        positive pair is the one the model without the head gets. Raises ``SkipExample``
+        when every training category is in the query."""
+        c = self.config
+        seed_seq = getattr(rng.bit_generator, "seed_seq", None)
+        own = np.random.default_rng(seed_seq.spawn(1)[0]) if seed_seq is not None else rng
+        class_id = dataset.sample_absent_reference_class(image_id, own)
+        if class_id is None:
+            raise SkipExample()
+        crops = dataset.sample_references(class_id, c.NUM_TARGETS, own, exclude_image_id=image_id)
+        pair_augmentation = self.pair_augmentation()
+        if pair_augmentation is not None:
+            crops = pair_augmentation.augment_references(crops, own)
+        return np.stack([mold_reference(r, c) for r in crops])
 
     # ------------------------------------------------------------------ inference
     def encode_references(self, references):
@@ -391,7 +469,7 @@ class SiameseMaskRCNN(MaskRCNN):
             k = tf.shape(embeddings)[0]
             maps = [tf.repeat(m, k, axis=0) for m in maps]
             outputs = self.head_model([tf.repeat(meta, k, axis=0), embeddings] + maps, training=False)
-            return outputs[0], outputs[3], outputs[5], outputs[6]
+            return [outputs[0], outputs[3], outputs[5], outputs[6]] + outputs[7:]
         return self.cached_function("heads_batch", heads, self._head_signature())
 
     def _fold_parts(self):
@@ -407,8 +485,9 @@ class SiameseMaskRCNN(MaskRCNN):
             matched = [hm.get_layer(f"fpn_distance_{n}").output for n in LEVELS[:4]]
             inputs = ([hm.get_layer("head_image_meta").output] + matched +
                       [hm.get_layer("rpn_class").output, hm.get_layer("rpn_bbox").output])
-            # rpn_class / rpn_bbox are inputs here, so they must not be outputs as well.
-            tail = keras.Model(inputs, hm.outputs[:5], name="heads_after_rpn")
+            # rpn_class / rpn_bbox are inputs here, so they must not be outputs as well;
+            # the presence (outputs[7], from the matched P2..P5) follows the first five.
+            tail = keras.Model(inputs, hm.outputs[:5] + hm.outputs[7:], name="heads_after_rpn")
             convs = [hm.get_layer(f"fpn_distance_{n}") for n in LEVELS]
             self._functions["fold_parts"] = (convs, shared, rpn_tail, tail)
         return self._functions["fold_parts"]
@@ -460,7 +539,7 @@ class SiameseMaskRCNN(MaskRCNN):
             rpn_class = tf.concat([o[1] for o in level_outputs], axis=1)
             rpn_bbox = tf.concat([o[2] for o in level_outputs], axis=1)
             outputs = tail([tf.repeat(meta, k, axis=0)] + matched + [rpn_class, rpn_bbox], training=False)
-            return outputs[0], outputs[3], rpn_class, rpn_bbox
+            return [outputs[0], outputs[3], rpn_class, rpn_bbox] + outputs[5:]
         return self.cached_function("fold_heads", heads,
                                     self._head_signature(*query_specs, *pre_specs, *kernel_specs))
 
@@ -476,7 +555,10 @@ class SiameseMaskRCNN(MaskRCNN):
         All give the same detections up to float rounding.
 
         Returns ``{key: {"rois" [N, 4] (y1, x1, y2, x2 image pixels), "class_ids" [N],
-        "scores" [N], "masks" [H, W, N] bool}}``. Raises ``RuntimeError`` outside inference
+        "scores" [N], "masks" [H, W, N] bool}}``; with the presence head (``PRESENCE_HEAD``)
+        also ``"presence"`` (the pair's presence in [0, 1]), the scores multiplied by it and
+        only those ≥ ``DETECTION_MIN_CONFIDENCE`` kept (:func:`.presence.gate_detections`), so an
+        absent category gives an empty result. Raises ``RuntimeError`` outside inference
         mode and ``ValueError`` for an embedding of the wrong size or a ``batch_size`` < 1.
         """
         if self.mode != "inference":
@@ -510,12 +592,33 @@ class SiameseMaskRCNN(MaskRCNN):
             fn = self._plain_heads_fn()
         results = {}
         for start in range(0, len(keys), batch_size):
-            detections, masks = fn(metas, stacked[start:start + batch_size], *maps, *prepared)[:2]
-            detections, masks = detections.numpy(), masks.numpy()
+            outputs = fn(metas, stacked[start:start + batch_size], *maps, *prepared)
+            detections, masks = outputs[0].numpy(), outputs[1].numpy()
+            presence = outputs[4].numpy()[:, 0] if len(outputs) > 4 else None
             for row, key in enumerate(keys[start:start + batch_size]):
                 results[key] = self.detection_result(detections[row], masks[row], image.shape,
                                                      molded[0].shape, windows[0])
+                if presence is not None:
+                    results[key] = self.gate(results[key], presence[row])
         return results
+
+    def _detect_molded_batch(self, images, molded, metas, windows, extra):
+        """Matterport's batch detection, with the presence gating when the model has the head."""
+        outputs = self._predict([molded, metas] + list(extra))
+        results = [self.detection_result(outputs[0][i], outputs[3][i], image.shape, molded[i].shape, windows[i])
+                   for i, image in enumerate(images)]
+        if len(outputs) > 7:
+            results = [self.gate(r, p) for r, p in zip(results, outputs[7][:, 0])]
+        return results
+
+    def gate(self, result, presence):
+        """One pair's result with its presence (``PRESENCE_GATING``): ``"multiply"`` scales
+        the scores by it and keeps those ≥ ``DETECTION_MIN_CONFIDENCE``
+        (:func:`.presence.gate_detections`); ``"none"`` leaves the detections as they are and
+        only adds ``"presence"``."""
+        if getattr(self.config, "PRESENCE_GATING", "multiply") == "none":
+            return {**result, "presence": float(presence)}
+        return gate_detections(result, presence, self.config.DETECTION_MIN_CONFIDENCE)
 
     def detect(self, references, images, verbose=0):
         """Detect in ``images`` the category shown by ``references`` (the release's

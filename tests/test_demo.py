@@ -78,6 +78,15 @@ def test_demo_command_line_passes_arguments_to_run_demo(monkeypatch, tmp_path):
                           config_overrides={}, transfer_scenes=20, deterministic=False)]
 
 
+@pytest.mark.parametrize("flag, overrides", [([], {}), (["--presence-head"], {"PRESENCE_HEAD": True}),
+                                               (["--no-presence-head"], {"PRESENCE_HEAD": False})])
+def test_demo_command_line_presence_head_flags(flag, overrides, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr("siamese_mask_rcnn.demo.run_demo", lambda **kw: calls.append(kw) or {})
+    assert cli.main(["demo", "--out", str(tmp_path)] + flag) == 0
+    assert calls[0]["config_overrides"] == overrides
+
+
 @pytest.mark.parametrize("argv, message", [
     (["demo", "--dataset", "coco"], "invalid choice"), (["demo", "--steps", "two"], "invalid int"),
     (["demo", "--steps", "0"], "--steps must be >= 1, got 0"),

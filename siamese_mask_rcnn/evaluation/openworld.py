@@ -311,15 +311,15 @@ def evaluate_open_world(dataset, predict_fn, class_ids, seed=0, shots=1, limit=N
                     raise ValueError(f"predict_fn must return a dict class_id -> detections, got "
                                      f"{type(output).__name__} for image {image_id}")
                 for class_id in searched:
-                    rois, scores, masks = _check_detections(
-                        output.get(class_id, _empty_detections(image.shape[:2])), image.shape[:2],
-                        image_id, class_id)
+                    detections = output.get(class_id, _empty_detections(image.shape[:2]))
+                    rois, scores, masks = _check_detections(detections, image.shape[:2], image_id, class_id)
                     is_present = class_id in present
                     gt = _gt_boxes(by_pair, image_id, class_id) if is_present else np.zeros((0, 4))
                     matched = match_detections(rois, scores, gt) if is_present else np.zeros(len(rois), bool)
                     record["pairs"].append({"class_id": int(class_id), "present": bool(is_present),
                                             "n_gt": int(len(gt)), "scores": [float(s) for s in scores],
-                                            "matched": [bool(m) for m in matched]})
+                                            "matched": [bool(m) for m in matched],
+                                            "presence": _presence_of(detections)})
                     record["results"].extend(detections_to_coco(image_id, class_id, rois, scores, masks))
             done[image_id] = record
             if handle is not None:
@@ -329,6 +329,28 @@ def evaluate_open_world(dataset, predict_fn, class_ids, seed=0, shots=1, limit=N
             handle.close()
     return summarize_open_world(dataset, [done[i] for i in image_ids], class_ids, gt_data,
                                 score_threshold, thresholds, max_fp_per_absent_pair, header, verbose)
+
+
+def _presence_of(detections):
+    """The pair's presence score (a model with the presence head, ``siamese_mask_rcnn.presence``)
+    as a float, else None."""
+    value = detections.get("presence") if isinstance(detections, dict) else None
+    return None if value is None else float(value)
+
+
+def presence_auc(present_pairs, absent_pairs):
+    """The probability that a present pair's presence score exceeds an absent pair's (ties
+    count one half): the area under the ROC curve of the presence score as a "category
+    here?" classifier. None when a pair has no presence score or a side is empty."""
+    pos = [p.get("presence") for p in present_pairs]
+    neg = [p.get("presence") for p in absent_pairs]
+    if not pos or not neg or any(v is None for v in pos + neg):
+        return None
+    pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
+    order = np.sort(neg)
+    below = np.searchsorted(order, pos, side="left")
+    ties = np.searchsorted(order, pos, side="right") - below
+    return float(np.sum(below + 0.5 * ties) / (len(pos) * len(neg)))
 
 
 def summarize_open_world(dataset, records, class_ids, gt_data, score_threshold, thresholds,
@@ -361,6 +383,7 @@ def summarize_open_world(dataset, records, class_ids, gt_data, score_threshold, 
     output["at_threshold"] = curve_at(curve, score_threshold)
     output["operating_point"] = operating_point(curve, max_fp_per_absent_pair)
     output["max_fp_per_absent_pair"] = float(max_fp_per_absent_pair)
+    output["presence_auc"] = presence_auc(present_pairs, absent_pairs)
     return output
 
 
@@ -425,6 +448,7 @@ def open_world_summary(open_world):
         "recall_at_threshold": at["recall"],
         "operating_threshold": None if op is None else op["threshold"],
         "recall_at_operating_threshold": None if op is None else op["recall"],
+        "presence_auc": open_world.get("presence_auc"),
     }
 
 
@@ -443,6 +467,9 @@ def format_open_world(open_world):
     else:
         lines.append(f"  ≤ {open_world['max_fp_per_absent_pair']:g} false positives per absent pair from threshold "
                      f"{s['operating_threshold']:.2f} (recall {100 * s['recall_at_operating_threshold']:.1f}%)")
+    if s["presence_auc"] is not None:
+        lines.append(f"  presence score: AUC {s['presence_auc']:.3f} between present and absent pairs "
+                     "(1 = always ranks a present pair above an absent one, 0.5 = chance)")
     return "\n".join(lines)
 
 

@@ -39,7 +39,7 @@ from .image_meta import compose_image_meta, parse_image_meta, parse_image_meta_g
 from .layers import (AnchorsLayer, BatchNorm, DetectionLayer, DetectionTargetLayer, NormBoxesLayer,
                      ProposalLayer, PyramidROIAlign, apply_box_deltas_graph, clip_boxes_graph,
                      max_positive_rois, norm_boxes_graph, overlaps_graph, trim_zeros_graph)
-from .losses import MaskRCNNLosses
+from .losses import LOSS_NAMES, MaskRCNNLosses
 from .molding import mold_image, mold_inputs, unmold_detections, unmold_image
 from .pipeline import SkipExample
 from .targets import build_rpn_targets, describe_image, load_image_gt, pack_training_inputs
@@ -225,6 +225,17 @@ class MaskRCNN:
     def class_agnostic_bbox(self):
         """Whether ``mrcnn_bbox_fc`` predicts one box for all classes (False: one per class)."""
         return False
+
+    def loss_names(self):
+        """Names of the training losses, in the order of the training model's ``[B, n, 2]``
+        loss parts: matterport's five (``losses.LOSS_NAMES``)."""
+        return tuple(LOSS_NAMES)
+
+    def clip_groups(self, variables):
+        """Index lists into ``variables`` whose gradients are clipped together (each group
+        to ``GRADIENT_CLIP_NORM`` by its own global norm): one group, all of them, as in
+        matterport."""
+        return [list(range(len(variables)))]
 
     def negatives_without_positives(self):
         """ROIs sampled as negatives from a training image without any positive ROI: 0, Mask

@@ -37,17 +37,18 @@ from tqdm.auto import tqdm
 
 from . import checkpoints
 from . import weights as mweights
-from .losses import LOSS_NAMES, reduce_losses, weight_decay_loss
+from .losses import reduce_losses, weight_decay_loss
 from .pipeline import PipelineIterator, SkipCounter, build_dataset
 
 log = logging.getLogger(__name__)
 
 LAYER_PRESETS = {
-    # Which layers train; "heads" also covers the FPN, as in matterport.
-    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
-    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    # Which layers train; "heads" also covers the FPN, as in matterport, and the Siamese
+    # model's presence head (presence_*; matterport has no such layer).
+    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)|(presence\_.*)",
+    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)|(presence\_.*)",
+    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)|(presence\_.*)",
+    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)|(presence\_.*)",
     "all": ".*",
 }
 
@@ -175,6 +176,16 @@ def clip_gradients(grads, optimizer):
     return list(grads)
 
 
+class _ClipSettings:
+    """A copy of an optimizer's clipping settings (``clipnorm``, ``global_clipnorm``,
+    ``clipvalue``), for :func:`clip_gradients`."""
+
+    def __init__(self, optimizer):
+        self.clipnorm = getattr(optimizer, "clipnorm", None)
+        self.global_clipnorm = getattr(optimizer, "global_clipnorm", None)
+        self.clipvalue = getattr(optimizer, "clipvalue", None)
+
+
 def make_step_functions(model, trainable_layers, optimizer):
     """Build the distributed train and validation step ``tf.function``s.
 
@@ -187,7 +198,7 @@ def make_step_functions(model, trainable_layers, optimizer):
     strategy = model.strategy
     keras_model = model.keras_model
     global_batch = config.BATCH_SIZE
-    weights = tf.constant([float(config.LOSS_WEIGHTS.get(n, 1.0)) for n in LOSS_NAMES])
+    weights = tf.constant([float(config.LOSS_WEIGHTS.get(n, 1.0)) for n in model.loss_names()])
     train_vars = []
     for layer in trainable_layers:
         train_vars.extend(layer.trainable_weights)
@@ -206,6 +217,14 @@ def make_step_functions(model, trainable_layers, optimizer):
     # that it can skip the step and lower the scale when a gradient is not finite.
     loss_scaled = hasattr(optimizer, "scale_loss") and hasattr(optimizer, "inner_optimizer")
     clip_settings = optimizer.inner_optimizer if loss_scaled else optimizer
+    clip_groups = model.clip_groups(train_vars)
+    if len(clip_groups) > 1:
+        # Each group is clipped here by its own norm; the optimizer would clip all of them
+        # again by their joint norm (its "no-op" holds for one group only), so its own
+        # clipping is switched off and its settings kept for clip_gradients.
+        clip_settings = _ClipSettings(clip_settings)
+        optimizer_clip = optimizer.inner_optimizer if loss_scaled else optimizer
+        optimizer_clip.clipnorm = optimizer_clip.global_clipnorm = optimizer_clip.clipvalue = None
 
     normalization = config.LOSS_NORMALIZATION
 
@@ -227,7 +246,11 @@ def make_step_functions(model, trainable_layers, optimizer):
         if loss_scaled:
             scale = tf.convert_to_tensor(optimizer.dynamic_scale)
             grads = [g / scale for g in grads]
-        grads = clip_gradients(grads, clip_settings)
+        clipped = list(grads)
+        for group in clip_groups:  # each group by its own norm (one group: matterport's clipping)
+            for i, g in zip(group, clip_gradients([grads[i] for i in group], clip_settings)):
+                clipped[i] = g
+        grads = clipped
         if loss_scaled:
             grads = [g * scale for g in grads]
         optimizer.apply_gradients(zip([g / replicas for g in grads], train_vars))
@@ -408,7 +431,7 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
     _call_callbacks(custom_callbacks, "set_model", model.keras_model)
     _call_callbacks(custom_callbacks, "on_train_begin", {})
     history = []
-    names = list(LOSS_NAMES) + ["loss"]
+    names = list(model.loss_names()) + ["loss"]
     started = time.time()
     first_epoch = model.epoch
     for epoch in range(model.epoch, epochs):
