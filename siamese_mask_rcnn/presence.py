@@ -6,8 +6,11 @@ the model says whether the category is there at all, and a reference of an absen
 still gets confident detections. The presence head adds one number per pair:
 
 * input: the matched maps of P2..P5 (the outputs of the matching convolutions
-  ``fpn_distance_P2..P5`` of paper Section 4.3, the maps the ROI heads read), behind a
-  gradient stop, so training the head leaves the detector exactly as without it;
+  ``fpn_distance_P2..P5`` of paper Section 4.3, the maps the ROI heads read). By default
+  (``PRESENCE_GRADIENT = False``) behind a gradient stop, with its gradients clipped apart
+  from the detector's, so training the head leaves the detector as without it (equal up to
+  float rounding, ``tests/test_presence.py``); ``PRESENCE_GRADIENT = True`` (the ``demo``
+  preset) lets its loss train the encoder and the matching too;
 * a 3×3 convolution (``presence_conv``, ``PRESENCE_CHANNELS`` filters, ReLU) shared by the
   levels, the maximum and the mean of each level over all positions, layer normalisation
   (``presence_norm``), a hidden layer (``presence_fc``) and one logit (``presence_logit``);
@@ -15,12 +18,14 @@ still gets confident detections. The presence head adds one number per pair:
 * trained with binary cross-entropy: each training query is seen with its positive
   reference (label 1) and with a reference of a training category absent from it (label 0;
   drawn from a random stream of its own, so the positive pairs are the paper's);
-* at inference every detection score is multiplied by the pair's presence and detections
-  below ``DETECTION_MIN_CONFIDENCE`` are dropped (:func:`gate_detections`): an absent
-  category yields an empty result, and scores become comparable across pairs.
+* at inference (``PRESENCE_GATING = "multiply"``) every detection score is multiplied by
+  the pair's presence and detections below ``DETECTION_MIN_CONFIDENCE`` are dropped
+  (:func:`gate_detections`): a category judged absent yields an empty result, and scores
+  become comparable across pairs; ``"none"`` only reports the presence.
 
-``PRESENCE_HEAD = False`` (the ``paper`` and ``small`` presets) builds exactly the
-paper's model, so the official release's weight files load with nothing missing.
+``PRESENCE_HEAD = False`` (every preset's default) builds exactly the paper's model, so the
+official release's weight files load with nothing missing; a model with the head loads them
+with only the head's layers (:data:`PRESENCE_LAYER_NAMES`) left to train.
 """
 import numpy as np
 import keras

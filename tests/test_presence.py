@@ -231,3 +231,34 @@ def test_gating_none_reports_the_presence_beside_the_detectors_scores(inference_
         assert reported[key]["presence"] < 1e-9
         np.testing.assert_allclose(reported[key]["scores"], sure[key]["scores"], rtol=1e-6)
         assert reported[key]["masks"].shape == sure[key]["masks"].shape
+
+
+def test_a_few_coco_steps_with_the_presence_head(coco_subset_annotations, coco_subset_dir, tmp_path):
+    """Real COCO images: the negative references are crops of a training category absent
+    from the query image, and training runs with the sixth loss finite."""
+    from siamese_mask_rcnn.datasets.coco import OneShotCocoDataset
+
+    dataset = OneShotCocoDataset()
+    dataset.load_coco(annotation_file=str(coco_subset_annotations), image_dir=str(coco_subset_dir / "images"))
+    dataset.set_split(1)
+    dataset.prepare()
+    keras.utils.set_random_seed(0)
+    config = siamese_config("tiny", PRESENCE_HEAD=True, IMAGES_PER_GPU=1)
+    model = SiameseMaskRCNN("training", config, model_dir=str(tmp_path))
+    drawn = []
+    original = dataset.sample_references
+
+    def spy(class_id, k, rng, exclude_image_id=None, **kwargs):
+        drawn.append((int(class_id), int(exclude_image_id)))
+        return original(class_id, k, rng, exclude_image_id=exclude_image_id, **kwargs)
+
+    dataset.sample_references = spy
+    image_id = model.training_image_ids(dataset)[0]
+    arrays = model.load_training_example(dataset, image_id, np.random.default_rng(0))
+    del dataset.sample_references
+    negative_class = drawn[-1][0]
+    assert negative_class in dataset.train_class_ids and negative_class not in _annotated(dataset, image_id)
+    assert arrays[-1].shape == (1,) + tuple(config.TARGET_SHAPE) and np.any(arrays[-1] != arrays[-1].flat[0])
+    history = model.train(dataset, None, learning_rate=0.01, epochs=1, layers="heads", steps_per_epoch=2,
+                          validation_steps=0, verbose=0)
+    assert np.isfinite(history[-1]["presence_loss"]) and history[-1]["presence_loss"] > 0

@@ -190,8 +190,9 @@ def make_step_functions(model, trainable_layers, optimizer):
     """Build the distributed train and validation step ``tf.function``s.
 
     Returns ``(train_step, val_step, train_vars)``; both steps take one element of a
-    distributed dataset and return the five losses and the total (``[6]``), reduced over
-    replicas. The optimizer is built here, in the strategy's scope (creating its slots
+    distributed dataset and return the losses of ``model.loss_names()`` and the total
+    (``[n + 1]``), reduced over replicas. Gradients are clipped per group of
+    ``model.clip_groups`` (one group, all variables, unless the model says otherwise). The optimizer is built here, in the strategy's scope (creating its slots
     lazily inside a ``MirroredStrategy`` replica function fails).
     """
     config = model.config
