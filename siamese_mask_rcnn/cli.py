@@ -57,7 +57,7 @@ def build_parser():
                       help="fraction of training pairs whose reference category is absent from "
                            "the query (NEGATIVE_PAIR_FRACTION; default: the demo preset's)")
     demo.add_argument("--presence-head", dest="presence_head", action="store_true", default=None,
-                      help="train and use the presence head (PRESENCE_HEAD; default: the demo preset's)")
+                      help="train and use the presence head (PRESENCE_HEAD; default: off, the paper's model)")
     demo.add_argument("--no-presence-head", dest="presence_head", action="store_false",
                       help="the paper's model without the presence head")
 
@@ -73,7 +73,9 @@ def build_parser():
                       help="used when no config is found (see siamese_mask_rcnn.presets; default: "
                            "inferred from the weights' shapes, e.g. the release's "
                            "small_siamese_mrcnn_0160.h5 -> small)")
-    pred.add_argument("--min-confidence", type=float, help="score threshold (default: the config's)")
+    pred.add_argument("--min-confidence", type=float,
+                      help="score threshold (default: the config's); with the presence head it applies "
+                           "to the scores multiplied by the presence")
     pred.add_argument("--allow-partial", action="store_true",
                       help="run even if the weights file leaves some layers of the model unfilled")
     demo_job.add_thread_arguments(pred)

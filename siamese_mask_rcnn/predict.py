@@ -144,6 +144,35 @@ def resolve_config(weights, config_path=None, preset=None, **overrides):
         raise InputError(f"config file {path} cannot be used: {err}") from None
 
 
+def file_has_presence_head(weights):
+    """Whether a legacy-layout weights file holds the presence head's layers
+    (``siamese_mask_rcnn.presence``); False for a Keras 3 file (no layer names) or an
+    unreadable one (its loading reports that)."""
+    from .mrcnn.weights import is_keras3_weights_file, read_h5_weight_shapes
+    from .presence import PRESENCE_LAYER_NAMES
+
+    try:
+        if is_keras3_weights_file(weights):
+            return False
+        layers = read_h5_weight_shapes(weights)
+    except (OSError, ValueError):
+        return False
+    return all(name in layers for name in PRESENCE_LAYER_NAMES)
+
+
+def with_presence_head_of(weights, config):
+    """``config``, with ``PRESENCE_HEAD`` switched on (and a note on stderr) when the file
+    holds a trained presence head that the config leaves out: its layers would otherwise be
+    ignored without a word and every detection left ungated."""
+    if getattr(config, "PRESENCE_HEAD", False) or not file_has_presence_head(weights):
+        return config
+    from .config import SiameseConfig
+
+    print(f"{weights} holds a trained presence head (presence_* layers) that the config leaves out: "
+          "using it (PRESENCE_HEAD=True)", file=sys.stderr)
+    return SiameseConfig.from_dict({**config.to_dict(), "PRESENCE_HEAD": True}, strict=False)
+
+
 def load_model(weights, config_path=None, preset=None, min_confidence=None, allow_partial=False,
                exclude=None):
     """An inference ``SiameseMaskRCNN`` with ``weights`` loaded by layer name.
@@ -164,7 +193,7 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
     if not os.path.exists(weights):
         raise InputError(f"weights file not found: {weights}")
     overrides = {} if min_confidence is None else {"DETECTION_MIN_CONFIDENCE": float(min_confidence)}
-    config = resolve_config(weights, config_path, preset, **overrides)
+    config = with_presence_head_of(weights, resolve_config(weights, config_path, preset, **overrides))
     beside = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
     model = SiameseMaskRCNN("inference", config, model_dir=os.path.dirname(os.path.abspath(weights)))
     try:
@@ -232,8 +261,10 @@ def build_predictor(weights, config=None, preset=None, allow_partial=False):
     return model.predict_fn()
 
 
-def result_to_json(result, reference_paths, query_path):
-    """A JSON-ready description: boxes (x1, y1, x2, y2 and y1, x1, y2, x2), scores, RLE masks."""
+def result_to_json(result, reference_paths, query_path, config=None):
+    """A JSON-ready description: boxes (x1, y1, x2, y2 and y1, x1, y2, x2), scores, RLE masks;
+    with ``config``, the score threshold (``min_confidence``) and, for a model with the
+    presence head, ``presence`` and ``presence_gating`` (whether the scores include it)."""
     detections = []
     for i in range(len(result["scores"])):
         y1, x1, y2, x2 = (int(v) for v in result["rois"][i])
@@ -245,6 +276,10 @@ def result_to_json(result, reference_paths, query_path):
                "count": len(detections), "detections": detections}
     if "presence" in result:  # a model with the presence head (siamese_mask_rcnn.presence)
         payload["presence"] = float(result["presence"])
+    if config is not None:  # what the scores mean
+        payload["min_confidence"] = float(config.DETECTION_MIN_CONFIDENCE)
+        if "presence" in result:
+            payload["presence_gating"] = str(config.PRESENCE_GATING)
     return payload
 
 
@@ -279,12 +314,15 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
         import matplotlib.pyplot as plt
         from .mrcnn import visualize
         fig = visualize.display_siamese_instances(ref_images[0], query_image, result["rois"], result["masks"],
-                                                  result["scores"], title=f"{len(result['scores'])} detections")
+                                                  result["scores"], title=f"{len(result['scores'])} detections"
+                                                  + (f" (presence {result['presence']:.2f})" if "presence" in result
+                                                     else ""))
         visualize.save_figure(fig, out_png)
         plt.close(fig)
     if out_json:
         names = [r if not isinstance(r, np.ndarray) else "<array>" for r in refs]
-        payload = result_to_json(result, names, query if not isinstance(query, np.ndarray) else "<array>")
+        payload = result_to_json(result, names, query if not isinstance(query, np.ndarray) else "<array>",
+                                 config=model.config)
         pathlib.Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(out_json).write_text(json.dumps(payload, indent=2))
     return result

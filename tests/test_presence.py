@@ -1,4 +1,6 @@
 """The presence head (siamese_mask_rcnn.presence): open-world "is the category here?"."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,23 @@ def scenes():
 
 def _annotated(dataset, image_id):
     return {abs(int(a["class_id"])) for a in dataset.instance_annotations(image_id)}
+
+
+@contextlib.contextmanager
+def recording_references(dataset):
+    """Record ``(class_id, exclude_image_id)`` of every ``dataset.sample_references`` call."""
+    drawn = []
+    original = dataset.sample_references
+
+    def spy(class_id, k, rng, exclude_image_id=None, **kwargs):
+        drawn.append((int(class_id), int(exclude_image_id)))
+        return original(class_id, k, rng, exclude_image_id=exclude_image_id, **kwargs)
+
+    dataset.sample_references = spy
+    try:
+        yield drawn
+    finally:
+        del dataset.sample_references
 
 
 def test_gate_detections_multiplies_scores_and_drops_those_below_the_threshold():
@@ -58,15 +77,7 @@ def test_training_example_adds_a_negative_reference_and_keeps_the_positive_pair(
     assert model.keras_model.output.shape[1:] == (len(LOSS_NAMES) + 1, 2)
     assert model.input_specs("training")[-1][0] == "input_negative_references"
     assert model.input_specs("inference") == plain.input_specs("inference")
-    drawn = []
-    original = train.sample_references
-
-    def spy(class_id, k, rng, exclude_image_id=None, **kwargs):
-        drawn.append((int(class_id), int(exclude_image_id)))
-        return original(class_id, k, rng, exclude_image_id=exclude_image_id, **kwargs)
-
-    train.sample_references = spy
-    try:
+    with recording_references(train) as drawn:
         for image_id in train.image_ids[:4]:
             drawn.clear()
             with_head = model.load_training_example(train, image_id, np.random.default_rng([7, image_id]))
@@ -78,8 +89,6 @@ def test_training_example_adds_a_negative_reference_and_keeps_the_positive_pair(
             (positive, _), (negative, _), _ = drawn  # with head, then without
             assert positive in _annotated(train, image_id) and negative not in _annotated(train, image_id)
             assert not np.array_equal(with_head[-1], with_head[2])
-    finally:
-        del train.sample_references
 
 
 def _weights(model):
@@ -165,13 +174,18 @@ def test_presence_gates_the_detections_in_every_inference_path(inference_model, 
         model.head_model.get_layer("presence_logit").set_weights(original)
 
 
+def _query_and_embeddings(model, dataset, index, seed):
+    """Scene ``index`` of ``dataset`` and the embeddings of (up to) two of its categories."""
+    image_id = dataset.image_ids[index]
+    rng = np.random.default_rng(seed)
+    embeddings = {c: model.embed_category([dataset.sample_reference(c, rng)])
+                  for c in dataset.image_categories[image_id][:2]}
+    return dataset.load_image(image_id), embeddings
+
+
 def test_learned_presence_differs_between_pairs_and_agrees_across_paths(inference_model, scenes):
     model = inference_model
-    _, val = scenes
-    image = val.load_image(val.image_ids[1])
-    rng = np.random.default_rng(1)
-    embeddings = {c: model.embed_category([val.sample_reference(c, rng)])
-                  for c in val.image_categories[val.image_ids[1]][:2]}
+    image, embeddings = _query_and_embeddings(model, scenes[1], 1, 1)
     embeddings[-1] = embeddings[next(iter(embeddings))] + 3.0
     plain = model.detect_embeddings(image, embeddings, fold=False, batch_size=1)
     folded = model.detect_embeddings(image, embeddings, fold=True)
@@ -212,11 +226,7 @@ def test_presence_auc_on_a_hand_made_case():
 
 def test_gating_none_reports_the_presence_beside_the_detectors_scores(inference_model, scenes):
     model = inference_model
-    _, val = scenes
-    image = val.load_image(val.image_ids[2])
-    rng = np.random.default_rng(4)
-    embeddings = {c: model.embed_category([val.sample_reference(c, rng)])
-                  for c in val.image_categories[val.image_ids[2]][:2]}
+    image, embeddings = _query_and_embeddings(model, scenes[1], 2, 4)
     original = model.head_model.get_layer("presence_logit").get_weights()
     try:
         _set_presence_bias(model, 30.0)
@@ -245,20 +255,31 @@ def test_a_few_coco_steps_with_the_presence_head(coco_subset_annotations, coco_s
     keras.utils.set_random_seed(0)
     config = siamese_config("tiny", PRESENCE_HEAD=True, IMAGES_PER_GPU=1)
     model = SiameseMaskRCNN("training", config, model_dir=str(tmp_path))
-    drawn = []
-    original = dataset.sample_references
-
-    def spy(class_id, k, rng, exclude_image_id=None, **kwargs):
-        drawn.append((int(class_id), int(exclude_image_id)))
-        return original(class_id, k, rng, exclude_image_id=exclude_image_id, **kwargs)
-
-    dataset.sample_references = spy
     image_id = model.training_image_ids(dataset)[0]
-    arrays = model.load_training_example(dataset, image_id, np.random.default_rng(0))
-    del dataset.sample_references
+    with recording_references(dataset) as drawn:
+        arrays = model.load_training_example(dataset, image_id, np.random.default_rng(0))
     negative_class = drawn[-1][0]
     assert negative_class in dataset.train_class_ids and negative_class not in _annotated(dataset, image_id)
     assert arrays[-1].shape == (1,) + tuple(config.TARGET_SHAPE) and np.any(arrays[-1] != arrays[-1].flat[0])
     history = model.train(dataset, None, learning_rate=0.01, epochs=1, layers="heads", steps_per_epoch=2,
                           validation_steps=0, verbose=0)
     assert np.isfinite(history[-1]["presence_loss"]) and history[-1]["presence_loss"] > 0
+
+
+def test_predict_turns_the_head_on_for_a_file_that_holds_one(tmp_path, capsys):
+    """No config.json beside a checkpoint with a trained head: the preset (without the head)
+    must not silently drop its layers."""
+    from siamese_mask_rcnn.predict import file_has_presence_head, load_model
+
+    keras.utils.set_random_seed(6)
+    with_head = SiameseMaskRCNN("inference", siamese_config("tiny", PRESENCE_HEAD=True), model_dir=str(tmp_path))
+    plain = SiameseMaskRCNN("inference", siamese_config("tiny"), model_dir=str(tmp_path))
+    head_file, plain_file = str(tmp_path / "head.h5"), str(tmp_path / "plain.h5")
+    with_head.save_weights(head_file)
+    plain.save_weights(plain_file)
+    assert file_has_presence_head(head_file) and not file_has_presence_head(plain_file)
+    model = load_model(head_file, preset="tiny")
+    assert model.has_presence_head()
+    assert "holds a trained presence head" in capsys.readouterr().err
+    assert not load_model(plain_file, preset="tiny").has_presence_head()
+    assert "presence head" not in capsys.readouterr().err
