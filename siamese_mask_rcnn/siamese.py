@@ -14,6 +14,9 @@ The network is three separable parts; the encoder's weights are shared by all of
    ``MATCHING_CHANNELS`` (layers ``fpn_distance_P2..P6``), then matterport's RPN, ROI
    classifier with two classes (background / match) and one class-agnostic mask.
 
+With ``PRESENCE_HEAD`` (beyond the paper; :mod:`siamese_mask_rcnn.presence`) the heads also
+give one presence score per pair, which gates the detection scores (:meth:`SiameseMaskRCNN.gate`).
+
 ``keras_model`` chains the three parts for training (it outputs the losses) or inference
 (detections). For many categories against one query, :meth:`SiameseMaskRCNN.detect_embeddings`
 runs the encoder once and the categories through the heads in batched calls; with several
