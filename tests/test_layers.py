@@ -266,6 +266,86 @@ def test_pyramid_roi_align_crops_the_box_region():
     np.testing.assert_allclose(out[0, 0, :, :, 0], values[:, :4], atol=1e-4)
 
 
+def crop_and_resize_image_grad_np(upstream, boxes, box_indices, image_shape):
+    """float64 reference of the bilinear ``crop_and_resize`` gradient w.r.t. the image: each
+    crop sample sends its gradient to its four neighbours with the bilinear weights (samples
+    outside the map send nothing); the sample grid spans the box corners, as TensorFlow's."""
+    batch, height, width, depth = image_shape
+    grad = np.zeros(image_shape)
+    crop_h, crop_w = upstream.shape[1:3]
+
+    def samples(lo, hi, size, steps):
+        if steps == 1:
+            return [0.5 * (lo + hi) * (size - 1)]
+        return [lo * (size - 1) + k * (hi - lo) * (size - 1) / (steps - 1) for k in range(steps)]
+
+    for n, (y1, x1, y2, x2) in enumerate(boxes.astype(np.float64)):
+        for i, y in enumerate(samples(y1, y2, height, crop_h)):
+            if not 0 <= y <= height - 1:
+                continue
+            top, bottom, fy = math.floor(y), math.ceil(y), y - math.floor(y)
+            for j, x in enumerate(samples(x1, x2, width, crop_w)):
+                if not 0 <= x <= width - 1:
+                    continue
+                left, right, fx = math.floor(x), math.ceil(x), x - math.floor(x)
+                g, b = upstream[n, i, j].astype(np.float64), box_indices[n]
+                grad[b, top, left] += (1 - fy) * (1 - fx) * g
+                grad[b, top, right] += (1 - fy) * fx * g
+                grad[b, bottom, left] += fy * (1 - fx) * g
+                grad[b, bottom, right] += fy * fx * g
+    return grad
+
+
+@pytest.mark.parametrize("crop_size", [(7, 5), (1, 3)])
+def test_roi_align_crops_are_crop_and_resize_with_the_exact_image_gradient(crop_size):
+    rng = np.random.default_rng(4)
+    image = rng.normal(size=(2, 12, 9, 3)).astype(np.float32)
+    boxes = np.concatenate([random_boxes(rng, 10),
+                            [[-0.4, 0.2, 1.3, 0.7],      # beyond the map: outer samples are 0
+                             [0.5, 0.5, 0.5, 0.5],       # a point
+                             [0.25, 0.75, 0.75, 0.25]]]  # flipped: sampled right to left
+                           ).astype(np.float32)
+    box_indices = rng.integers(0, 2, len(boxes)).astype(np.int32)
+    upstream = rng.normal(size=(len(boxes),) + crop_size + (3,)).astype(np.float32)
+    x = tf.constant(image)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        crops = L.roi_align_crops(x, boxes, box_indices, crop_size)
+    grad = tape.gradient(crops, x, output_gradients=tf.constant(upstream)).numpy()
+    np.testing.assert_array_equal(crops.numpy(),
+                                  tf.image.crop_and_resize(image, boxes, box_indices, crop_size).numpy())
+    expected = crop_and_resize_image_grad_np(upstream, boxes, box_indices, image.shape)
+    np.testing.assert_allclose(grad, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    assert np.abs(expected).max() > 0
+
+
+def test_pyramid_roi_align_gradient_keeps_every_overlapping_box_contribution():
+    """Many overlapping boxes on one P2 map: the gradient that reaches P2 is the exact sum
+    of every box's share on every call (TensorFlow's CPU kernel of the crop_and_resize
+    gradient loses some of them now and then: its threads add into shared pixels)."""
+    rng = np.random.default_rng(5)
+    n, side, channels = 96, 24, 64
+    centres = rng.uniform(0.4, 0.6, (n, 2))
+    sides = rng.uniform(0.02, 0.06, (n, 2))  # < 0.077 of a 1024² image: all on P2
+    boxes = np.concatenate([centres - sides / 2, centres + sides / 2], axis=1).astype(np.float32)
+    p2 = tf.constant(rng.normal(size=(1, side, side, channels)).astype(np.float32))
+    others = [tf.zeros([1, s, s, channels]) for s in (12, 6, 3)]
+    upstream = tf.constant(rng.normal(size=(1, n, 7, 7, channels)).astype(np.float32))
+    layer = L.PyramidROIAlign([7, 7])
+
+    @tf.function
+    def p2_gradient():
+        with tf.GradientTape() as tape:
+            tape.watch(p2)
+            out = layer([tf.constant(boxes[None]), tf.constant(meta_1024())] + [p2] + others)
+        return tape.gradient(out, p2, output_gradients=upstream)
+
+    expected = crop_and_resize_image_grad_np(upstream.numpy()[0], boxes, np.zeros(n, np.int32), p2.shape)
+    results = [p2_gradient().numpy() for _ in range(200)]
+    assert len({r.tobytes() for r in results}) == 1, "the gradient changed from call to call"
+    np.testing.assert_allclose(results[0], expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
 # ----------------------------------------------------------------------------------------
 # DetectionTargetLayer
 # ----------------------------------------------------------------------------------------

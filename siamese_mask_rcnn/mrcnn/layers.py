@@ -241,12 +241,127 @@ class ProposalLayer(Float32Layer):
         return (input_shape[0][0], self.proposal_count, 4)
 
 
+def _bilinear_positions(low, high, size, steps):
+    """Sampling positions of ``crop_and_resize`` along one axis, as its kernel computes them:
+    ``(valid, floor, ceil, fraction)``, each ``[N, steps]``, for box edges ``low``/``high``
+    ``[N]`` (normalised) on an axis of ``size`` pixels; ``valid`` is False outside the map."""
+    last = tf.cast(size - 1, tf.float32)
+    if steps > 1:
+        scale = (high - low) * last / float(steps - 1)
+        pos = low[:, None] * last + tf.range(steps, dtype=tf.float32)[None, :] * scale[:, None]
+    else:
+        pos = (0.5 * (low + high) * last)[:, None]
+    valid = tf.logical_and(pos >= 0.0, pos <= last)
+    floor = tf.floor(pos)
+    return valid, tf.cast(floor, tf.int32), tf.cast(tf.math.ceil(pos), tf.int32), pos - floor
+
+
+def roi_align_image_gradient(grads, image_shape, boxes, box_indices):
+    """The gradient of ``tf.image.crop_and_resize(image, boxes, box_indices, crop_size)``
+    (bilinear, extrapolation value 0) with respect to ``image``, computed race-free.
+
+    Each crop pixel passes its gradient to the (up to) four map pixels it interpolates, with
+    the bilinear weights; one ``tf.math.unsorted_segment_sum`` adds all contributions of a map
+    pixel in a fixed order (its CPU kernel splits the work by output pixel, so no two threads
+    write the same value). Crop pixels outside the map (zero in the forward pass) pass nothing.
+
+    Args:
+        grads: ``[N, crop_h, crop_w, C]`` float32, the gradient of the crops.
+        image_shape: ``[4]`` int32, the shape ``(B, H, W, C)`` of the feature maps.
+        boxes: ``[N, (y1, x1, y2, x2)]`` float32, normalised (0..1 spans the map).
+        box_indices: ``[N]`` int32, the map of each box in ``0..B-1``.
+
+    Returns ``[B, H, W, C]`` float32. Costs ``N·crop_h·crop_w·4·C`` floats of temporary memory.
+    """
+    crop_h, crop_w = int(grads.shape[1]), int(grads.shape[2])
+    batch, height, width = image_shape[0], image_shape[1], image_shape[2]
+    y1, x1, y2, x2 = tf.unstack(boxes, axis=1)
+    valid_y, top, bottom, fy = _bilinear_positions(y1, y2, height, crop_h)  # [N, crop_h]
+    valid_x, left, right, fx = _bilinear_positions(x1, x2, width, crop_w)  # [N, crop_w]
+    rows = tf.stack([top, top, bottom, bottom], axis=-1)[:, :, None, :]  # [N, crop_h, 1, 4]
+    cols = tf.stack([left, right, left, right], axis=-1)[:, None, :, :]  # [N, 1, crop_w, 4]
+    wy = tf.stack([1.0 - fy, 1.0 - fy, fy, fy], axis=-1)[:, :, None, :]
+    wx = tf.stack([1.0 - fx, fx, 1.0 - fx, fx], axis=-1)[:, None, :, :]
+    valid = tf.logical_and(valid_y[:, :, None], valid_x[:, None, :])[..., None]  # [N, crop_h, crop_w, 1]
+    base = tf.cast(box_indices, tf.int32)[:, None, None, None] * height
+    pixel = (base + rows) * width + cols  # [N, crop_h, crop_w, 4]
+    pixel = tf.where(valid, pixel, -1)  # negative ids are dropped by the segment sum
+    contributions = (wy * wx)[..., None] * grads[:, :, :, None, :]  # [N, crop_h, crop_w, 4, C]
+    depth = tf.shape(grads)[-1]
+    summed = tf.math.unsorted_segment_sum(tf.reshape(contributions, [-1, depth]),
+                                          tf.reshape(pixel, [-1]), batch * height * width)
+    return tf.reshape(summed, image_shape)
+
+
+def roi_align_crops(image, boxes, box_indices, crop_size):
+    """``tf.image.crop_and_resize(image, boxes, box_indices, crop_size, method="bilinear")``
+    (ROIAlign's bilinear sampling, Mask R-CNN's as the paper uses it, §4) whose gradient with
+    respect to ``image`` is :func:`roi_align_image_gradient` (no gradient flows to ``boxes``
+    or ``box_indices``: ROIAlign takes the boxes as given).
+
+    Why: TensorFlow's CPU kernel of that gradient (``CropAndResizeGradImage``) gives each of
+    its threads a range of boxes, and the threads add into the shared output without
+    synchronisation; where two boxes overlap, one thread's addition can overwrite the
+    other's and a contribution is lost. The result varies from call to call (measured on
+    2 cores, 64 overlapping 7×7 crops of a 32×32×64 map: 32 distinct results in 200 calls,
+    up to 34 % of the largest gradient value off the float64 value; single-threaded, as under
+    ``tf.config.experimental.enable_op_determinism``, 2e-6). The GPU kernel adds atomically
+    (correct up to summation order) and needs less memory, so :class:`PyramidROIAlign`
+    uses this function only in processes that see no GPU and do not run TensorFlow's ops
+    deterministically (then TensorFlow's CPU kernel runs on one thread and is correct).
+
+    Args:
+        image: ``[B, H, W, C]`` float32 feature maps.
+        boxes: ``[N, (y1, x1, y2, x2)]`` float32, normalised.
+        box_indices: ``[N]`` int32, the map of each box.
+        crop_size: ``(crop_h, crop_w)`` Python ints.
+
+    Returns ``[N, crop_h, crop_w, C]`` float32, equal to ``tf.image.crop_and_resize``'s.
+
+    Raises:
+        tf.errors.InvalidArgumentError: (from TensorFlow) a box index outside ``0..B-1``.
+    """
+    boxes = tf.stop_gradient(tf.convert_to_tensor(boxes, tf.float32))
+    box_indices = tf.stop_gradient(tf.convert_to_tensor(box_indices, tf.int32))
+    crop_size = [int(v) for v in crop_size]
+
+    @tf.custom_gradient
+    def crop(feature_map):
+        crops = tf.image.crop_and_resize(feature_map, boxes, box_indices, crop_size, method="bilinear")
+
+        def gradient(upstream):
+            # (a gather after the crops hands over IndexedSlices)
+            upstream = tf.cast(tf.convert_to_tensor(upstream), tf.float32)
+            return roi_align_image_gradient(upstream, tf.shape(feature_map), boxes, box_indices)
+
+        return crops, gradient
+
+    return crop(image)
+
+
+def _race_free_roi_align_gradient():
+    """True in a process that sees no GPU (TensorFlow places the model on the CPU) and does
+    not run TensorFlow's ops deterministically: under
+    ``tf.config.experimental.enable_op_determinism`` (the demo's default) TensorFlow's CPU
+    kernel runs on one thread, which is correct, and is kept."""
+    if tf.config.list_logical_devices("GPU"):
+        return False
+    try:
+        from tensorflow.python.framework import config as tf_config
+        return not tf_config.is_op_determinism_enabled()
+    except (ImportError, AttributeError):  # a TensorFlow without the query: be safe
+        return True
+
+
 class PyramidROIAlign(Float32Layer):
     """ROIAlign over the pyramid: each box is cropped from the level its size selects.
 
     Inputs: ``[boxes [B, N, 4], image_meta [B, META], P2, P3, P4, P5]``.
     Output: ``[B, N, pool, pool, C]``. Level = clip(4 + log2(sqrt(hw) / (224 / sqrt(image
-    area))), 2, 5), matterport's (and the FPN paper's) assignment.
+    area))), 2, 5), matterport's (and the FPN paper's) assignment. In a process without a GPU
+    the crops' gradient reaches the maps through :func:`roi_align_crops` (TensorFlow's
+    multi-threaded CPU kernel loses contributions of overlapping boxes); with a GPU, or with
+    ``tf.config.experimental.enable_op_determinism`` (one thread), through TensorFlow's.
     """
 
     def __init__(self, pool_shape, **kwargs):
@@ -267,13 +382,14 @@ class PyramidROIAlign(Float32Layer):
         roi_level = tf.minimum(5, tf.maximum(2, 4 + tf.cast(tf.round(roi_level), tf.int32)))
         roi_level = tf.squeeze(roi_level, 2)
 
+        # On a CPU the race-free gradient (roi_align_crops); on a GPU or one thread, TensorFlow's.
+        crop = roi_align_crops if _race_free_roi_align_gradient() else tf.image.crop_and_resize
         pooled, order = [], []
         for i, level in enumerate(range(2, 6)):
             ix = tf.where(tf.equal(roi_level, level))
             level_boxes = tf.stop_gradient(tf.gather_nd(boxes, ix))
             box_indices = tf.stop_gradient(tf.cast(ix[:, 0], tf.int32))
-            pooled.append(tf.image.crop_and_resize(feature_maps[i], level_boxes, box_indices,
-                                                   self.pool_shape, method="bilinear"))
+            pooled.append(crop(feature_maps[i], level_boxes, box_indices, self.pool_shape))
             order.append(ix)
         pooled = tf.concat(pooled, axis=0)
         order = tf.concat(order, axis=0)
