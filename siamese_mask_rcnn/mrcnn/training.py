@@ -192,8 +192,9 @@ def make_step_functions(model, trainable_layers, optimizer):
     Returns ``(train_step, val_step, train_vars)``; both steps take one element of a
     distributed dataset and return the losses of ``model.loss_names()`` and the total
     (``[n + 1]``), reduced over replicas. Gradients are clipped per group of
-    ``model.clip_groups`` (one group, all variables, unless the model says otherwise). The optimizer is built here, in the strategy's scope (creating its slots
-    lazily inside a ``MirroredStrategy`` replica function fails).
+    ``model.clip_groups`` (one group, all variables, unless the model says otherwise). The
+    optimizer is built here, in the strategy's scope (creating its slots lazily inside a
+    ``MirroredStrategy`` replica function fails).
     """
     config = model.config
     strategy = model.strategy
