@@ -1,7 +1,7 @@
 """Arguments and checks shared by the command-line programs (``coco.py``,
-``train_siamese.py``, ``evaluate_siamese.py``): the COCO data flags, and count checks where a
-bad value stops with exit status 2 and a message naming the flag, before any data is read.
-Imports no TensorFlow."""
+``train_siamese.py``, ``evaluate_siamese.py``): the COCO data flags, count checks and the
+``TF_CONFIG`` check of ``--multi-worker``, where a bad value stops with exit status 2 and a
+message naming the flag, before any data is read. Imports no TensorFlow."""
 import argparse
 import os
 
@@ -54,3 +54,23 @@ def require_at_least(parser, args, minimum, *dests):
         value = getattr(args, dest)
         if value is not None and value < minimum:
             parser.error(f"{flag_name(dest)} must be >= {minimum}, got {value}")
+
+
+def check_tf_config(parser, multi_worker, environ=None):
+    """The cluster of ``--multi-worker`` (a ``cluster.ClusterTask``), checked before
+    TensorFlow starts: a ``TF_CONFIG`` that cannot describe a multi-machine run stops via
+    ``parser.error`` naming what is wrong (see ``cluster.read_tf_config``). Without
+    ``--multi-worker`` the variable is ignored (TensorFlow trains on this machine only), and
+    so is an empty ``TF_CONFIG`` with it (one machine; the caller warns).
+
+    Raises:
+        SystemExit: status 2, the message starting with ``TF_CONFIG``.
+    """
+    from .cluster import SINGLE_MACHINE, read_tf_config
+    if not multi_worker:
+        return SINGLE_MACHINE
+    environ = os.environ if environ is None else environ
+    try:
+        return read_tf_config(environ.get("TF_CONFIG"))
+    except ValueError as err:
+        parser.error(f"--multi-worker: {err}")

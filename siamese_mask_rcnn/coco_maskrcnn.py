@@ -31,7 +31,9 @@ import warnings
 
 import numpy as np
 
-from .cliargs import require_at_least, require_file
+from .cliargs import check_tf_config, require_at_least, require_file
+from .cluster import DEFAULT_START_TIMEOUT, multi_worker_strategy
+from .cluster import describe as describe_task
 from .datasets.coco import OneShotCocoDataset
 from .mrcnn.config import Config
 from .mrcnn.weights import check_load_report
@@ -336,6 +338,11 @@ def build_parser():
     parser.add_argument("--gpus", type=int, default=1, help="GPUs on this machine (default 1)")
     parser.add_argument("--multi-worker", action="store_true",
                         help="MultiWorkerMirroredStrategy over the machines of TF_CONFIG")
+    parser.add_argument("--worker-start-timeout", type=float, default=DEFAULT_START_TIMEOUT,
+                        metavar="SECONDS",
+                        help="with --multi-worker: give up (naming the machines that do not "
+                             f"answer; exit status 137) when not all have started after this long (default "
+                             f"{DEFAULT_START_TIMEOUT:g}; 0 waits forever)")
     parser.add_argument("--images-per-gpu", type=int, help="default: the preset's 3")
     parser.add_argument("--steps-per-epoch", type=int, default=1000, help="default 1000")
     parser.add_argument("--validation-steps", type=int, default=50, help="default 50 (0: none)")
@@ -376,6 +383,7 @@ def check_args(parser, args):
         schedule_stages(args.heads_epochs, args.all_epochs, args.total_epochs, args.lr or 0.02)
     except ValueError as err:
         parser.error(f"schedule: {err}")
+    args.cluster = check_tf_config(parser, args.command == "train" and args.multi_worker)
 
 
 def _data_paths(args, subset):
@@ -388,17 +396,6 @@ def _data_paths(args, subset):
     return ann, images
 
 
-def _is_chief(tf_config_text):
-    """``(task_type, index, chief)`` of a ``TF_CONFIG`` (chief: the ``chief`` task or worker 0)."""
-    if not tf_config_text:
-        return None, 0, True
-    spec = json.loads(tf_config_text)
-    task = spec.get("task", {})
-    kind, index = task.get("type"), int(task.get("index", 0))
-    chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in spec.get("cluster", {}))
-    return kind, index, chief
-
-
 def _size_overrides(args):
     """``IMAGE_MIN_DIM`` / ``IMAGE_MAX_DIM`` of ``--image-size`` (none when not given)."""
     if args.image_size is None:
@@ -409,13 +406,10 @@ def _size_overrides(args):
 def train(args):
     """``coco.py train``: returns ``{"log_dir", "epoch", "stages", "history"}``."""
     strategy = None
-    logs = args.logs
+    logs = args.logs  # every machine resolves --weights last here; only the chief writes
     if args.multi_worker:
-        import tensorflow as tf
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        kind, index, chief = _is_chief(os.environ.get("TF_CONFIG"))
-        if not chief:
-            logs = os.path.join(logs, f"{kind}_{index}")
+        print(f"--multi-worker: this process is {describe_task(args.cluster)}", flush=True)
+        strategy = multi_worker_strategy(args.cluster, args.worker_start_timeout)
     import keras
     from .mrcnn.model import MaskRCNN
     keras.utils.set_random_seed(args.seed)
@@ -494,6 +488,10 @@ def main(argv=None):
     """Entry point of ``samples/coco/coco.py``; returns the command's result. User errors
     (missing files, bad values) exit with code 2 and a one-line message.
 
+    ``train --multi-worker`` that loses another machine ends with ``error: ...`` and exit
+    status 3; one whose machines do not all start within ``--worker-start-timeout`` is ended
+    by its watchdog (``error: ...``, exit status 137; see ``cluster.multi_worker_strategy``).
+
     Raises:
         SystemExit: status 2 for bad arguments or an unreadable input (message on stderr).
     """
@@ -506,3 +504,10 @@ def main(argv=None):
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except RuntimeError as error:
+        from .mrcnn.training import WorkerLostError  # imports TensorFlow: only when needed
+        if not isinstance(error, WorkerLostError):
+            raise
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        # TensorFlow's collective threads may still wait on the lost peer: leave at once.
+        os._exit(3)

@@ -8,7 +8,8 @@ epoch 120 at the learning rate, then all layers to epoch 160 at a tenth of it.
 
 This module holds the logic of ``samples/coco/train_siamese.py`` and of
 ``siamese-mrcnn train`` (same flags): :func:`main` parses the arguments and trains.
-TensorFlow is imported only when training starts.
+Arguments, files and ``TF_CONFIG`` are checked before any TensorFlow work runs, and
+``--multi-worker``'s strategy is created before any other (TensorFlow requires it).
 
 Checkpoints (``mask_rcnn_siamese_NNNN.h5`` with the training state beside them),
 ``config.json``, ``history.jsonl`` and TensorBoard scalars go to a new folder
@@ -21,7 +22,9 @@ import logging
 import os
 import sys
 
-from .cliargs import coco_parser, flag_name, require_at_least, require_file
+from .cliargs import check_tf_config, coco_parser, flag_name, require_at_least, require_file
+from .cluster import DEFAULT_START_TIMEOUT, multi_worker_strategy
+from .cluster import describe as describe_task
 from .config import siamese_config
 from .mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
 from .mrcnn.weights import check_load_report
@@ -128,6 +131,11 @@ def build_parser(prog=None):
                       help="GPUs on this machine (MirroredStrategy when > 1; default 1)")
     dist.add_argument("--multi-worker", action="store_true",
                       help="MultiWorkerMirroredStrategy over the machines of TF_CONFIG")
+    parser.add_argument("--worker-start-timeout", type=float, default=DEFAULT_START_TIMEOUT,
+                        metavar="SECONDS",
+                        help="with --multi-worker: give up (naming the machines that do not "
+                             f"answer; exit status 137) when not all have started after this long (default "
+                             f"{DEFAULT_START_TIMEOUT:g}; 0 waits forever)")
     dist.add_argument("--images-per-gpu", type=int, default=None,
                       help="images per GPU (default: the preset's 3); batch = this x replicas")
     dist.add_argument("--mixed-precision", nargs="?", const="auto", default=None,
@@ -186,7 +194,9 @@ def check_args(parser, args):
     Raises:
         SystemExit: (status 2, via ``parser.error``) missing data paths, files or folders
             not found, non-positive counts, an impossible schedule or learning rate, or a
-            ``--logs`` folder that cannot be written (checked before any data are read).
+            ``--logs`` folder that cannot be written (checked before any data are read),
+            or with ``--multi-worker`` a ``TF_CONFIG`` that does not describe a cluster
+            (see ``cluster.read_tf_config``; the result is kept as ``args.cluster``).
     """
     if args.dataset is None and (args.train_annotations is None or args.train_images is None):
         parser.error("give --dataset DIR, or both --train-annotations FILE and --train-images DIR")
@@ -221,54 +231,29 @@ def check_args(parser, args):
             siamese_config("paper", **overrides)
     except ValueError as err:
         parser.error(str(err))
+    args.cluster = check_tf_config(parser, args.multi_worker)
 
 
 # ------------------------------------------------------------------------- pieces
-def parse_tf_config(text):
-    """``(task_type, task_index, is_chief)`` of a ``TF_CONFIG`` JSON string (None: single machine).
-
-    The chief is the ``chief`` task, or worker 0 when the cluster has no ``chief``.
-
-    Raises:
-        ValueError: ``text`` is not valid JSON.
-    """
-    if not text:
-        return None, 0, True
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {err}") from err
-    task = spec.get("task", {})
-    task_type, index = task.get("type"), int(task.get("index", 0))
-    cluster = spec.get("cluster", {})
-    chief = task_type == "chief" or (task_type == "worker" and index == 0 and "chief" not in cluster)
-    return task_type, index, chief
-
-
-def worker_logs_dir(logs, tf_config_text):
-    """Where this worker writes: ``logs`` on the chief, ``logs/<type>_<index>`` elsewhere,
-    so that workers of one run never write the same checkpoint file.
-
-    Raises:
-        ValueError: ``tf_config_text`` is not valid JSON.
-    """
-    task_type, index, chief = parse_tf_config(tf_config_text)
-    return logs if chief else os.path.join(logs, f"{task_type}_{index}")
-
-
 def make_strategy(args):
     """``MultiWorkerMirroredStrategy`` for ``--multi-worker``, else None (the model then uses
     ``MirroredStrategy`` over ``GPU_COUNT`` GPUs, or the default strategy for one).
 
-    Raises:
-        ValueError: ``TF_CONFIG`` is not a valid cluster description (from TensorFlow).
+    ``TF_CONFIG`` was checked by :func:`check_args` (``args.cluster``); without
+    ``--multi-worker`` a ``TF_CONFIG`` is ignored, with a warning.
     """
     if not args.multi_worker:
+        if os.environ.get("TF_CONFIG", "").strip():
+            log.warning("TF_CONFIG is set but --multi-worker was not given: training on this "
+                        "machine only")
         return None
-    import tensorflow as tf  # TensorFlow only once training is asked for
-    if not os.environ.get("TF_CONFIG"):
+    if not os.environ.get("TF_CONFIG", "").strip():
         log.warning("--multi-worker without TF_CONFIG: training on this machine only")
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    else:
+        print(f"--multi-worker: this process is {describe_task(args.cluster)}; every machine "
+              f"waits here until all {args.cluster.workers} have started (--worker-start-timeout "
+              f"{args.worker_start_timeout:g} s)", flush=True)
+    return multi_worker_strategy(args.cluster, args.worker_start_timeout)
 
 
 def build_config(args, replicas=None):
@@ -441,7 +426,9 @@ def run(argv=None, prog=None):
     diverging run (the message names the last good checkpoint); argument errors and an
     unwritable ``--logs`` exit with status 2 (argparse). Multi-machine training that loses a
     worker ends every surviving worker with ``error: lost another worker ...`` and exit
-    status 3. A loader error that stops the input
+    status 3. When not all machines of the cluster start within ``--worker-start-timeout``,
+    a watchdog prints ``error: --multi-worker: not all N machines ...`` and kills the
+    process (exit status 137; see ``cluster.multi_worker_strategy``). A loader error that stops the input
     pipeline (``DataPipelineError``, naming the image, its file and the original exception)
     ends training with ``error: ...`` and exit status 1.
 

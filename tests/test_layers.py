@@ -346,6 +346,31 @@ def test_pyramid_roi_align_gradient_keeps_every_overlapping_box_contribution():
     np.testing.assert_allclose(results[0], expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
+def test_roi_align_gradient_choice_follows_the_maps_placement(monkeypatch):
+    """The race-free gradient is for maps on a CPU: chosen by the maps' device when it is
+    known (a replica's device under a strategy), else by whether the process sees a GPU;
+    never under op determinism (TensorFlow's kernel then runs on one thread)."""
+    from tensorflow.python.framework import config as tf_config
+    monkeypatch.setattr(tf_config, "is_op_determinism_enabled", lambda: False)
+    gpus = []
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: list(gpus))
+    assert not L._race_free_roi_align_gradient("/job:localhost/replica:0/task:0/device:GPU:1")
+    assert L._race_free_roi_align_gradient("/job:localhost/replica:0/task:0/device:CPU:0")
+    assert L._race_free_roi_align_gradient("")
+    gpus.append("GPU:0")  # a process with a GPU: unplaced maps go there, CPU-placed maps not
+    assert not L._race_free_roi_align_gradient("")
+    assert L._race_free_roi_align_gradient("/device:CPU:0")
+    monkeypatch.setattr(tf_config, "is_op_determinism_enabled", lambda: True)
+    assert not L._race_free_roi_align_gradient("/device:CPU:0")
+    # the layer reads the device of the maps it is given
+    seen = []
+    monkeypatch.setattr(L, "_race_free_roi_align_gradient", lambda device="": seen.append(device) or True)
+    with tf.device("/cpu:0"):
+        maps = [tf.zeros([1, s, s, 4]) for s in (16, 8, 4, 2)]
+    L.PyramidROIAlign([2, 2])([tf.constant([[[0.1, 0.1, 0.5, 0.5]]]), tf.constant(meta_1024())] + maps)
+    assert seen and "CPU:0" in seen[-1].upper()
+
+
 # ----------------------------------------------------------------------------------------
 # DetectionTargetLayer
 # ----------------------------------------------------------------------------------------

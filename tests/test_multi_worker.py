@@ -286,6 +286,7 @@ def test_two_workers_equal_one_process_on_the_same_global_batch(runs):
 
 def test_killed_worker_stops_the_survivor_and_restart_resumes(runs):
     codes = runs["first_codes"]
+    print(f"the chief stopped {runs['loss_detection_seconds']:.1f} s after worker 1 was killed")
     assert codes[1] == -signal.SIGKILL
     assert codes[0] is not None, f"the chief did not stop within {LOSS_DETECTION_TIMEOUT} s of the kill"
     assert codes[0] == 3, runs["first_describe"]
@@ -327,3 +328,57 @@ def test_each_input_pipeline_loads_its_slice_of_every_global_batch():
         build_dataset(load, ids, specs, batch_size=4, start=6, pipeline=0, num_pipelines=2)
     with pytest.raises(ValueError, match="does not split"):
         build_dataset(load, ids, specs, batch_size=5, pipeline=0, num_pipelines=2)
+
+
+def test_killed_chief_stops_the_other_worker(tmp_path):
+    """The chief dies after its first checkpoint: the other worker stops with the lost-worker
+    error (exit 3), pointing at the chief's checkpoints through --weights last."""
+    if not os.path.isfile(ANNOTATIONS):
+        pytest.skip(f"shared COCO subset not found at {SUBSET}")
+    logs = tmp_path / "logs"
+    cluster = Cluster(tmp_path, "chief_killed", logs, "--all-epochs", "6", "--total-epochs", "6")
+    try:
+        deadline = time.time() + RUN_TIMEOUT
+        while not (os.path.isdir(logs) and run_dirs(logs)
+                   and (logs / run_dirs(logs)[0] / "mask_rcnn_siamese_0001.h5").exists()):
+            if time.time() > deadline or any(p.poll() is not None for p in cluster.procs):
+                pytest.fail(f"checkpoint 1 never appeared:\n{cluster.describe()}")
+            time.sleep(0.05)
+        cluster.procs[0].send_signal(signal.SIGKILL)
+        killed = time.time()
+        codes = cluster.wait(LOSS_DETECTION_TIMEOUT)
+        seconds = time.time() - killed
+        assert codes[0] == -signal.SIGKILL
+        assert codes[1] == 3, f"worker 1 did not stop with status 3 within {LOSS_DETECTION_TIMEOUT} s:\n" \
+                              + cluster.describe()
+        err = cluster.text(1, "err")
+        assert "error: lost another worker during epoch" in err and "Traceback" not in err, err[-3000:]
+        assert "restart all of them with --weights last to resume from the chief's last checkpoint (epoch" in err
+        print(f"worker 1 stopped {seconds:.1f} s after the chief was killed")
+    finally:
+        cluster.kill()
+
+
+def test_a_machine_that_never_starts_ends_the_wait(tmp_path):
+    """Worker 0 alone (worker 1 never starts): TensorFlow would wait without limit (measured:
+    more than 10 minutes, deaf to SIGTERM); after --worker-start-timeout the watchdog names
+    the address of the machine that is missing and ends the process (SIGKILL)."""
+    if not os.path.isfile(ANNOTATIONS):
+        pytest.skip(f"shared COCO subset not found at {SUBSET}")
+    ports = free_ports(2)
+    workers = [f"127.0.0.1:{p}" for p in ports]
+    tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}}
+    started = time.time()
+    done = subprocess.run([sys.executable, *train_args(tmp_path / "logs", "--multi-worker", "--images-per-gpu", "1",
+                                                       "--worker-start-timeout", "3")],
+                          cwd=ROOT, env=environment(tf_config), capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=RUN_TIMEOUT)
+    assert done.returncode == -signal.SIGKILL, (done.returncode, done.stdout[-2000:], done.stderr[-3000:])
+    assert "worker 0 of 2 machines (the chief, writes checkpoints)" in done.stdout
+    assert "error: --multi-worker: not all 2 machines of TF_CONFIG started within" in done.stderr
+    assert f"(not answering: {workers[1]})" in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert not os.path.exists(tmp_path / "logs") or not run_dirs(tmp_path / "logs")
+    print(f"worker 0 alone gave up {time.time() - started:.1f} s after it started "
+          f"(--worker-start-timeout 3, TensorFlow's import and start included)")
+    assert time.time() - started < 90

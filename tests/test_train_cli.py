@@ -159,27 +159,6 @@ def test_tiny_backbone_config(tmp_path):
     assert config.NUM_CLASSES == 2
 
 
-@pytest.mark.parametrize("tf_config, expected", [
-    (None, (None, 0, True)),
-    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, ("worker", 0, True)),
-    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}, ("worker", 1, False)),
-    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}},
-     ("worker", 0, False)),
-    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}},
-     ("chief", 0, True)),
-])
-def test_parse_tf_config(tf_config, expected):
-    text = json.dumps(tf_config) if tf_config else None
-    assert cli.parse_tf_config(text) == expected
-    logs = cli.worker_logs_dir("logs", text)
-    assert logs == ("logs" if expected[2] else os.path.join("logs", f"{expected[0]}_{expected[1]}"))
-
-
-def test_bad_tf_config():
-    with pytest.raises(ValueError, match="TF_CONFIG"):
-        cli.parse_tf_config("{not json")
-
-
 # --------------------------------------------------------------------------- weights
 @pytest.fixture(scope="module")
 def tiny_model_factory(tmp_path_factory):

@@ -19,7 +19,8 @@ Examples::
     python samples/coco/train_siamese.py --dataset /data/coco --split 1 --gpus 4 \\
         --weights /data/resnet50_imagenet687.h5
 
-    # several machines: TF_CONFIG set on every worker, same command everywhere
+    # several machines: the same command on every machine, each with its own TF_CONFIG
+    # task (see the README's "Training on COCO"); checked before training starts
     python samples/coco/train_siamese.py --dataset /data/coco --split 1 --multi-worker ...
 
     # a CPU smoke run on any COCO-format files
@@ -28,7 +29,8 @@ Examples::
         --all-epochs 2 --total-epochs 2
 
 Checkpoints (``mask_rcnn_siamese_NNNN.h5``), ``config.json``, ``history.jsonl`` and
-TensorBoard scalars go to ``<logs>/siamese<YYYYMMDDTHHMM>/``. The logic lives in
+TensorBoard scalars go to ``<logs>/siamese<YYYYmmddTHHMMSS>-<suffix>/`` (written by the
+chief alone when several machines train). The logic lives in
 ``siamese_mask_rcnn.train_coco`` (also ``siamese-mrcnn train``); this script only runs it.
 """
 import os

@@ -307,7 +307,7 @@ def roi_align_crops(image, boxes, box_indices, crop_size):
     up to 34 % of the largest gradient value off the float64 value; single-threaded, as under
     ``tf.config.experimental.enable_op_determinism``, 2e-6). The GPU kernel adds atomically
     (correct up to summation order) and needs less memory, so :class:`PyramidROIAlign`
-    uses this function only in processes that see no GPU and do not run TensorFlow's ops
+    uses this function only for maps on a CPU when TensorFlow's ops do not run
     deterministically (then TensorFlow's CPU kernel runs on one thread and is correct).
 
     Args:
@@ -339,12 +339,17 @@ def roi_align_crops(image, boxes, box_indices, crop_size):
     return crop(image)
 
 
-def _race_free_roi_align_gradient():
-    """True in a process that sees no GPU (TensorFlow places the model on the CPU) and does
-    not run TensorFlow's ops deterministically: under
-    ``tf.config.experimental.enable_op_determinism`` (the demo's default) TensorFlow's CPU
-    kernel runs on one thread, which is correct, and is kept."""
-    if tf.config.list_logical_devices("GPU"):
+def _race_free_roi_align_gradient(device=""):
+    """Whether ROIAlign's gradient should go through :func:`roi_align_crops`: when the maps
+    are placed on a CPU, by ``device`` (the feature map's device string, e.g. a replica's
+    ``.../device:CPU:0`` under a strategy) or, when that is empty (placement left to
+    TensorFlow), in a process that sees no GPU; and TensorFlow does not run its ops
+    deterministically (under ``tf.config.experimental.enable_op_determinism``, the demo's
+    default, TensorFlow's CPU kernel runs on one thread, which is correct, and is kept)."""
+    placed = (device or "").upper()
+    if "GPU" in placed:
+        return False
+    if "CPU" not in placed and tf.config.list_logical_devices("GPU"):
         return False
     try:
         from tensorflow.python.framework import config as tf_config
@@ -358,9 +363,10 @@ class PyramidROIAlign(Float32Layer):
 
     Inputs: ``[boxes [B, N, 4], image_meta [B, META], P2, P3, P4, P5]``.
     Output: ``[B, N, pool, pool, C]``. Level = clip(4 + log2(sqrt(hw) / (224 / sqrt(image
-    area))), 2, 5), matterport's (and the FPN paper's) assignment. In a process without a GPU
-    the crops' gradient reaches the maps through :func:`roi_align_crops` (TensorFlow's
-    multi-threaded CPU kernel loses contributions of overlapping boxes); with a GPU, or with
+    area))), 2, 5), matterport's (and the FPN paper's) assignment. When the maps are on a CPU
+    (by their device, or in a process without a GPU) the crops' gradient reaches the maps
+    through :func:`roi_align_crops` (TensorFlow's multi-threaded CPU kernel loses
+    contributions of overlapping boxes); on a GPU, or with
     ``tf.config.experimental.enable_op_determinism`` (one thread), through TensorFlow's.
     """
 
@@ -383,7 +389,8 @@ class PyramidROIAlign(Float32Layer):
         roi_level = tf.squeeze(roi_level, 2)
 
         # On a CPU the race-free gradient (roi_align_crops); on a GPU or one thread, TensorFlow's.
-        crop = roi_align_crops if _race_free_roi_align_gradient() else tf.image.crop_and_resize
+        crop = (roi_align_crops if _race_free_roi_align_gradient(getattr(feature_maps[0], "device", ""))
+                else tf.image.crop_and_resize)
         pooled, order = [], []
         for i, level in enumerate(range(2, 6)):
             ix = tf.where(tf.equal(roi_level, level))

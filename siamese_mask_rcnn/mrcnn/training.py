@@ -332,18 +332,22 @@ class worker_loss_as_error:
         if kind is None or not issubclass(kind, self.LOST) or num_workers(self.model.strategy) < 2:
             return False
         if self.epoch == 0:
-            last = " (none yet: training starts again)"
-        elif is_chief(self.model.strategy):
-            last = f" ({self.model.checkpoint_path.format(self.epoch)})"
+            # Nothing of this run to resume; --weights last would pick an older run of the
+            # same --logs (or find nothing), so say so.
+            restart = ("no checkpoint of this run was written yet: restart all of them with the "
+                       "same command as before (not --weights last, which would resume an older "
+                       "run of --logs, or find none)")
         else:
-            last = f" (epoch {self.epoch})"
+            where = (self.model.checkpoint_path.format(self.epoch) if is_chief(self.model.strategy)
+                     else f"epoch {self.epoch}")
+            restart = (f"restart all of them with --weights last to resume from the chief's last "
+                       f"checkpoint ({where})")
         first_line = ((str(getattr(error, "message", "")) or str(error) or kind.__name__).strip()
                       .splitlines() or [kind.__name__])[0]
         raise WorkerLostError(
             f"lost another worker during epoch {self.epoch + 1}, step {self.step + 1} "
-            f"({kind.__name__}: {first_line[:300]}). Every worker must be restarted; "
-            f"restart all of them with --weights last to resume from the chief's last checkpoint"
-            + last) from error
+            f"({kind.__name__}: {first_line[:300]}). Every worker must be restarted; {restart}"
+        ) from error
 
 
 def _json_rate(learning_rate):

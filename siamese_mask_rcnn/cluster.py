@@ -1,0 +1,183 @@
+"""The machines of a multi-machine training run, read from ``TF_CONFIG`` without TensorFlow.
+
+``--multi-worker`` (``train_siamese.py``, ``coco.py train``, ``siamese-mrcnn train``) trains
+with ``tf.distribute.MultiWorkerMirroredStrategy``, which takes the cluster from the
+``TF_CONFIG`` environment variable, a JSON object such as::
+
+    {"cluster": {"worker": ["hostA:12345", "hostB:12345"]},
+     "task": {"type": "worker", "index": 0}}
+
+TensorFlow accepts some descriptions that cannot work for this strategy (no ``"cluster"``:
+it silently trains on one machine) and reports others with its own internal messages;
+:func:`read_tf_config` checks the description first and names what is wrong. The chief
+(the ``chief`` task, or worker 0 when there is none) is the one machine that writes
+checkpoints, ``config.json``, ``history.jsonl`` and TensorBoard files; the other workers
+write nothing (see ``mrcnn.training``).
+"""
+import collections
+import json
+import os
+import re
+import socket
+import time
+
+#: Job names ``MultiWorkerMirroredStrategy`` trains with (an ``evaluator`` or ``ps`` task
+#: would need another training loop, which this project does not have).
+TRAINING_JOBS = ("chief", "worker")
+
+ClusterTask = collections.namedtuple("ClusterTask", "task_type index is_chief workers peers",
+                                     defaults=((),))
+ClusterTask.__doc__ = """This process's place in the cluster: ``task_type`` ("chief",
+"worker" or None on a single machine), ``index`` (in its job), ``is_chief``, ``workers``
+(the number of training machines, chief included) and ``peers`` (the other machines'
+``"host:port"`` addresses)."""
+
+SINGLE_MACHINE = ClusterTask(None, 0, True, 1)
+
+#: Seconds a ``--multi-worker`` process waits for every machine of the cluster to start
+#: before it gives up (``--worker-start-timeout``).
+DEFAULT_START_TIMEOUT = 600.0
+
+_EXAMPLE = ('{"cluster": {"worker": ["hostA:12345", "hostB:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}')
+_ADDRESS = re.compile(r"^\S+:\d{1,5}$")
+
+
+def read_tf_config(text):
+    """The :class:`ClusterTask` of a ``TF_CONFIG`` string (empty or None: one machine).
+
+    Raises:
+        ValueError: the text is not a JSON object; ``"cluster"`` is missing, empty or not an
+            object of ``job: ["host:port", ...]`` lists; a job other than ``chief`` and
+            ``worker``; more than one chief; ``"task"`` missing, or its ``type`` not a job
+            of the cluster, or its ``index`` not an integer within that job's list. The
+            message starts with ``TF_CONFIG`` and names the offending value.
+    """
+    if text is None or not str(text).strip():
+        return SINGLE_MACHINE
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({err}); expected e.g. {_EXAMPLE}") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"TF_CONFIG must be a JSON object, got {type(spec).__name__} {text!r}; "
+                         f"expected e.g. {_EXAMPLE}")
+    cluster = spec.get("cluster")
+    if not cluster:
+        raise ValueError(f"TF_CONFIG has no \"cluster\" (the address of every machine): without "
+                         f"it TensorFlow would train on this machine alone; expected e.g. {_EXAMPLE}")
+    if not isinstance(cluster, dict):
+        raise ValueError(f"TF_CONFIG \"cluster\" must be an object of job: [\"host:port\", ...], "
+                         f"got {cluster!r}")
+    for job, addresses in cluster.items():
+        if job not in TRAINING_JOBS:
+            raise ValueError(f"TF_CONFIG job {job!r} is not supported: MultiWorkerMirroredStrategy "
+                             f"trains with the jobs {' and '.join(TRAINING_JOBS)}")
+        if not isinstance(addresses, list) or not addresses:
+            raise ValueError(f"TF_CONFIG job {job!r} must be a non-empty list of \"host:port\", "
+                             f"got {addresses!r}")
+        for address in addresses:
+            if not isinstance(address, str) or not _ADDRESS.match(address):
+                raise ValueError(f"TF_CONFIG job {job!r}: {address!r} is not a \"host:port\" address")
+    if len(cluster.get("chief", [])) > 1:
+        raise ValueError(f"TF_CONFIG has {len(cluster['chief'])} chiefs; a cluster has at most one")
+    task = spec.get("task")
+    if not isinstance(task, dict):
+        raise ValueError(f"TF_CONFIG has no \"task\" object (which machine this is), got {task!r}; "
+                         f"expected e.g. {_EXAMPLE}")
+    task_type, index = task.get("type"), task.get("index", 0)
+    if task_type not in cluster:
+        raise ValueError(f"TF_CONFIG task type {task_type!r} is not a job of the cluster "
+                         f"({', '.join(sorted(cluster))})")
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise ValueError(f"TF_CONFIG task index must be an integer, got {index!r}")
+    if not 0 <= index < len(cluster[task_type]):
+        raise ValueError(f"TF_CONFIG task index {index} is outside job {task_type!r}, which has "
+                         f"{len(cluster[task_type])} address(es) (indices 0 to {len(cluster[task_type]) - 1})")
+    chief = task_type == "chief" or (task_type == "worker" and index == 0 and "chief" not in cluster)
+    workers = sum(len(cluster[job]) for job in TRAINING_JOBS if job in cluster)
+    peers = tuple(address for job in TRAINING_JOBS for i, address in enumerate(cluster.get(job, []))
+                  if (job, i) != (task_type, index))
+    return ClusterTask(task_type, index, chief, workers, peers)
+
+
+def describe(task):
+    """One line for the log: which machine of how many this process is."""
+    if task.task_type is None:
+        return "one machine"
+    role = "the chief, writes checkpoints" if task.is_chief else "not the chief, writes nothing"
+    return f"{task.task_type} {task.index} of {task.workers} machines ({role})"
+
+
+def listening(address, timeout=1.0):
+    """Whether something accepts TCP connections at ``"host:port"`` (a started worker does)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def multi_worker_strategy(task, start_timeout=DEFAULT_START_TIMEOUT):
+    """``tf.distribute.MultiWorkerMirroredStrategy`` over the cluster of ``TF_CONFIG`` (``task``
+    from :func:`read_tf_config`). Creating it blocks until every machine has started, and
+    TensorFlow waits without limit inside a call that holds Python's interpreter lock (no
+    Python thread, Ctrl-C or SIGTERM gets through: measured, more than 10 minutes). So a
+    small watchdog process (:func:`watch`) waits beside it: if the strategy does not exist
+    after ``start_timeout`` seconds (None or <= 0: no watchdog), the watchdog prints
+    ``error: --multi-worker: not all N machines of TF_CONFIG started within T s (not
+    answering: host:port, ...)`` on this process's stderr and ends this process (SIGKILL:
+    exit status 137 in a shell, -9 in Python's ``subprocess``).
+    """
+    import subprocess
+    import sys
+
+    import tensorflow as tf
+    if not start_timeout or start_timeout <= 0 or task.workers < 2:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from siamese_mask_rcnn.cluster import watch; watch(sys.argv[1:])",
+         str(os.getpid()), repr(float(start_timeout)), str(task.workers), *task.peers],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=_watchdog_environment())
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    finally:
+        try:
+            watchdog.stdin.close()  # "started": the watchdog leaves quietly
+        except OSError:
+            pass
+        watchdog.wait()
+
+
+def _watchdog_environment():
+    """This process's environment, with this package importable by the watchdog."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p))
+
+
+def watch(argv):
+    """The watchdog of :func:`multi_worker_strategy`: ``argv`` is ``[pid, timeout, workers,
+    peer, ...]``. Returns when its stdin closes (the strategy exists, or its process ended)
+    within ``timeout`` seconds; otherwise prints the error naming the peers that do not
+    answer and kills ``pid``."""
+    import select
+    import signal
+    import sys
+    pid, timeout, workers, peers = int(argv[0]), float(argv[1]), int(argv[2]), argv[3:]
+    started = time.monotonic()
+    ready, _, _ = select.select([sys.stdin], [], [], timeout)
+    if ready:
+        return
+    silent = [address for address in peers if not listening(address)]
+    where = (f"not answering: {', '.join(silent)}" if silent else
+             "every address answers: is each machine's TF_CONFIG task index its own?")
+    print(f"error: --multi-worker: not all {workers} machines of TF_CONFIG started within "
+          f"{time.monotonic() - started:.0f} s ({where}); start the same command on every "
+          f"machine with its own TF_CONFIG task, or raise --worker-start-timeout",
+          file=sys.stderr, flush=True)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,159 @@
+"""``TF_CONFIG`` for ``--multi-worker`` (``siamese_mask_rcnn.cluster``), checked before
+TensorFlow starts: which machine is the chief, and a clear exit-2 error for every
+description that cannot work, in both training programs; the message a surviving worker
+prints when another is lost (``mrcnn.training.worker_loss_as_error``)."""
+import json
+import logging
+import types
+
+import pytest
+
+from siamese_mask_rcnn import cluster
+from siamese_mask_rcnn import coco_maskrcnn
+from siamese_mask_rcnn import train_coco
+
+TWO = ["a:1", "b:2"]
+
+
+@pytest.mark.parametrize("tf_config, expected", [
+    (None, (None, 0, True, 1)),
+    ("", (None, 0, True, 1)),
+    ({"cluster": {"worker": TWO}, "task": {"type": "worker", "index": 0}}, ("worker", 0, True, 2)),
+    ({"cluster": {"worker": TWO}, "task": {"type": "worker", "index": 1}}, ("worker", 1, False, 2)),
+    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}},
+     ("worker", 0, False, 2)),
+    ({"cluster": {"chief": ["c:1"], "worker": TWO}, "task": {"type": "chief", "index": 0}},
+     ("chief", 0, True, 3)),
+    ({"cluster": {"worker": ["[::1]:8000"]}, "task": {"type": "worker"}}, ("worker", 0, True, 1)),
+])
+def test_chief_and_workers(tf_config, expected):
+    text = tf_config if tf_config in (None, "") else json.dumps(tf_config)
+    task = cluster.read_tf_config(text)
+    assert tuple(task)[:4] == expected
+    assert ("writes checkpoints" in cluster.describe(task)) == (expected[0] is not None and expected[2])
+    if text and "chief" in text and task.task_type == "chief":
+        assert task.peers == tuple(TWO)  # the other machines, not this one
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "not valid JSON"),
+    ('["a:1"]', "must be a JSON object, got list"),
+    ('{"task": {"type": "worker", "index": 0}}', 'no "cluster"'),
+    ('{"cluster": {}, "task": {"type": "worker", "index": 0}}', 'no "cluster"'),
+    ('{"cluster": ["a:1"], "task": {"type": "worker", "index": 0}}', "must be an object of job"),
+    ('{"cluster": {"ps": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker", "index": 0}}',
+     "job 'ps' is not supported"),
+    ('{"cluster": {"worker": "a:1"}, "task": {"type": "worker", "index": 0}}', "non-empty list"),
+    ('{"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}}', "non-empty list"),
+    ('{"cluster": {"worker": ["a:1", "hostB"]}, "task": {"type": "worker", "index": 0}}',
+     "'hostB' is not a \"host:port\""),
+    ('{"cluster": {"chief": ["a:1", "b:1"]}, "task": {"type": "chief", "index": 0}}', "2 chiefs"),
+    ('{"cluster": {"worker": ["a:1"]}}', 'no "task"'),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
+     "task type 'chief' is not a job of the cluster (worker)"),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": "1"}}',
+     "index must be an integer, got '1'"),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": true}}',
+     "index must be an integer"),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}',
+     "index 2 is outside job 'worker', which has 2 address(es)"),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": -1}}',
+     "index -1 is outside"),
+])
+def test_bad_tf_config_names_the_problem(text, message):
+    with pytest.raises(ValueError) as err:
+        cluster.read_tf_config(text)
+    assert str(err.value).startswith("TF_CONFIG") and message in str(err.value), str(err.value)
+
+
+SUBSET_ARGS = ["--train-annotations", __file__, "--train-images", "."]
+
+
+@pytest.mark.parametrize("program", ["train_siamese", "coco_train"])
+def test_multi_worker_with_bad_tf_config_exits_2(program, monkeypatch, capsys, tmp_path):
+    """Both training programs stop before TensorFlow with the message (exit 2), also for a
+    TF_CONFIG without "cluster", which TensorFlow itself would run as one machine."""
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"task": {"type": "worker", "index": 1}}))
+    with pytest.raises(SystemExit) as exit_info:
+        if program == "train_siamese":
+            parser = train_coco.build_parser()
+            args = parser.parse_args([*SUBSET_ARGS, "--logs", str(tmp_path), "--multi-worker"])
+            train_coco.check_args(parser, args)
+        else:
+            coco_maskrcnn.main(["train", "--model", "none", *SUBSET_ARGS, "--logs", str(tmp_path),
+                                "--multi-worker"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert '--multi-worker: TF_CONFIG has no "cluster"' in err, err
+
+
+def test_tf_config_is_checked_only_with_multi_worker(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    parser = train_coco.build_parser()
+    args = parser.parse_args([*SUBSET_ARGS, "--logs", str(tmp_path)])
+    train_coco.check_args(parser, args)
+    assert args.cluster == cluster.SINGLE_MACHINE
+    with caplog.at_level(logging.WARNING):
+        assert train_coco.make_strategy(args) is None
+    assert "TF_CONFIG is set but --multi-worker was not given" in caplog.text
+
+
+def test_good_tf_config_is_kept_for_the_run(monkeypatch, tmp_path):
+    spec = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 1}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(spec))
+    parser = train_coco.build_parser()
+    args = parser.parse_args([*SUBSET_ARGS, "--logs", str(tmp_path), "--multi-worker"])
+    train_coco.check_args(parser, args)
+    assert args.cluster == ("worker", 1, False, 2, ("127.0.0.1:1",))
+
+
+class _FakeStrategy:
+    """Stands for a two-machine ``MultiWorkerMirroredStrategy`` (what the context manager reads)."""
+
+    def __init__(self, chief):
+        self.extended = types.SimpleNamespace(should_checkpoint=chief)
+        spec = types.SimpleNamespace(as_dict=lambda: {"worker": TWO})
+        self.cluster_resolver = types.SimpleNamespace(cluster_spec=lambda: spec)
+
+
+@pytest.mark.parametrize("epoch, chief, expected, not_expected", [
+    (0, True, "no checkpoint of this run was written yet: restart all of them with the same "
+              "command as before (not --weights last", "resume from the chief's"),
+    (3, True, "restart all of them with --weights last to resume from the chief's last checkpoint "
+              "(/run/mask_rcnn_siamese_0003.h5)", "not --weights last"),
+    (3, False, "--weights last to resume from the chief's last checkpoint (epoch 3)", "same command"),
+])
+def test_lost_worker_message_says_how_to_restart(epoch, chief, expected, not_expected):
+    import tensorflow as tf
+
+    from siamese_mask_rcnn.mrcnn.training import WorkerLostError, worker_loss_as_error
+    model = types.SimpleNamespace(strategy=_FakeStrategy(chief),
+                                  checkpoint_path="/run/mask_rcnn_siamese_{:04d}.h5")
+    with pytest.raises(WorkerLostError) as err:
+        with worker_loss_as_error(model, epoch, 6):
+            raise tf.errors.UnavailableError(None, None, "socket closed\nmore detail")
+    text = str(err.value)
+    assert text.startswith(f"lost another worker during epoch {epoch + 1}, step 7 "
+                           f"(UnavailableError: socket closed)")
+    assert expected in text and not_expected not in text, text
+    # Other errors pass through unchanged.
+    with pytest.raises(ValueError):
+        with worker_loss_as_error(model, epoch, 6):
+            raise ValueError("not a lost worker")
+
+
+def test_listening_tells_a_started_machine_from_a_missing_one():
+    import socket
+    live = socket.socket()
+    live.bind(("127.0.0.1", 0))
+    live.listen()
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()
+    try:
+        assert cluster.listening(f"127.0.0.1:{live.getsockname()[1]}")
+        assert not cluster.listening(f"127.0.0.1:{dead_port}")
+        assert not cluster.listening("no-port")
+    finally:
+        live.close()
