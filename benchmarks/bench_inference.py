@@ -17,9 +17,14 @@ dependencies), torchvision's ``maskrcnn_resnet50_fpn`` is timed too, at a true q
 input (its transform's ``min_size`` / ``max_size`` set to the query side, not its default
 800 / 1333), 100 detections (score threshold 0) and the same intra-op threads, and every
 figure is also given as a multiple of its time. Random weights (only the speed is measured)
-and a score threshold of 0, so the mask head runs on all ``DETECTION_MAX_INSTANCES`` slots
-(its worst case); then ``detect_embeddings`` again at the preset's own
-``DETECTION_MIN_CONFIDENCE`` (with random weights few or no detections pass it).
+(seeded: the same in every run) and a score threshold of 0, so the mask head runs on every
+detection slot that the random classifier fills (its worst case; the count is printed); then ``detect_embeddings`` again at the preset's own
+``DETECTION_MIN_CONFIDENCE`` with the same weights (how many random-weight detections pass
+it is printed). Stage figures, the ResNet-50 ceiling and torchvision's backbone are the
+fastest of at least 3 calls (stages are differences of timed prefixes); the end-to-end
+figures (``detect_embeddings``, torchvision's whole model) are the mean of ``--repeats``
+calls (``--paper-repeats`` for paper); every figure comes after one warm-up call. At the
+paper preset the issue's targets are checked and printed as met / NOT met.
 """
 import argparse
 import os
@@ -74,6 +79,22 @@ def timed(fn, repeats):
     return (time.perf_counter() - t0) / repeats
 
 
+#: Stage figures are the fastest of at least this many calls: they are differences of timed
+#: prefixes of the head model, which one call disturbed by another job would make meaningless.
+STAGE_CALLS = 3
+
+
+def fastest(fn, calls):
+    """Fewest seconds of ``fn()`` over ``max(calls, STAGE_CALLS)`` calls after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(max(int(calls), STAGE_CALLS)):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def graph_conv_flops(fn, specs):
     """FLOPs (2 per multiply-add) of the convolutions of ``fn`` traced at the fixed ``specs``."""
     import tensorflow as tf
@@ -124,7 +145,7 @@ def resnet50_ceiling(config, repeats):
     flops = graph_conv_flops(lambda x: net(x, training=False), [spec])
     fn = tf.function(lambda x: net(x, training=False), input_signature=[spec])
     x = tf.random.uniform(shape)
-    seconds = timed(lambda: fn(x).numpy(), repeats)
+    seconds = fastest(lambda: fn(x).numpy(), repeats)
     return seconds, flops
 
 
@@ -167,7 +188,7 @@ def torchvision_seconds(side, repeats, threads, real_threshold=False):
             raise RuntimeError(f"torchvision resized the {side}² image to {result['input_hw']}")
         result["seconds"] = timed(lambda: net(x), repeats)
         result["detections"] = int(net(x)[0]["boxes"].shape[0])
-        result["backbone_fpn_s"] = timed(lambda: net.backbone(batch.tensors), repeats)
+        result["backbone_fpn_s"] = fastest(lambda: net.backbone(batch.tensors), repeats)
         if real_threshold:
             default = build(0.05)
             result["default_threshold_s"] = timed(lambda: default(x), repeats)
@@ -186,6 +207,7 @@ def bench_preset(preset, repeats, categories, real_threshold=False):
     from siamese_mask_rcnn.siamese import LEVELS, SiameseMaskRCNN
 
     config = config_for(preset)
+    keras.utils.set_random_seed(0)  # the same random weights (and so detections) in every run
     t0 = time.perf_counter()
     model = SiameseMaskRCNN("inference", config, model_dir="logs/bench")
     build = time.perf_counter() - t0
@@ -212,18 +234,18 @@ def bench_preset(preset, repeats, categories, real_threshold=False):
     for stage, tensors in prefixes.items():
         probe = keras.Model(inputs, tensors)
         fn = tf.function(lambda *x, p=probe: p(list(x), training=False), input_signature=signature)
-        cumulative[stage] = timed(lambda f=fn: [o.numpy() for o in tf.nest.flatten(f(*args))], repeats)
+        cumulative[stage] = fastest(lambda f=fn: [o.numpy() for o in tf.nest.flatten(f(*args))], repeats)
         if stage == "mask_head":
             outputs = [o.numpy() for o in fn(*args)]
     detections, masks = outputs
     real = int((detections[0, :, 4] > 0).sum())
-    stages = {"encode_query": timed(lambda: model.encode_query(query), repeats),
-              "embed_reference": timed(lambda: model.encode_references(references[:1]), repeats)}
+    stages = {"encode_query": fastest(lambda: model.encode_query(query), repeats),
+              "embed_reference": fastest(lambda: model.encode_references(references[:1]), repeats)}
     previous = 0.0
     for stage in prefixes:
         stages[stage] = max(0.0, cumulative[stage] - previous)
         previous = cumulative[stage]
-    stages["unmolding"] = timed(lambda: model.detection_result(detections[0], masks[0], query.shape,
+    stages["unmolding"] = fastest(lambda: model.detection_result(detections[0], masks[0], query.shape,
                                                                molded[0].shape, windows[0]), repeats)
 
     shape = [1] + [int(v) for v in config.IMAGE_SHAPE]
