@@ -36,7 +36,6 @@ from .cluster import DEFAULT_START_TIMEOUT, multi_worker_strategy
 from .cluster import describe as describe_task
 from .datasets.coco import OneShotCocoDataset
 from .mrcnn.config import Config
-from .mrcnn.weights import check_load_report
 from .paper_settings import PaperSettings
 from .train_coco import Stage  # noqa: F401  (the schedule's stage type, re-exported)
 from .train_coco import schedule_stages as siamese_schedule
@@ -301,6 +300,7 @@ def load_model_weights(model, spec, imagenet_weights=None, strict=False, exclude
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     report = model.load_weights(path, by_name=True, exclude=exclude, skip_mismatch=not strict)
+    from .mrcnn.weights import check_load_report  # imports Keras: only when loading
     return check_load_report(report, path, log)
 
 

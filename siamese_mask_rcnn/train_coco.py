@@ -27,7 +27,6 @@ from .cluster import DEFAULT_START_TIMEOUT, multi_worker_strategy
 from .cluster import describe as describe_task
 from .config import siamese_config
 from .mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
-from .mrcnn.weights import check_load_report
 from .datasets.coco import OneShotCocoDataset, split_label
 from .presets import preset_changes
 
@@ -360,6 +359,7 @@ def load_initial_weights(model, weights, exclude=None):
               f"(after epoch {model.epoch}; the newest run of {model.model_dir} with a checkpoint)")
         return path
     report = model.load_weights(weights, by_name=True, exclude=exclude, skip_mismatch=True)
+    from .mrcnn.weights import check_load_report  # imports Keras: only when loading
     check_load_report(report, weights, log)
     return weights
 

@@ -157,3 +157,19 @@ def test_listening_tells_a_started_machine_from_a_missing_one():
         assert not cluster.listening("no-port")
     finally:
         live.close()
+
+
+def test_the_command_line_programs_start_without_tensorflow():
+    """Arguments and TF_CONFIG are checked, and --help answers, before TensorFlow is imported
+    (``--help`` took 5 s when the weights module was imported at start)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys\n"
+            "import siamese_mask_rcnn.cli, siamese_mask_rcnn.train_coco, siamese_mask_rcnn.coco_maskrcnn\n"
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=dict(os.environ, PYTHONPATH=root),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
