@@ -264,20 +264,20 @@ class SiameseMaskRCNN(MaskRCNN):
             # constructed only now: a Keras initializer draws its seed when constructed, so
             # the detector's layers get the same initial weights with and without the head
             self.presence_head = PresenceHead(c.PRESENCE_CHANNELS, not getattr(c, "PRESENCE_GRADIENT", False))
-        if self.has_presence_head() and mode == "inference":
-            # outputs[7]: the presence [B, 1] (its sigmoid layer is named "presence")
-            logit = self.presence_head.logits(matched[:4])
-            outputs = outputs + [KL.Activation("sigmoid", name="presence", dtype="float32")(logit)]
-        elif self.has_presence_head():
-            # training: the loss parts [B, 5, 2] get a sixth row, the presence loss of the
-            # positive pair and of the negative one (the last input, matched by the same convs)
-            negative = keras.Input([len(LEVELS), depth], name="head_negative_embedding")
-            presence_inputs = [negative]
-            rematched = matching_graph(maps[:4], negative, c.MATCHING_CHANNELS, convs[:4],
-                                       prefix="presence_negative_concat")
-            logits = [self.presence_head.logits(matched[:4]), self.presence_head.logits(rematched)]
-            parts = PresenceLossParts(name="presence_loss_parts")(logits)
-            outputs = KL.Concatenate(axis=1, name="all_loss_parts", dtype="float32")([outputs, parts])
+            if mode == "inference":
+                # outputs[7]: the presence [B, 1] (its sigmoid layer is named "presence")
+                logit = self.presence_head.logits(matched[:4])
+                outputs = outputs + [KL.Activation("sigmoid", name="presence", dtype="float32")(logit)]
+            else:
+                # training: the loss parts [B, 5, 2] get a sixth row, the presence loss of the
+                # positive pair and of the negative one (the last input, matched by the same convs)
+                negative = keras.Input([len(LEVELS), depth], name="head_negative_embedding")
+                presence_inputs = [negative]
+                rematched = matching_graph(maps[:4], negative, c.MATCHING_CHANNELS, convs[:4],
+                                           prefix="presence_negative_concat")
+                logits = [self.presence_head.logits(matched[:4]), self.presence_head.logits(rematched)]
+                parts = PresenceLossParts(name="presence_loss_parts")(logits)
+                outputs = KL.Concatenate(axis=1, name="all_loss_parts", dtype="float32")([outputs, parts])
         return keras.Model([meta, embedding] + maps + gt_inputs + presence_inputs, outputs, name="siamese_heads")
 
     # -------------------------------------------------------------- training data

@@ -1,6 +1,7 @@
 """Tests for siamese_mask_rcnn.mrcnn.config.Config."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -149,3 +150,29 @@ def test_load_bad_file_names_path(tmp_path):
     unknown.write_text(json.dumps({"NOPE": 1}))
     with pytest.raises(ValueError, match="unknown.json.*NOPE"):
         Config.load(unknown)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("IMAGES_PER_GPU", -3, "IMAGES_PER_GPU must be a whole number >= 1, got -3"),
+    ("GPU_COUNT", 0, "GPU_COUNT must be a whole number >= 1"),
+    ("DETECTION_MAX_INSTANCES", 2.5, "DETECTION_MAX_INSTANCES must be a whole number >= 1, got 2.5"),
+    ("VALIDATION_STEPS", -1, "VALIDATION_STEPS must be a whole number >= 0"),
+    ("DETECTION_MIN_CONFIDENCE", 1.5, "DETECTION_MIN_CONFIDENCE must be between 0 and 1, got 1.5"),
+    ("RPN_NMS_THRESHOLD", "high", "RPN_NMS_THRESHOLD must be a number, got 'high'"),
+    ("LEARNING_RATE", 0, "LEARNING_RATE must be > 0, got 0"),
+    ("WEIGHT_DECAY", -1e-4, "WEIGHT_DECAY must be >= 0"),
+])
+def test_values_no_model_can_use_are_rejected_by_name(tmp_path, key, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Config(**{key: value})
+    # a config.json edited by hand: the message names the file and the key
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**Config().to_dict(), key: value}))
+    with pytest.raises(ValueError, match=re.escape(f"'{path}': {message}")):
+        Config.load(path)
+
+
+def test_edge_values_that_models_use_are_accepted():
+    config = Config(VALIDATION_STEPS=0, DETECTION_MIN_CONFIDENCE=0, DETECTION_NMS_THRESHOLD=1.0,
+                    WEIGHT_DECAY=0, IMAGE_MIN_DIM=None)
+    assert config.VALIDATION_STEPS == 0 and config.DETECTION_MIN_CONFIDENCE == 0

@@ -255,6 +255,50 @@ class Config:
         if self.LOSS_NORMALIZATION not in ("release", "per_image"):
             raise ValueError(f"LOSS_NORMALIZATION must be 'release' or 'per_image', "
                              f"got {self.LOSS_NORMALIZATION!r}")
+        self._check_ranges()
+
+    #: Config keys that must be whole numbers >= 1 / >= 0, and numbers within a range
+    #: (checked when a config is made or loaded; a key a subclass lacks, or None, is skipped).
+    _AT_LEAST_ONE = ("GPU_COUNT", "IMAGES_PER_GPU", "NUM_CLASSES", "STEPS_PER_EPOCH",
+                     "TRAIN_ROIS_PER_IMAGE", "DETECTION_MAX_INSTANCES", "POST_NMS_ROIS_TRAINING",
+                     "POST_NMS_ROIS_INFERENCE", "PRE_NMS_LIMIT", "RPN_TRAIN_ANCHORS_PER_IMAGE",
+                     "MAX_GT_INSTANCES", "IMAGE_MIN_DIM", "IMAGE_MAX_DIM", "TOP_DOWN_PYRAMID_SIZE",
+                     "FPN_CLASSIF_FC_LAYERS_SIZE", "IMAGE_CHANNEL_COUNT", "RPN_ANCHOR_STRIDE")
+    _AT_LEAST_ZERO = ("VALIDATION_STEPS",)
+    _RANGES = {"DETECTION_MIN_CONFIDENCE": (0.0, 1.0), "DETECTION_NMS_THRESHOLD": (0.0, 1.0),
+               "RPN_NMS_THRESHOLD": (0.0, 1.0), "ROI_POSITIVE_RATIO": (0.0, 1.0),
+               "LEARNING_MOMENTUM": (0.0, 1.0)}
+
+    def _check_ranges(self):
+        """Reject values no model can use (a negative batch, a threshold above 1, ...) with
+        a message naming the key and the value, instead of a shape error deep in TensorFlow.
+
+        Raises:
+            ValueError: a count below its minimum or not a whole number, a number outside
+                its range (``LEARNING_RATE`` must be > 0), or a value that is not a number.
+        """
+        def number(key):
+            value = getattr(self, key, None)
+            if value is None:
+                return None
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{key} must be a number, got {value!r}") from None
+
+        for minimum, keys in ((1, self._AT_LEAST_ONE), (0, self._AT_LEAST_ZERO)):
+            for key in keys:
+                value = number(key)
+                if value is not None and (value < minimum or value != int(value)):
+                    raise ValueError(f"{key} must be a whole number >= {minimum}, got {getattr(self, key)!r}")
+        for key, (low, high) in self._RANGES.items():
+            value = number(key)
+            if value is not None and not low <= value <= high:
+                raise ValueError(f"{key} must be between {low:g} and {high:g}, got {getattr(self, key)!r}")
+        if number("LEARNING_RATE") is not None and not number("LEARNING_RATE") > 0:
+            raise ValueError(f"LEARNING_RATE must be > 0, got {self.LEARNING_RATE!r}")
+        if number("WEIGHT_DECAY") is not None and not number("WEIGHT_DECAY") >= 0:
+            raise ValueError(f"WEIGHT_DECAY must be >= 0, got {self.WEIGHT_DECAY!r}")
 
     def config_keys(self):
         """Sorted names of every configuration attribute (UPPER_CASE)."""
