@@ -32,12 +32,12 @@ import warnings
 import numpy as np
 
 from .cliargs import check_tf_config, require_at_least, require_file
-from .cluster import DEFAULT_START_TIMEOUT, multi_worker_strategy
-from .cluster import describe as describe_task
+from .cluster import DEFAULT_START_TIMEOUT, check_same_start, finish_together, start_signature
 from .datasets.coco import OneShotCocoDataset
 from .mrcnn.config import Config
 from .paper_settings import PaperSettings
 from .train_coco import Stage  # noqa: F401  (the schedule's stage type, re-exported)
+from .train_coco import make_strategy, weights_fingerprint
 from .train_coco import schedule_stages as siamese_schedule
 
 log = logging.getLogger(__name__)
@@ -408,8 +408,10 @@ def train(args):
     strategy = None
     logs = args.logs  # every machine resolves --weights last here; only the chief writes
     if args.multi_worker:
-        print(f"--multi-worker: this process is {describe_task(args.cluster)}", flush=True)
-        strategy = multi_worker_strategy(args.cluster, args.worker_start_timeout)
+        # the same checks and messages as train_siamese.py (train_coco.make_strategy)
+        strategy = make_strategy(args)
+    elif os.environ.get("TF_CONFIG", "").strip():
+        log.warning("TF_CONFIG is set but --multi-worker was not given: training on this machine only")
     import keras
     from .mrcnn.model import MaskRCNN
     keras.utils.set_random_seed(args.seed)
@@ -429,6 +431,9 @@ def train(args):
         val_set = load_coco_dataset(annotation_file=val_ann, image_dir=val_images)
     model = MaskRCNN("training", config, model_dir=logs, strategy=strategy)
     load_model_weights(model, args.model, imagenet_weights=args.imagenet_weights)
+    if strategy is not None and args.cluster.workers > 1:
+        check_same_start(strategy, start_signature(model.epoch, weights_fingerprint(model),
+                                                   config.to_dict()), args.cluster)
     stages = schedule_stages(args.heads_epochs, args.all_epochs, args.total_epochs,
                              config.LEARNING_RATE)
     todo = [s for s in stages if s.until_epoch > model.epoch]
@@ -443,6 +448,10 @@ def train(args):
                                steps_per_epoch=args.steps_per_epoch,
                                validation_steps=args.validation_steps,
                                verbose=0 if args.quiet else 1)
+    fingerprint = weights_fingerprint(model)
+    if strategy is not None and args.cluster.workers > 1:
+        finish_together(strategy)
+    print(f"finished at epoch {model.epoch}; weights sha256 {fingerprint}", flush=True)
     return {"log_dir": model.log_dir, "epoch": model.epoch, "stages": todo, "history": history}
 
 

@@ -17,13 +17,13 @@ Checkpoints (``mask_rcnn_siamese_NNNN.h5`` with the training state beside them),
 ``--logs`` that has a checkpoint, in its folder (see :mod:`.mrcnn.checkpoints`).
 """
 import collections
-import json
 import logging
 import os
 import sys
 
 from .cliargs import check_tf_config, coco_parser, flag_name, require_at_least, require_file
-from .cluster import DEFAULT_START_TIMEOUT, multi_worker_strategy
+from .cluster import (DEFAULT_START_TIMEOUT, check_same_start, finish_together, multi_worker_strategy,
+                      start_signature)
 from .cluster import describe as describe_task
 from .config import siamese_config
 from .mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
@@ -246,6 +246,9 @@ def make_strategy(args):
             log.warning("TF_CONFIG is set but --multi-worker was not given: training on this "
                         "machine only")
         return None
+    if args.gpus != 1:
+        log.warning("--gpus is ignored with --multi-worker: each machine's replicas are the "
+                    "GPUs it sees")
     if not os.environ.get("TF_CONFIG", "").strip():
         log.warning("--multi-worker without TF_CONFIG: training on this machine only")
     else:
@@ -394,6 +397,9 @@ def main(argv=None, prog=None):
     model = SiameseMaskRCNN("training", config, model_dir=args.logs, strategy=strategy)
     load_initial_weights(model, args.weights, exclude=args.exclude)
 
+    if strategy is not None and args.cluster.workers > 1:
+        check_same_start(strategy, start_signature(model.epoch, weights_fingerprint(model),
+                                                   config.to_dict()), args.cluster)
     stages = schedule_stages(args.heads_epochs, args.all_epochs, args.total_epochs,
                              config.LEARNING_RATE)
     todo = remaining_stages(stages, model.epoch)
@@ -403,6 +409,12 @@ def main(argv=None, prog=None):
           f"(the category has no usable instance in another image); annotations dropped on load: "
           f"{summary['dropped_annotations'].get('invalid', 0)} invalid, "
           f"{summary['dropped_annotations'].get('degenerate', 0)} degenerate")
+    if getattr(config, "MIXED_PRECISION", None):
+        print(f"mixed precision: {config.MIXED_PRECISION} (weights, losses, box decoding and NMS "
+              f"in float32)")
+    if config.TRAIN_BN:
+        print("BatchNorm: trained" + (f", statistics synchronised over the {config.GPU_COUNT} replicas"
+                                      if config.GPU_COUNT > 1 else ""))
     print(f"split {split_label(args.split)}: {len(train_set.train_class_ids)} training categories, "
           f"{len(train_set.oneshot_class_ids)} held out; batch {config.BATCH_SIZE}; "
           f"starting after epoch {model.epoch}; stages to run: "
@@ -415,6 +427,8 @@ def main(argv=None, prog=None):
                                layers=stage.layers, steps_per_epoch=args.steps_per_epoch,
                                validation_steps=args.validation_steps, verbose=0 if args.quiet else 1)
     fingerprint = weights_fingerprint(model)
+    if strategy is not None and args.cluster.workers > 1:
+        finish_together(strategy)
     print(f"finished at epoch {model.epoch}; weights sha256 {fingerprint}", flush=True)
     return {"log_dir": model.log_dir, "epoch": model.epoch, "stages": todo, "history": history,
             "weights_sha256": fingerprint}

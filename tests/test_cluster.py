@@ -48,6 +48,13 @@ def test_chief_and_workers(tf_config, expected):
     ('{"cluster": {"worker": ["a:1", "hostB"]}, "task": {"type": "worker", "index": 0}}',
      "'hostB' is not a \"host:port\""),
     ('{"cluster": {"chief": ["a:1", "b:1"]}, "task": {"type": "chief", "index": 0}}', "2 chiefs"),
+    ('{"cluster": {"worker": ["a:1", "b:0"]}, "task": {"type": "worker", "index": 0}}',
+     "the port of 'b:0' is not between 1 and 65535"),
+    ('{"cluster": {"worker": ["a:1", "b:99999"]}, "task": {"type": "worker", "index": 0}}',
+     "the port of 'b:99999'"),
+    ('{"cluster": {"chief": ["a:1"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
+     "lists a:1 more than once"),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"index": 1}}', '"task" has no "type"'),
     ('{"cluster": {"worker": ["a:1"]}}', 'no "task"'),
     ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
      "task type 'chief' is not a job of the cluster (worker)"),
@@ -173,3 +180,21 @@ def test_the_command_line_programs_start_without_tensorflow():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_start_signature_tells_what_differs():
+    """Machines that resumed from different checkpoints, or got different flags, are told
+    apart by the element-wise min and max of their signatures (what the all-gather gives)."""
+    config = {"LEARNING_RATE": 0.01, "GPU_COUNT": 2, "BATCH_SIZE": 2, "SEED": 3}
+    base = cluster.start_signature(4, "ab12cd" + "0" * 58, config)
+    assert base[0] == 4 and base[1] == 0xab12cd and all(0 <= v < 2 ** 24 for v in base)
+    # GPU_COUNT / BATCH_SIZE come from the strategy: not compared
+    assert cluster.start_signature(4, "ab12cd" + "0" * 58, {**config, "GPU_COUNT": 4, "BATCH_SIZE": 4}) == base
+    other_lr = cluster.start_signature(4, "ab12cd" + "0" * 58, {**config, "LEARNING_RATE": 0.02})
+    fresh = cluster.start_signature(0, "00ff00" + "0" * 58, config)
+    for others, expected in [([base], []), ([other_lr], ["configuration"]),
+                             ([fresh], ["epoch", "weights"]), ([fresh, other_lr], ["epoch", "weights", "configuration"])]:
+        signatures = [base] + others
+        smallest = [min(column) for column in zip(*signatures)]
+        largest = [max(column) for column in zip(*signatures)]
+        assert cluster.start_mismatch(smallest, largest) == expected

@@ -87,7 +87,7 @@ def environment(tf_config=None):
 class Cluster:
     """Two worker processes of one ``train_siamese.py --multi-worker`` run."""
 
-    def __init__(self, tmp, name, logs, *extra):
+    def __init__(self, tmp, name, logs, *extra, extra_per_worker=([], [])):
         self.procs, self.out, self.err = [], [], []
         ports = free_ports(2)
         workers = [f"127.0.0.1:{p}" for p in ports]
@@ -98,7 +98,8 @@ class Cluster:
             self.out.append(out)
             self.err.append(err)
             self.procs.append(subprocess.Popen(
-                [sys.executable, *train_args(logs, "--multi-worker", "--images-per-gpu", "1", *extra)],
+                [sys.executable, *train_args(logs, "--multi-worker", "--images-per-gpu", "1", *extra,
+                                             *extra_per_worker[index])],
                 cwd=ROOT, env=environment(tf_config), stdout=out, stderr=err, stdin=subprocess.DEVNULL))
 
     def wait(self, timeout):
@@ -382,3 +383,41 @@ def test_a_machine_that_never_starts_ends_the_wait(tmp_path):
     print(f"worker 0 alone gave up {time.time() - started:.1f} s after it started "
           f"(--worker-start-timeout 3, TensorFlow's import and start included)")
     assert time.time() - started < 90
+
+
+def test_machines_that_start_from_different_weights_stop_before_training(runs, tmp_path):
+    """Worker 0 loads a checkpoint, worker 1 starts from the initial weights (as with
+    --weights last on one machine only): both stop before the first step, naming the
+    weights, instead of summing gradients of replicas that hold different weights."""
+    checkpoint = runs["run_dir"] / "mask_rcnn_siamese_0002.h5"
+    logs = tmp_path / "logs"
+    cluster = Cluster(tmp_path, "split_start", logs, "--all-epochs", "2", "--total-epochs", "2",
+                      extra_per_worker=[["--weights", str(checkpoint)], []])
+    try:
+        codes = cluster.wait(RUN_TIMEOUT)
+        assert codes == [1, 1], cluster.describe()
+        for index in range(2):
+            err = cluster.text(index, "err")
+            # (a checkpoint's file name sets the epoch it resumes after: 2 on worker 0)
+            assert ("error: --multi-worker: the 2 machines do not start from the same epoch and weights "
+                    f"(this one, worker {index} of 2 machines: epoch {2 if index == 0 else 0},") in err, err[-3000:]
+            assert "Nothing was trained" in err and "Traceback" not in err
+        assert not any(f.endswith(".h5") for d in run_dirs(logs) for f in os.listdir(logs / d))
+    finally:
+        cluster.kill()
+
+
+def test_empty_tf_config_trains_on_this_machine(tmp_path):
+    """``TF_CONFIG=`` (set but empty) with --multi-worker: one machine, with a warning (TensorFlow
+    alone would fail to parse the empty value)."""
+    if not os.path.isfile(ANNOTATIONS):
+        pytest.skip(f"shared COCO subset not found at {SUBSET}")
+    env = environment()
+    env["TF_CONFIG"] = ""
+    done = subprocess.run([sys.executable, *train_args(tmp_path / "logs", "--multi-worker", "--images-per-gpu", "1",
+                                                       "--all-epochs", "1", "--total-epochs", "1")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=RUN_TIMEOUT)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    assert "--multi-worker without TF_CONFIG: training on this machine only" in done.stderr
+    assert "finished at epoch 1" in done.stdout

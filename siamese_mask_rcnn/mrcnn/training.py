@@ -432,8 +432,9 @@ def run_training(model, train_dataset, val_dataset, learning_rate, epochs, layer
         writer = tf.summary.create_file_writer(model.log_dir)
     else:
         writer = tf.summary.create_noop_writer()
-    log.info("training %d variables of layers=%r from epoch %d to %d, lr=%s, in %s",
-             len(train_vars), layers, model.epoch + 1, epochs, learning_rate, model.log_dir)
+    log.info("training %d variables of layers=%r from epoch %d to %d, lr=%s, %s",
+             len(train_vars), layers, model.epoch + 1, epochs, learning_rate,
+             f"in {model.log_dir}" if chief else "writing nothing (not the chief)")
     _call_callbacks(custom_callbacks, "set_model", model.keras_model)
     _call_callbacks(custom_callbacks, "on_train_begin", {})
     history = []
