@@ -196,18 +196,23 @@ def watch(argv):
 
 
 #: What every machine of a run must share before its first step, in the order compared.
-START_PARTS = ("epoch", "weights", "configuration")
+START_PARTS = ("epoch", "weights", "configuration", "schedule or data")
 
 
-def start_signature(epoch, weights_sha256, config_dict):
-    """``[epoch, weights, configuration]`` as three whole numbers below 2**24 (exact in
-    float32, the dtype the collective gathers): the epoch training starts after, and the first
-    24 bits of the SHA-256 of the weights and of the configuration (``Config.to_dict``,
-    without ``GPU_COUNT``/``BATCH_SIZE``, which the strategy sets)."""
+def _hash24(value):
     import hashlib
+    text = json.dumps(value, sort_keys=True, default=str)
+    return int(hashlib.sha256(text.encode()).hexdigest()[:6], 16)
+
+
+def start_signature(epoch, weights_sha256, config_dict, run_settings=None):
+    """``[epoch, weights, configuration, schedule or data]`` as four whole numbers below
+    2**24 (exact in float32, the dtype the collective gathers): the epoch training starts
+    after, and 24-bit hashes of the weights (their SHA-256), of the configuration
+    (``Config.to_dict`` without ``GPU_COUNT``/``BATCH_SIZE``, which the strategy sets) and
+    of ``run_settings`` (a JSON-able dict: schedule, split, training data by id)."""
     settings = {k: v for k, v in config_dict.items() if k not in ("GPU_COUNT", "BATCH_SIZE")}
-    config_sha = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-    return [int(epoch), int(weights_sha256[:6], 16), int(config_sha[:6], 16)]
+    return [int(epoch), int(weights_sha256[:6], 16), _hash24(settings), _hash24(run_settings or {})]
 
 
 def start_mismatch(smallest, largest):
@@ -226,16 +231,14 @@ def check_same_start(strategy, signature, task):
     Raises:
         ValueError: on every machine alike, naming what differs and this machine's values.
     """
-    import tensorflow as tf
-    value = tf.constant([signature], tf.float32)
-    per_replica = strategy.run(lambda: tf.identity(value))
-    every = strategy.gather(per_replica, axis=0).numpy()  # [replicas of all machines, 3]
+    every = _gather_all(strategy, signature)  # [replicas of all machines, 4]
     differ = start_mismatch(every.min(axis=0), every.max(axis=0))
     if differ:
         raise ValueError(
             f"--multi-worker: the {task.workers} machines do not start from the same "
             f"{' and '.join(differ)} (this one, {describe(task).split(' (')[0]}: epoch {signature[0]}, "
-            f"weights {signature[1]:06x}, configuration {signature[2]:06x}). Give every machine "
+            f"weights {signature[1]:06x}, configuration {signature[2]:06x}, schedule and data "
+            f"{signature[3]:06x}). Give every machine "
             f"the same command and --weights; with --weights last, --logs must be one folder "
             f"that all machines share. Nothing was trained")
 
@@ -245,5 +248,41 @@ def finish_together(strategy):
     reaches the end before any of them exits: a chief that exits first takes TensorFlow's
     coordination service with it, and the others then wait for it and log UNAVAILABLE
     errors for several seconds (seen in 4 of 7 two-worker runs) before they exit."""
+    _gather_all(strategy, [0.0])
+
+
+def _gather_all(strategy, values):
+    """``values`` (a list of numbers) of every replica of every machine, ``[replicas, n]``
+    float32, through one all-gather run as a ``tf.function`` (eagerly, TensorFlow warns
+    about the overhead of collectives)."""
     import tensorflow as tf
-    strategy.gather(strategy.run(lambda: tf.zeros([1])), axis=0).numpy()
+    row = tf.constant([values], tf.float32)
+    gather = tf.function(lambda: strategy.gather(strategy.run(lambda: tf.identity(row)), axis=0))
+    return gather().numpy()
+
+
+class lost_worker_outside_steps:
+    """Context manager for the collective work around the training steps (building the
+    model, the start check, setting up a stage, the final meeting): when several machines
+    train and one of them is lost there, TensorFlow raises an internal error; this turns it
+    into ``mrcnn.training.WorkerLostError`` (``error: lost another worker ...``, exit
+    status 3), saying where it happened and how to restart."""
+
+    def __init__(self, several, where):
+        self.several, self.where = several, where
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is None or not self.several:
+            return False
+        from .mrcnn.training import WorkerLostError, worker_loss_as_error
+        if not issubclass(kind, worker_loss_as_error.LOST):
+            return False
+        first = ((str(getattr(error, "message", "")) or str(error) or kind.__name__).strip()
+                 .splitlines() or [kind.__name__])[0]
+        raise WorkerLostError(
+            f"lost another worker {self.where} ({kind.__name__}: {first[:300]}). Every worker must "
+            f"be restarted: with --weights last if the chief has written a checkpoint of this "
+            f"run, else with the same command as before") from error

@@ -32,7 +32,8 @@ import warnings
 import numpy as np
 
 from .cliargs import check_tf_config, require_at_least, require_file
-from .cluster import DEFAULT_START_TIMEOUT, check_same_start, finish_together, start_signature
+from .cluster import (DEFAULT_START_TIMEOUT, check_same_start, finish_together, lost_worker_outside_steps,
+                      start_signature)
 from .datasets.coco import OneShotCocoDataset
 from .mrcnn.config import Config
 from .paper_settings import PaperSettings
@@ -431,11 +432,15 @@ def train(args):
         val_set = load_coco_dataset(annotation_file=val_ann, image_dir=val_images)
     model = MaskRCNN("training", config, model_dir=logs, strategy=strategy)
     load_model_weights(model, args.model, imagenet_weights=args.imagenet_weights)
-    if strategy is not None and args.cluster.workers > 1:
-        check_same_start(strategy, start_signature(model.epoch, weights_fingerprint(model),
-                                                   config.to_dict()), args.cluster)
     stages = schedule_stages(args.heads_epochs, args.all_epochs, args.total_epochs,
                              config.LEARNING_RATE)
+    if strategy is not None and args.cluster.workers > 1:
+        settings = {"stages": [list(stage) for stage in stages], "images": len(train_set.image_ids),
+                    "classes": int(train_set.num_classes), "steps_per_epoch": args.steps_per_epoch,
+                    "validation_steps": args.validation_steps}
+        with lost_worker_outside_steps(True, "before the first step"):
+            check_same_start(strategy, start_signature(model.epoch, weights_fingerprint(model),
+                                                       config.to_dict(), settings), args.cluster)
     todo = [s for s in stages if s.until_epoch > model.epoch]
     print(f"Mask R-CNN on {train_set.num_classes - 1} categories, {len(train_set.image_ids)} "
           f"training images; batch {config.BATCH_SIZE}; starting after epoch {model.epoch}; "
@@ -450,7 +455,8 @@ def train(args):
                                verbose=0 if args.quiet else 1)
     fingerprint = weights_fingerprint(model)
     if strategy is not None and args.cluster.workers > 1:
-        finish_together(strategy)
+        with lost_worker_outside_steps(True, "after the last step (the chief's checkpoints are complete)"):
+            finish_together(strategy)
     print(f"finished at epoch {model.epoch}; weights sha256 {fingerprint}", flush=True)
     return {"log_dir": model.log_dir, "epoch": model.epoch, "stages": todo, "history": history}
 

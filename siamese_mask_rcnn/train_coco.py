@@ -22,8 +22,8 @@ import os
 import sys
 
 from .cliargs import check_tf_config, coco_parser, flag_name, require_at_least, require_file
-from .cluster import (DEFAULT_START_TIMEOUT, check_same_start, finish_together, multi_worker_strategy,
-                      start_signature)
+from .cluster import (DEFAULT_START_TIMEOUT, check_same_start, finish_together, lost_worker_outside_steps,
+                      multi_worker_strategy, start_signature)
 from .cluster import describe as describe_task
 from .config import siamese_config
 from .mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
@@ -220,6 +220,7 @@ def check_args(parser, args):
         parser.error(f"schedule: {err}")
     if args.lr is not None and not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
+    args.cluster = check_tf_config(parser, args.multi_worker)  # before --logs is created
     try:
         ensure_writable_dir(args.logs, "--logs folder")
     except UnwritableOutputError as err:
@@ -230,7 +231,6 @@ def check_args(parser, args):
             siamese_config("paper", **overrides)
     except ValueError as err:
         parser.error(str(err))
-    args.cluster = check_tf_config(parser, args.multi_worker)
 
 
 # ------------------------------------------------------------------------- pieces
@@ -392,16 +392,19 @@ def main(argv=None, prog=None):
     keras.utils.set_random_seed(args.seed)
     config = build_config(args, replicas=strategy.num_replicas_in_sync if strategy else None)
     train_set, val_set = load_datasets(args)
-    # Every worker resolves run directory and --weights last in --logs (storage shared by
-    # the machines); only the chief writes there (see mrcnn.training).
-    model = SiameseMaskRCNN("training", config, model_dir=args.logs, strategy=strategy)
-    load_initial_weights(model, args.weights, exclude=args.exclude)
-
-    if strategy is not None and args.cluster.workers > 1:
-        check_same_start(strategy, start_signature(model.epoch, weights_fingerprint(model),
-                                                   config.to_dict()), args.cluster)
+    several = strategy is not None and args.cluster.workers > 1
+    with lost_worker_outside_steps(several, "while the model was built"):
+        # Every worker resolves run directory and --weights last in --logs (storage shared by
+        # the machines); only the chief writes there (see mrcnn.training).
+        model = SiameseMaskRCNN("training", config, model_dir=args.logs, strategy=strategy)
+        load_initial_weights(model, args.weights, exclude=args.exclude)
     stages = schedule_stages(args.heads_epochs, args.all_epochs, args.total_epochs,
                              config.LEARNING_RATE)
+    if several:
+        with lost_worker_outside_steps(several, "before the first step"):
+            check_same_start(strategy, start_signature(
+                model.epoch, weights_fingerprint(model), config.to_dict(),
+                run_settings(stages, train_set, args)), args.cluster)
     todo = remaining_stages(stages, model.epoch)
     summary = train_set.index_summary()
     print(f"training set: {summary['pairs']} (query, category) pairs in {summary['images']} images; "
@@ -422,16 +425,29 @@ def main(argv=None, prog=None):
              or "none (already finished)"))
     history = []
     for stage in todo:
-        history += model.train(train_set, val_set if args.validation_steps > 0 else None,
-                               learning_rate=stage.learning_rate, epochs=stage.until_epoch,
-                               layers=stage.layers, steps_per_epoch=args.steps_per_epoch,
-                               validation_steps=args.validation_steps, verbose=0 if args.quiet else 1)
+        # (a worker lost during a step is reported by the training loop itself)
+        with lost_worker_outside_steps(several, f"while stage '{stage.layers}' was set up"):
+            history += model.train(train_set, val_set if args.validation_steps > 0 else None,
+                                   learning_rate=stage.learning_rate, epochs=stage.until_epoch,
+                                   layers=stage.layers, steps_per_epoch=args.steps_per_epoch,
+                                   validation_steps=args.validation_steps, verbose=0 if args.quiet else 1)
     fingerprint = weights_fingerprint(model)
-    if strategy is not None and args.cluster.workers > 1:
-        finish_together(strategy)
+    if several:
+        with lost_worker_outside_steps(several, "after the last step (the chief's checkpoints are complete)"):
+            finish_together(strategy)
     print(f"finished at epoch {model.epoch}; weights sha256 {fingerprint}", flush=True)
     return {"log_dir": model.log_dir, "epoch": model.epoch, "stages": todo, "history": history,
             "weights_sha256": fingerprint}
+
+
+def run_settings(stages, train_set, args):
+    """What a run's machines must share besides the config: the schedule, the split's
+    training categories and the training images (by id, not path: machines may mount the
+    data at different paths)."""
+    return {"stages": [list(stage) for stage in stages], "split": str(args.split),
+            "train_class_ids": sorted(int(c) for c in train_set.train_class_ids),
+            "images": sorted(int(i) for i in train_set.query_image_ids()),
+            "steps_per_epoch": args.steps_per_epoch, "validation_steps": args.validation_steps}
 
 
 def run(argv=None, prog=None):

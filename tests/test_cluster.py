@@ -183,18 +183,45 @@ def test_the_command_line_programs_start_without_tensorflow():
 
 
 def test_start_signature_tells_what_differs():
-    """Machines that resumed from different checkpoints, or got different flags, are told
-    apart by the element-wise min and max of their signatures (what the all-gather gives)."""
+    """Machines that resumed from different checkpoints, or got different flags, schedules or
+    data, are told apart by the element-wise min and max of their signatures (what the
+    all-gather gives)."""
     config = {"LEARNING_RATE": 0.01, "GPU_COUNT": 2, "BATCH_SIZE": 2, "SEED": 3}
-    base = cluster.start_signature(4, "ab12cd" + "0" * 58, config)
-    assert base[0] == 4 and base[1] == 0xab12cd and all(0 <= v < 2 ** 24 for v in base)
+    run = {"stages": [["all", 2, 0.01]], "split": "1", "train_class_ids": [1, 2], "images": [5, 7]}
+    sha = "ab12cd" + "0" * 58
+    base = cluster.start_signature(4, sha, config, run)
+    assert base[:2] == [4, 0xab12cd] and all(0 <= v < 2 ** 24 for v in base)
     # GPU_COUNT / BATCH_SIZE come from the strategy: not compared
-    assert cluster.start_signature(4, "ab12cd" + "0" * 58, {**config, "GPU_COUNT": 4, "BATCH_SIZE": 4}) == base
-    other_lr = cluster.start_signature(4, "ab12cd" + "0" * 58, {**config, "LEARNING_RATE": 0.02})
-    fresh = cluster.start_signature(0, "00ff00" + "0" * 58, config)
+    assert cluster.start_signature(4, sha, {**config, "GPU_COUNT": 4, "BATCH_SIZE": 4}, run) == base
+    other_lr = cluster.start_signature(4, sha, {**config, "LEARNING_RATE": 0.02}, run)
+    other_split = cluster.start_signature(4, sha, config, {**run, "split": "2", "train_class_ids": [1, 3]})
+    other_schedule = cluster.start_signature(4, sha, config, {**run, "stages": [["all", 3, 0.01]]})
+    fresh = cluster.start_signature(0, "00ff00" + "0" * 58, config, run)
     for others, expected in [([base], []), ([other_lr], ["configuration"]),
-                             ([fresh], ["epoch", "weights"]), ([fresh, other_lr], ["epoch", "weights", "configuration"])]:
+                             ([other_split], ["schedule or data"]), ([other_schedule], ["schedule or data"]),
+                             ([fresh], ["epoch", "weights"]),
+                             ([fresh, other_lr], ["epoch", "weights", "configuration"])]:
         signatures = [base] + others
         smallest = [min(column) for column in zip(*signatures)]
         largest = [max(column) for column in zip(*signatures)]
         assert cluster.start_mismatch(smallest, largest) == expected
+
+
+@pytest.mark.parametrize("where_error, converted", [("unavailable", True), ("value", False)])
+def test_a_worker_lost_around_the_steps_is_named(where_error, converted):
+    """A collective error while the model is built, at the start check or at the end becomes
+    the lost-worker error (exit 3 in the programs); other errors pass unchanged."""
+    import tensorflow as tf
+
+    from siamese_mask_rcnn.mrcnn.training import WorkerLostError
+    error = (tf.errors.UnavailableError(None, None, "peer gone\ndetail") if where_error == "unavailable"
+             else ValueError("bad value"))
+    with pytest.raises(WorkerLostError if converted else ValueError) as caught:
+        with cluster.lost_worker_outside_steps(True, "while the model was built"):
+            raise error
+    if converted:
+        assert str(caught.value).startswith("lost another worker while the model was built "
+                                            "(UnavailableError: peer gone). Every worker must be restarted")
+    with pytest.raises(tf.errors.UnavailableError):  # one machine: nothing to convert
+        with cluster.lost_worker_outside_steps(False, "while the model was built"):
+            raise tf.errors.UnavailableError(None, None, "x")

@@ -421,3 +421,23 @@ def test_empty_tf_config_trains_on_this_machine(tmp_path):
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
     assert "--multi-worker without TF_CONFIG: training on this machine only" in done.stderr
     assert "finished at epoch 1" in done.stdout
+
+
+def test_machines_with_different_splits_stop_before_training(tmp_path):
+    """--split 1 on one machine and --split 2 on the other (not a Config value): the start
+    check names the schedule or data and nothing is trained (it trained silently, leaking
+    held-out categories, before)."""
+    if not os.path.isfile(ANNOTATIONS):
+        pytest.skip(f"shared COCO subset not found at {SUBSET}")
+    logs = tmp_path / "logs"
+    cluster = Cluster(tmp_path, "splits", logs, "--all-epochs", "1", "--total-epochs", "1",
+                      extra_per_worker=[[], ["--split", "2"]])
+    try:
+        codes = cluster.wait(RUN_TIMEOUT)
+        assert codes == [1, 1], cluster.describe()
+        for index in range(2):
+            err = cluster.text(index, "err")
+            assert "do not start from the same schedule or data" in err and "Traceback" not in err, err[-3000:]
+        assert not any(f.endswith(".h5") for d in run_dirs(logs) for f in os.listdir(logs / d))
+    finally:
+        cluster.kill()
