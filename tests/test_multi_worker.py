@@ -113,6 +113,16 @@ class Cluster:
                 codes.append(None)
         return codes
 
+    def wait_for_checkpoint(self, logs, epoch):
+        """Wait until the chief has written checkpoint ``epoch`` in ``logs`` (fails the test
+        if a process ends first or ``RUN_TIMEOUT`` passes)."""
+        deadline = time.time() + RUN_TIMEOUT
+        name = f"mask_rcnn_siamese_{epoch:04d}.h5"
+        while not (os.path.isdir(logs) and run_dirs(logs) and (logs / run_dirs(logs)[0] / name).exists()):
+            if time.time() > deadline or any(p.poll() is not None for p in self.procs):
+                pytest.fail(f"checkpoint {epoch} never appeared:\n{self.describe()}")
+            time.sleep(0.05)
+
     def text(self, index, stream="out"):
         f = (self.out if stream == "out" else self.err)[index]
         f.flush()
@@ -197,12 +207,7 @@ def runs(tmp_path_factory):
     try:
         first = Cluster(tmp, "first", logs, "--all-epochs", "6", "--total-epochs", "6")
         clusters.append(first)
-        deadline = time.time() + RUN_TIMEOUT
-        while not (os.path.isdir(logs) and run_dirs(logs)
-                   and (logs / run_dirs(logs)[0] / "mask_rcnn_siamese_0004.h5").exists()):
-            if time.time() > deadline or any(p.poll() is not None for p in first.procs):
-                pytest.fail(f"checkpoint 4 never appeared:\n{first.describe()}")
-            time.sleep(0.05)
+        first.wait_for_checkpoint(logs, 4)
         first.procs[1].send_signal(signal.SIGKILL)
         killed = time.time()
         codes = first.wait(LOSS_DETECTION_TIMEOUT)
@@ -339,12 +344,7 @@ def test_killed_chief_stops_the_other_worker(tmp_path):
     logs = tmp_path / "logs"
     cluster = Cluster(tmp_path, "chief_killed", logs, "--all-epochs", "6", "--total-epochs", "6")
     try:
-        deadline = time.time() + RUN_TIMEOUT
-        while not (os.path.isdir(logs) and run_dirs(logs)
-                   and (logs / run_dirs(logs)[0] / "mask_rcnn_siamese_0001.h5").exists()):
-            if time.time() > deadline or any(p.poll() is not None for p in cluster.procs):
-                pytest.fail(f"checkpoint 1 never appeared:\n{cluster.describe()}")
-            time.sleep(0.05)
+        cluster.wait_for_checkpoint(logs, 1)
         cluster.procs[0].send_signal(signal.SIGKILL)
         killed = time.time()
         codes = cluster.wait(LOSS_DETECTION_TIMEOUT)
