@@ -257,8 +257,13 @@ def _gather_all(strategy, values):
     about the overhead of collectives)."""
     import tensorflow as tf
     row = tf.constant([values], tf.float32)
-    gather = tf.function(lambda: strategy.gather(strategy.run(lambda: tf.identity(row)), axis=0))
-    return gather().numpy()
+    def same_row():
+        return tf.identity(row)
+
+    def gather():
+        return strategy.gather(strategy.run(same_row), axis=0)
+
+    return tf.function(gather, autograph=False)().numpy()
 
 
 class lost_worker_outside_steps:
@@ -266,10 +271,13 @@ class lost_worker_outside_steps:
     model, the start check, setting up a stage, the final meeting): when several machines
     train and one of them is lost there, TensorFlow raises an internal error; this turns it
     into ``mrcnn.training.WorkerLostError`` (``error: lost another worker ...``, exit
-    status 3), saying where it happened and how to restart."""
+    status 3), saying where it happened and how to restart (``restart``: the advice; by
+    default --weights last if the chief has written a checkpoint, else the same command)."""
 
-    def __init__(self, several, where):
+    def __init__(self, several, where, restart=None):
         self.several, self.where = several, where
+        self.restart = restart or ("with --weights last if the chief has written a checkpoint "
+                                   "of this run, else with the same command as before")
 
     def __enter__(self):
         return self
@@ -284,5 +292,4 @@ class lost_worker_outside_steps:
                  .splitlines() or [kind.__name__])[0]
         raise WorkerLostError(
             f"lost another worker {self.where} ({kind.__name__}: {first[:300]}). Every worker must "
-            f"be restarted: with --weights last if the chief has written a checkpoint of this "
-            f"run, else with the same command as before") from error
+            f"be restarted: {self.restart}") from error

@@ -393,7 +393,8 @@ def main(argv=None, prog=None):
     config = build_config(args, replicas=strategy.num_replicas_in_sync if strategy else None)
     train_set, val_set = load_datasets(args)
     several = strategy is not None and args.cluster.workers > 1
-    with lost_worker_outside_steps(several, "while the model was built"):
+    with lost_worker_outside_steps(several, "while the model was built",
+                                   restart="with the same command as before (nothing of this run was written)"):
         # Every worker resolves run directory and --weights last in --logs (storage shared by
         # the machines); only the chief writes there (see mrcnn.training).
         model = SiameseMaskRCNN("training", config, model_dir=args.logs, strategy=strategy)
