@@ -285,11 +285,10 @@ class lost_worker_outside_steps:
     def __exit__(self, kind, error, traceback):
         if kind is None or not self.several:
             return False
-        from .mrcnn.training import WorkerLostError, worker_loss_as_error
+        from .mrcnn.training import WorkerLostError, first_error_line, worker_loss_as_error
         if not issubclass(kind, worker_loss_as_error.LOST):
             return False
-        first = ((str(getattr(error, "message", "")) or str(error) or kind.__name__).strip()
-                 .splitlines() or [kind.__name__])[0]
+        first = first_error_line(error, kind)
         raise WorkerLostError(
             f"lost another worker {self.where} ({kind.__name__}: {first[:300]}). Every worker must "
             f"be restarted: {self.restart}") from error

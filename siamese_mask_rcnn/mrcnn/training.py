@@ -313,6 +313,12 @@ class WorkerLostError(RuntimeError):
     unreachable; every surviving worker raises it (see ``worker_loss_as_error``)."""
 
 
+def first_error_line(error, kind):
+    """The first line of a TensorFlow error's message (its class name when it has none)."""
+    return ((str(getattr(error, "message", "")) or str(error) or kind.__name__).strip()
+            .splitlines() or [kind.__name__])[0]
+
+
 class worker_loss_as_error:
     """Context manager: under ``MultiWorkerMirroredStrategy`` with several workers, turn the
     errors TensorFlow's collectives raise when a peer dies (unavailable, aborted, cancelled,
@@ -342,8 +348,7 @@ class worker_loss_as_error:
                      else f"epoch {self.epoch}")
             restart = (f"restart all of them with --weights last to resume from the chief's last "
                        f"checkpoint ({where})")
-        first_line = ((str(getattr(error, "message", "")) or str(error) or kind.__name__).strip()
-                      .splitlines() or [kind.__name__])[0]
+        first_line = first_error_line(error, kind)
         raise WorkerLostError(
             f"lost another worker during epoch {self.epoch + 1}, step {self.step + 1} "
             f"({kind.__name__}: {first_line[:300]}). Every worker must be restarted; {restart}"
