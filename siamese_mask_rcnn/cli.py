@@ -53,6 +53,11 @@ def build_parser():
     demo.add_argument("--transfer-scenes", type=int, default=demo_job.TRANSFER_SCENES,
                       help="scenes of the independent composer on which the one-shot categories are "
                            f"evaluated again (transfer; default {demo_job.TRANSFER_SCENES}, 0 skips it)")
+    demo.add_argument("--rendering", choices=["paper", "randomised", "mixed"], default="paper",
+                      help="how the training and evaluation scenes are drawn: paper (one fixed look, the "
+                           "default), randomised (any background, wider object size and colour, contours, "
+                           "blur, JPEG, letterboxing: domain randomisation for transfer) or mixed (half "
+                           "of the scenes and references randomised)")
     demo.add_argument("--negative-pairs", type=float, default=None, metavar="FRACTION",
                       help="fraction of training pairs whose reference category is absent from "
                            "the query (NEGATIVE_PAIR_FRACTION; default: the demo preset's)")
@@ -119,7 +124,7 @@ def main(argv=None):
                               steps_per_epoch=args.steps_per_epoch, num_train=args.train_scenes,
                               num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit,
                               config_overrides=overrides, transfer_scenes=args.transfer_scenes,
-                              deterministic=args.deterministic)
+                              deterministic=args.deterministic, rendering=args.rendering)
         except (UnwritableOutputError, FileNotFoundError, ValueError) as err:
             # user errors (an unwritable --out, missing Omniglot archives, --dataset omniglot
             # without --data-dir) end here, before any training

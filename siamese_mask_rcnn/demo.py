@@ -77,26 +77,35 @@ def demo_config(image_size=128, reference_size=32, preset="demo", **overrides):
 
 
 def make_datasets(dataset="synthetic", data_dir=None, num_train=2000, num_val=150, image_size=128,
-                  seed=0, num_categories=400, cache_size=16, workers=1):
+                  seed=0, num_categories=400, cache_size=16, workers=1, rendering="paper"):
     """Training scenes and evaluation scenes of the embedded data (or Omniglot), as
     ``(train, val)`` prepared one-shot datasets of ``image_size``² pixel scenes.
 
     ``cache_size=None`` keeps every scene in memory, rendered on construction in
     ``workers`` processes (the main job's setting; the scenes do not depend on ``workers``).
+    ``rendering``: ``"paper"`` (the fixed look) or ``"randomised"`` (domain randomisation,
+    :mod:`.datasets.randomised`) for training and evaluation scenes alike.
 
     Raises:
-        ValueError: unknown ``dataset``, or ``"omniglot"`` without ``data_dir``.
+        ValueError: unknown ``dataset`` or ``rendering``, or ``"omniglot"`` without ``data_dir``.
         FileNotFoundError: the Omniglot archives are missing from ``data_dir``.
     """
     options = dict(cache_size=cache_size, workers=workers)
     if dataset == "synthetic":
         from .datasets.synthetic import make_train_val
         return make_train_val(num_categories=num_categories, num_train=num_train, num_val=num_val,
-                              image_size=image_size, seed=seed, **options)
+                              image_size=image_size, seed=seed, rendering=rendering, **options)
     if dataset == "omniglot":
-        from .datasets.omniglot import OmniglotOneShotDataset
+        from .datasets.omniglot import RANDOMISED_SCENE_OPTIONS, OmniglotOneShotDataset
+        from .datasets.synthetic import RENDERINGS
         if not data_dir:
             raise ValueError("--dataset omniglot needs --data-dir (a directory with the Omniglot zip archives)")
+        if rendering not in RENDERINGS:
+            raise ValueError(f"unknown rendering {rendering!r}; choose one of {RENDERINGS}")
+        if rendering != "paper":
+            from .datasets.synthetic import MIXED_FRACTION
+            options["scene_options"] = {**RANDOMISED_SCENE_OPTIONS,
+                                        "randomise": True if rendering == "randomised" else MIXED_FRACTION}
         train = OmniglotOneShotDataset(data_dir, num_images=num_train, image_size=image_size, seed=2 * seed,
                                        **options)
         val = OmniglotOneShotDataset(data_dir, num_images=num_val, image_size=image_size, seed=2 * seed + 1,
@@ -347,7 +356,8 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
              minutes=None, num_train=2000, num_val=150, seed=0, eval_limit=None,
              config_overrides=None, verbose=1, threads=DEFAULT_THREADS,
              references_per_class=REFERENCES_PER_CLASS, workers=RENDER_WORKERS,
-             steps_per_epoch=None, transfer_scenes=TRANSFER_SCENES, deterministic=True):
+             steps_per_epoch=None, transfer_scenes=TRANSFER_SCENES, deterministic=True,
+             rendering="paper"):
     """Train for ``steps`` steps, evaluate (paper §5.2 protocol, §5.3 baseline), write the
     results.
 
@@ -377,6 +387,10 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
             the same seed gives the same checkpoint and table on the same kind of CPU; another
             CPU kind (e.g. AVX2 vs AVX-512 kernels) rounds differently and lands elsewhere in
             that spread.
+        rendering: how the procedural training and in-distribution evaluation scenes are
+            drawn: ``"paper"`` (one fixed look) or ``"randomised"`` (beyond the paper: domain
+            randomisation, :mod:`.datasets.randomised`, so the model matches objects rather
+            than the renderer's look), for the procedural data and Omniglot alike.
 
     Returns the summary dict (mAP50 per row as fractions, steps, timings, output paths),
     also written as ``demo_summary.json``.
@@ -392,6 +406,9 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         raise ValueError(f"minutes must be > 0, got {minutes}")
     if int(transfer_scenes) < 0:
         raise ValueError(f"transfer_scenes must be >= 0, got {transfer_scenes}")
+    from .datasets.synthetic import RENDERINGS
+    if rendering not in RENDERINGS:
+        raise ValueError(f"unknown rendering {rendering!r}; choose one of {RENDERINGS}")
     t0 = time.time()
     out_dir = pathlib.Path(ensure_writable_dir(out_dir, "demo output folder"))  # before any work
     overrides = dict(config_overrides or {})
@@ -418,7 +435,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     progress = JobProgress(job_work(300, 50 * WORK_SECONDS["report"] / 4), enabled=bool(verbose))
     progress.stage("rendering scenes")
     train, val = make_datasets(dataset, data_dir, num_train, num_val, config.IMAGE_MAX_DIM, seed,
-                               cache_size=None, workers=workers)
+                               cache_size=None, workers=workers, rendering=rendering)
     bank_count = len(train.train_class_ids) * int(references_per_class)
     progress.bar.total = round(job_work(len(train.train_class_ids), _evaluation_work(val, eval_limit)), 1)
     progress.advance("scene", num_train + num_val)
@@ -481,7 +498,8 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         progress.advance("transfer_scene", int(transfer_scenes))
     progress.stage("writing results")
     steps_done = model.epoch * config.STEPS_PER_EPOCH
-    info = {"dataset": dataset, "train_scenes": len(train.image_ids), "eval_scenes": len(val.image_ids),
+    info = {"dataset": dataset, "rendering": rendering, "train_scenes": len(train.image_ids),
+            "eval_scenes": len(val.image_ids),
             "epochs_trained": model.epoch, "steps": steps_done, "steps_requested": int(steps),
             "time_capped": minutes is not None, "threads": threads,
             "references_per_class": int(references_per_class),
@@ -489,11 +507,12 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
             "seconds_per_step": round(train_seconds / max(1, steps_done), 4), "checkpoint": checkpoint,
             "final_loss": history[-1]["loss"] if history else None,
             "config": config.to_dict()}
-    title = f"one-shot instance segmentation on {dataset} (mAP50, %)"
+    label = dataset if rendering == "paper" else f"{dataset}, {rendering} rendering"
+    title = f"one-shot instance segmentation on {label} (mAP50, %)"
     written = evaluation.write_outputs(out_dir, rows, config=info, title=title)
     written.update(evaluation.write_open_world(open_world, out_dir, prefix="oneshot_open_world"))
     if transfer_rows:
-        transfer_table = format_transfer_table(rows, transfer_rows, dataset)
+        transfer_table = format_transfer_table(rows, transfer_rows, label)
         written["transfer_table"] = out_dir / "transfer_table.txt"
         written["transfer_table"].write_text(transfer_table + "\n")
     progress.advance("report")
@@ -510,7 +529,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
                     "absent_false_positives_per_pair": open_world_summary["fp_per_absent_pair"],
                     "total_seconds": round(time.time() - t0, 1), "examples": examples,
                     "outputs": {k: str(v) for k, v in written.items()}, **{k: info[k] for k in
-                    ("dataset", "epochs_trained", "steps", "time_capped", "data_seconds", "train_seconds",
+                    ("dataset", "rendering", "epochs_trained", "steps", "time_capped", "data_seconds", "train_seconds",
                      "seconds_per_step", "checkpoint")}})
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if verbose:

@@ -50,6 +50,20 @@ def test_make_datasets_split_and_errors():
         make_datasets("omniglot")
     with pytest.raises(ValueError, match="'coco'"):
         make_datasets("coco")
+    with pytest.raises(ValueError, match="'oil'"):
+        make_datasets("synthetic", num_train=2, num_val=2, num_categories=8, rendering="oil")
+    # randomised rendering reaches both sets; the split stays
+    train, val = make_datasets("synthetic", num_train=2, num_val=2, num_categories=8, rendering="randomised")
+    assert train.scene_options["randomise"] and val.scene_options == train.scene_options
+    assert train.oneshot_class_ids == [1, 5]
+
+
+def test_run_demo_refuses_an_unknown_rendering_before_any_work(tmp_path):
+    from siamese_mask_rcnn.demo import run_demo
+
+    with pytest.raises(ValueError, match="'oil'"):
+        run_demo(out_dir=str(tmp_path / "out"), rendering="oil", verbose=0)
+    assert not (tmp_path / "out" / "checkpoints").exists()
 
 
 def test_demo_command_line_defaults():
@@ -63,6 +77,7 @@ def test_demo_command_line_defaults():
         2000, 150, None, 0, None)
     assert args.transfer_scenes == 150
     assert args.deterministic is True
+    assert args.rendering == "paper"
 
 
 def test_demo_command_line_passes_arguments_to_run_demo(monkeypatch, tmp_path):
@@ -71,11 +86,13 @@ def test_demo_command_line_passes_arguments_to_run_demo(monkeypatch, tmp_path):
     code = cli.main(["demo", "--out", str(tmp_path), "--steps", "40", "--minutes", "0.5",
                      "--steps-per-epoch", "3", "--threads", "1", "--train-scenes", "60",
                      "--eval-scenes", "12", "--eval-limit", "6", "--seed", "7", "--dataset", "omniglot",
-                     "--data-dir", "/data", "--transfer-scenes", "20", "--no-deterministic"])
+                     "--data-dir", "/data", "--transfer-scenes", "20", "--no-deterministic",
+                     "--rendering", "randomised"])
     assert code == 0
     assert calls == [dict(out_dir=str(tmp_path), dataset="omniglot", data_dir="/data", steps=40, minutes=0.5,
                           threads=1, steps_per_epoch=3, num_train=60, num_val=12, seed=7, eval_limit=6,
-                          config_overrides={}, transfer_scenes=20, deterministic=False)]
+                          config_overrides={}, transfer_scenes=20, deterministic=False,
+                          rendering="randomised")]
 
 
 @pytest.mark.parametrize("flag, overrides", [([], {}), (["--presence-head"], {"PRESENCE_HEAD": True}),
@@ -92,7 +109,8 @@ def test_demo_command_line_presence_head_flags(flag, overrides, monkeypatch, tmp
     (["demo", "--steps", "0"], "--steps must be >= 1, got 0"),
     (["demo", "--minutes", "0"], "--minutes must be > 0"),
     (["demo", "--threads", "-1"], "--threads must be >= 1"),
-    (["demo", "--transfer-scenes", "-1"], "--transfer-scenes must be >= 0"), ([], "required")])
+    (["demo", "--transfer-scenes", "-1"], "--transfer-scenes must be >= 0"),
+    (["demo", "--rendering", "oil"], "invalid choice"), ([], "required")])
 def test_demo_command_line_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(argv)

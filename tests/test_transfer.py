@@ -19,7 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "siamese_mask_rcnn"
 COMPOSER = "siamese_mask_rcnn.datasets.transfer"
 TRAINING_RENDERERS = ("siamese_mask_rcnn.datasets.scenes", "siamese_mask_rcnn.datasets.synthetic",
-                      "siamese_mask_rcnn.datasets.synthetic_styles", "siamese_mask_rcnn.datasets.omniglot")
+                      "siamese_mask_rcnn.datasets.synthetic_styles", "siamese_mask_rcnn.datasets.omniglot",
+                      "siamese_mask_rcnn.datasets.randomised")
 #: Small, fast scenes: short side 48-72 px.
 SMALL = {"short_side": (48, 72)}
 #: No image-wide filters, so every changed pixel comes from the objects.
@@ -88,7 +89,8 @@ def test_importing_one_side_loads_nothing_of_the_other():
     loaded = subprocess.run([sys.executable, "-c", code, COMPOSER], capture_output=True, text=True,
                             check=True, cwd=ROOT).stdout.split()
     assert COMPOSER in loaded and not set(TRAINING_RENDERERS) & set(loaded), loaded
-    for renderer in ("siamese_mask_rcnn.datasets.synthetic", "siamese_mask_rcnn.datasets.omniglot"):
+    for renderer in ("siamese_mask_rcnn.datasets.synthetic", "siamese_mask_rcnn.datasets.omniglot",
+                      "siamese_mask_rcnn.datasets.randomised"):
         loaded = subprocess.run([sys.executable, "-c", code, renderer], capture_output=True, text=True,
                                 check=True, cwd=ROOT).stdout.split()
         assert renderer in loaded and COMPOSER not in loaded, loaded

@@ -43,6 +43,7 @@ import numpy as np
 from siamese_mask_rcnn.datasets.scenes import (GeneratedSceneDataset, Scene, bilinear_upsample,
                                                finish_image, place_instances,
                                                resolve_present_class_ids, scene_plan)
+from siamese_mask_rcnn.datasets import randomised
 from siamese_mask_rcnn.datasets.splits import split_positions
 
 SOURCE = "omniglot"
@@ -162,6 +163,42 @@ def random_stroke_colour(rng, dark_fraction=0.5):
     return np.asarray(rgb, dtype=np.float32) * 255
 
 
+def thicken(mask, pixels):
+    """``mask`` grown by ``pixels`` pixels (repeated 3x3 dilation), padded so nothing is cut;
+    bool [h + 2*pixels, w + 2*pixels]."""
+    pixels = int(pixels)
+    if pixels <= 0:
+        return mask
+    grown = np.pad(mask, pixels)
+    for _ in range(pixels):
+        step = grown.copy()
+        step[1:, :] |= grown[:-1, :]
+        step[:-1, :] |= grown[1:, :]
+        step[:, 1:] |= grown[:, :-1]
+        step[:, :-1] |= grown[:, 1:]
+        step[1:, 1:] |= grown[:-1, :-1]
+        step[:-1, :-1] |= grown[1:, 1:]
+        step[1:, :-1] |= grown[:-1, 1:]
+        step[:-1, 1:] |= grown[1:, :-1]
+        grown = step
+    return grown
+
+
+def contrasting_colour(rng, background_rgb, min_contrast=60.0):
+    """A random stroke colour whose luma differs from ``background_rgb``'s by at least
+    ``min_contrast`` (0..255 units): dark strokes on light backgrounds, light on dark,
+    float32 [3]."""
+    def luma(rgb):
+        return float(np.dot(np.asarray(rgb, dtype=np.float32), (0.299, 0.587, 0.114)))
+
+    back = luma(background_rgb)
+    for _ in range(20):
+        colour = randomised.random_colour(rng, saturation=rng.uniform(0.0, 1.0))
+        if abs(luma(colour) - back) >= min_contrast:
+            return colour
+    return np.full(3, 10.0 if back > 127 else 245.0, dtype=np.float32)
+
+
 def light_background(rng, height, width, grid=3):
     """A light, slightly tinted background, float32 [H, W, 3] (values ~195-250)."""
     base = rng.uniform(215, 240)
@@ -184,6 +221,18 @@ def boxes_overlap_fraction(box, boxes):
     return inter / np.maximum(np.minimum(area, areas), 1)
 
 
+#: Randomised rendering: strokes grown by 0 or 1 px (``integers(low, high)`` bounds).
+RANDOMISED_THICKENING = (0, 2)
+
+#: Scene options of randomised Omniglot rendering (beyond the paper, :mod:`.randomised`): any
+#: background, stroke colours of any hue with enough contrast, strokes 0-1 px thicker, glyph
+#: size 15-42 % of the scene side (paper look: 20-38 %), rotation +-25 degrees, 2-5
+#: distractors, randomised finish and letterboxing; the paper look's number of present
+#: characters and occlusion limits.
+RANDOMISED_SCENE_OPTIONS = {"randomise": True, "size_range": (0.15, 0.42), "distractor_range": (2, 5),
+                            "max_rotation_deg": 25.0}
+
+
 class OmniglotOneShotDataset(GeneratedSceneDataset):
     """Cluttered scenes of real Omniglot characters (see the module docstring).
 
@@ -203,7 +252,10 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
             ``instances_range`` (1, 3), ``distractor_range`` (2, 4), ``size_range``
             (0.2, 0.38) of the scene side, ``max_rotation_deg`` 15,
             ``max_box_overlap`` 0.25, ``min_visible_area`` 20,
-            ``min_visible_fraction`` 0.6, ``dark_fraction`` 0.5, ``noise_std`` 3.
+            ``min_visible_fraction`` 0.6, ``dark_fraction`` 0.5, ``noise_std`` 3,
+            ``randomise`` False (True: randomised rendering, beyond the paper; see
+            :data:`RANDOMISED_SCENE_OPTIONS`; a probability randomises that fraction of
+            the scenes and references).
         cache_size, workers: as for the procedural dataset (None keeps every scene,
             rendered on construction in ``workers`` processes).
 
@@ -221,7 +273,7 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
         "present_range": (1, 2), "instances_range": (1, 3), "distractor_range": (2, 4),
         "size_range": (0.2, 0.38), "max_rotation_deg": 15.0, "max_box_overlap": 0.25,
         "min_visible_area": 20, "min_visible_fraction": 0.6, "dark_fraction": 0.5,
-        "noise_std": 3.0, "tries": 12,
+        "noise_std": 3.0, "tries": 12, "randomise": False,
     }
 
     def __init__(self, data_dir, num_images=1000, image_size=128, seed=0, oneshot_alphabets=None,
@@ -313,13 +365,15 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
         holds the drawer of every annotated instance."""
         opts = self.scene_options
         rng = np.random.default_rng([self.seed, int(image_id)])
-        height, width = self.image_size
+        randomise = randomised.applies(rng, opts["randomise"])
+        height, width = randomised.letterbox_shape(rng, *self.image_size) if randomise else self.image_size
         all_ids = list(range(1, len(self.categories) + 1))
         plan = scene_plan(rng, all_ids if self.present_class_ids is None else self.present_class_ids,
                           all_ids, opts["present_range"], opts["instances_range"],
                           opts["distractor_range"])
         drawer_plan = self._assign_drawers(plan, rng)
-        canvas = light_background(rng, height, width)
+        canvas = (randomised.random_background(rng, height, width) if randomise
+                  else light_background(rng, height, width))
         labels = np.zeros((height, width), dtype=np.int16)
         areas, full_areas, class_ids, drawers, boxes = [], [], [], [], []
         side = min(height, width)
@@ -330,12 +384,15 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
 
         for class_id, drawer in zip(plan, drawer_plan):
             strokes = self.glyph(class_id, drawer)
-            colour = random_stroke_colour(rng, opts["dark_fraction"])
+            colour = (contrasting_colour(rng, canvas.mean(axis=(0, 1))) if randomise
+                      else random_stroke_colour(rng, opts["dark_fraction"]))
 
             def patch(r, strokes=strokes, colour=colour):
                 size = r.uniform(*opts["size_range"]) * side
                 angle = r.uniform(-opts["max_rotation_deg"], opts["max_rotation_deg"])
                 mask = transform_glyph(strokes, size, angle)
+                if randomise:
+                    mask = thicken(mask, int(r.integers(*RANDOMISED_THICKENING)))
                 mask = mask[:height, :width]
                 y0 = int(r.integers(0, height - mask.shape[0] + 1))
                 x0 = int(r.integers(0, width - mask.shape[1] + 1))
@@ -348,8 +405,10 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
                 boxes.append((ys.min(), xs.min(), ys.max() + 1, xs.max() + 1))
                 class_ids.append(class_id)
                 drawers.append(drawer)
-        return Scene(image=finish_image(canvas, rng, opts["noise_std"]), labels=labels,
-                     class_ids=np.asarray(class_ids, dtype=np.int32),
+        image = randomised.random_finish(canvas, rng) if randomise else finish_image(canvas, rng, opts["noise_std"])
+        if (height, width) != tuple(self.image_size):
+            image, labels, _, _ = randomised.letterbox(image, labels, *self.image_size)
+        return Scene(image=image, labels=labels, class_ids=np.asarray(class_ids, dtype=np.int32),
                      info={"drawers": np.asarray(drawers, dtype=np.int32)})
 
     def _assign_drawers(self, plan, rng):
@@ -389,12 +448,22 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
         opts = self.scene_options
         size = rng.uniform(*opts["size_range"]) * min(self.image_size)
         angle = rng.uniform(-opts["max_rotation_deg"], opts["max_rotation_deg"])
+        randomise = randomised.applies(rng, opts["randomise"])
         mask = transform_glyph(self.glyph(class_id, drawer), size, angle)
+        if randomise:
+            mask = thicken(mask, int(rng.integers(*RANDOMISED_THICKENING)))
+            margin = int(rng.integers(2, 10))
         height, width = mask.shape[0] + 2 * margin, mask.shape[1] + 2 * margin
-        image = np.empty((height, width, 3), dtype=np.float32)
-        image[:] = np.asarray(REFERENCE_BACKGROUND, dtype=np.float32)
-        image[margin:margin + mask.shape[0], margin:margin + mask.shape[1]][mask] = REFERENCE_STROKE
-        return finish_image(image, rng, 2.0), {"drawer": drawer}
+        if randomise:
+            image = randomised.random_background(rng, height, width)
+            stroke = contrasting_colour(rng, image.mean(axis=(0, 1)))
+        else:
+            image = np.empty((height, width, 3), dtype=np.float32)
+            image[:] = np.asarray(REFERENCE_BACKGROUND, dtype=np.float32)
+            stroke = REFERENCE_STROKE
+        image[margin:margin + mask.shape[0], margin:margin + mask.shape[1]][mask] = stroke
+        finished = randomised.random_finish(image, rng) if randomise else finish_image(image, rng, 2.0)
+        return finished, {"drawer": drawer}
 
     def bank_entry_allowed(self, class_id, extras, exclude_image_id):
         """A bank reference may serve a query only if its drawer drew none of the query's

@@ -74,6 +74,7 @@ import numpy as np
 from siamese_mask_rcnn.datasets.scenes import (GeneratedSceneDataset, Scene, bilinear_upsample,
                                                finish_image, place_instances,
                                                resolve_present_class_ids, scene_plan)
+from siamese_mask_rcnn.datasets import randomised
 from siamese_mask_rcnn.datasets.splits import split_positions
 from siamese_mask_rcnn.datasets.synthetic_styles import (make_category_styles, pattern_mask,
                                                          shape_mask)
@@ -170,24 +171,53 @@ def make_background(rng, height, width, grid=4):
 # Scenes
 # ---------------------------------------------------------------------------
 
+def randomise_instance(pose, mask, colours, rng):
+    """Randomised rendering of one drawn instance (:mod:`.randomised`): shading across the
+    object and, with probability ``randomised.OUTLINE["probability"]``, a dark or light
+    contour 1-2 px wide (part of the object's mask). ``pose`` already carries the wider
+    colour jitter. Returns the new colours float32 [h, w, 3]."""
+    colours = randomised.shade(colours, rng)
+    if mask.size and rng.uniform() < randomised.OUTLINE["probability"]:
+        ring = randomised.outline(mask, int(rng.integers(randomised.OUTLINE["width"][0],
+                                                         randomised.OUTLINE["width"][1] + 1)))
+        colours = colours.copy()
+        colours[ring] = randomised.random_colour(rng, value=rng.choice([0.08, 0.92]), saturation=0.1)
+    return colours
+
+
+def _randomised_pose(pose, rng):
+    """``pose`` with the wider colour jitter of randomised rendering."""
+    jitter = randomised.COLOUR_JITTER
+    pose.brightness = float(rng.uniform(*jitter["brightness"]))
+    pose.colour_shift = tuple(float(x) for x in rng.uniform(-jitter["shift"], jitter["shift"], size=3))
+    return pose
+
+
 def generate_scene(styles, rng, image_size=128, class_pool=None, present_range=(1, 2),
                    instances_range=(1, 3), distractor_range=(2, 5), radius_range=(0.08, 0.16),
                    max_rotation_deg=20.0, min_visible_area=40, min_visible_fraction=0.5,
-                   noise_std=4.0, tries=12):
+                   noise_std=4.0, tries=12, randomise=False):
     """Render one cluttered scene of instances of ``styles`` (a list of CategoryStyle).
 
     ``class_pool`` restricts the "present" categories (default: all); distractors
     come from all categories.  ``image_size`` is an int or (height, width).  Objects
     that cannot be placed without hiding earlier ones too much are skipped.
-    Returns a :class:`Scene` whose ``info`` holds the ``poses`` and unoccluded
-    ``full_areas`` of the annotated instances, in drawing order.
+    ``randomise`` (beyond the paper; pass it with :data:`.randomised.SCENE_OPTIONS` for the
+    wider layout): a background of any kind and brightness, wider colour jitter, shading,
+    contours, a randomised finish (gamma, noise, blur, JPEG) instead of light noise, and
+    sometimes content of another aspect, zero-padded (:mod:`.randomised`); a probability in
+    [0, 1] randomises that fraction of the scenes (drawn per scene). Returns a :class:`Scene` whose ``info`` holds the ``poses`` and
+    unoccluded ``full_areas`` of the annotated instances, in drawing order.
     """
-    height, width = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
+    full_shape = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
+    randomise = randomised.applies(rng, randomise)
+    height, width = randomised.letterbox_shape(rng, *full_shape) if randomise else full_shape
     by_id = {s.class_id: s for s in styles}
     all_ids = sorted(by_id)
     plan = scene_plan(rng, all_ids if class_pool is None else class_pool, all_ids,
                       present_range, instances_range, distractor_range)
-    canvas = make_background(rng, height, width)
+    canvas = (randomised.random_background(rng, height, width) if randomise
+              else make_background(rng, height, width))
     labels = np.zeros((height, width), dtype=np.int16)
     areas, full_areas, class_ids, poses = [], [], [], []
     for class_id in plan:
@@ -196,42 +226,65 @@ def generate_scene(styles, rng, image_size=128, class_pool=None, present_range=(
 
         def patch(r, style=style, last_pose=last_pose):
             pose = random_pose(r, height, width, radius_range, max_rotation_deg)
+            if randomise:
+                pose = _randomised_pose(pose, r)
             last_pose[:] = [pose]
-            return render_instance(style, pose, height, width)
+            y0, x0, mask, colours = render_instance(style, pose, height, width)
+            if randomise:
+                colours = randomise_instance(pose, mask, colours, r)
+            return y0, x0, mask, colours
 
         if place_instances(canvas, labels, areas, full_areas, patch, rng, tries,
                            min_visible_area, min_visible_fraction):
             class_ids.append(class_id)
             poses.append(last_pose[0])
-    return Scene(image=finish_image(canvas, rng, noise_std), labels=labels,
+    image = randomised.random_finish(canvas, rng) if randomise else finish_image(canvas, rng, noise_std)
+    if (height, width) != full_shape:
+        image, labels, top, left = randomised.letterbox(image, labels, *full_shape)
+        for pose in poses:
+            pose.cy, pose.cx = pose.cy + top, pose.cx + left
+    return Scene(image=image, labels=labels,
                  class_ids=np.asarray(class_ids, dtype=np.int32),
                  info={"poses": poses, "full_areas": full_areas})
 
 
 def render_reference(style, rng, radius=None, margin=3, background=REFERENCE_BACKGROUND,
-                     max_rotation_deg=20.0, noise_std=2.0, return_mask=False):
+                     max_rotation_deg=20.0, noise_std=2.0, return_mask=False, randomise=False):
     """A fresh isolated instance of ``style`` on a plain neutral background.
 
     The object is drawn with a random pose (``radius`` in pixels; default random in
     10-20 px), then the image is cropped tight around it with ``margin`` pixels on
-    every side.  Returns uint8 [h, w, 3] (and the bool object mask when
-    ``return_mask``).
+    every side.  With ``randomise`` (beyond the paper, :mod:`.randomised`) the background is
+    a random one of any kind and brightness, the margin 2-9 px, the colours jittered, shaded
+    and maybe outlined like the scenes', and the finish randomised (``background`` and
+    ``noise_std`` are then not used); a probability randomises that fraction.  Returns uint8 [h, w, 3] (and the bool object mask
+    when ``return_mask``).
     """
+    randomise = randomised.applies(rng, randomise)
     radius = float(rng.uniform(10, 20)) if radius is None else float(radius)
+    if randomise:
+        margin = int(rng.integers(2, 10))
     size = int(math.ceil(2 * radius * 1.2)) + 2 * margin + 4
     pose = random_pose(rng, size, size, radius_range=(radius / size, radius / size),
                        max_rotation_deg=max_rotation_deg)
     pose.cy = pose.cx = size / 2.0
-    canvas = np.empty((size, size, 3), dtype=np.float32)
-    canvas[:] = np.asarray(background, dtype=np.float32)
+    if randomise:
+        pose = _randomised_pose(pose, rng)
+        canvas = randomised.random_background(rng, size, size)
+    else:
+        canvas = np.empty((size, size, 3), dtype=np.float32)
+        canvas[:] = np.asarray(background, dtype=np.float32)
     y0, x0, mask, colours = render_instance(style, pose, size, size)
+    if randomise:
+        colours = randomise_instance(pose, mask, colours, rng)
     full = np.zeros((size, size), dtype=bool)
     full[y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]] = mask
     canvas[full] = colours[mask]
     ys, xs = np.nonzero(full)
     top, left = max(ys.min() - margin, 0), max(xs.min() - margin, 0)
     bottom, right = min(ys.max() + 1 + margin, size), min(xs.max() + 1 + margin, size)
-    image = finish_image(canvas, rng, noise_std)[top:bottom, left:right]
+    finished = randomised.random_finish(canvas, rng) if randomise else finish_image(canvas, rng, noise_std)
+    image = finished[top:bottom, left:right]
     if return_mask:
         return image, full[top:bottom, left:right]
     return image
@@ -333,7 +386,8 @@ class SyntheticOneShotDataset(GeneratedSceneDataset):
         low, high = self.scene_options.get("radius_range", (0.08, 0.16))
         side = min(self.image_size)
         image = render_reference(self.style(class_id), rng, radius=rng.uniform(low, high) * side,
-                                 max_rotation_deg=self.scene_options.get("max_rotation_deg", 20.0))
+                                 max_rotation_deg=self.scene_options.get("max_rotation_deg", 20.0),
+                                 randomise=self.scene_options.get("randomise", False))
         return image, {}
 
     def image_reference(self, image_id):
@@ -342,13 +396,46 @@ class SyntheticOneShotDataset(GeneratedSceneDataset):
         return f"synthetic scene {int(image_id)} (seed {self.seed}): {', '.join(names)}"
 
 
+#: Names of the training renderings: the paper-like look, randomised rendering, or half of
+#: the scenes and references each (drawn per scene / reference).
+RENDERINGS = ("paper", "randomised", "mixed")
+
+#: Fraction of randomised scenes and references of the ``"mixed"`` rendering.
+MIXED_FRACTION = 0.5
+
+
+def rendering_options(rendering="paper"):
+    """The ``scene_options`` of a named rendering: ``"paper"`` — {} (this module's fixed look);
+    ``"randomised"`` — :data:`.randomised.SCENE_OPTIONS` with ``randomise=True`` (beyond the
+    paper: any background, wider object size, density, occlusion, rotation and colour, contours,
+    randomised finish; scenes and rendered references alike); ``"mixed"`` — the same with
+    ``randomise=MIXED_FRACTION`` (half of the scenes and references, drawn one by one; the
+    layout ranges apply to all).
+
+    Raises:
+        ValueError: an unknown ``rendering``.
+    """
+    if rendering == "paper":
+        return {}
+    if rendering == "randomised":
+        return {**randomised.SCENE_OPTIONS, "randomise": True}
+    if rendering == "mixed":
+        return {**randomised.SCENE_OPTIONS, "randomise": MIXED_FRACTION}
+    raise ValueError(f"unknown rendering {rendering!r}; choose one of {RENDERINGS}")
+
+
 def make_train_val(num_categories=400, num_train=1000, num_val=200, image_size=128, seed=0,
-                   category_seed=0, split=1, **kwargs):
+                   category_seed=0, split=1, rendering="paper", **kwargs):
     """A training and an evaluation :class:`SyntheticOneShotDataset`.
 
-    Both share the categories (``category_seed``) and the split; their scenes differ
-    (scene seeds ``2*seed`` and ``2*seed + 1``). Extra keyword arguments go to both.
+    Both share the categories (``category_seed``), the split and the ``rendering``
+    (:func:`rendering_options`; explicit ``scene_options`` override its values); their scenes
+    differ (scene seeds ``2*seed`` and ``2*seed + 1``). Extra keyword arguments go to both.
+
+    Raises:
+        ValueError: an unknown ``rendering``.
     """
+    kwargs["scene_options"] = {**rendering_options(rendering), **(kwargs.get("scene_options") or {})}
     train = SyntheticOneShotDataset(num_categories, num_train, image_size, seed=2 * int(seed),
                                     category_seed=category_seed, split=split, **kwargs)
     val = SyntheticOneShotDataset(num_categories, num_val, image_size, seed=2 * int(seed) + 1,
