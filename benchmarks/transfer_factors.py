@@ -1,0 +1,110 @@
+"""Which rendering factor of the transfer composer costs a trained model its one-shot score?
+
+Run by hand (not part of the tests)::
+
+    python benchmarks/transfer_factors.py --weights logs/demo/checkpoints/<run>/mask_rcnn_demo_0030.h5 \
+        [--rendering paper] [--scenes 150]
+
+It evaluates the checkpoint (a ``siamese-mrcnn demo`` model on the embedded procedural data,
+``config.json`` beside it) with the
+paper's one-shot protocol (Section 5.2) on the one-shot categories of:
+
+* the in-distribution evaluation scenes (rendered references, as the demo), and the same scenes
+  with references cropped from other scenes (as the transfer protocol draws them);
+* the independent composer (``datasets.transfer``) at its default ranges;
+* the composer narrowed to ranges like the paper renderer's ("training-like");
+* "training-like" with one group of ranges widened back to the composer's defaults (what that
+  factor alone costs), and the defaults with one group narrowed (what fixing it alone gains).
+
+Groups: canvas (size, aspect), background (brightness, saturation, texture), scale, pose
+(rotation, stretch, shear), colour (jitter, shading), outline, density (categories, instances,
+distractors, occlusion), image (gamma, noise, blur, JPEG). Prints one line per evaluation and
+the CPU it ran on; mAP50 in %.
+"""
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+#: Composer ranges like the paper renderer's look (square 128 px canvas, mid-brightness
+#: low-saturation backgrounds with faint texture, objects 8-16 % of the side, +-20 degrees,
+#: light colour jitter, no outlines, 1-2 categories with 1-3 instances and 2-5 distractors,
+#: light noise only).
+TRAINING_LIKE = {
+    "short_side": (128, 128), "aspect": (1.0, 1.0), "background_value": (70, 185),
+    "background_saturation": (0.0, 0.15), "texture_contrast": (4.0, 10.0),
+    "object_scale": (0.08, 0.16), "rotation_deg": 20.0, "stretch": (0.85, 1.15), "shear": (0.0, 0.0),
+    "brightness": (0.9, 1.1), "colour_shift": 10.0, "shading": (0.0, 0.0), "outline_probability": 0.0,
+    "present_categories": (1, 2), "instances": (1, 3), "distractors": (2, 5),
+    "min_visible_fraction": 0.5, "gamma": (1.0, 1.0), "noise_std": (4.0, 4.0), "blur_sigma": (0.0, 0.0),
+    "jpeg_probability": 0.0,
+}
+
+GROUPS = {
+    "canvas": ["short_side", "aspect"],
+    "background": ["background_value", "background_saturation", "texture_contrast"],
+    "scale": ["object_scale"],
+    "pose": ["rotation_deg", "stretch", "shear"],
+    "colour": ["brightness", "colour_shift", "shading"],
+    "outline": ["outline_probability"],
+    "density": ["present_categories", "instances", "distractors", "min_visible_fraction"],
+    "image": ["gamma", "noise_std", "blur_sigma", "jpeg_probability"],
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", required=True, help="a demo checkpoint (.h5) with config.json beside it")
+    parser.add_argument("--rendering", choices=["paper", "randomised", "mixed"], default="paper",
+                        help="rendering of the in-distribution evaluation scenes (the model's training one)")
+    parser.add_argument("--scenes", type=int, default=150, help="scenes per evaluation (default 150)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not pathlib.Path(args.weights).is_file():
+        parser.error(f"--weights: no such file: {args.weights}")
+    if args.scenes < 1:
+        parser.error(f"--scenes must be >= 1, got {args.scenes}")
+
+    from bench_inference import machine_description
+    from siamese_mask_rcnn import demo, evaluation
+    from siamese_mask_rcnn.datasets.transfer import transfer_dataset_like
+    from siamese_mask_rcnn.predict import load_model
+
+    demo.configure_threads(demo.DEFAULT_THREADS)
+    _, val = demo.make_datasets("synthetic", None, 1, args.scenes, 128, args.seed,
+                                cache_size=None, rendering=args.rendering)
+    model = load_model(args.weights)
+    predict = model.predict_fn()
+    print(f"machine: {machine_description()}")
+    print(f"weights: {args.weights}; {args.scenes} scenes, seed {args.seed}; one-shot mAP50 (%)")
+
+    def show(label, dataset):
+        t0 = time.time()
+        r = evaluation.evaluate(dataset, predict, dataset.oneshot_class_ids, seed=args.seed, progress=False)
+        print(f"{label:34s} bbox {100 * r['map50_bbox']:5.1f}  segm {100 * r['map50_segm']:5.1f}  "
+              f"pairs {r['n_pairs']:4d}  ({time.time() - t0:.0f} s)", flush=True)
+
+    show("in-distribution", val)
+    val.render_references = False
+    show("in-distribution, cropped references", val)
+    val.render_references = True
+
+    def composer(ranges):
+        return transfer_dataset_like(val, num_images=args.scenes, seed=args.seed, ranges=ranges)
+
+    show("transfer (composer defaults)", composer(None))
+    show("transfer, training-like ranges", composer(TRAINING_LIKE))
+    for group, keys in GROUPS.items():
+        show(f"training-like, {group} wide", composer({k: v for k, v in TRAINING_LIKE.items() if k not in keys}))
+    for group, keys in GROUPS.items():
+        show(f"defaults, {group} narrow", composer({k: TRAINING_LIKE[k] for k in keys}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
