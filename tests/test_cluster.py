@@ -94,6 +94,22 @@ def test_multi_worker_with_bad_tf_config_exits_2(program, monkeypatch, capsys, t
     assert '--multi-worker: TF_CONFIG has no "cluster"' in err, err
 
 
+def test_worker_start_timeout_is_listed_with_the_other_machine_flags():
+    """``--help`` shows --worker-start-timeout in the group of --multi-worker (it stood
+    apart, among the general options, before)."""
+    parser = train_coco.build_parser()
+    group = next(g for g in parser._action_groups
+                 if any("--multi-worker" in a.option_strings for a in g._group_actions))
+    assert any("--worker-start-timeout" in a.option_strings for a in group._group_actions), group.title
+    help_text = parser.format_help()
+    section = help_text[help_text.index(f"\n{group.title}:"):]
+    section = section[:section.index("\n\n", 1)]
+    assert "--multi-worker" in section and "--worker-start-timeout SECONDS" in section, section
+    args = parser.parse_args(SUBSET_ARGS)
+    assert args.worker_start_timeout == cluster.DEFAULT_START_TIMEOUT
+    assert parser.parse_args([*SUBSET_ARGS, "--worker-start-timeout", "3"]).worker_start_timeout == 3.0
+
+
 def test_tf_config_is_checked_only_with_multi_worker(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     parser = train_coco.build_parser()
