@@ -15,6 +15,7 @@ checkpoints, ``config.json``, ``history.jsonl`` and TensorBoard files; the other
 write nothing (see ``mrcnn.training``).
 """
 import collections
+import ipaddress
 import json
 import os
 import re
@@ -49,7 +50,9 @@ def read_tf_config(text):
     Raises:
         ValueError: the text is not a JSON object; ``"cluster"`` is missing, empty or not an
             object of ``job: ["host:port", ...]`` lists; a job other than ``chief`` and
-            ``worker``; more than one chief; ``"task"`` missing, or its ``type`` not a job
+            ``worker``; a port outside 1 to 65535; one host:port listed twice (also when
+            spelled differently: ``localhost:5001`` and ``127.0.0.1:5001``, or host names
+            that differ only in case); more than one chief; ``"task"`` missing, or its ``type`` not a job
             of the cluster, or its ``index`` not an integer within that job's list. The
             message starts with ``TF_CONFIG`` and names the offending value.
     """
@@ -81,10 +84,16 @@ def read_tf_config(text):
                 raise ValueError(f"TF_CONFIG job {job!r}: {address!r} is not a \"host:port\" address")
             if not 1 <= int(address.rpartition(":")[2]) <= 65535:
                 raise ValueError(f"TF_CONFIG job {job!r}: the port of {address!r} is not between 1 and 65535")
-    every = [address for addresses in cluster.values() for address in addresses]
-    repeated = sorted({address for address in every if every.count(address) > 1})
+    spellings = {}
+    for address in (address for addresses in cluster.values() for address in addresses):
+        spellings.setdefault(_endpoint(address), []).append(address)
+    repeated = sorted(sorted(set(written)) for written in spellings.values() if len(written) > 1)
     if repeated:
-        raise ValueError(f"TF_CONFIG lists {', '.join(repeated)} more than once: every machine "
+        named = [written[0] + (f" (also as {', '.join(written[1:])})" if len(written) > 1 else "")
+                 for written in repeated]
+        note = ("; localhost, 127.x.x.x and [::1] all name this machine and host names ignore case"
+                if any(len(written) > 1 for written in repeated) else "")
+        raise ValueError(f"TF_CONFIG lists {', '.join(named)} more than once{note}: every machine "
                          f"(task) needs its own host:port")
     if len(cluster.get("chief", [])) > 1:
         raise ValueError(f"TF_CONFIG has {len(cluster['chief'])} chiefs; a cluster has at most one")
@@ -109,6 +118,21 @@ def read_tf_config(text):
     peers = tuple(address for job in TRAINING_JOBS for i, address in enumerate(cluster.get(job, []))
                   if (job, i) != (task_type, index))
     return ClusterTask(task_type, index, chief, workers, peers)
+
+
+def _endpoint(address):
+    """``(host, port)`` of a ``"host:port"`` address, spelled one way so that one machine
+    listed twice is found: host names in lower case (they ignore case), IP addresses in
+    their standard form, and every loopback spelling (``localhost``, ``127.x.x.x``,
+    ``[::1]``) as ``"localhost"`` (a task's TensorFlow server listens on its port at every
+    address of its machine). No DNS lookup: two different names of one machine stay apart."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]").lower().rstrip(".")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host, int(port)
+    return ("localhost" if ip.is_loopback else str(ip)), int(port)
 
 
 def describe(task):

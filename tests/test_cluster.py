@@ -54,6 +54,16 @@ def test_chief_and_workers(tf_config, expected):
      "the port of 'b:99999'"),
     ('{"cluster": {"chief": ["a:1"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
      "lists a:1 more than once"),
+    # one machine's host:port spelled two ways (loopback names, case of host names)
+    ('{"cluster": {"worker": ["127.0.0.1:5001", "localhost:5001"]}, "task": {"type": "worker", "index": 0}}',
+     "lists 127.0.0.1:5001 (also as localhost:5001) more than once; localhost, 127.x.x.x and [::1] "
+     "all name this machine"),
+    ('{"cluster": {"chief": ["LOCALHOST:5001"], "worker": ["localhost:5001"]}, "task": {"type": "chief"}}',
+     "lists LOCALHOST:5001 (also as localhost:5001) more than once"),
+    ('{"cluster": {"worker": ["HostA:7", "b:7", "hosta:7"]}, "task": {"type": "worker", "index": 0}}',
+     "lists HostA:7 (also as hosta:7) more than once"),
+    ('{"cluster": {"worker": ["[::1]:9", "127.0.0.2:9", "a:1", "a:1"]}, "task": {"type": "worker"}}',
+     "lists 127.0.0.2:9 (also as [::1]:9), a:1 more than once"),
     ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"index": 1}}', '"task" has no "type"'),
     ('{"cluster": {"worker": ["a:1"]}}', 'no "task"'),
     ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
@@ -108,6 +118,25 @@ def test_worker_start_timeout_is_listed_with_the_other_machine_flags():
     args = parser.parse_args(SUBSET_ARGS)
     assert args.worker_start_timeout == cluster.DEFAULT_START_TIMEOUT
     assert parser.parse_args([*SUBSET_ARGS, "--worker-start-timeout", "3"]).worker_start_timeout == 3.0
+
+
+def test_one_machine_spelled_two_ways_exits_2(monkeypatch, capsys, tmp_path):
+    """Two tasks at 127.0.0.1:5001 and localhost:5001 would both start TensorFlow's server on
+    port 5001 of this machine: refused before TensorFlow, like an address written twice.
+    Different ports of this machine, or different hosts, stay accepted (no DNS lookup)."""
+    parser = train_coco.build_parser()
+    args = parser.parse_args([*SUBSET_ARGS, "--logs", str(tmp_path), "--multi-worker"])
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:5001", "localhost:5001"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    with pytest.raises(SystemExit) as exit_info:
+        train_coco.check_args(parser, args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--multi-worker: TF_CONFIG lists 127.0.0.1:5001 (also as localhost:5001) more than once" in err, err
+    for addresses in (["localhost:5001", "127.0.0.1:5002", "[::1]:5003"], ["hosta:1", "hostb:1", "10.0.0.1:1"]):
+        task = cluster.read_tf_config(json.dumps({"cluster": {"worker": addresses},
+                                                  "task": {"type": "worker", "index": 0}}))
+        assert task.workers == 3 and task.peers == tuple(addresses[1:])
 
 
 def test_tf_config_is_checked_only_with_multi_worker(monkeypatch, tmp_path, caplog):
@@ -241,3 +270,4 @@ def test_a_worker_lost_around_the_steps_is_named(where_error, converted):
     with pytest.raises(tf.errors.UnavailableError):  # one machine: nothing to convert
         with cluster.lost_worker_outside_steps(False, "while the model was built"):
             raise tf.errors.UnavailableError(None, None, "x")
+
