@@ -245,24 +245,56 @@ def start_mismatch(smallest, largest):
     return [name for name, low, high in zip(START_PARTS, smallest, largest) if int(low) != int(high)]
 
 
+def _machine_number(task):
+    """This machine's number in the start check's all-gather: -1 for the ``chief`` task,
+    else its index in the ``worker`` job (0 on a single machine); exact in float32."""
+    return -1 if task.task_type == "chief" else int(task.index)
+
+
+def _machine_name(number):
+    """``"chief"`` or ``"worker N"`` for a :func:`_machine_number`."""
+    return "chief" if number < 0 else f"worker {number}"
+
+
+def start_differences(rows):
+    """Which machines start unlike the chief, and in what, from the gathered rows
+    ``[machine number, *start_signature]`` (one row per replica; a machine's replicas hold
+    one row). The chief is the ``chief`` task, else worker 0. Returns ``(chief name,
+    [(machine name, [START_PARTS that differ]), ...])`` for the machines that differ,
+    chief first then by worker index; ``(chief name, [])`` when all agree."""
+    first = {}
+    for row in rows:
+        first.setdefault(int(row[0]), [int(v) for v in row[1:]])
+    chief = -1 if -1 in first else min(first)
+    differ = [(_machine_name(number), start_mismatch(
+                  [min(a, b) for a, b in zip(first[chief], values)],
+                  [max(a, b) for a, b in zip(first[chief], values)]))
+              for number, values in sorted(first.items()) if number != chief]
+    return _machine_name(chief), [(name, parts) for name, parts in differ if parts]
+
+
 def check_same_start(strategy, signature, task):
     """Compare this machine's :func:`start_signature` with every other machine's (one
-    all-gather) before the first step: machines that resumed from different
-    checkpoints (e.g. ``--weights last`` on one machine only, or ``--logs`` folders that are
-    not the same shared storage), or were given different flags, would otherwise train on
-    silently: a collective sums gradients of replicas that hold different weights.
+    all-gather, each row led by the :func:`_machine_number`) before the first step:
+    machines that resumed from different checkpoints (e.g. ``--weights last`` on one
+    machine only, or ``--logs`` folders that are not the same shared storage), or were
+    given different flags, would otherwise train on silently: a collective sums gradients
+    of replicas that hold different weights.
 
     Raises:
-        ValueError: on every machine alike, naming what differs and this machine's values.
+        ValueError: on every machine alike, naming what differs, this machine's values and
+            which machines differ from the chief in what (:func:`start_differences`).
     """
-    every = _gather_all(strategy, signature)  # [replicas of all machines, 4]
-    differ = start_mismatch(every.min(axis=0), every.max(axis=0))
+    every = _gather_all(strategy, [_machine_number(task), *signature])  # [replicas of all machines, 5]
+    differ = start_mismatch(every[:, 1:].min(axis=0), every[:, 1:].max(axis=0))
     if differ:
+        chief, machines = start_differences(every)
+        against = "; ".join(f"{name} in {' and '.join(parts)}" for name, parts in machines)
         raise ValueError(
             f"--multi-worker: the {task.workers} machines do not start from the same "
             f"{' and '.join(differ)} (this one, {describe(task).split(' (')[0]}: epoch {signature[0]}, "
             f"weights {signature[1]:06x}, configuration {signature[2]:06x}, schedule and data "
-            f"{signature[3]:06x}). Give every machine "
+            f"{signature[3]:06x}). Unlike the chief ({chief}): {against}. Give every machine "
             f"the same command and --weights; with --weights last, --logs must be one folder "
             f"that all machines share. Nothing was trained")
 

@@ -271,3 +271,45 @@ def test_a_worker_lost_around_the_steps_is_named(where_error, converted):
         with cluster.lost_worker_outside_steps(False, "while the model was built"):
             raise tf.errors.UnavailableError(None, None, "x")
 
+
+def test_start_check_names_the_machines_unlike_the_chief(monkeypatch):
+    """The all-gather brings every machine's signature, led by its number (chief -1, else
+    the worker index): the error names which machines differ from the chief and in what,
+    beside this machine's own values, on every machine alike."""
+    import numpy as np
+    sha = "ab12cd" + "0" * 58
+    config = {"LEARNING_RATE": 0.01}
+    run = {"stages": [["all", 2, 0.01]], "split": "1"}
+    base = cluster.start_signature(2, sha, config, run)
+    fresh = cluster.start_signature(0, "00ff00" + "0" * 58, config, run)
+    other_lr = cluster.start_signature(2, sha, {"LEARNING_RATE": 0.02}, run)
+    other_split = cluster.start_signature(2, sha, config, {**run, "split": "2"})
+    # two replicas per machine, as on machines with two GPUs; rows in any order
+    rows = [[1, *fresh], [0, *base], [2, *other_lr], [0, *base], [1, *fresh], [2, *other_lr], [3, *base],
+            [3, *base]]
+    assert cluster.start_differences(np.array(rows, np.float32)) == (
+        "worker 0", [("worker 1", ["epoch", "weights"]), ("worker 2", ["configuration"])])
+    with_chief = [[-1, *base], [0, *other_split], [1, *base]]
+    assert cluster.start_differences(np.array(with_chief, np.float32)) == (
+        "chief", [("worker 0", ["schedule or data"])])
+    assert cluster.start_differences(np.array([[0, *base], [1, *base]], np.float32)) == ("worker 0", [])
+
+    gathered = []
+
+    def fake_gather(strategy, values):
+        gathered.append(list(values))
+        return np.array(rows if values[0] != 5 else [[0, *base], [5, *base]], np.float32)
+
+    monkeypatch.setattr(cluster, "_gather_all", fake_gather)
+    this = cluster.ClusterTask("worker", 2, False, 4)
+    with pytest.raises(ValueError) as err:
+        cluster.check_same_start(None, other_lr, this)
+    assert gathered == [[2, *other_lr]]
+    text = str(err.value)
+    assert text.startswith("--multi-worker: the 4 machines do not start from the same epoch and weights and "
+                           "configuration (this one, worker 2 of 4 machines: epoch 2, weights ab12cd, "), text
+    assert ("). Unlike the chief (worker 0): worker 1 in epoch and weights; worker 2 in configuration. "
+            "Give every machine the same command") in text, text
+    assert text.endswith("Nothing was trained")
+    # all alike: no error
+    cluster.check_same_start(None, base, cluster.ClusterTask("worker", 5, False, 2))
