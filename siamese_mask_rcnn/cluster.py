@@ -15,6 +15,7 @@ checkpoints, ``config.json``, ``history.jsonl`` and TensorBoard files; the other
 write nothing (see ``mrcnn.training``).
 """
 import collections
+import ipaddress
 import json
 import os
 import re
@@ -49,7 +50,9 @@ def read_tf_config(text):
     Raises:
         ValueError: the text is not a JSON object; ``"cluster"`` is missing, empty or not an
             object of ``job: ["host:port", ...]`` lists; a job other than ``chief`` and
-            ``worker``; more than one chief; ``"task"`` missing, or its ``type`` not a job
+            ``worker``; a port outside 1 to 65535; one host:port listed twice (also when
+            spelled differently: ``localhost:5001`` and ``127.0.0.1:5001``, or host names
+            that differ only in case); more than one chief; ``"task"`` missing, or its ``type`` not a job
             of the cluster, or its ``index`` not an integer within that job's list. The
             message starts with ``TF_CONFIG`` and names the offending value.
     """
@@ -81,10 +84,16 @@ def read_tf_config(text):
                 raise ValueError(f"TF_CONFIG job {job!r}: {address!r} is not a \"host:port\" address")
             if not 1 <= int(address.rpartition(":")[2]) <= 65535:
                 raise ValueError(f"TF_CONFIG job {job!r}: the port of {address!r} is not between 1 and 65535")
-    every = [address for addresses in cluster.values() for address in addresses]
-    repeated = sorted({address for address in every if every.count(address) > 1})
+    spellings = {}
+    for address in (address for addresses in cluster.values() for address in addresses):
+        spellings.setdefault(_endpoint(address), []).append(address)
+    repeated = sorted(sorted(set(written)) for written in spellings.values() if len(written) > 1)
     if repeated:
-        raise ValueError(f"TF_CONFIG lists {', '.join(repeated)} more than once: every machine "
+        named = [written[0] + (f" (also as {', '.join(written[1:])})" if len(written) > 1 else "")
+                 for written in repeated]
+        note = ("; localhost, 127.x.x.x and [::1] all name this machine and host names ignore case"
+                if any(len(written) > 1 for written in repeated) else "")
+        raise ValueError(f"TF_CONFIG lists {', '.join(named)} more than once{note}: every machine "
                          f"(task) needs its own host:port")
     if len(cluster.get("chief", [])) > 1:
         raise ValueError(f"TF_CONFIG has {len(cluster['chief'])} chiefs; a cluster has at most one")
@@ -109,6 +118,21 @@ def read_tf_config(text):
     peers = tuple(address for job in TRAINING_JOBS for i, address in enumerate(cluster.get(job, []))
                   if (job, i) != (task_type, index))
     return ClusterTask(task_type, index, chief, workers, peers)
+
+
+def _endpoint(address):
+    """``(host, port)`` of a ``"host:port"`` address, spelled one way so that one machine
+    listed twice is found: host names in lower case (they ignore case), IP addresses in
+    their standard form, and every loopback spelling (``localhost``, ``127.x.x.x``,
+    ``[::1]``) as ``"localhost"`` (a task's TensorFlow server listens on its port at every
+    address of its machine). No DNS lookup: two different names of one machine stay apart."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]").lower().rstrip(".")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host, int(port)
+    return ("localhost" if ip.is_loopback else str(ip)), int(port)
 
 
 def describe(task):
@@ -221,24 +245,56 @@ def start_mismatch(smallest, largest):
     return [name for name, low, high in zip(START_PARTS, smallest, largest) if int(low) != int(high)]
 
 
+def _machine_number(task):
+    """This machine's number in the start check's all-gather: -1 for the ``chief`` task,
+    else its index in the ``worker`` job (0 on a single machine); exact in float32."""
+    return -1 if task.task_type == "chief" else int(task.index)
+
+
+def _machine_name(number):
+    """``"chief"`` or ``"worker N"`` for a :func:`_machine_number`."""
+    return "chief" if number < 0 else f"worker {number}"
+
+
+def start_differences(rows):
+    """Which machines start unlike the chief, and in what, from the gathered rows
+    ``[machine number, *start_signature]`` (one row per replica; a machine's replicas hold
+    one row). The chief is the ``chief`` task, else worker 0. Returns ``(chief name,
+    [(machine name, [START_PARTS that differ]), ...])`` for the machines that differ,
+    chief first then by worker index; ``(chief name, [])`` when all agree."""
+    first = {}
+    for row in rows:
+        first.setdefault(int(row[0]), [int(v) for v in row[1:]])
+    chief = -1 if -1 in first else min(first)
+    differ = [(_machine_name(number), start_mismatch(
+                  [min(a, b) for a, b in zip(first[chief], values)],
+                  [max(a, b) for a, b in zip(first[chief], values)]))
+              for number, values in sorted(first.items()) if number != chief]
+    return _machine_name(chief), [(name, parts) for name, parts in differ if parts]
+
+
 def check_same_start(strategy, signature, task):
     """Compare this machine's :func:`start_signature` with every other machine's (one
-    all-gather) before the first step: machines that resumed from different
-    checkpoints (e.g. ``--weights last`` on one machine only, or ``--logs`` folders that are
-    not the same shared storage), or were given different flags, would otherwise train on
-    silently: a collective sums gradients of replicas that hold different weights.
+    all-gather, each row led by the :func:`_machine_number`) before the first step:
+    machines that resumed from different checkpoints (e.g. ``--weights last`` on one
+    machine only, or ``--logs`` folders that are not the same shared storage), or were
+    given different flags, would otherwise train on silently: a collective sums gradients
+    of replicas that hold different weights.
 
     Raises:
-        ValueError: on every machine alike, naming what differs and this machine's values.
+        ValueError: on every machine alike, naming what differs, this machine's values and
+            which machines differ from the chief in what (:func:`start_differences`).
     """
-    every = _gather_all(strategy, signature)  # [replicas of all machines, 4]
-    differ = start_mismatch(every.min(axis=0), every.max(axis=0))
+    every = _gather_all(strategy, [_machine_number(task), *signature])  # [replicas of all machines, 5]
+    differ = start_mismatch(every[:, 1:].min(axis=0), every[:, 1:].max(axis=0))
     if differ:
+        chief, machines = start_differences(every)
+        against = "; ".join(f"{name} in {' and '.join(parts)}" for name, parts in machines)
         raise ValueError(
             f"--multi-worker: the {task.workers} machines do not start from the same "
             f"{' and '.join(differ)} (this one, {describe(task).split(' (')[0]}: epoch {signature[0]}, "
             f"weights {signature[1]:06x}, configuration {signature[2]:06x}, schedule and data "
-            f"{signature[3]:06x}). Give every machine "
+            f"{signature[3]:06x}). Unlike the chief ({chief}): {against}. Give every machine "
             f"the same command and --weights; with --weights last, --logs must be one folder "
             f"that all machines share. Nothing was trained")
 

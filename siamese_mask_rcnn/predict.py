@@ -60,7 +60,27 @@ def _preset_signature(config):
             isinstance(config.BACKBONE, str))
 
 
-def infer_preset(weights):
+def weight_file_shapes(weights):
+    """The array shapes of a weights file, read once for :func:`infer_preset` and
+    :func:`file_has_presence_head` (their optional ``shapes``): ``(keras3_shapes, layers)``,
+    for a Keras 3 native ``*.weights.h5`` file the set of its array shapes (tuples) and
+    ``{}``, for a legacy-layout ``.h5`` ``None`` and ``layer name -> [(weight name, shape
+    tuple), ...]``. No array is read.
+
+    Raises ``InputError`` naming the file if it cannot be read (missing, not HDF5,
+    truncated).
+    """
+    from .mrcnn.weights import is_keras3_weights_file, keras3_weight_shapes, read_h5_weight_shapes
+
+    try:
+        if is_keras3_weights_file(weights):
+            return set(keras3_weight_shapes(weights)), {}
+        return None, read_h5_weight_shapes(weights)
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read weights file {weights}: {err}") from None
+
+
+def infer_preset(weights, shapes=None):
     """``(preset, reason)``: the preset (``siamese_mask_rcnn.presets``) whose weight shapes the
     file has: the width of ``mrcnn_class_logits`` (``FPN_CLASSIF_FC_LAYERS_SIZE``), the
     ``fpn_distance_P2`` kernel (pyramid and matching channels) and a ResNet backbone or not.
@@ -70,18 +90,15 @@ def infer_preset(weights):
     ``[FC, NUM_CLASSES]``, matching kernel and first backbone kernel (ResNet ``conv1``
     ``[7, 7, 3, 64]`` or not) are all among the file's array shapes.
 
+    ``shapes``: :func:`weight_file_shapes` of the file if already read (else it is read here).
+
     Raises ``InputError`` naming the file if it cannot be read, lacks these layers, or no
     preset has its shapes.
     """
     from .config import siamese_config
-    from .mrcnn.weights import is_keras3_weights_file, keras3_weight_shapes, read_h5_weight_shapes
     from .presets import PRESET_NAMES
 
-    try:
-        keras3_shapes = set(keras3_weight_shapes(weights)) if is_keras3_weights_file(weights) else None
-        layers = read_h5_weight_shapes(weights) if keras3_shapes is None else {}
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot read weights file {weights}: {err}") from None
+    keras3_shapes, layers = weight_file_shapes(weights) if shapes is None else shapes
     if keras3_shapes is not None:
         return _infer_keras3_preset(weights, keras3_shapes)
     logits = dict(layers.get("mrcnn_class_logits", []))
@@ -119,12 +136,12 @@ def _infer_keras3_preset(weights, shapes):
                      "keep no layer names); pass --config with the config.json of the model that saved it")
 
 
-def resolve_config(weights, config_path=None, preset=None, **overrides):
+def resolve_config(weights, config_path=None, preset=None, *, shapes=None, **overrides):
     """The single-image inference config for ``weights``: an explicit JSON, the run's
     ``config.json``, ``preset``, or (``preset=None``) the preset inferred from the file's
-    shapes (``infer_preset``, which says so on stderr); ``overrides`` (config keys) are
-    applied on top. Raises ``InputError`` naming an explicit config file that does not
-    exist, or a file whose preset cannot be inferred."""
+    shapes (``infer_preset``, which says so on stderr; ``shapes`` as there); ``overrides``
+    (config keys) are applied on top. Raises ``InputError`` naming an explicit config file
+    that does not exist, or a file whose preset cannot be inferred."""
     from .config import SiameseConfig, siamese_config
 
     overrides = {"IMAGES_PER_GPU": 1, "GPU_COUNT": 1, **overrides}
@@ -133,7 +150,7 @@ def resolve_config(weights, config_path=None, preset=None, **overrides):
     path = config_path or os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
     if not os.path.exists(path):
         if preset is None:
-            preset, reason = infer_preset(weights)
+            preset, reason = infer_preset(weights, shapes)
             print(f"no config.json beside {weights}: assuming preset {preset!r} ({reason}); "
                   "pass --preset or --config to choose", file=sys.stderr)
         return siamese_config(preset, **overrides)
@@ -144,27 +161,34 @@ def resolve_config(weights, config_path=None, preset=None, **overrides):
         raise InputError(f"config file {path} cannot be used: {err}") from None
 
 
-def file_has_presence_head(weights):
+def file_has_presence_head(weights, shapes=None):
     """Whether a legacy-layout weights file holds the presence head's layers
     (``siamese_mask_rcnn.presence``); False for a Keras 3 file (no layer names) or an
-    unreadable one (its loading reports that)."""
-    from .mrcnn.weights import is_keras3_weights_file, read_h5_weight_shapes
+    unreadable one (its loading reports that). ``shapes``: :func:`weight_file_shapes` of
+    the file if already read (else it is read here)."""
     from .presence import PRESENCE_LAYER_NAMES
 
-    try:
-        if is_keras3_weights_file(weights):
+    if shapes is not None:
+        keras3_shapes, layers = shapes
+        if keras3_shapes is not None:
             return False
-        layers = read_h5_weight_shapes(weights)
-    except (OSError, ValueError):
-        return False
+    else:
+        from .mrcnn.weights import is_keras3_weights_file, read_h5_weight_shapes
+        try:
+            if is_keras3_weights_file(weights):
+                return False
+            layers = read_h5_weight_shapes(weights)
+        except (OSError, ValueError):
+            return False
     return all(name in layers for name in PRESENCE_LAYER_NAMES)
 
 
-def with_presence_head_of(weights, config):
+def with_presence_head_of(weights, config, shapes=None):
     """``config``, with ``PRESENCE_HEAD`` switched on (and a note on stderr) when the file
     holds a trained presence head that the config leaves out: its layers would otherwise be
-    ignored without a word and every detection left ungated."""
-    if getattr(config, "PRESENCE_HEAD", False) or not file_has_presence_head(weights):
+    ignored without a word and every detection left ungated. ``shapes`` as in
+    :func:`file_has_presence_head`."""
+    if getattr(config, "PRESENCE_HEAD", False) or not file_has_presence_head(weights, shapes):
         return config
     from .config import SiameseConfig
 
@@ -193,8 +217,13 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
     if not os.path.exists(weights):
         raise InputError(f"weights file not found: {weights}")
     overrides = {} if min_confidence is None else {"DETECTION_MIN_CONFIDENCE": float(min_confidence)}
-    config = with_presence_head_of(weights, resolve_config(weights, config_path, preset, **overrides))
     beside = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
+    # Without a config the file's shapes give the preset and tell whether it holds a
+    # presence head: read them once for both.
+    shapes = (weight_file_shapes(weights) if not config_path and preset is None
+              and not os.path.exists(beside) else None)
+    config = with_presence_head_of(
+        weights, resolve_config(weights, config_path, preset, shapes=shapes, **overrides), shapes)
     model = SiameseMaskRCNN("inference", config, model_dir=os.path.dirname(os.path.abspath(weights)))
     try:
         report = model.load_weights(weights, by_name=True, exclude=exclude)

@@ -130,11 +130,11 @@ def build_parser(prog=None):
                       help="GPUs on this machine (MirroredStrategy when > 1; default 1)")
     dist.add_argument("--multi-worker", action="store_true",
                       help="MultiWorkerMirroredStrategy over the machines of TF_CONFIG")
-    parser.add_argument("--worker-start-timeout", type=float, default=DEFAULT_START_TIMEOUT,
-                        metavar="SECONDS",
-                        help="with --multi-worker: give up (naming the machines that do not "
-                             f"answer; exit status 137) when not all have started after this long (default "
-                             f"{DEFAULT_START_TIMEOUT:g}; 0 waits forever)")
+    dist.add_argument("--worker-start-timeout", type=float, default=DEFAULT_START_TIMEOUT,
+                      metavar="SECONDS",
+                      help="with --multi-worker: give up (naming the machines that do not "
+                           f"answer; exit status 137) when not all have started after this long (default "
+                           f"{DEFAULT_START_TIMEOUT:g}; 0 waits forever)")
     dist.add_argument("--images-per-gpu", type=int, default=None,
                       help="images per GPU (default: the preset's 3); batch = this x replicas")
     dist.add_argument("--mixed-precision", nargs="?", const="auto", default=None,

@@ -54,6 +54,16 @@ def test_chief_and_workers(tf_config, expected):
      "the port of 'b:99999'"),
     ('{"cluster": {"chief": ["a:1"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
      "lists a:1 more than once"),
+    # one machine's host:port spelled two ways (loopback names, case of host names)
+    ('{"cluster": {"worker": ["127.0.0.1:5001", "localhost:5001"]}, "task": {"type": "worker", "index": 0}}',
+     "lists 127.0.0.1:5001 (also as localhost:5001) more than once; localhost, 127.x.x.x and [::1] "
+     "all name this machine"),
+    ('{"cluster": {"chief": ["LOCALHOST:5001"], "worker": ["localhost:5001"]}, "task": {"type": "chief"}}',
+     "lists LOCALHOST:5001 (also as localhost:5001) more than once"),
+    ('{"cluster": {"worker": ["HostA:7", "b:7", "hosta:7"]}, "task": {"type": "worker", "index": 0}}',
+     "lists HostA:7 (also as hosta:7) more than once"),
+    ('{"cluster": {"worker": ["[::1]:9", "127.0.0.2:9", "a:1", "a:1"]}, "task": {"type": "worker"}}',
+     "lists 127.0.0.2:9 (also as [::1]:9), a:1 more than once"),
     ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"index": 1}}', '"task" has no "type"'),
     ('{"cluster": {"worker": ["a:1"]}}', 'no "task"'),
     ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
@@ -92,6 +102,41 @@ def test_multi_worker_with_bad_tf_config_exits_2(program, monkeypatch, capsys, t
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert '--multi-worker: TF_CONFIG has no "cluster"' in err, err
+
+
+def test_worker_start_timeout_is_listed_with_the_other_machine_flags():
+    """``--help`` shows --worker-start-timeout in the group of --multi-worker (it stood
+    apart, among the general options, before)."""
+    parser = train_coco.build_parser()
+    group = next(g for g in parser._action_groups
+                 if any("--multi-worker" in a.option_strings for a in g._group_actions))
+    assert any("--worker-start-timeout" in a.option_strings for a in group._group_actions), group.title
+    help_text = parser.format_help()
+    section = help_text[help_text.index(f"\n{group.title}:"):]
+    section = section[:section.index("\n\n", 1)]
+    assert "--multi-worker" in section and "--worker-start-timeout SECONDS" in section, section
+    args = parser.parse_args(SUBSET_ARGS)
+    assert args.worker_start_timeout == cluster.DEFAULT_START_TIMEOUT
+    assert parser.parse_args([*SUBSET_ARGS, "--worker-start-timeout", "3"]).worker_start_timeout == 3.0
+
+
+def test_one_machine_spelled_two_ways_exits_2(monkeypatch, capsys, tmp_path):
+    """Two tasks at 127.0.0.1:5001 and localhost:5001 would both start TensorFlow's server on
+    port 5001 of this machine: refused before TensorFlow, like an address written twice.
+    Different ports of this machine, or different hosts, stay accepted (no DNS lookup)."""
+    parser = train_coco.build_parser()
+    args = parser.parse_args([*SUBSET_ARGS, "--logs", str(tmp_path), "--multi-worker"])
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:5001", "localhost:5001"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    with pytest.raises(SystemExit) as exit_info:
+        train_coco.check_args(parser, args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--multi-worker: TF_CONFIG lists 127.0.0.1:5001 (also as localhost:5001) more than once" in err, err
+    for addresses in (["localhost:5001", "127.0.0.1:5002", "[::1]:5003"], ["hosta:1", "hostb:1", "10.0.0.1:1"]):
+        task = cluster.read_tf_config(json.dumps({"cluster": {"worker": addresses},
+                                                  "task": {"type": "worker", "index": 0}}))
+        assert task.workers == 3 and task.peers == tuple(addresses[1:])
 
 
 def test_tf_config_is_checked_only_with_multi_worker(monkeypatch, tmp_path, caplog):
@@ -225,3 +270,46 @@ def test_a_worker_lost_around_the_steps_is_named(where_error, converted):
     with pytest.raises(tf.errors.UnavailableError):  # one machine: nothing to convert
         with cluster.lost_worker_outside_steps(False, "while the model was built"):
             raise tf.errors.UnavailableError(None, None, "x")
+
+
+def test_start_check_names_the_machines_unlike_the_chief(monkeypatch):
+    """The all-gather brings every machine's signature, led by its number (chief -1, else
+    the worker index): the error names which machines differ from the chief and in what,
+    beside this machine's own values, on every machine alike."""
+    import numpy as np
+    sha = "ab12cd" + "0" * 58
+    config = {"LEARNING_RATE": 0.01}
+    run = {"stages": [["all", 2, 0.01]], "split": "1"}
+    base = cluster.start_signature(2, sha, config, run)
+    fresh = cluster.start_signature(0, "00ff00" + "0" * 58, config, run)
+    other_lr = cluster.start_signature(2, sha, {"LEARNING_RATE": 0.02}, run)
+    other_split = cluster.start_signature(2, sha, config, {**run, "split": "2"})
+    # two replicas per machine, as on machines with two GPUs; rows in any order
+    rows = [[1, *fresh], [0, *base], [2, *other_lr], [0, *base], [1, *fresh], [2, *other_lr], [3, *base],
+            [3, *base]]
+    assert cluster.start_differences(np.array(rows, np.float32)) == (
+        "worker 0", [("worker 1", ["epoch", "weights"]), ("worker 2", ["configuration"])])
+    with_chief = [[-1, *base], [0, *other_split], [1, *base]]
+    assert cluster.start_differences(np.array(with_chief, np.float32)) == (
+        "chief", [("worker 0", ["schedule or data"])])
+    assert cluster.start_differences(np.array([[0, *base], [1, *base]], np.float32)) == ("worker 0", [])
+
+    gathered = []
+
+    def fake_gather(strategy, values):
+        gathered.append(list(values))
+        return np.array(rows if values[0] != 5 else [[0, *base], [5, *base]], np.float32)
+
+    monkeypatch.setattr(cluster, "_gather_all", fake_gather)
+    this = cluster.ClusterTask("worker", 2, False, 4)
+    with pytest.raises(ValueError) as err:
+        cluster.check_same_start(None, other_lr, this)
+    assert gathered == [[2, *other_lr]]
+    text = str(err.value)
+    assert text.startswith("--multi-worker: the 4 machines do not start from the same epoch and weights and "
+                           "configuration (this one, worker 2 of 4 machines: epoch 2, weights ab12cd, "), text
+    assert ("). Unlike the chief (worker 0): worker 1 in epoch and weights; worker 2 in configuration. "
+            "Give every machine the same command") in text, text
+    assert text.endswith("Nothing was trained")
+    # all alike: no error
+    cluster.check_same_start(None, base, cluster.ClusterTask("worker", 5, False, 2))

@@ -438,6 +438,8 @@ def test_machines_with_different_splits_stop_before_training(tmp_path):
         for index in range(2):
             err = cluster.text(index, "err")
             assert "do not start from the same schedule or data" in err and "Traceback" not in err, err[-3000:]
+            # every machine names the one unlike the chief (the machine numbers come through the all-gather)
+            assert "Unlike the chief (worker 0): worker 1 in schedule or data. " in err, err[-3000:]
         assert not any(f.endswith(".h5") for d in run_dirs(logs) for f in os.listdir(logs / d))
     finally:
         cluster.kill()

@@ -178,6 +178,20 @@ def test_writes_curve_csv_png_and_summary(gt_open_world, tmp_path):
     assert "0.00 false positives per absent pair" in text and "detection 100.0" in text
 
 
+def test_summary_says_where_the_threshold_comes_from(gt_open_world):
+    """The default wording is the demo's (quoted in the README, character for character);
+    ``evaluate_siamese.py`` names its --score-threshold instead of the model's threshold."""
+    import re
+    default = ow.format_open_world(gt_open_world)
+    line = default.splitlines()[2]
+    assert re.fullmatch(r"  at the model's threshold 0\.50: \d+\.\d\d false positives per absent pair "
+                        r"\(\d+\.\d% of absent pairs with any\), recall \d+\.\d% on present pairs", line), line
+    assert ow.format_open_world(gt_open_world, "the model's threshold") == default
+    flagged = ow.format_open_world(gt_open_world, threshold_origin="--score-threshold")
+    assert flagged == default.replace("  at the model's threshold 0.50: ", "  at --score-threshold 0.50: ")
+    assert flagged != default
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -190,6 +204,7 @@ def test_cli_open_world_protocol(coco_subset_annotations, coco_subset_dir, tmp_p
     assert set(outcome) == {"oneshot", "background"}
     assert outcome["background"]["map50_bbox"] == pytest.approx(1.0)
     assert "0.00 false positives per absent pair" in out and "[ground truth (background)]" in out
+    assert "  at --score-threshold 0.70: 0.00 false positives" in out and "model's threshold" not in out, out
     for name in ("oneshot_open_world.json", "background_open_world_curve.csv",
                  "background_open_world_curve.png", "background_open_world_results.jsonl"):
         assert (tmp_path / name).is_file()

@@ -266,20 +266,70 @@ def test_a_few_coco_steps_with_the_presence_head(coco_subset_annotations, coco_s
     assert np.isfinite(history[-1]["presence_loss"]) and history[-1]["presence_loss"] > 0
 
 
-def test_predict_turns_the_head_on_for_a_file_that_holds_one(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def presence_weight_files(tmp_path_factory):
+    """Legacy-layout weight files of the tiny preset with and without a presence head, in a
+    folder without ``config.json``: ``(head_file, plain_file)``."""
+    folder = tmp_path_factory.mktemp("presence_weights")
+    keras.utils.set_random_seed(6)
+    with_head = SiameseMaskRCNN("inference", siamese_config("tiny", PRESENCE_HEAD=True), model_dir=str(folder))
+    plain = SiameseMaskRCNN("inference", siamese_config("tiny"), model_dir=str(folder))
+    head_file, plain_file = str(folder / "head.h5"), str(folder / "plain.h5")
+    with_head.save_weights(head_file)
+    plain.save_weights(plain_file)
+    return head_file, plain_file
+
+
+def test_predict_turns_the_head_on_for_a_file_that_holds_one(presence_weight_files, capsys):
     """No config.json beside a checkpoint with a trained head: the preset (without the head)
     must not silently drop its layers."""
     from siamese_mask_rcnn.predict import file_has_presence_head, load_model
 
-    keras.utils.set_random_seed(6)
-    with_head = SiameseMaskRCNN("inference", siamese_config("tiny", PRESENCE_HEAD=True), model_dir=str(tmp_path))
-    plain = SiameseMaskRCNN("inference", siamese_config("tiny"), model_dir=str(tmp_path))
-    head_file, plain_file = str(tmp_path / "head.h5"), str(tmp_path / "plain.h5")
-    with_head.save_weights(head_file)
-    plain.save_weights(plain_file)
+    head_file, plain_file = presence_weight_files
     assert file_has_presence_head(head_file) and not file_has_presence_head(plain_file)
     model = load_model(head_file, preset="tiny")
     assert model.has_presence_head()
     assert "holds a trained presence head" in capsys.readouterr().err
     assert not load_model(plain_file, preset="tiny").has_presence_head()
     assert "presence head" not in capsys.readouterr().err
+
+
+def test_load_model_without_config_reads_the_shapes_once(presence_weight_files, monkeypatch, capsys):
+    """Without config.json or --preset the file's shapes give the preset and tell whether it
+    holds a presence head: read once for both, with the same answers as reading twice."""
+    from siamese_mask_rcnn import predict
+    from siamese_mask_rcnn.mrcnn import weights as weights_module
+
+    head_file, plain_file = presence_weight_files
+    calls = []
+    for name in ("read_h5_weight_shapes", "is_keras3_weights_file", "keras3_weight_shapes"):
+        original = getattr(weights_module, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(weights_module, name, counted)
+    model = predict.load_model(head_file)
+    # the shapes once (which reader, then the reader); the loader asks the format once more
+    assert sorted(calls) == ["is_keras3_weights_file"] * 2 + ["read_h5_weight_shapes"], calls
+    tiny = siamese_config("tiny")
+    assert model.has_presence_head() and model.config.NAME == tiny.NAME
+    assert (model.config.MATCHING_CHANNELS, model.config.TOP_DOWN_PYRAMID_SIZE) == (
+        tiny.MATCHING_CHANNELS, tiny.TOP_DOWN_PYRAMID_SIZE)
+    err = capsys.readouterr().err
+    assert "assuming preset 'tiny'" in err and "holds a trained presence head" in err
+    calls.clear()
+    assert not predict.load_model(plain_file).has_presence_head()
+    assert sorted(calls) == ["is_keras3_weights_file"] * 2 + ["read_h5_weight_shapes"], calls
+    assert "presence head" not in capsys.readouterr().err
+    monkeypatch.undo()
+    # the functions, given the shapes read once, answer as when they read the file themselves
+    for path in (head_file, plain_file):
+        shapes = predict.weight_file_shapes(path)
+        assert shapes[0] is None and "fpn_distance_P2" in shapes[1]
+        assert predict.infer_preset(path, shapes) == predict.infer_preset(path)
+        assert predict.file_has_presence_head(path, shapes) == predict.file_has_presence_head(path)
+    assert predict.infer_preset(head_file)[0] == "tiny"
+    assert predict.file_has_presence_head(head_file, predict.weight_file_shapes(head_file))
+    assert not predict.file_has_presence_head("keras3.weights.h5", ({(3, 3, 3, 8)}, {}))  # no layer names

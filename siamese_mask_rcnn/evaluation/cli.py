@@ -273,7 +273,8 @@ def run_open_world(args, dataset, factory, progress):
             score_threshold=args.score_threshold,
             results_path=os.path.join(out_dir, f"{set_name}_{RESULTS_FILE}"), progress=progress)
         write_open_world(result, out_dir, prefix=f"{set_name}_open_world")
-        print(f"[{ROW_LABELS[(args.model, set_name)]}] " + format_open_world(result))
+        print(f"[{ROW_LABELS[(args.model, set_name)]}] "
+              + format_open_world(result, threshold_origin="--score-threshold"))
         outcome[set_name] = result
     if args.model in ("gt", "random"):
         print(f"note: --model {args.model} reads the ground truth of the searched category, so it "

@@ -452,14 +452,17 @@ def open_world_summary(open_world):
     }
 
 
-def format_open_world(open_world):
-    """A few lines of text with the headline numbers."""
+def format_open_world(open_world, threshold_origin="the model's threshold"):
+    """A few lines of text with the headline numbers (of :func:`evaluate_open_world`).
+    ``threshold_origin`` says where ``score_threshold`` came from: the default fits a
+    threshold that is the model's ``DETECTION_MIN_CONFIDENCE`` (``at the model's threshold
+    0.50: ...``); ``evaluate_siamese.py`` passes ``"--score-threshold"``."""
     s = open_world_summary(open_world)
     lines = [f"open-world search: {s['n_images']} query images, {s['n_present_pairs']} present and "
              f"{s['n_absent_pairs']} absent (image, category) pairs",
              f"  open-world mAP50 (%): detection {100 * s['map50_bbox']:.1f}, segmentation "
              f"{100 * s['map50_segm']:.1f}",
-             f"  at the model's threshold {s['score_threshold']:.2f}: {s['fp_per_absent_pair']:.2f} false "
+             f"  at {threshold_origin} {s['score_threshold']:.2f}: {s['fp_per_absent_pair']:.2f} false "
              f"positives per absent pair ({100 * s['fraction_absent_pairs_with_fp']:.1f}% of absent pairs "
              f"with any), recall {100 * s['recall_at_threshold']:.1f}% on present pairs"]
     if s["operating_threshold"] is None:
