@@ -3,10 +3,9 @@
 Run by hand (not part of the tests)::
 
     python benchmarks/transfer_factors.py --weights logs/demo/checkpoints/<run>/mask_rcnn_demo_0030.h5 \
-        [--rendering paper] [--scenes 150]
+        [--rendering paper] [--scenes 150] [--no-factors] [--dataset omniglot --data-dir DIR]
 
-It evaluates the checkpoint (a ``siamese-mrcnn demo`` model on the embedded procedural data,
-``config.json`` beside it) with the
+It evaluates the checkpoint (a ``siamese-mrcnn demo`` model, ``config.json`` beside it) with the
 paper's one-shot protocol (Section 5.2) on the one-shot categories of:
 
 * the in-distribution evaluation scenes (rendered references, as the demo), and the same scenes
@@ -15,6 +14,11 @@ paper's one-shot protocol (Section 5.2) on the one-shot categories of:
 * the composer narrowed to ranges like the paper renderer's ("training-like");
 * "training-like" with one group of ranges widened back to the composer's defaults (what that
   factor alone costs), and the defaults with one group narrowed (what fixing it alone gains).
+
+``--rendering`` picks the in-distribution scenes' rendering (e.g. ``paper`` for a model trained
+with ``--rendering randomised``: its score on the main job's look). ``--no-factors`` stops after
+the composer's defaults; the factor groups describe the procedural renderer and run only for
+``--dataset synthetic``.
 
 Groups: canvas (size, aspect), background (brightness, saturation, texture), scale, pose
 (rotation, stretch, shear), colour (jitter, shading), outline, density (categories, instances,
@@ -60,6 +64,9 @@ GROUPS = {
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, help="a demo checkpoint (.h5) with config.json beside it")
+    parser.add_argument("--dataset", choices=["synthetic", "omniglot"], default="synthetic")
+    parser.add_argument("--data-dir", help="Omniglot archives (--dataset omniglot)")
+    parser.add_argument("--no-factors", action="store_true", help="stop after the composer's defaults")
     parser.add_argument("--rendering", choices=["paper", "randomised", "mixed"], default="paper",
                         help="rendering of the in-distribution evaluation scenes (the model's training one)")
     parser.add_argument("--scenes", type=int, default=150, help="scenes per evaluation (default 150)")
@@ -67,6 +74,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not pathlib.Path(args.weights).is_file():
         parser.error(f"--weights: no such file: {args.weights}")
+    if args.dataset == "omniglot" and not args.data_dir:
+        parser.error("--dataset omniglot needs --data-dir")
     if args.scenes < 1:
         parser.error(f"--scenes must be >= 1, got {args.scenes}")
 
@@ -76,7 +85,7 @@ def main(argv=None):
     from siamese_mask_rcnn.predict import load_model
 
     demo.configure_threads(demo.DEFAULT_THREADS)
-    _, val = demo.make_datasets("synthetic", None, 1, args.scenes, 128, args.seed,
+    _, val = demo.make_datasets(args.dataset, args.data_dir, 1, args.scenes, 128, args.seed,
                                 cache_size=None, rendering=args.rendering)
     model = load_model(args.weights)
     predict = model.predict_fn()
@@ -98,6 +107,8 @@ def main(argv=None):
         return transfer_dataset_like(val, num_images=args.scenes, seed=args.seed, ranges=ranges)
 
     show("transfer (composer defaults)", composer(None))
+    if args.no_factors or args.dataset != "synthetic":
+        return 0
     show("transfer, training-like ranges", composer(TRAINING_LIKE))
     for group, keys in GROUPS.items():
         show(f"training-like, {group} wide", composer({k: v for k, v in TRAINING_LIKE.items() if k not in keys}))
