@@ -199,3 +199,15 @@ def test_mixed_rendering_randomises_about_half_of_the_scenes(monkeypatch):
     rng = np.random.default_rng(0)
     train.sample_references(train.train_class_ids[0], 60, rng)
     assert 18 <= len(calls) - scenes <= 42
+
+
+def test_omniglot_thickening_option_grows_the_strokes(omniglot_dir):
+    from siamese_mask_rcnn.datasets.omniglot import RANDOMISED_SCENE_OPTIONS, OmniglotOneShotDataset
+
+    areas = {}
+    for thickening in (0, 2):
+        ds = OmniglotOneShotDataset(omniglot_dir, num_images=6, image_size=96, seed=4,
+                                    scene_options={**RANDOMISED_SCENE_OPTIONS, "thickening": thickening})
+        areas[thickening] = np.mean([ds.load_mask(i)[0].sum(axis=(0, 1)).mean() for i in range(6)])
+    assert RANDOMISED_SCENE_OPTIONS["thickening"] == 0
+    assert areas[2] > 1.3 * areas[0]
