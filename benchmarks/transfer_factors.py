@@ -111,7 +111,8 @@ def main(argv=None):
         return 0
     show("transfer, training-like ranges", composer(TRAINING_LIKE))
     for group, keys in GROUPS.items():
-        show(f"training-like, {group} wide", composer({k: v for k, v in TRAINING_LIKE.items() if k not in keys}))
+        widened = {k: v for k, v in TRAINING_LIKE.items() if k not in keys}
+        show(f"training-like, {group} wide", composer(widened))
     for group, keys in GROUPS.items():
         show(f"defaults, {group} narrow", composer({k: TRAINING_LIKE[k] for k in keys}))
     return 0

@@ -529,7 +529,8 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
                     "absent_false_positives_per_pair": open_world_summary["fp_per_absent_pair"],
                     "total_seconds": round(time.time() - t0, 1), "examples": examples,
                     "outputs": {k: str(v) for k, v in written.items()}, **{k: info[k] for k in
-                    ("dataset", "rendering", "epochs_trained", "steps", "time_capped", "data_seconds", "train_seconds",
+                    ("dataset", "rendering", "epochs_trained", "steps", "time_capped", "data_seconds",
+                     "train_seconds",
                      "seconds_per_step", "checkpoint")}})
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if verbose:

@@ -171,11 +171,11 @@ def make_background(rng, height, width, grid=4):
 # Scenes
 # ---------------------------------------------------------------------------
 
-def randomise_instance(pose, mask, colours, rng):
-    """Randomised rendering of one drawn instance (:mod:`.randomised`): shading across the
-    object and, with probability ``randomised.OUTLINE["probability"]``, a dark or light
-    contour 1-2 px wide (part of the object's mask). ``pose`` already carries the wider
-    colour jitter. Returns the new colours float32 [h, w, 3]."""
+def randomise_instance(mask, colours, rng):
+    """Randomised rendering of one drawn instance (:mod:`.randomised`; its pose already carries
+    the wider colour jitter): shading across the object and, with probability
+    ``randomised.OUTLINE["probability"]``, a dark or light contour 1-2 px wide (part of the
+    object's mask, bool [h, w]). Returns the new colours float32 [h, w, 3]."""
     colours = randomised.shade(colours, rng)
     if mask.size and rng.uniform() < randomised.OUTLINE["probability"]:
         ring = randomised.outline(mask, int(rng.integers(randomised.OUTLINE["width"][0],
@@ -206,8 +206,9 @@ def generate_scene(styles, rng, image_size=128, class_pool=None, present_range=(
     wider layout): a background of any kind and brightness, wider colour jitter, shading,
     contours, a randomised finish (gamma, noise, blur, JPEG) instead of light noise, and
     sometimes content of another aspect, zero-padded (:mod:`.randomised`); a probability in
-    [0, 1] randomises that fraction of the scenes (drawn per scene). Returns a :class:`Scene` whose ``info`` holds the ``poses`` and
-    unoccluded ``full_areas`` of the annotated instances, in drawing order.
+    [0, 1] randomises that fraction of the scenes (drawn per scene). Returns a :class:`Scene`
+    whose ``info`` holds the ``poses`` and unoccluded ``full_areas`` of the annotated
+    instances, in drawing order.
     """
     full_shape = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
     randomise = randomised.applies(rng, randomise)
@@ -231,7 +232,7 @@ def generate_scene(styles, rng, image_size=128, class_pool=None, present_range=(
             last_pose[:] = [pose]
             y0, x0, mask, colours = render_instance(style, pose, height, width)
             if randomise:
-                colours = randomise_instance(pose, mask, colours, r)
+                colours = randomise_instance(mask, colours, r)
             return y0, x0, mask, colours
 
         if place_instances(canvas, labels, areas, full_areas, patch, rng, tries,
@@ -257,8 +258,8 @@ def render_reference(style, rng, radius=None, margin=3, background=REFERENCE_BAC
     every side.  With ``randomise`` (beyond the paper, :mod:`.randomised`) the background is
     a random one of any kind and brightness, the margin 2-9 px, the colours jittered, shaded
     and maybe outlined like the scenes', and the finish randomised (``background`` and
-    ``noise_std`` are then not used); a probability randomises that fraction.  Returns uint8 [h, w, 3] (and the bool object mask
-    when ``return_mask``).
+    ``noise_std`` are then not used); a probability randomises that fraction.  Returns
+    uint8 [h, w, 3] (and the bool object mask when ``return_mask``).
     """
     randomise = randomised.applies(rng, randomise)
     radius = float(rng.uniform(10, 20)) if radius is None else float(radius)
@@ -276,7 +277,7 @@ def render_reference(style, rng, radius=None, margin=3, background=REFERENCE_BAC
         canvas[:] = np.asarray(background, dtype=np.float32)
     y0, x0, mask, colours = render_instance(style, pose, size, size)
     if randomise:
-        colours = randomise_instance(pose, mask, colours, rng)
+        colours = randomise_instance(mask, colours, rng)
     full = np.zeros((size, size), dtype=bool)
     full[y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]] = mask
     canvas[full] = colours[mask]
