@@ -507,12 +507,12 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
             "seconds_per_step": round(train_seconds / max(1, steps_done), 4), "checkpoint": checkpoint,
             "final_loss": history[-1]["loss"] if history else None,
             "config": config.to_dict()}
-    label = dataset if rendering == "paper" else f"{dataset}, {rendering} rendering"
-    title = f"one-shot instance segmentation on {label} (mAP50, %)"
+    data_label = dataset if rendering == "paper" else f"{dataset}, {rendering} rendering"
+    title = f"one-shot instance segmentation on {data_label} (mAP50, %)"
     written = evaluation.write_outputs(out_dir, rows, config=info, title=title)
     written.update(evaluation.write_open_world(open_world, out_dir, prefix="oneshot_open_world"))
     if transfer_rows:
-        transfer_table = format_transfer_table(rows, transfer_rows, label)
+        transfer_table = format_transfer_table(rows, transfer_rows, data_label)
         written["transfer_table"] = out_dir / "transfer_table.txt"
         written["transfer_table"].write_text(transfer_table + "\n")
     progress.advance("report")
