@@ -84,10 +84,15 @@ def main(argv=None):
     from siamese_mask_rcnn.datasets.transfer import transfer_dataset_like
     from siamese_mask_rcnn.predict import load_model
 
+    from siamese_mask_rcnn.predict import InputError
+
     demo.configure_threads(demo.DEFAULT_THREADS)
-    _, val = demo.make_datasets(args.dataset, args.data_dir, 1, args.scenes, 128, args.seed,
-                                cache_size=None, rendering=args.rendering)
-    model = load_model(args.weights)
+    try:
+        _, val = demo.make_datasets(args.dataset, args.data_dir, 1, args.scenes, 128, args.seed,
+                                    cache_size=None, rendering=args.rendering)
+        model = load_model(args.weights)
+    except (FileNotFoundError, InputError, ValueError) as err:  # user errors: no traceback
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     predict = model.predict_fn()
     print(f"machine: {machine_description()}")
     print(f"weights: {args.weights}; {args.scenes} scenes, seed {args.seed}; one-shot mAP50 (%)")

@@ -8,6 +8,7 @@
   ``samples/coco/evaluate_siamese.py`` (:mod:`siamese_mask_rcnn.evaluation.cli`).
 """
 import argparse
+import os
 import sys
 
 from . import demo as demo_job
@@ -112,6 +113,10 @@ def main(argv=None):
         if args.minutes is not None and args.minutes <= 0:
             parser.error(f"--minutes must be > 0, got {args.minutes}")
         require_at_least(parser, args, 0, "transfer_scenes")
+        if args.dataset == "omniglot" and not args.data_dir:
+            parser.error("--dataset omniglot needs --data-dir (a directory with the Omniglot zip archives)")
+        if args.data_dir and not os.path.isdir(args.data_dir):
+            parser.error(f"--data-dir: no such directory: {args.data_dir}")
         if args.negative_pairs is not None and not 0 <= args.negative_pairs <= 1:
             parser.error(f"--negative-pairs must be in [0, 1], got {args.negative_pairs}")
         overrides = ({} if args.negative_pairs is None

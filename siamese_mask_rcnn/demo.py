@@ -83,8 +83,10 @@ def make_datasets(dataset="synthetic", data_dir=None, num_train=2000, num_val=15
 
     ``cache_size=None`` keeps every scene in memory, rendered on construction in
     ``workers`` processes (the main job's setting; the scenes do not depend on ``workers``).
-    ``rendering``: ``"paper"`` (the fixed look) or ``"randomised"`` (domain randomisation,
-    :mod:`.datasets.randomised`) for training and evaluation scenes alike.
+    ``rendering``: ``"paper"`` (the fixed look), ``"randomised"`` (domain randomisation,
+    :mod:`.datasets.randomised`) or ``"mixed"`` (the randomised layout for every scene, the
+    randomised look for half of the scenes and references), for training and evaluation
+    scenes alike.
 
     Raises:
         ValueError: unknown ``dataset`` or ``rendering``, or ``"omniglot"`` without ``data_dir``.
@@ -387,10 +389,12 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
             the same seed gives the same checkpoint and table on the same kind of CPU; another
             CPU kind (e.g. AVX2 vs AVX-512 kernels) rounds differently and lands elsewhere in
             that spread.
-        rendering: how the procedural training and in-distribution evaluation scenes are
-            drawn: ``"paper"`` (one fixed look) or ``"randomised"`` (beyond the paper: domain
+        rendering: how the training and in-distribution evaluation scenes are drawn:
+            ``"paper"`` (one fixed look), ``"randomised"`` (beyond the paper: domain
             randomisation, :mod:`.datasets.randomised`, so the model matches objects rather
-            than the renderer's look), for the procedural data and Omniglot alike.
+            than the renderer's look) or ``"mixed"`` (the randomised layout for every scene,
+            the randomised look for half of the scenes and references), for the procedural
+            data and Omniglot alike.
 
     Returns the summary dict (mAP50 per row as fractions, steps, timings, output paths),
     also written as ``demo_summary.json``.

@@ -86,11 +86,11 @@ def test_demo_command_line_passes_arguments_to_run_demo(monkeypatch, tmp_path):
     code = cli.main(["demo", "--out", str(tmp_path), "--steps", "40", "--minutes", "0.5",
                      "--steps-per-epoch", "3", "--threads", "1", "--train-scenes", "60",
                      "--eval-scenes", "12", "--eval-limit", "6", "--seed", "7", "--dataset", "omniglot",
-                     "--data-dir", "/data", "--transfer-scenes", "20", "--no-deterministic",
+                     "--data-dir", str(tmp_path), "--transfer-scenes", "20", "--no-deterministic",
                      "--rendering", "randomised"])
     assert code == 0
-    assert calls == [dict(out_dir=str(tmp_path), dataset="omniglot", data_dir="/data", steps=40, minutes=0.5,
-                          threads=1, steps_per_epoch=3, num_train=60, num_val=12, seed=7, eval_limit=6,
+    assert calls == [dict(out_dir=str(tmp_path), dataset="omniglot", data_dir=str(tmp_path), steps=40,
+                          minutes=0.5, threads=1, steps_per_epoch=3, num_train=60, num_val=12, seed=7, eval_limit=6,
                           config_overrides={}, transfer_scenes=20, deterministic=False,
                           rendering="randomised")]
 
@@ -276,8 +276,18 @@ def test_a_different_seed_gives_a_different_model(demo_run, tmp_path):
     (["--data-dir", "/nonexistent/omniglot"], "/nonexistent/omniglot")])
 def test_omniglot_demo_without_its_archives_exits_2_naming_what_is_missing(extra, message, tmp_path,
                                                                           capsys):
-    code = cli.main(["demo", "--dataset", "omniglot", "--steps", "1", "--out", str(tmp_path / "o")]
-                    + extra)
+    # checked with the arguments: before TensorFlow loads and before --out is created
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", "--dataset", "omniglot", "--steps", "1", "--out", str(tmp_path / "o")] + extra)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "siamese-mrcnn: error:" in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_omniglot_demo_with_a_folder_without_archives_exits_2(tmp_path, capsys):
+    code = cli.main(["demo", "--dataset", "omniglot", "--data-dir", str(tmp_path), "--steps", "1",
+                     "--out", str(tmp_path / "o")])
     assert code == 2
     err = capsys.readouterr().err
-    assert "siamese-mrcnn demo: error:" in err and message in err and "Traceback" not in err
+    assert "siamese-mrcnn demo: error:" in err and str(tmp_path) in err and "Traceback" not in err

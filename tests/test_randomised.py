@@ -182,7 +182,7 @@ def test_applies_a_probability_per_call_and_fixed_choices_without_a_draw():
     assert rng.bit_generator.state == state  # no draw for a fixed choice
     share = np.mean([randomised.applies(rng, 0.5) for _ in range(2000)])
     assert 0.45 < share < 0.55
-    for bad in (1.5, -0.1, "often", None):
+    for bad in (1.5, -0.1, "often", "0.5", None):
         with pytest.raises(ValueError, match="randomise"):
             randomised.applies(rng, bad)
 

@@ -90,3 +90,36 @@ def test_omniglot_bank_never_serves_a_drawer_of_the_query(omniglot_dir):
     _, infos = data.sample_references(class_id, 30, np.random.default_rng(0), exclude_image_id=image_id,
                                       return_info=True)
     assert used and not {info["drawer"] for info in infos} & used
+
+
+class _Recorder:
+    """A picklable stand-in dataset that logs when it is pickled (in this process only)."""
+
+    log = []
+
+    def __getstate__(self):
+        import threading
+
+        _Recorder.log.append("pickled" if threading.current_thread() is threading.main_thread()
+                             else "pickled in another thread")
+        return {}
+
+    def __setstate__(self, state):
+        pass
+
+
+def _mark(dataset, chunk):
+    _Recorder.log.append("ran")
+    return [int(i) * 2 for i in chunk]
+
+
+def test_parallel_chunks_pickles_the_dataset_before_its_own_chunk_runs():
+    """The first chunk runs here and may fill the dataset's caches (Omniglot's glyph cache):
+    pickling it at the same time in the pool's feeder thread failed with "dictionary changed
+    size during iteration" (2 of 9 Omniglot reference banks in a new-user trial)."""
+    from siamese_mask_rcnn.datasets.scenes import parallel_chunks
+
+    _Recorder.log.clear()
+    out = parallel_chunks(_mark, _Recorder(), range(6), 2)
+    assert sorted(out) == [0, 2, 4, 6, 8, 10]
+    assert _Recorder.log[0] == "pickled" and _Recorder.log.count("pickled") == 1

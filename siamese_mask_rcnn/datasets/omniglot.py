@@ -437,7 +437,9 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
     # ------------------------------------------------------------------ references
     def render_reference_image(self, class_id, rng, exclude_image_id=None, margin=3):
         """The character by a drawer absent from query ``exclude_image_id``'s instances of
-        it, dark strokes on a plain light background, cropped with ``margin`` px.
+        it, dark strokes on a plain light background, cropped with ``margin`` px (randomised
+        rendering: a random background, a contrasting stroke colour, a 2-9 px margin and a
+        randomised finish).
 
         Returns ``(uint8 [h, w, 3], {"drawer": d})``. Raises ``ValueError`` when every
         drawer of the character appears in the query.

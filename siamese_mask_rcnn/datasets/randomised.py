@@ -69,6 +69,8 @@ def applies(rng, randomise):
     Raises:
         ValueError: ``randomise`` is not a number in [0, 1].
     """
+    if isinstance(randomise, (str, bytes)):
+        raise ValueError(f"randomise must be a bool or a probability in [0, 1], got {randomise!r}")
     try:
         probability = float(randomise)
     except (TypeError, ValueError):

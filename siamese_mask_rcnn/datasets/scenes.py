@@ -28,6 +28,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import multiprocessing
+import pickle
 from collections import OrderedDict
 
 import numpy as np
@@ -85,13 +86,20 @@ def _render_references(dataset, class_ids, per_class, seed, min_dim, max_dim):
     return out
 
 
+def _run_pickled(fn, dataset_bytes, chunk, *args):
+    """``fn(dataset, chunk, *args)`` on a dataset pickled by the parent (a worker's task)."""
+    return fn(pickle.loads(dataset_bytes), chunk, *args)
+
+
 def parallel_chunks(fn, dataset, items, workers, *args):
     """``fn(dataset, chunk, *args)`` over ``workers`` interleaved chunks of ``items``: the
     first chunk in this process, the others in ``workers - 1`` spawned processes. Returns
     the lists the calls returned, concatenated in chunk order.
 
-    ``fn``, ``dataset`` and ``args`` must be picklable; the spawned processes import this
-    package, so a script that gets here must guard its entry point with
+    ``fn``, ``dataset`` and ``args`` must be picklable; ``dataset`` is pickled once, before
+    this process starts its own chunk (which fills the dataset's caches: pickled meanwhile by
+    the pool's feeder thread, a cache could change size during pickling). The spawned
+    processes import this package, so a script that gets here must guard its entry point with
     ``if __name__ == "__main__":`` (the ``multiprocessing`` rule). If the processes cannot be
     started, the remaining chunks run in this process (logged as a warning).
     """
@@ -103,7 +111,8 @@ def parallel_chunks(fn, dataset, items, workers, *args):
         try:
             with concurrent.futures.ProcessPoolExecutor(
                     workers - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = [pool.submit(fn, dataset, chunk, *args) for chunk in chunks[1:]]
+                dataset_bytes = pickle.dumps(dataset)
+                futures = [pool.submit(_run_pickled, fn, dataset_bytes, chunk, *args) for chunk in chunks[1:]]
                 results[0] = fn(dataset, chunks[0], *args)
                 for k, future in enumerate(futures, start=1):
                     results[k] = future.result()
