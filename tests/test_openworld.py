@@ -192,6 +192,17 @@ def test_summary_says_where_the_threshold_comes_from(gt_open_world):
     assert flagged != default
 
 
+def test_curve_legend_says_where_the_threshold_comes_from(gt_open_world, headless_plots):
+    import matplotlib.pyplot as plt
+
+    for label, expected in ((None, "model threshold 0.50"), ("--score-threshold", "--score-threshold 0.50")):
+        kwargs = {} if label is None else {"threshold_label": label}
+        fig = ow.plot_curve(gt_open_world, **kwargs)
+        texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        plt.close(fig)
+        assert expected in texts, texts
+
+
 # ---------------------------------------------------------------- command line
 
 

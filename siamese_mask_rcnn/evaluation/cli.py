@@ -272,7 +272,7 @@ def run_open_world(args, dataset, factory, progress):
             limit=args.limit, max_absent_per_image=args.max_absent_per_image,
             score_threshold=args.score_threshold,
             results_path=os.path.join(out_dir, f"{set_name}_{RESULTS_FILE}"), progress=progress)
-        write_open_world(result, out_dir, prefix=f"{set_name}_open_world")
+        write_open_world(result, out_dir, prefix=f"{set_name}_open_world", threshold_label="--score-threshold")
         print(f"[{ROW_LABELS[(args.model, set_name)]}] "
               + format_open_world(result, threshold_origin="--score-threshold"))
         outcome[set_name] = result

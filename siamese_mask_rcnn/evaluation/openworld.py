@@ -404,9 +404,10 @@ def write_curve_csv(open_world, path):
     return _write_csv(path, rows)
 
 
-def plot_curve(open_world, path=None, title="open-world search"):
+def plot_curve(open_world, path=None, title="open-world search", threshold_label="model threshold"):
     """Recall on present pairs against false positives per absent pair (one point per
-    threshold), the model's threshold and the operating point marked. Returns the Figure.
+    threshold), the evaluated threshold (legend ``threshold_label``, e.g. "--score-threshold"
+    when it is a command-line value) and the operating point marked. Returns the Figure.
 
     Raises:
         OSError: ``path`` cannot be written.
@@ -419,7 +420,7 @@ def plot_curve(open_world, path=None, title="open-world search"):
     ax.plot(fp, recall, "-", color="tab:blue", label="score thresholds 0…1")
     at = open_world["at_threshold"]
     ax.plot([at["fp_per_absent_pair"]], [at["recall"]], "o", color="tab:red",
-            label=f"model threshold {open_world['score_threshold']:.2f}")
+            label=f"{threshold_label} {open_world['score_threshold']:.2f}")
     op = open_world.get("operating_point")
     if op is not None:
         ax.plot([op["fp_per_absent_pair"]], [op["recall"]], "s", color="tab:green",
@@ -476,9 +477,10 @@ def format_open_world(open_world, threshold_origin="the model's threshold"):
     return "\n".join(lines)
 
 
-def write_open_world(open_world, out_dir, prefix="open_world"):
+def write_open_world(open_world, out_dir, prefix="open_world", threshold_label="model threshold"):
     """Write ``<prefix>.json`` (summary + curve), ``<prefix>_curve.csv`` and
-    ``<prefix>_curve.png`` to ``out_dir``; returns ``{name: path}``.
+    ``<prefix>_curve.png`` (``threshold_label``: see :func:`plot_curve`) to ``out_dir``;
+    returns ``{name: path}``.
 
     Raises:
         OSError: a file cannot be written.
@@ -489,7 +491,7 @@ def write_open_world(open_world, out_dir, prefix="open_world"):
     paths = {"open_world_json": write_json(data, out_dir / f"{prefix}.json"),
              "open_world_curve_csv": write_curve_csv(open_world, out_dir / f"{prefix}_curve.csv")}
     import matplotlib.pyplot as plt
-    fig = plot_curve(open_world, out_dir / f"{prefix}_curve.png")
+    fig = plot_curve(open_world, out_dir / f"{prefix}_curve.png", threshold_label=threshold_label)
     plt.close(fig)
     paths["open_world_curve_png"] = out_dir / f"{prefix}_curve.png"
     return paths
