@@ -31,6 +31,8 @@ import io
 
 import numpy as np
 
+from siamese_mask_rcnn.datasets.scenes import bilinear_upsample
+
 #: Layout ranges of randomised procedural scenes (arguments of ``synthetic.generate_scene``):
 #: object radius 6-20 % of the scene side (paper renderer: 8-16 %), rotation +-30 degrees, 2-6
 #: distractors (paper: 2-5); 1-2 present categories with 1-3 instances and occlusion down to
@@ -69,13 +71,11 @@ def applies(rng, randomise):
     Raises:
         ValueError: ``randomise`` is not a number in [0, 1].
     """
-    if isinstance(randomise, (str, bytes)):
-        raise ValueError(f"randomise must be a bool or a probability in [0, 1], got {randomise!r}")
     try:
-        probability = float(randomise)
+        probability = None if isinstance(randomise, (str, bytes)) else float(randomise)
     except (TypeError, ValueError):
-        raise ValueError(f"randomise must be a bool or a probability in [0, 1], got {randomise!r}") from None
-    if not 0.0 <= probability <= 1.0:
+        probability = None
+    if probability is None or not 0.0 <= probability <= 1.0:
         raise ValueError(f"randomise must be a bool or a probability in [0, 1], got {randomise!r}")
     if probability in (0.0, 1.0):
         return probability == 1.0
@@ -89,21 +89,6 @@ def random_colour(rng, value=None, saturation=None):
     saturation = rng.uniform(0.0, 0.6) if saturation is None else saturation
     rgb = colorsys.hsv_to_rgb(float(rng.uniform()), float(saturation), float(value))
     return np.asarray(rgb, dtype=np.float32) * 255.0
-
-
-def _smooth_field(rng, height, width, grid):
-    """A smooth scalar field float32 [H, W] in about -1..1: bilinear upsampling of a
-    ``grid`` x ``grid`` random grid."""
-    coarse = rng.uniform(-1.0, 1.0, size=(grid, grid)).astype(np.float32)
-    ys = np.linspace(0, grid - 1, height, dtype=np.float32)
-    xs = np.linspace(0, grid - 1, width, dtype=np.float32)
-    iy = np.minimum(ys.astype(np.int32), grid - 2)
-    ix = np.minimum(xs.astype(np.int32), grid - 2)
-    wy = (ys - iy)[:, None]
-    wx = (xs - ix)[None, :]
-    top = coarse[iy][:, ix] * (1 - wx) + coarse[iy][:, ix + 1] * wx
-    bottom = coarse[iy + 1][:, ix] * (1 - wx) + coarse[iy + 1][:, ix + 1] * wx
-    return top * (1 - wy) + bottom * wy
 
 
 def random_background(rng, height, width, kind=None):
@@ -125,7 +110,9 @@ def random_background(rng, height, width, kind=None):
     if kind == "flat":
         weight = np.zeros((height, width), dtype=np.float32)
     elif kind == "field":
-        weight = 0.5 + 0.5 * _smooth_field(rng, height, width, int(rng.integers(2, 9)))
+        grid = int(rng.integers(2, 9))
+        coarse = rng.uniform(-1.0, 1.0, size=(grid, grid, 1)).astype(np.float32)
+        weight = 0.5 + 0.5 * bilinear_upsample(coarse, height, width)[:, :, 0]
     elif kind == "ramp":
         angle = rng.uniform(0, 2 * np.pi)
         proj = np.cos(angle) * xs + np.sin(angle) * ys
@@ -165,14 +152,6 @@ def letterbox(image, labels, height, width):
     top, left = (height - h) // 2, (width - w) // 2
     pad = ((top, height - h - top), (left, width - w - left))
     return (np.pad(image, pad + ((0, 0),)), np.pad(labels, pad), top, left)
-
-
-def jitter_colour(rgb, rng):
-    """``rgb`` (0..255) with a random brightness factor and per-channel shift
-    (:data:`COLOUR_JITTER`), float32 [3]."""
-    factor = rng.uniform(*COLOUR_JITTER["brightness"])
-    shift = rng.uniform(-COLOUR_JITTER["shift"], COLOUR_JITTER["shift"], size=3)
-    return np.clip(np.asarray(rgb, dtype=np.float32) * factor + shift, 0, 255).astype(np.float32)
 
 
 def shade(colours, rng):
