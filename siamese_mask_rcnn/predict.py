@@ -168,19 +168,13 @@ def file_has_presence_head(weights, shapes=None):
     the file if already read (else it is read here)."""
     from .presence import PRESENCE_LAYER_NAMES
 
-    if shapes is not None:
-        keras3_shapes, layers = shapes
-        if keras3_shapes is not None:
-            return False
-    else:
-        from .mrcnn.weights import is_keras3_weights_file, read_h5_weight_shapes
+    if shapes is None:
         try:
-            if is_keras3_weights_file(weights):
-                return False
-            layers = read_h5_weight_shapes(weights)
-        except (OSError, ValueError):
+            shapes = weight_file_shapes(weights)
+        except InputError:
             return False
-    return all(name in layers for name in PRESENCE_LAYER_NAMES)
+    keras3_shapes, layers = shapes
+    return keras3_shapes is None and all(name in layers for name in PRESENCE_LAYER_NAMES)
 
 
 def with_presence_head_of(weights, config, shapes=None):
