@@ -266,9 +266,8 @@ def start_differences(rows):
     for row in rows:
         first.setdefault(int(row[0]), [int(v) for v in row[1:]])
     chief = -1 if -1 in first else min(first)
-    differ = [(_machine_name(number), start_mismatch(
-                  [min(a, b) for a, b in zip(first[chief], values)],
-                  [max(a, b) for a, b in zip(first[chief], values)]))
+    # start_mismatch only tests its two rows for inequality, element by element
+    differ = [(_machine_name(number), start_mismatch(first[chief], values))
               for number, values in sorted(first.items()) if number != chief]
     return _machine_name(chief), [(name, parts) for name, parts in differ if parts]
 
