@@ -36,9 +36,10 @@ from siamese_mask_rcnn.datasets.scenes import bilinear_upsample
 #: Layout ranges of randomised procedural scenes (arguments of ``synthetic.generate_scene``):
 #: object radius 6-20 % of the scene side (paper renderer: 8-16 %), rotation +-30 degrees, 2-6
 #: distractors (paper: 2-5); 1-2 present categories with 1-3 instances and occlusion down to
-#: 50 % visible as in the paper renderer. (Measured: the clutter of the transfer composer
-#: as well — 1-3 present categories, 1-4 instances, 0-9 distractors, 35 % visible — made the
-#: task too hard to learn in the demo's 3,000 steps: one-shot 16.5 in distribution.)
+#: 50 % visible as in the paper renderer. (Measured with ``run_demo(rendering="randomised")``
+#: before letterboxing existed: heavier clutter — 1-3 present categories, 1-4 instances, 0-9
+#: distractors, 35 % visible, radius 5-22 %, +-35 degrees — made the task too hard to learn
+#: in the demo's 3,000 steps: one-shot detection mAP50 16.5 in distribution.)
 SCENE_OPTIONS = {
     "radius_range": (0.06, 0.2),
     "present_range": (1, 2),
