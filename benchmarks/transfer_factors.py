@@ -100,6 +100,9 @@ def main(argv=None):
     def show(label, dataset):
         t0 = time.time()
         r = evaluation.evaluate(dataset, predict, dataset.oneshot_class_ids, seed=args.seed, progress=False)
+        if not r["n_pairs"]:
+            print(f"{label:34s} no evaluation pair in {args.scenes} scenes (raise --scenes)", flush=True)
+            return
         print(f"{label:34s} bbox {100 * r['map50_bbox']:5.1f}  segm {100 * r['map50_segm']:5.1f}  "
               f"pairs {r['n_pairs']:4d}  ({time.time() - t0:.0f} s)", flush=True)
 

@@ -2,6 +2,7 @@
 import contextlib
 import io
 import json
+import logging
 import math
 import os
 import subprocess
@@ -543,3 +544,25 @@ def test_references_come_from_every_non_crowd_instance(dataset, coco_split1_ids,
     assert n_16 == len(_expected_pairs(raw, dataset, min_size=16)) < n_default
     with pytest.raises(SystemExit):
         evaluation_cli.main(base + ["--reference-min-size", "-1", "--out", str(tmp_path / "c")])
+
+
+def test_no_evaluation_pair_is_reported_briefly(caplog):
+    """Categories that no scene holds give no pair: nan mAP50 and one short warning naming
+    how many categories (not a list of all of them)."""
+    from siamese_mask_rcnn.datasets.synthetic import SyntheticOneShotDataset
+    dataset = SyntheticOneShotDataset(num_categories=40, num_images=2, image_size=64, seed=3,
+                                      cache_size=None)
+    present = {int(c) for i in dataset.image_ids for c in dataset.load_mask(i)[1]}
+    absent = [c for c in range(1, dataset.num_classes) if c not in present]
+    assert len(absent) > 10
+
+    def never_called(*args):
+        raise AssertionError("no pair should reach the model")
+
+    with caplog.at_level(logging.WARNING):
+        result = ev.evaluate(dataset, never_called, absent, progress=False)
+    assert result["n_pairs"] == 0 and math.isnan(result["map50_bbox"])
+    text = " ".join(r.getMessage() for r in caplog.records if "no evaluation pair" in r.getMessage())
+    assert f"any of {len(absent)} categories" in text and text.endswith("with a reference available")
+    listed = text.split("(", 1)[1].split(")", 1)[0]
+    assert listed == ", ".join(str(c) for c in absent[:10]) + " ..."

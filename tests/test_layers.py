@@ -634,6 +634,47 @@ def test_mrcnn_mask_loss_one_picks_class_channel_or_channel_zero():
     assert none.numpy() == 0.0
 
 
+
+def test_mask_pixel_weights_balance_foreground_and_background():
+    # ROI 0: 4 of 16 pixels foreground; ROI 1: all background; ROI 2: one pixel of 100
+    target = np.zeros((3, 10, 10), np.float32)
+    target[0, :2, :2] = 1
+    target[2, 5, 5] = 1
+    t = tf.constant(target)
+    plain = LS.mask_pixel_weights(t, 0.0).numpy()
+    assert np.all(plain == 1.0)
+    full = LS.mask_pixel_weights(t, 1.0).numpy()
+    # foreground fraction 0.04: foreground 0.5/0.04 = 12.5, background 0.5/0.96
+    assert full[0, 0, 0] == pytest.approx(12.5) and full[0, 9, 9] == pytest.approx(0.5 / 0.96)
+    assert full[0].sum() == pytest.approx(100.0, rel=1e-5)  # the ROI's weights average 1
+    assert np.all(full[1] == 1.0)  # no foreground: unweighted
+    # 1 % foreground is clipped to 2 %: at most 0.5 / 0.02 = 25 per pixel
+    assert full[2, 5, 5] == pytest.approx(0.5 / LS.MIN_FOREGROUND_FRACTION)
+    half = LS.mask_pixel_weights(t, 0.5).numpy()
+    np.testing.assert_allclose(half, 0.5 + 0.5 * full, rtol=1e-6)
+
+
+def test_mask_loss_with_foreground_balance_weighs_pixels():
+    rng = np.random.default_rng(4)
+    target = (rng.random((2, 6, 6)) > 0.8).astype(np.float32)
+    target_ids = np.array([1, 1])
+    pred = rng.uniform(0.05, 0.95, (2, 6, 6, 2)).astype(np.float32)
+    args = (tf.constant(target), tf.constant(target_ids), tf.constant(pred))
+    assert LS.mrcnn_mask_loss_one(*args, 0.0).numpy() == pytest.approx(
+        LS.mrcnn_mask_loss_one(*args).numpy())
+    w = LS.mask_pixel_weights(tf.constant(target), 1.0).numpy()
+    want = np.mean(w * bce_np(target, pred[..., 1]))
+    assert LS.mrcnn_mask_loss_one(*args, 1.0).numpy() == pytest.approx(want, rel=1e-5)
+    # missing a thin foreground costs more with balance than without
+    miss = np.where(target[..., None] > 0, 0.1, 0.1).astype(np.float32).repeat(2, -1)
+    m = (tf.constant(target), tf.constant(target_ids), tf.constant(miss))
+    assert LS.mrcnn_mask_loss_one(*m, 1.0).numpy() > LS.mrcnn_mask_loss_one(*m, 0.0).numpy()
+    with pytest.raises(ValueError, match="mask_foreground_balance"):
+        LS.MaskRCNNLosses(mask_foreground_balance=1.5)
+    with pytest.raises(ValueError, match="MASK_FOREGROUND_BALANCE"):
+        type("C", (Config,), {"MASK_FOREGROUND_BALANCE": -0.1})()
+
+
 def _random_loss_inputs(seed=10):
     rng = np.random.default_rng(seed)
     b, a, r, c, m = 2, 6, 4, 3, 4

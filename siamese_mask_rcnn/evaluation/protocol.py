@@ -127,7 +127,9 @@ def evaluate(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None, progre
               "source_image_ids": [dataset.source_image_id(i)
                                    for i in sorted({int(p.image_id) for p in pairs})]}
     if not evaluated:
-        logger.warning("no evaluation pair for categories %s", class_ids)
+        shown = ", ".join(str(c) for c in class_ids[:10]) + (" ..." if len(class_ids) > 10 else "")
+        logger.warning("no evaluation pair for any of %d categories (%s): no scene holds one "
+                       "of them with a reference available", len(class_ids), shown)
         for iou_type in IOU_TYPES:
             output.update({f"ap50_{iou_type}": {}, f"map50_{iou_type}": float("nan"),
                            f"no_gt_{iou_type}": class_ids})

@@ -155,6 +155,12 @@ class Config:
     POOL_SIZE = 7
     MASK_POOL_SIZE = 14
     MASK_SHAPE = [28, 28]
+    # Mask loss on thin foreground (an addition; 0 = the paper's plain per-pixel binary
+    # cross-entropy): with b in 0..1 each positive ROI's pixel weights become
+    # (1 - b) + b * w, w weighing its target's foreground and background pixels half each
+    # (see mrcnn.losses.mask_pixel_weights). Strokes, wires and legs cover few of the 28x28
+    # target pixels, so plain cross-entropy is dominated by the background around them.
+    MASK_FOREGROUND_BALANCE = 0.0
 
     # Maximum ground-truth instances per image.
     MAX_GT_INSTANCES = 100
@@ -267,7 +273,7 @@ class Config:
     _AT_LEAST_ZERO = ("VALIDATION_STEPS",)
     _RANGES = {"DETECTION_MIN_CONFIDENCE": (0.0, 1.0), "DETECTION_NMS_THRESHOLD": (0.0, 1.0),
                "RPN_NMS_THRESHOLD": (0.0, 1.0), "ROI_POSITIVE_RATIO": (0.0, 1.0),
-               "LEARNING_MOMENTUM": (0.0, 1.0)}
+               "LEARNING_MOMENTUM": (0.0, 1.0), "MASK_FOREGROUND_BALANCE": (0.0, 1.0)}
 
     def _check_ranges(self):
         """Reject values no model can use (a negative batch, a threshold above 1, ...) with

@@ -89,9 +89,36 @@ def mrcnn_bbox_loss_parts(target_bbox, target_class_ids, pred_bbox):
     return tf.stack([tf.reduce_sum(loss), _count(loss)])
 
 
-def mrcnn_mask_loss_parts(target_masks, target_class_ids, pred_masks):
+#: Foreground fractions are clipped to [MIN_FOREGROUND_FRACTION, 1 - MIN_FOREGROUND_FRACTION]
+#: by :func:`mask_pixel_weights`, so no pixel weighs more than 0.5 / 0.02 = 25.
+MIN_FOREGROUND_FRACTION = 0.02
+
+
+def mask_pixel_weights(target, balance):
+    """Per-pixel weights of the mask loss, float32 ``[N, h, w]`` for targets ``[N, h, w]``
+    (0 / 1, one ROI per row).
+
+    ``balance`` 0 gives 1 everywhere (the paper's loss); 1 weighs each ROI's foreground
+    pixels ``0.5 / f`` and its background pixels ``0.5 / (1 - f)``, ``f`` its foreground
+    fraction (clipped to :data:`MIN_FOREGROUND_FRACTION`), so foreground and background each
+    carry half of the ROI's loss; in between the two are mixed linearly. The weights of every
+    ROI average 1 (up to the clipping), so the loss keeps its scale; a target that is all
+    foreground or all background keeps weight 1.
+    """
+    target = tf.cast(target, tf.float32)
+    fraction = tf.reduce_mean(target, axis=[1, 2], keepdims=True)
+    clipped = tf.clip_by_value(fraction, MIN_FOREGROUND_FRACTION, 1.0 - MIN_FOREGROUND_FRACTION)
+    balanced = target * (0.5 / clipped) + (1.0 - target) * (0.5 / (1.0 - clipped))
+    mixed_target = tf.logical_and(fraction > 0.0, fraction < 1.0)
+    balanced = tf.where(mixed_target, balanced, tf.ones_like(balanced))
+    return (1.0 - balance) + balance * balanced
+
+
+def mrcnn_mask_loss_parts(target_masks, target_class_ids, pred_masks, foreground_balance=0.0):
     """``[sum, count]`` of the binary cross-entropy of each positive ROI's mask, counted per
-    pixel; a single-channel (class-agnostic) mask head uses channel 0 for every class."""
+    pixel; a single-channel (class-agnostic) mask head uses channel 0 for every class.
+    ``foreground_balance`` > 0 weighs the pixels by :func:`mask_pixel_weights` (config
+    ``MASK_FOREGROUND_BALANCE``; 0, the paper's loss, builds exactly the unweighted graph)."""
     target_class_ids = tf.cast(target_class_ids, tf.int32)
     positive = tf.where(target_class_ids > 0)[:, 0]
     pred = tf.transpose(pred_masks, [0, 3, 1, 2])  # [N, C, h, w]
@@ -101,6 +128,8 @@ def mrcnn_mask_loss_parts(target_masks, target_class_ids, pred_masks):
     pred = tf.gather_nd(pred, tf.stack([tf.cast(positive, tf.int32), classes], axis=1))
     target = tf.gather(target_masks, positive)
     bce = keras.losses.binary_crossentropy(target[..., None], pred[..., None])
+    if foreground_balance:
+        bce = bce * mask_pixel_weights(target, float(foreground_balance))
     return tf.stack([tf.reduce_sum(bce), _count(bce)])
 
 
@@ -125,9 +154,11 @@ def mrcnn_bbox_loss_one(target_bbox, target_class_ids, pred_bbox):
     return _ratio(mrcnn_bbox_loss_parts(target_bbox, target_class_ids, pred_bbox))
 
 
-def mrcnn_mask_loss_one(target_masks, target_class_ids, pred_masks):
-    """Binary cross-entropy of each positive ROI's mask, mean over its pixels."""
-    return _ratio(mrcnn_mask_loss_parts(target_masks, target_class_ids, pred_masks))
+def mrcnn_mask_loss_one(target_masks, target_class_ids, pred_masks, foreground_balance=0.0):
+    """Binary cross-entropy of each positive ROI's mask, mean over its pixels (weighted by
+    :func:`mask_pixel_weights` when ``foreground_balance`` > 0)."""
+    return _ratio(mrcnn_mask_loss_parts(target_masks, target_class_ids, pred_masks,
+                                        foreground_balance))
 
 
 def check_normalization(normalization):
@@ -148,12 +179,20 @@ class MaskRCNNLosses(keras.layers.Layer):
 
     ``normalization`` decides which classifier rows count: ``"release"`` all
     ``TRAIN_ROIS_PER_IMAGE`` rows (padding included), ``"per_image"`` only the sampled ROIs.
+    ``mask_foreground_balance`` (0..1, config ``MASK_FOREGROUND_BALANCE``) weighs the mask
+    loss's pixels by :func:`mask_pixel_weights`.
+
+    Raises:
+        ValueError: an unknown ``normalization`` or a balance outside 0..1.
     """
 
-    def __init__(self, normalization="release", **kwargs):
+    def __init__(self, normalization="release", mask_foreground_balance=0.0, **kwargs):
         kwargs.setdefault("dtype", "float32")  # losses in float32 under mixed precision
         super().__init__(**kwargs)
         self.normalization = check_normalization(normalization)
+        if not 0.0 <= float(mask_foreground_balance) <= 1.0:
+            raise ValueError(f"mask_foreground_balance must be between 0 and 1, got {mask_foreground_balance!r}")
+        self.mask_foreground_balance = float(mask_foreground_balance)
 
     def call(self, inputs):
         (rpn_match, rpn_bbox_target, rpn_class_logits, rpn_bbox,
@@ -171,7 +210,7 @@ class MaskRCNNLosses(keras.layers.Layer):
                 rpn_bbox_loss_parts(rt, m, rb),
                 mrcnn_class_loss_parts(tc, cl, ac, v),
                 mrcnn_bbox_loss_parts(tb, tc, pb),
-                mrcnn_mask_loss_parts(tm, tc, pm),
+                mrcnn_mask_loss_parts(tm, tc, pm, self.mask_foreground_balance),
             ])
 
         return tf.map_fn(one, (rpn_match, rpn_bbox_target, rpn_class_logits, rpn_bbox,
@@ -183,7 +222,8 @@ class MaskRCNNLosses(keras.layers.Layer):
         return (input_shape[0][0], len(LOSS_NAMES), 2)
 
     def get_config(self):
-        return {**super().get_config(), "normalization": self.normalization}
+        return {**super().get_config(), "normalization": self.normalization,
+                "mask_foreground_balance": self.mask_foreground_balance}
 
 
 def reduce_losses(parts, normalization, global_batch, replicas=1):

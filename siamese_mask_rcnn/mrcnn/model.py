@@ -301,7 +301,8 @@ class MaskRCNN:
             masks = build_fpn_mask_graph(mask_rois, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
                                          self.num_mask_channels(), train_bn=config.TRAIN_BN,
                                          conv_channels=config.MASK_CONV_CHANNELS)
-            return MaskRCNNLosses(config.LOSS_NORMALIZATION, name="losses")([
+            return MaskRCNNLosses(config.LOSS_NORMALIZATION,
+                                  getattr(config, "MASK_FOREGROUND_BALANCE", 0.0), name="losses")([
                 input_rpn_match, input_rpn_bbox, rpn_class_logits, rpn_bbox,
                 target_class_ids, target_bbox, target_mask, rois,
                 class_logits, bbox, masks, active_class_ids])
