@@ -207,6 +207,7 @@ def test_demo_checkpoint_and_config(demo_run):
 def test_demo_runs_on_real_omniglot_archives(omniglot_dir, tmp_path):
     """``--dataset omniglot --data-dir`` goes through the same training and evaluation code:
     held-out alphabets are evaluated as one-shot categories, the others as background."""
+    from siamese_mask_rcnn.config import SiameseConfig
     from siamese_mask_rcnn.demo import run_demo
 
     summary = run_demo(out_dir=str(tmp_path), dataset="omniglot", data_dir=str(omniglot_dir), steps=2,
@@ -219,6 +220,26 @@ def test_demo_runs_on_real_omniglot_archives(omniglot_dir, tmp_path):
         assert 0.0 <= summary[row]["map50_bbox"] <= 1.0
     written = json.loads((tmp_path / "summary.json").read_text())
     assert set(ROWS) <= set(written["rows"])
+    # the Omniglot demo's mask loss weight (DATASET_OVERRIDES) reached the trained config
+    saved = SiameseConfig.load(next(tmp_path.glob("checkpoints/*/config.json")), strict=False)
+    assert saved.LOSS_WEIGHTS["mrcnn_mask_loss"] == 3.0
+    assert saved.LOSS_WEIGHTS["mrcnn_class_loss"] == SiameseConfig.LOSS_WEIGHTS["mrcnn_class_loss"]
+
+
+def test_dataset_overrides_come_before_the_callers():
+    from siamese_mask_rcnn.config import SiameseConfig
+    from siamese_mask_rcnn.demo import DATASET_OVERRIDES, dataset_overrides
+
+    assert dataset_overrides("synthetic") == {}
+    assert dataset_overrides("synthetic", {"SEED": 3}) == {"SEED": 3}
+    omniglot = dataset_overrides("omniglot", {"SEED": 3})
+    assert omniglot["SEED"] == 3 and omniglot["LOSS_WEIGHTS"]["mrcnn_mask_loss"] == 3.0
+    mine = {"LOSS_WEIGHTS": dict(SiameseConfig.LOSS_WEIGHTS)}
+    assert dataset_overrides("omniglot", mine)["LOSS_WEIGHTS"]["mrcnn_mask_loss"] == 1.0
+    # only the mask loss differs from the Siamese defaults
+    differs = {k for k, v in DATASET_OVERRIDES["omniglot"]["LOSS_WEIGHTS"].items()
+               if SiameseConfig.LOSS_WEIGHTS[k] != v}
+    assert differs == {"mrcnn_mask_loss"}
 
 
 def test_same_seed_gives_the_same_checkpoint_and_table(demo_run, tmp_path, capsys):
