@@ -225,9 +225,10 @@ def boxes_overlap_fraction(box, boxes):
 #: background, stroke colours of any hue with enough contrast, glyph size 15-42 % of the
 #: scene side (paper look: 20-38 %), rotation +-25 degrees, 2-5 distractors, randomised finish
 #: and letterboxing; the paper look's number of present characters, occlusion limits and
-#: stroke width (``thickening`` 0; measured with strokes grown by 0-1 px at random: one-shot
-#: detection 15.6 and segmentation 2.7 mAP50 in distribution, without: 23.3 and 6.0 — the
-#: masks of thin strokes stay weak under randomised rendering either way, README "Transfer").
+#: stroke width (``thickening`` 0). Measured with the demo's Omniglot mask loss weight 3
+#: (README "Transfer"): one-shot detection / segmentation 21.3 / 17.1 mAP50 in distribution;
+#: with strokes grown by 0-1 px at random and 2-6 distractors 16.0 / 12.7, and no better on the
+#: transfer scenes (11.6 against 12.4).
 RANDOMISED_SCENE_OPTIONS = {"randomise": True, "size_range": (0.15, 0.42), "distractor_range": (2, 5),
                             "max_rotation_deg": 25.0, "thickening": 0}
 
