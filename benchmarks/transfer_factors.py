@@ -26,6 +26,7 @@ distractors, occlusion), image (gamma, noise, blur, JPEG). Prints one line per e
 the CPU it ran on; mAP50 in %.
 """
 import argparse
+import logging
 import os
 import pathlib
 import sys
@@ -87,6 +88,8 @@ def main(argv=None):
     from siamese_mask_rcnn.predict import InputError
 
     demo.configure_threads(demo.DEFAULT_THREADS)
+    # a row without pairs says so itself (below); the protocol's warning would repeat it
+    logging.getLogger("siamese_mask_rcnn.evaluation.protocol").setLevel(logging.ERROR)
     try:
         _, val = demo.make_datasets(args.dataset, args.data_dir, 1, args.scenes, 128, args.seed,
                                     cache_size=None, rendering=args.rendering)
@@ -101,9 +104,9 @@ def main(argv=None):
         t0 = time.time()
         r = evaluation.evaluate(dataset, predict, dataset.oneshot_class_ids, seed=args.seed, progress=False)
         if not r["n_pairs"]:
-            print(f"{label:34s} no evaluation pair in {args.scenes} scenes (raise --scenes)", flush=True)
+            print(f"{label:36s} no evaluation pair in {args.scenes} scenes (raise --scenes)", flush=True)
             return
-        print(f"{label:34s} bbox {100 * r['map50_bbox']:5.1f}  segm {100 * r['map50_segm']:5.1f}  "
+        print(f"{label:36s} bbox {100 * r['map50_bbox']:5.1f}  segm {100 * r['map50_segm']:5.1f}  "
               f"pairs {r['n_pairs']:4d}  ({time.time() - t0:.0f} s)", flush=True)
 
     show("in-distribution", val)

@@ -236,6 +236,10 @@ def test_dataset_overrides_come_before_the_callers():
     assert omniglot["SEED"] == 3 and omniglot["LOSS_WEIGHTS"]["mrcnn_mask_loss"] == 3.0
     mine = {"LOSS_WEIGHTS": dict(SiameseConfig.LOSS_WEIGHTS)}
     assert dataset_overrides("omniglot", mine)["LOSS_WEIGHTS"]["mrcnn_mask_loss"] == 1.0
+    # LOSS_WEIGHTS merge loss by loss: one weight changes, the others stay the dataset's
+    partial = dataset_overrides("omniglot", {"LOSS_WEIGHTS": {"mrcnn_mask_loss": 2.0}})["LOSS_WEIGHTS"]
+    assert partial == {**DATASET_OVERRIDES["omniglot"]["LOSS_WEIGHTS"], "mrcnn_mask_loss": 2.0}
+    assert DATASET_OVERRIDES["omniglot"]["LOSS_WEIGHTS"]["mrcnn_mask_loss"] == 3.0  # not mutated
     # only the mask loss differs from the Siamese defaults
     differs = {k for k, v in DATASET_OVERRIDES["omniglot"]["LOSS_WEIGHTS"].items()
                if SiameseConfig.LOSS_WEIGHTS[k] != v}

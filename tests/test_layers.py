@@ -671,8 +671,23 @@ def test_mask_loss_with_foreground_balance_weighs_pixels():
     assert LS.mrcnn_mask_loss_one(*m, 1.0).numpy() > LS.mrcnn_mask_loss_one(*m, 0.0).numpy()
     with pytest.raises(ValueError, match="mask_foreground_balance"):
         LS.MaskRCNNLosses(mask_foreground_balance=1.5)
-    with pytest.raises(ValueError, match="MASK_FOREGROUND_BALANCE"):
-        type("C", (Config,), {"MASK_FOREGROUND_BALANCE": -0.1})()
+    for bad in (-0.1, 1.5, None, True, "0.5", "high"):
+        with pytest.raises(ValueError, match="MASK_FOREGROUND_BALANCE"):
+            type("C", (Config,), {"MASK_FOREGROUND_BALANCE": bad})()
+
+
+def test_loss_weights_names_and_values_are_checked():
+    from siamese_mask_rcnn.mrcnn.config import KNOWN_LOSS_NAMES
+    assert KNOWN_LOSS_NAMES == tuple(LS.LOSS_NAMES) + ("presence_loss",)
+    with pytest.raises(ValueError, match=r"unknown loss name\(s\) \['mrcnn_mask_los'\]"):
+        type("C", (Config,), {"LOSS_WEIGHTS": {"mrcnn_mask_los": 2.0}})()
+    for bad in (-1.0, None, "2", True):
+        with pytest.raises(ValueError, match=r"LOSS_WEIGHTS\['mrcnn_mask_loss'\]"):
+            type("C", (Config,), {"LOSS_WEIGHTS": {"mrcnn_mask_loss": bad}})()
+    with pytest.raises(ValueError, match="LOSS_WEIGHTS must be a dict"):
+        type("C", (Config,), {"LOSS_WEIGHTS": [1.0]})()
+    partial = type("C", (Config,), {"LOSS_WEIGHTS": {"mrcnn_mask_loss": 2.0, "presence_loss": 0.5}})()
+    assert partial.LOSS_WEIGHTS["mrcnn_mask_loss"] == 2.0
 
 
 def _random_loss_inputs(seed=10):

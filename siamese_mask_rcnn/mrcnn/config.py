@@ -78,6 +78,13 @@ def is_callable_placeholder(value):
     return isinstance(value, str) and value.startswith(CALLABLE_PREFIX) and value.endswith(">")
 
 
+
+#: Loss names ``LOSS_WEIGHTS`` may hold: matterport's five (``mrcnn.losses.LOSS_NAMES``, written
+#: out here because this module does not import TensorFlow) and the Siamese model's optional
+#: presence head's.
+KNOWN_LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
+                    "mrcnn_mask_loss", "presence_loss")
+
 class Config:
     """Base configuration class: sub-class it or pass keyword overrides.
 
@@ -305,6 +312,20 @@ class Config:
             raise ValueError(f"LEARNING_RATE must be > 0, got {self.LEARNING_RATE!r}")
         if number("WEIGHT_DECAY") is not None and not number("WEIGHT_DECAY") >= 0:
             raise ValueError(f"WEIGHT_DECAY must be >= 0, got {self.WEIGHT_DECAY!r}")
+        balance = getattr(self, "MASK_FOREGROUND_BALANCE", 0.0)
+        if isinstance(balance, (bool, str)) or balance is None:
+            raise ValueError(f"MASK_FOREGROUND_BALANCE must be a number between 0 and 1, got {balance!r}")
+        weights = getattr(self, "LOSS_WEIGHTS", None)
+        if weights is not None:
+            if not isinstance(weights, dict):
+                raise ValueError(f"LOSS_WEIGHTS must be a dict of loss name -> weight, got {weights!r}")
+            unknown = sorted(set(weights) - set(KNOWN_LOSS_NAMES))
+            if unknown:
+                raise ValueError(f"LOSS_WEIGHTS: unknown loss name(s) {unknown}; known: "
+                                 f"{', '.join(KNOWN_LOSS_NAMES)} (a loss left out weighs 1)")
+            for name, value in weights.items():
+                if isinstance(value, (bool, str)) or value is None or not float(value) >= 0:
+                    raise ValueError(f"LOSS_WEIGHTS[{name!r}] must be a number >= 0, got {value!r}")
 
     def config_keys(self):
         """Sorted names of every configuration attribute (UPPER_CASE)."""
