@@ -441,11 +441,10 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     t0 = time.time()
     out_dir = pathlib.Path(ensure_writable_dir(out_dir, "demo output folder"))  # before any work
     overrides = dataset_overrides(dataset, config_overrides)
+    base = demo_config(**{**overrides, "SEED": seed})  # checks every value first
     if dataset in DATASET_OVERRIDES and verbose:
-        weights = overrides.get("LOSS_WEIGHTS", {})
-        print(f"{dataset}: mask loss weight {weights.get('mrcnn_mask_loss', 1.0):g} "
+        print(f"{dataset}: mask loss weight {float(base.LOSS_WEIGHTS.get('mrcnn_mask_loss', 1.0)):g} "
               f"(demo.DATASET_OVERRIDES; the paper's is 1)")
-    base = demo_config(**{**overrides, "SEED": seed})
     epochs, per_epoch = epochs_for_steps(steps, steps_per_epoch or base.STEPS_PER_EPOCH)
     config = demo_config(**{**overrides, "SEED": seed, "STEPS_PER_EPOCH": per_epoch})
     total_steps = epochs * per_epoch

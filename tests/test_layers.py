@@ -681,11 +681,12 @@ def test_loss_weights_names_and_values_are_checked():
     assert KNOWN_LOSS_NAMES == tuple(LS.LOSS_NAMES) + ("presence_loss",)
     with pytest.raises(ValueError, match=r"unknown loss name\(s\) \['mrcnn_mask_los'\]"):
         type("C", (Config,), {"LOSS_WEIGHTS": {"mrcnn_mask_los": 2.0}})()
-    for bad in (-1.0, None, "2", True):
+    for bad in (-1.0, None, "2", True, [1.0], float("inf"), float("nan")):
         with pytest.raises(ValueError, match=r"LOSS_WEIGHTS\['mrcnn_mask_loss'\]"):
             type("C", (Config,), {"LOSS_WEIGHTS": {"mrcnn_mask_loss": bad}})()
-    with pytest.raises(ValueError, match="LOSS_WEIGHTS must be a dict"):
-        type("C", (Config,), {"LOSS_WEIGHTS": [1.0]})()
+    for bad in ([1.0], None, "x"):
+        with pytest.raises(ValueError, match="LOSS_WEIGHTS must be a dict"):
+            type("C", (Config,), {"LOSS_WEIGHTS": bad})()
     partial = type("C", (Config,), {"LOSS_WEIGHTS": {"mrcnn_mask_loss": 2.0, "presence_loss": 0.5}})()
     assert partial.LOSS_WEIGHTS["mrcnn_mask_loss"] == 2.0
 

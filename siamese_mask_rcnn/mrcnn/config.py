@@ -20,6 +20,7 @@ No TensorFlow here: this module must stay importable without it.
 
 import copy
 import json
+import numbers
 import os
 
 import numpy as np
@@ -315,17 +316,17 @@ class Config:
         balance = getattr(self, "MASK_FOREGROUND_BALANCE", 0.0)
         if isinstance(balance, (bool, str)) or balance is None:
             raise ValueError(f"MASK_FOREGROUND_BALANCE must be a number between 0 and 1, got {balance!r}")
-        weights = getattr(self, "LOSS_WEIGHTS", None)
-        if weights is not None:
-            if not isinstance(weights, dict):
-                raise ValueError(f"LOSS_WEIGHTS must be a dict of loss name -> weight, got {weights!r}")
-            unknown = sorted(set(weights) - set(KNOWN_LOSS_NAMES))
-            if unknown:
-                raise ValueError(f"LOSS_WEIGHTS: unknown loss name(s) {unknown}; known: "
-                                 f"{', '.join(KNOWN_LOSS_NAMES)} (a loss left out weighs 1)")
-            for name, value in weights.items():
-                if isinstance(value, (bool, str)) or value is None or not float(value) >= 0:
-                    raise ValueError(f"LOSS_WEIGHTS[{name!r}] must be a number >= 0, got {value!r}")
+        weights = getattr(self, "LOSS_WEIGHTS", {})
+        if not isinstance(weights, dict):
+            raise ValueError(f"LOSS_WEIGHTS must be a dict of loss name -> weight, got {weights!r}")
+        unknown = sorted(set(weights) - set(KNOWN_LOSS_NAMES))
+        if unknown:
+            raise ValueError(f"LOSS_WEIGHTS: unknown loss name(s) {unknown}; known: "
+                             f"{', '.join(KNOWN_LOSS_NAMES)} (a loss left out weighs 1)")
+        for name, value in weights.items():
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) \
+                    or not 0 <= float(value) < float("inf"):
+                raise ValueError(f"LOSS_WEIGHTS[{name!r}] must be a finite number >= 0, got {value!r}")
 
     def config_keys(self):
         """Sorted names of every configuration attribute (UPPER_CASE)."""
