@@ -26,7 +26,7 @@ import numpy as np
 
 from . import evaluation
 from .cliargs import require_at_least
-from .config import siamese_config
+from .config import SiameseConfig, siamese_config
 from .mrcnn.fileio import ensure_writable_dir, safe_filename
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,7 @@ WORK_SECONDS = {"scene": 0.005, "reference": 0.0006, "build": 20.0, "step": 0.17
 #: (17.1 against 21.3): in 3,000 steps the mask head of the small model is under-trained, not
 #: too small.
 DATASET_OVERRIDES = {
-    "omniglot": {"LOSS_WEIGHTS": {"rpn_class_loss": 2.0, "rpn_bbox_loss": 0.1, "mrcnn_class_loss": 2.0,
-                                  "mrcnn_bbox_loss": 0.5, "mrcnn_mask_loss": 3.0}},
+    "omniglot": {"LOSS_WEIGHTS": {**SiameseConfig.LOSS_WEIGHTS, "mrcnn_mask_loss": 3.0}},
 }
 
 

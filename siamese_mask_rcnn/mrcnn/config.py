@@ -79,11 +79,12 @@ def is_callable_placeholder(value):
     return isinstance(value, str) and value.startswith(CALLABLE_PREFIX) and value.endswith(">")
 
 
-#: Loss names ``LOSS_WEIGHTS`` may hold: matterport's five (``mrcnn.losses.LOSS_NAMES``, written
-#: out here because this module does not import TensorFlow) and the Siamese model's optional
+#: Matterport's five training losses, in the order of the loss layer's output (defined here,
+#: without TensorFlow, and re-exported as ``mrcnn.losses.LOSS_NAMES``).
+LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss")
+#: Loss names ``LOSS_WEIGHTS`` may hold: matterport's five and the Siamese model's optional
 #: presence head's.
-KNOWN_LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
-                    "mrcnn_mask_loss", "presence_loss")
+KNOWN_LOSS_NAMES = LOSS_NAMES + ("presence_loss",)
 
 
 class Config:

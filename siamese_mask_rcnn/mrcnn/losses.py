@@ -23,7 +23,8 @@ denominator.
 import keras
 import tensorflow as tf
 
-LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss")
+from .config import LOSS_NAMES  # noqa: F401  (defined there without TensorFlow; re-exported)
+
 NORMALIZATIONS = ("release", "per_image")
 
 
