@@ -62,6 +62,10 @@ def build_parser():
     demo.add_argument("--negative-pairs", type=float, default=None, metavar="FRACTION",
                       help="fraction of training pairs whose reference category is absent from "
                            "the query (NEGATIVE_PAIR_FRACTION; default: the demo preset's)")
+    demo.add_argument("--hard-negatives", type=float, default=None, metavar="FRACTION",
+                      help="fraction of each image's negative ROIs taken from the best-scored proposals "
+                           "(other objects, near misses) instead of uniformly (HARD_NEGATIVE_FRACTION; "
+                           "default: the demo preset's)")
     demo.add_argument("--presence-head", dest="presence_head", action="store_true", default=None,
                       help="train and use the presence head (PRESENCE_HEAD; default: off, the paper's model)")
     demo.add_argument("--no-presence-head", dest="presence_head", action="store_false",
@@ -119,8 +123,12 @@ def main(argv=None):
             parser.error(f"--data-dir: no such directory: {args.data_dir}")
         if args.negative_pairs is not None and not 0 <= args.negative_pairs <= 1:
             parser.error(f"--negative-pairs must be in [0, 1], got {args.negative_pairs}")
+        if args.hard_negatives is not None and not 0 <= args.hard_negatives <= 1:
+            parser.error(f"--hard-negatives must be in [0, 1], got {args.hard_negatives}")
         overrides = ({} if args.negative_pairs is None
                      else {"NEGATIVE_PAIR_FRACTION": float(args.negative_pairs)})
+        if args.hard_negatives is not None:
+            overrides["HARD_NEGATIVE_FRACTION"] = float(args.hard_negatives)
         if args.presence_head is not None:
             overrides["PRESENCE_HEAD"] = bool(args.presence_head)
         try:

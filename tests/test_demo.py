@@ -96,7 +96,9 @@ def test_demo_command_line_passes_arguments_to_run_demo(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("flag, overrides", [([], {}), (["--presence-head"], {"PRESENCE_HEAD": True}),
-                                               (["--no-presence-head"], {"PRESENCE_HEAD": False})])
+                                               (["--no-presence-head"], {"PRESENCE_HEAD": False}),
+                                               (["--hard-negatives", "0.5", "--negative-pairs", "0.25"],
+                                                {"HARD_NEGATIVE_FRACTION": 0.5, "NEGATIVE_PAIR_FRACTION": 0.25})])
 def test_demo_command_line_presence_head_flags(flag, overrides, monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr("siamese_mask_rcnn.demo.run_demo", lambda **kw: calls.append(kw) or {})
@@ -110,7 +112,8 @@ def test_demo_command_line_presence_head_flags(flag, overrides, monkeypatch, tmp
     (["demo", "--minutes", "0"], "--minutes must be > 0"),
     (["demo", "--threads", "-1"], "--threads must be >= 1"),
     (["demo", "--transfer-scenes", "-1"], "--transfer-scenes must be >= 0"),
-    (["demo", "--rendering", "oil"], "invalid choice"), ([], "required")])
+    (["demo", "--rendering", "oil"], "invalid choice"), ([], "required"),
+    (["demo", "--hard-negatives", "1.5"], "--hard-negatives must be in [0, 1], got 1.5")])
 def test_demo_command_line_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(argv)

@@ -498,6 +498,46 @@ def test_detection_target_batch_and_image_without_gt():
     assert np.all(rois[1] == 0) and np.all(tids[1] == 0)
 
 
+def test_detection_target_hard_negatives_come_from_the_best_scored_proposals():
+    """HARD_NEGATIVE_FRACTION: that share of the negatives is the first negative proposals
+    (the proposal layer's best RPN scores), the rest uniform from the others; 0 is Mask
+    R-CNN's uniform sampling, drawing exactly what the layer drew without the argument."""
+    rng = np.random.default_rng(9)
+    config = target_config(TRAIN_ROIS_PER_IMAGE=30, ROI_POSITIVE_RATIO=0.33)
+    corner = rng.uniform(0.0, 0.1, (60, 2))
+    negatives = np.concatenate([corner, corner + 0.05], axis=1)
+    positives = np.array(GT_BOX) + rng.uniform(-0.01, 0.01, (3, 4))
+    # best scored first: the positives are spread among the negatives
+    proposals = np.concatenate([negatives[:2], positives[:1], negatives[2:], positives[1:]])
+    masks = mini_masks(rng, 1)[None]
+    args = [tf.constant(proposals[None], tf.float32), tf.constant([[1]], tf.int32),
+            tf.constant([[GT_BOX]], tf.float32), tf.constant(masks)]
+
+    def sampled(**kwargs):
+        layer = L.DetectionTargetLayer(config.TRAIN_ROIS_PER_IMAGE, config.ROI_POSITIVE_RATIO,
+                                       config.BBOX_STD_DEV, config.MASK_SHAPE, True, seed=3, **kwargs)
+        rois, ids, _, _ = [o.numpy()[0] for o in layer(args)]
+        rows = [int(np.argmin(np.abs(proposals - r).sum(axis=1))) for r in rois if np.any(r)]
+        return rows, ids
+
+    # 3 positives → int(3 / 0.33) - 3 = 6 negatives
+    rows, ids = sampled(hard_negative_fraction=1.0)
+    assert ids.tolist()[:3] == [1, 1, 1] and len(rows) == 9
+    assert rows[3:] == [0, 1, 3, 4, 5, 6]  # the first six negatives in proposal order
+    rows, _ = sampled(hard_negative_fraction=0.5)
+    assert rows[3:6] == [0, 1, 3]  # 3 hard ones, then 3 uniform from the other 57
+    assert len(set(rows[6:]) & {0, 1, 3}) == 0 and len(set(rows[6:])) == 3
+    plain, _ = sampled()
+    assert sampled(hard_negative_fraction=0.0)[0] == plain
+    assert plain[3:] != [0, 1, 3, 4, 5, 6]  # uniform sampling does not take the first ones
+    with pytest.raises(ValueError, match="hard_negative_fraction"):
+        L.DetectionTargetLayer(10, 0.33, STD, [15, 15], True, hard_negative_fraction=1.5)
+    for bad in (-0.1, 1.5, None, True, "0.5"):
+        with pytest.raises(ValueError, match="HARD_NEGATIVE_FRACTION"):
+            type("C", (Config,), {"HARD_NEGATIVE_FRACTION": bad})()
+    assert Config(HARD_NEGATIVE_FRACTION=0.5).HARD_NEGATIVE_FRACTION == 0.5
+
+
 # ----------------------------------------------------------------------------------------
 # DetectionLayer
 # ----------------------------------------------------------------------------------------

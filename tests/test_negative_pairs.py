@@ -87,6 +87,14 @@ def test_without_negatives_the_rule_is_mask_rcnns(tmp_path):
     model = SiameseMaskRCNN("training", config, model_dir=str(tmp_path))
     assert model.negatives_without_positives() == 0
     assert model.head_model.get_layer("proposal_targets").negatives_without_positives == 0
+    assert config.HARD_NEGATIVE_FRACTION == 0  # the paper's uniform ROI sampling
+    assert model.head_model.get_layer("proposal_targets").hard_negative_fraction == 0
+
+
+def test_hard_negative_fraction_reaches_the_roi_sampler(tmp_path):
+    config = siamese_config("tiny", HARD_NEGATIVE_FRACTION=0.5)
+    model = SiameseMaskRCNN("training", config, model_dir=str(tmp_path))
+    assert model.head_model.get_layer("proposal_targets").hard_negative_fraction == 0.5
 
 
 def test_a_few_steps_with_half_negative_pairs(scenes, tmp_path):

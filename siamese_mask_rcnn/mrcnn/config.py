@@ -159,6 +159,10 @@ class Config:
     # ROIs per image fed to the heads during training and their positive ratio.
     TRAIN_ROIS_PER_IMAGE = 200
     ROI_POSITIVE_RATIO = 0.33
+    # Hard negatives (an addition; 0 = Mask R-CNN's uniform sampling of the negative ROIs):
+    # this fraction of each image's negative ROIs is taken from the proposals the RPN scores
+    # highest (objects that are not the target, and near misses), the rest uniformly.
+    HARD_NEGATIVE_FRACTION = 0.0
 
     # ROIAlign output sizes and mask output size.
     POOL_SIZE = 7
@@ -282,7 +286,8 @@ class Config:
     _AT_LEAST_ZERO = ("VALIDATION_STEPS",)
     _RANGES = {"DETECTION_MIN_CONFIDENCE": (0.0, 1.0), "DETECTION_NMS_THRESHOLD": (0.0, 1.0),
                "RPN_NMS_THRESHOLD": (0.0, 1.0), "ROI_POSITIVE_RATIO": (0.0, 1.0),
-               "LEARNING_MOMENTUM": (0.0, 1.0), "MASK_FOREGROUND_BALANCE": (0.0, 1.0)}
+               "LEARNING_MOMENTUM": (0.0, 1.0), "MASK_FOREGROUND_BALANCE": (0.0, 1.0),
+               "HARD_NEGATIVE_FRACTION": (0.0, 1.0)}
 
     def _check_ranges(self):
         """Reject values no model can use (a negative batch, a threshold above 1, ...) with
@@ -314,9 +319,10 @@ class Config:
             raise ValueError(f"LEARNING_RATE must be > 0, got {self.LEARNING_RATE!r}")
         if number("WEIGHT_DECAY") is not None and not number("WEIGHT_DECAY") >= 0:
             raise ValueError(f"WEIGHT_DECAY must be >= 0, got {self.WEIGHT_DECAY!r}")
-        balance = getattr(self, "MASK_FOREGROUND_BALANCE", 0.0)
-        if isinstance(balance, (bool, str)) or balance is None:
-            raise ValueError(f"MASK_FOREGROUND_BALANCE must be a number between 0 and 1, got {balance!r}")
+        for key in ("MASK_FOREGROUND_BALANCE", "HARD_NEGATIVE_FRACTION"):
+            value = getattr(self, key, 0.0)
+            if isinstance(value, (bool, str)) or value is None:
+                raise ValueError(f"{key} must be a number between 0 and 1, got {value!r}")
         weights = getattr(self, "LOSS_WEIGHTS", {})
         if not isinstance(weights, dict):
             raise ValueError(f"LOSS_WEIGHTS must be a dict of loss name -> weight, got {weights!r}")

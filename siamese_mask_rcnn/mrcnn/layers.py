@@ -437,6 +437,11 @@ class DetectionTargetLayer(Float32Layer):
             ``positives · (1/ratio − 1)``, i.e. none; a one-shot model trained with negative
             pairs (a reference category absent from the query) needs them, so that the
             classifier learns that nothing matches.
+        hard_negative_fraction: this fraction of the negatives (rounded) is taken from the
+            negative proposals in the order the proposal layer gives them, best RPN score
+            first (the proposals on other objects and near misses), the rest uniformly from
+            the remaining negatives. 0 (the default) is Mask R-CNN's uniform sampling, the
+            same graph as without the argument.
         seed: integer seed of the ROI subsampling (None: drawn from Python's seeded
             ``random``). The sampling is stateless, driven by a ``keras.random.SeedGenerator``
             whose state (not a weight: ``.h5`` files are unchanged) is saved with the
@@ -444,9 +449,13 @@ class DetectionTargetLayer(Float32Layer):
     """
 
     def __init__(self, train_rois_per_image, roi_positive_ratio, bbox_std_dev, mask_shape,
-                 use_mini_mask, seed=None, negatives_without_positives=0, **kwargs):
+                 use_mini_mask, seed=None, negatives_without_positives=0, hard_negative_fraction=0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.negatives_without_positives = int(negatives_without_positives)
+        self.hard_negative_fraction = float(hard_negative_fraction)
+        if not 0.0 <= self.hard_negative_fraction <= 1.0:
+            raise ValueError(f"hard_negative_fraction must be between 0 and 1, got {hard_negative_fraction!r}")
         self.seed = None if seed is None else int(seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed, name=f"{self.name}_seed")
         self.train_rois = int(train_rois_per_image)
@@ -459,7 +468,8 @@ class DetectionTargetLayer(Float32Layer):
         return {**super().get_config(), "train_rois_per_image": self.train_rois,
                 "roi_positive_ratio": self.positive_ratio, "bbox_std_dev": self.bbox_std_dev.tolist(),
                 "mask_shape": list(self.mask_shape), "use_mini_mask": self.use_mini_mask,
-                "seed": self.seed, "negatives_without_positives": self.negatives_without_positives}
+                "seed": self.seed, "negatives_without_positives": self.negatives_without_positives,
+                "hard_negative_fraction": self.hard_negative_fraction}
 
     def _one(self, args):
         proposals, gt_class_ids, gt_boxes, gt_masks, seed = args
@@ -491,7 +501,14 @@ class DetectionTargetLayer(Float32Layer):
         if self.negatives_without_positives:
             neg_count = tf.where(pos_count > 0, neg_count,
                                  tf.minimum(self.negatives_without_positives, self.train_rois))
-        negative = tf.random.experimental.stateless_shuffle(negative, seed=neg_seed)[:neg_count]
+        if self.hard_negative_fraction > 0:
+            # proposals come best RPN score first, and tf.where keeps their order
+            hard_count = tf.minimum(tf.shape(negative)[0], tf.cast(tf.round(
+                tf.cast(neg_count, tf.float32) * self.hard_negative_fraction), tf.int32))
+            rest = tf.random.experimental.stateless_shuffle(negative[hard_count:], seed=neg_seed)
+            negative = tf.concat([negative[:hard_count], rest[:tf.maximum(0, neg_count - hard_count)]], 0)
+        else:
+            negative = tf.random.experimental.stateless_shuffle(negative, seed=neg_seed)[:neg_count]
 
         pos_rois = tf.gather(proposals, positive)
         neg_rois = tf.gather(proposals, negative)

@@ -285,6 +285,7 @@ class MaskRCNN:
                 config.TRAIN_ROIS_PER_IMAGE, config.ROI_POSITIVE_RATIO, config.BBOX_STD_DEV,
                 config.MASK_SHAPE, config.USE_MINI_MASK, seed=getattr(config, "SEED", None),
                 negatives_without_positives=self.negatives_without_positives(),
+                hard_negative_fraction=getattr(config, "HARD_NEGATIVE_FRACTION", 0.0),
                 name="proposal_targets")([rpn_rois, input_gt_class_ids, gt_boxes, input_gt_masks])
             class_logits, _, bbox = fpn_classifier_graph(
                 rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
