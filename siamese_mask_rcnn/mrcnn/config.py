@@ -20,6 +20,7 @@ No TensorFlow here: this module must stay importable without it.
 
 import copy
 import json
+import math
 import numbers
 import os
 
@@ -295,16 +296,18 @@ class Config:
 
         Raises:
             ValueError: a count below its minimum or not a whole number, a number outside
-                its range (``LEARNING_RATE`` must be > 0), or a value that is not a number.
+                its range (``LEARNING_RATE`` must be > 0), or a value that is not a finite number (a bool or a string is not).
         """
         def number(key):
             value = getattr(self, key, None)
             if value is None:
                 return None
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"{key} must be a number, got {value!r}") from None
+            # a bool is a number to Python but never a count or a threshold; a string
+            # ("0.5" from a hand-edited file) would compare wrongly later
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+                    or not math.isfinite(float(value)):
+                raise ValueError(f"{key} must be a finite number, got {value!r}")
+            return float(value)
 
         for minimum, keys in ((1, self._AT_LEAST_ONE), (0, self._AT_LEAST_ZERO)):
             for key in keys:
@@ -320,9 +323,8 @@ class Config:
         if number("WEIGHT_DECAY") is not None and not number("WEIGHT_DECAY") >= 0:
             raise ValueError(f"WEIGHT_DECAY must be >= 0, got {self.WEIGHT_DECAY!r}")
         for key in ("MASK_FOREGROUND_BALANCE", "HARD_NEGATIVE_FRACTION"):
-            value = getattr(self, key, 0.0)
-            if isinstance(value, (bool, str)) or value is None:
-                raise ValueError(f"{key} must be a number between 0 and 1, got {value!r}")
+            if key in self.config_keys() and getattr(self, key) is None:
+                raise ValueError(f"{key} must be a number between 0 and 1, got None")
         weights = getattr(self, "LOSS_WEIGHTS", {})
         if not isinstance(weights, dict):
             raise ValueError(f"LOSS_WEIGHTS must be a dict of loss name -> weight, got {weights!r}")
