@@ -38,6 +38,11 @@ def test_outline_is_the_boundary_ring():
     np.testing.assert_array_equal(ring, expected)
     assert not (randomised.outline(mask, 2) & ~mask).any()
     assert randomised.outline(mask, 3).sum() == mask.sum()  # 5x5 square: all within 3 px
+    assert not randomised.outline(mask, 0).any()  # no ring, not "erode until empty"
+    full = np.ones((4, 5), dtype=bool)  # outside the image is background: the frame is the ring
+    frame = full.copy()
+    frame[1:-1, 1:-1] = False
+    np.testing.assert_array_equal(randomised.outline(full, 1), frame)
 
 
 def test_finish_keeps_the_geometry_and_changes_the_pixels():

@@ -446,6 +446,9 @@ class DetectionTargetLayer(Float32Layer):
             ``random``). The sampling is stateless, driven by a ``keras.random.SeedGenerator``
             whose state (not a weight: ``.h5`` files are unchanged) is saved with the
             training state, so a resumed run draws the same ROIs as an uninterrupted one.
+
+    Raises:
+        ValueError: ``hard_negative_fraction`` outside [0, 1] (the value is named).
     """
 
     def __init__(self, train_rois_per_image, roi_positive_ratio, bbox_std_dev, mask_shape,
