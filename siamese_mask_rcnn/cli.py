@@ -114,8 +114,9 @@ def main(argv=None):
     if args.command == "demo":
         require_at_least(parser, args, 1, "steps", "steps_per_epoch", "threads", "train_scenes",
                          "eval_scenes", "eval_limit")
-        if args.minutes is not None and args.minutes <= 0:
-            parser.error(f"--minutes must be > 0, got {args.minutes}")
+        if args.minutes is not None and not 0 < args.minutes < float("inf"):
+            parser.error(f"--minutes must be a finite number > 0, got {args.minutes}")
+        require_at_least(parser, args, 0, "seed")
         require_at_least(parser, args, 0, "transfer_scenes")
         if args.dataset == "omniglot" and not args.data_dir:
             parser.error("--dataset omniglot needs --data-dir (a directory with the Omniglot zip archives)")

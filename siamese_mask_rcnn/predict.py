@@ -318,11 +318,14 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
 
     Raises:
         InputError: a missing, unreadable or URL image, a weights file :func:`load_model`
-            refuses, or the folder of ``out_png`` / ``out_json`` cannot be written (checked
-            before the model is loaded).
+            refuses, ``out_png`` / ``out_json`` is a directory or its folder cannot be
+            written (checked before the model is loaded).
     """
-    for out in (out_png, out_json):
+    for out, what in ((out_png, "output image (--out)"), (out_json, "output JSON (--json)")):
         if out:
+            if os.path.isdir(out):
+                raise InputError(f"{what} {os.fspath(out)!r} is a directory; give a file name "
+                                 f"inside it, e.g. {os.path.join(out, 'result.png' if out is out_png else 'result.json')!r}")
             try:
                 ensure_writable_dir(os.path.dirname(os.path.abspath(os.fspath(out))), "output folder")
             except UnwritableOutputError as err:

@@ -173,6 +173,13 @@ def test_demo_and_predict_with_unwritable_output_exit_2_first(tmp_path, monkeypa
                          flag, str(bad / "result.file")]) == 2
         err = capsys.readouterr().err
         assert str(bad) in err and "Traceback" not in err
+    folder = tmp_path / "a_folder"  # an existing directory given as the output file
+    folder.mkdir()
+    for flag in ("--out", "--json"):
+        assert cli.main(["predict", "--weights", "w.h5", "--reference", "r.png", "--query", "q.png",
+                         flag, str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag}) '{folder}' is a directory" in err and "Traceback" not in err
     assert calls == []
 
 

@@ -167,6 +167,11 @@ def test_load_bad_file_names_path(tmp_path):
     ("LEARNING_MOMENTUM", float("nan"), "LEARNING_MOMENTUM must be a finite number, got nan"),
     ("LEARNING_RATE", 0, "LEARNING_RATE must be > 0, got 0"),
     ("WEIGHT_DECAY", -1e-4, "WEIGHT_DECAY must be >= 0"),
+    ("TRAIN_BN", "false", "TRAIN_BN must be True, False or None, got 'false'"),  # reads as true
+    ("USE_MINI_MASK", 0, "USE_MINI_MASK must be True or False, got 0"),
+    ("GRADIENT_CLIP_NORM", -1, "GRADIENT_CLIP_NORM must be > 0 (or 0 / None: no clipping), got -1"),
+    ("GRADIENT_CLIP_NORM", float("nan"), "GRADIENT_CLIP_NORM must be a finite number, got nan"),
+    ("SEED", -1, "SEED must be a whole number >= 0, got -1"),
 ])
 def test_values_no_model_can_use_are_rejected_by_name(tmp_path, key, value, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -182,3 +187,19 @@ def test_edge_values_that_models_use_are_accepted():
     config = Config(VALIDATION_STEPS=0, DETECTION_MIN_CONFIDENCE=0, DETECTION_NMS_THRESHOLD=1.0,
                     WEIGHT_DECAY=0, IMAGE_MIN_DIM=None)
     assert config.VALIDATION_STEPS == 0 and config.DETECTION_MIN_CONFIDENCE == 0
+    for clip in (0, None):  # no clipping
+        assert Config(GRADIENT_CLIP_NORM=clip).GRADIENT_CLIP_NORM == clip
+    assert Config(TRAIN_BN=None, SEED=0, USE_MINI_MASK=np.bool_(False)).TRAIN_BN is None
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("NEGATIVE_PAIR_FRACTION", 2, "NEGATIVE_PAIR_FRACTION must be between 0 and 1, got 2"),
+    ("NEGATIVE_PAIR_FRACTION", "0.5", "NEGATIVE_PAIR_FRACTION must be a finite number, got '0.5'"),
+    ("NEGATIVE_PAIR_FRACTION", None, "NEGATIVE_PAIR_FRACTION must be a number between 0 and 1, got None"),
+    ("PAIR_AUGMENTATION", "false", "PAIR_AUGMENTATION must be True or False, got 'false'"),
+    ("PRESENCE_HEAD", "yes", "PRESENCE_HEAD must be True or False, got 'yes'"),
+])
+def test_siamese_switches_and_fractions_are_checked(key, value, message):
+    from siamese_mask_rcnn.config import SiameseConfig
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SiameseConfig(**{key: value})

@@ -109,7 +109,9 @@ def test_demo_command_line_presence_head_flags(flag, overrides, monkeypatch, tmp
 @pytest.mark.parametrize("argv, message", [
     (["demo", "--dataset", "coco"], "invalid choice"), (["demo", "--steps", "two"], "invalid int"),
     (["demo", "--steps", "0"], "--steps must be >= 1, got 0"),
-    (["demo", "--minutes", "0"], "--minutes must be > 0"),
+    (["demo", "--minutes", "0"], "--minutes must be a finite number > 0, got 0.0"),
+    (["demo", "--minutes", "nan"], "--minutes must be a finite number > 0, got nan"),
+    (["demo", "--seed", "-1"], "--seed must be >= 0, got -1"),
     (["demo", "--threads", "-1"], "--threads must be >= 1"),
     (["demo", "--transfer-scenes", "-1"], "--transfer-scenes must be >= 0"),
     (["demo", "--rendering", "oil"], "invalid choice"), ([], "required"),

@@ -65,6 +65,11 @@ def test_display_instances_and_save(tmp_path):
     path = visualize.save_figure(fig, tmp_path / "nested" / "dir" / "instances.png")
     _assert_png(tmp_path / "nested" / "dir" / "instances.png")
     assert str(path).endswith("instances.png")
+    # the extension names the format; an unknown one gets a PNG
+    visualize.save_figure(fig, tmp_path / "instances.jpg")
+    assert (tmp_path / "instances.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG
+    visualize.save_figure(fig, tmp_path / "instances.result")
+    _assert_png(tmp_path / "instances.result")
     with pytest.raises(ValueError, match="channels"):
         visualize.display_instances(image, boxes, masks[:, :, :1], [1, 2], ["BG", "a", "b"])
     fig, ax = plt.subplots()

@@ -284,11 +284,14 @@ class Config:
                      "POST_NMS_ROIS_INFERENCE", "PRE_NMS_LIMIT", "RPN_TRAIN_ANCHORS_PER_IMAGE",
                      "MAX_GT_INSTANCES", "IMAGE_MIN_DIM", "IMAGE_MAX_DIM", "TOP_DOWN_PYRAMID_SIZE",
                      "FPN_CLASSIF_FC_LAYERS_SIZE", "IMAGE_CHANNEL_COUNT", "RPN_ANCHOR_STRIDE")
-    _AT_LEAST_ZERO = ("VALIDATION_STEPS",)
+    _AT_LEAST_ZERO = ("VALIDATION_STEPS", "SEED")
     _RANGES = {"DETECTION_MIN_CONFIDENCE": (0.0, 1.0), "DETECTION_NMS_THRESHOLD": (0.0, 1.0),
                "RPN_NMS_THRESHOLD": (0.0, 1.0), "ROI_POSITIVE_RATIO": (0.0, 1.0),
                "LEARNING_MOMENTUM": (0.0, 1.0), "MASK_FOREGROUND_BALANCE": (0.0, 1.0),
-               "HARD_NEGATIVE_FRACTION": (0.0, 1.0)}
+               "HARD_NEGATIVE_FRACTION": (0.0, 1.0), "NEGATIVE_PAIR_FRACTION": (0.0, 1.0)}
+    #: Switch keys that may also be None (matterport's TRAIN_BN=None: BatchNorm in its
+    #: normal mode); every other key whose default is True/False must be a bool.
+    _NONE_OR_BOOL = ("TRAIN_BN",)
 
     def _check_ranges(self):
         """Reject values no model can use (a negative batch, a threshold above 1, ...) with
@@ -296,7 +299,10 @@ class Config:
 
         Raises:
             ValueError: a count below its minimum or not a whole number, a number outside
-                its range (``LEARNING_RATE`` must be > 0), or a value that is not a finite number (a bool or a string is not).
+                its range (``LEARNING_RATE`` must be > 0, ``GRADIENT_CLIP_NORM`` > 0 or 0/None
+                for no clipping), a value that is not a finite number (a bool or a string is
+                not), or a switch (a key whose default is True/False) that is not a bool
+                (``"false"`` from a command line would read as true).
         """
         def number(key):
             value = getattr(self, key, None)
@@ -322,7 +328,16 @@ class Config:
             raise ValueError(f"LEARNING_RATE must be > 0, got {self.LEARNING_RATE!r}")
         if number("WEIGHT_DECAY") is not None and not number("WEIGHT_DECAY") >= 0:
             raise ValueError(f"WEIGHT_DECAY must be >= 0, got {self.WEIGHT_DECAY!r}")
-        for key in ("MASK_FOREGROUND_BALANCE", "HARD_NEGATIVE_FRACTION"):
+        clip = number("GRADIENT_CLIP_NORM")
+        if clip is not None and clip < 0:
+            raise ValueError(f"GRADIENT_CLIP_NORM must be > 0 (or 0 / None: no clipping), "
+                             f"got {self.GRADIENT_CLIP_NORM!r}")
+        for key in self._switch_keys():
+            value = getattr(self, key)
+            if not (isinstance(value, (bool, np.bool_)) or (value is None and key in self._NONE_OR_BOOL)):
+                allowed = "True, False or None" if key in self._NONE_OR_BOOL else "True or False"
+                raise ValueError(f"{key} must be {allowed}, got {value!r}")
+        for key in ("MASK_FOREGROUND_BALANCE", "HARD_NEGATIVE_FRACTION", "NEGATIVE_PAIR_FRACTION"):
             if key in self.config_keys() and getattr(self, key) is None:
                 raise ValueError(f"{key} must be a number between 0 and 1, got None")
         weights = getattr(self, "LOSS_WEIGHTS", {})
@@ -336,6 +351,11 @@ class Config:
             if not isinstance(value, numbers.Real) or isinstance(value, bool) \
                     or not 0 <= float(value) < float("inf"):
                 raise ValueError(f"LOSS_WEIGHTS[{name!r}] must be a finite number >= 0, got {value!r}")
+
+    def _switch_keys(self):
+        """Keys some class of this config's hierarchy defines as True/False."""
+        return [key for key in self.config_keys()
+                if any(isinstance(cls.__dict__.get(key), (bool, np.bool_)) for cls in type(self).__mro__)]
 
     def config_keys(self):
         """Sorted names of every configuration attribute (UPPER_CASE)."""

@@ -67,7 +67,9 @@ def _finish(fig, created, show=None):
 
 
 def save_figure(fig, path, dpi=100, close=False):
-    """Write ``fig`` to ``path`` as a PNG, creating missing parent directories.
+    """Write ``fig`` to ``path`` in the format its extension names (``.png``, ``.jpg``,
+    ``.pdf``, ``.svg``, ... whatever matplotlib writes; PNG for any other or no extension),
+    creating missing parent directories.
 
     Works without a display (uses the figure's own canvas, whatever the backend).
     Returns the path written. ``close=True`` releases the figure from pyplot.
@@ -75,7 +77,9 @@ def save_figure(fig, path, dpi=100, close=False):
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight")
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    file_format = extension if extension in fig.canvas.get_supported_filetypes() else "png"
+    fig.savefig(path, format=file_format, dpi=dpi, bbox_inches="tight")
     if close:
         plt.close(fig)
     return path
