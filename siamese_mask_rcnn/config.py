@@ -57,6 +57,8 @@ class SiameseConfig(PaperSettings, Config):
     STEPS_PER_EPOCH = 1000
     VALIDATION_STEPS = 50
     TARGET_SHAPE = None  # derived
+    _RANGES = {**Config._RANGES, "NEGATIVE_PAIR_FRACTION": (0.0, 1.0)}
+    _NOT_NONE = Config._NOT_NONE + ("NEGATIVE_PAIR_FRACTION",)
 
     def _derive(self):
         super()._derive()

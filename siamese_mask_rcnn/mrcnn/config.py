@@ -288,7 +288,9 @@ class Config:
     _RANGES = {"DETECTION_MIN_CONFIDENCE": (0.0, 1.0), "DETECTION_NMS_THRESHOLD": (0.0, 1.0),
                "RPN_NMS_THRESHOLD": (0.0, 1.0), "ROI_POSITIVE_RATIO": (0.0, 1.0),
                "LEARNING_MOMENTUM": (0.0, 1.0), "MASK_FOREGROUND_BALANCE": (0.0, 1.0),
-               "HARD_NEGATIVE_FRACTION": (0.0, 1.0), "NEGATIVE_PAIR_FRACTION": (0.0, 1.0)}
+               "HARD_NEGATIVE_FRACTION": (0.0, 1.0)}
+    #: Ratios whose None would silently mean something else (checked like _RANGES, and None refused).
+    _NOT_NONE = ("MASK_FOREGROUND_BALANCE", "HARD_NEGATIVE_FRACTION")
     #: Switch keys that may also be None (matterport's TRAIN_BN=None: BatchNorm in its
     #: normal mode); every other key whose default is True/False must be a bool.
     _NONE_OR_BOOL = ("TRAIN_BN",)
@@ -337,7 +339,7 @@ class Config:
             if not (isinstance(value, (bool, np.bool_)) or (value is None and key in self._NONE_OR_BOOL)):
                 allowed = "True, False or None" if key in self._NONE_OR_BOOL else "True or False"
                 raise ValueError(f"{key} must be {allowed}, got {value!r}")
-        for key in ("MASK_FOREGROUND_BALANCE", "HARD_NEGATIVE_FRACTION", "NEGATIVE_PAIR_FRACTION"):
+        for key in self._NOT_NONE:
             if key in self.config_keys() and getattr(self, key) is None:
                 raise ValueError(f"{key} must be a number between 0 and 1, got None")
         weights = getattr(self, "LOSS_WEIGHTS", {})
