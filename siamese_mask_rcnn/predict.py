@@ -321,11 +321,12 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
             refuses, ``out_png`` / ``out_json`` is a directory or its folder cannot be
             written (checked before the model is loaded).
     """
-    for out, what in ((out_png, "output image (--out)"), (out_json, "output JSON (--json)")):
+    for out, what, example in ((out_png, "output image (--out)", "result.png"),
+                               (out_json, "output JSON (--json)", "result.json")):
         if out:
             if os.path.isdir(out):
                 raise InputError(f"{what} {os.fspath(out)!r} is a directory; give a file name "
-                                 f"inside it, e.g. {os.path.join(out, 'result.png' if out is out_png else 'result.json')!r}")
+                                 f"inside it, e.g. {os.path.join(out, example)!r}")
             try:
                 ensure_writable_dir(os.path.dirname(os.path.abspath(os.fspath(out))), "output folder")
             except UnwritableOutputError as err:

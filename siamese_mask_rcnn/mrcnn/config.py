@@ -41,6 +41,13 @@ def _is_config_key(name):
     return not name.startswith("_") and name.isupper()
 
 
+def _is_finite_number(value):
+    """True for an int or float that is finite; a bool (a number to Python, never a count,
+    ratio or weight) and a string (``"0.5"`` from a hand-edited file) are not."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+            and math.isfinite(float(value)))
+
+
 def _to_json_value(value):
     """Convert a configuration value to something ``json.dump`` accepts.
 
@@ -310,10 +317,7 @@ class Config:
             value = getattr(self, key, None)
             if value is None:
                 return None
-            # a bool is a number to Python but never a count or a threshold; a string
-            # ("0.5" from a hand-edited file) would compare wrongly later
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
-                    or not math.isfinite(float(value)):
+            if not _is_finite_number(value):
                 raise ValueError(f"{key} must be a finite number, got {value!r}")
             return float(value)
 
@@ -340,7 +344,7 @@ class Config:
                 allowed = "True, False or None" if key in self._NONE_OR_BOOL else "True or False"
                 raise ValueError(f"{key} must be {allowed}, got {value!r}")
         for key in self._NOT_NONE:
-            if key in self.config_keys() and getattr(self, key) is None:
+            if getattr(self, key, 0.0) is None:
                 raise ValueError(f"{key} must be a number between 0 and 1, got None")
         weights = getattr(self, "LOSS_WEIGHTS", {})
         if not isinstance(weights, dict):
@@ -350,8 +354,7 @@ class Config:
             raise ValueError(f"LOSS_WEIGHTS: unknown loss name(s) {unknown}; known: "
                              f"{', '.join(KNOWN_LOSS_NAMES)} (a loss left out weighs 1)")
         for name, value in weights.items():
-            if not isinstance(value, numbers.Real) or isinstance(value, bool) \
-                    or not 0 <= float(value) < float("inf"):
+            if not _is_finite_number(value) or value < 0:
                 raise ValueError(f"LOSS_WEIGHTS[{name!r}] must be a finite number >= 0, got {value!r}")
 
     def _switch_keys(self):
