@@ -294,6 +294,19 @@ def test_unmold_mask_hand_case():
     assert clipped.sum() == 16 and clipped[8:, 8:].all()
 
 
+def test_unmold_masks_equals_stacked_single_masks():
+    rng = np.random.default_rng(3)
+    small = rng.uniform(size=(7, 6, 5)).astype(np.float32)
+    boxes = np.array([[2, 3, 20, 15], [-4, -2, 6, 9], [30, 35, 44, 50],  # inside, top-left, bottom-right out
+                      [5, 5, 5, 9], [50, 50, 60, 60], [0, 0, 40, 45], [10, 1, 12, 44]])  # empty, outside, whole
+    full = utils.unmold_masks(small, boxes, (40, 45, 3))
+    expected = np.stack([utils.unmold_mask(m, b, (40, 45)) for m, b in zip(small, boxes)], axis=-1)
+    assert full.dtype == bool and full.shape == (40, 45, 7)
+    np.testing.assert_array_equal(full, expected)
+    assert expected[..., [0, 1, 2, 5, 6]].any(axis=(0, 1)).all()  # the case is not all-empty
+    assert utils.unmold_masks(np.zeros((0, 6, 5)), np.zeros((0, 4)), (40, 45)).shape == (40, 45, 0)
+
+
 # ---------------------------------------------------------------------- anchors
 def test_generate_anchors_hand_values():
     anchors = utils.generate_anchors(32, [0.5, 1, 2], (2, 2), 4, 1)

@@ -56,21 +56,37 @@ def expand_mask(bbox, mini_mask, image_shape):
     return mask
 
 
+def _paste(full_mask, mask, bbox, threshold):
+    """Resize ``mask`` to ``bbox`` (y1, x1, y2, x2 pixels), threshold it and write it into
+    the 2-D view ``full_mask`` (the part of the box outside it is dropped)."""
+    y1, x1, y2, x2 = [int(v) for v in np.asarray(bbox)[:4]]
+    if y2 <= y1 or x2 <= x1:
+        return
+    height, width = full_mask.shape
+    cy1, cx1 = max(y1, 0), max(x1, 0)
+    cy2, cx2 = min(y2, height), min(x2, width)
+    if cy2 > cy1 and cx2 > cx1:
+        m = resize(np.asarray(mask, dtype=np.float32), (y2 - y1, x2 - x1)) >= threshold
+        full_mask[cy1:cy2, cx1:cx2] = m[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
+
+
 def unmold_mask(mask, bbox, image_shape, threshold=0.5):
     """Turn a small float mask predicted for ``bbox`` into a full-size bool mask.
 
     The mask is resized to the box, thresholded at ``threshold`` and pasted into
     an ``image_shape[:2]`` array (the part of the box outside the image is dropped).
     """
-    y1, x1, y2, x2 = [int(v) for v in np.asarray(bbox)[:4]]
     full_mask = np.zeros(tuple(image_shape[:2]), dtype=bool)
-    if y2 <= y1 or x2 <= x1:
-        return full_mask
-    m = resize(np.asarray(mask, dtype=np.float32), (y2 - y1, x2 - x1))
-    m = m >= threshold
-    height, width = full_mask.shape
-    cy1, cx1 = max(y1, 0), max(x1, 0)
-    cy2, cx2 = min(y2, height), min(x2, width)
-    if cy2 > cy1 and cx2 > cx1:
-        full_mask[cy1:cy2, cx1:cx2] = m[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
+    _paste(full_mask, mask, bbox, threshold)
     return full_mask
+
+
+def unmold_masks(masks, boxes, image_shape, threshold=0.5):
+    """:func:`unmold_mask` for ``N`` masks ``[N, h, w]`` and boxes ``[N, 4]`` (image pixels)
+    at once: a bool ``[H, W, N]`` array, equal to stacking the single masks on the last axis
+    but written in place, so each mask costs only its box's pixels (stacking ``N`` full-size
+    masks cost about 8 ms a mask at 1024²)."""
+    full = np.zeros(tuple(image_shape[:2]) + (len(boxes),), dtype=bool)
+    for i in range(len(boxes)):
+        _paste(full[:, :, i], masks[i], boxes[i], threshold)
+    return full

@@ -10,7 +10,7 @@ import numpy as np
 
 from .boxes import denorm_boxes, norm_boxes
 from .image_meta import compose_image_meta
-from .masks import unmold_mask
+from .masks import unmold_masks
 from .resizing import resize_image
 
 
@@ -109,12 +109,7 @@ def unmold_detections(detections, masks, original_image_shape, image_shape, wind
     keep = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0
     boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
 
-    full_masks = [unmold_mask(masks[i], boxes[i], original_image_shape) for i in range(len(boxes))]
-    if full_masks:
-        full_masks = np.stack(full_masks, axis=-1)
-    else:
-        full_masks = np.zeros(tuple(original_image_shape[:2]) + (0,), dtype=bool)
-    return boxes, class_ids, scores, full_masks
+    return boxes, class_ids, scores, unmold_masks(masks, boxes, original_image_shape)
 
 
 def _window_pixels_to_original(boxes, image_shape, window, original_image_shape):

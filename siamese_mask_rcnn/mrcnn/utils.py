@@ -6,7 +6,7 @@ This module is a façade; each job has its own module (no TensorFlow in any of t
 * :mod:`.image_io`  — reading images (``read_image``, ``to_uint8_rgb``, ``ImageLoadError``);
 * :mod:`.resizing`  — ``resize``, ``resize_image``, ``resize_mask``;
 * :mod:`.boxes`     — IoU, NMS, box deltas, normalised boxes;
-* :mod:`.masks`     — mask IoU, mini-masks, ``unmold_mask``;
+* :mod:`.masks`     — mask IoU, mini-masks, ``unmold_mask`` / ``unmold_masks``;
 * :mod:`.anchors`   — ``generate_anchors``, ``generate_pyramid_anchors``;
 * :mod:`.metrics`   — matching and average precision (``compute_ap`` ...).
 
@@ -25,7 +25,7 @@ from .boxes import (apply_box_deltas, box_refinement, compute_iou, compute_overl
                     extract_bboxes, non_max_suppression, norm_boxes, trim_zeros)
 from .dataset import Dataset
 from .image_io import ImageLoadError, read_image, to_uint8_rgb
-from .masks import compute_overlaps_masks, expand_mask, minimize_mask, unmold_mask
+from .masks import compute_overlaps_masks, expand_mask, minimize_mask, unmold_mask, unmold_masks
 from .metrics import compute_ap, compute_ap_range, compute_matches, compute_recall
 from .resizing import resize, resize_image, resize_mask
 
@@ -34,7 +34,7 @@ __all__ = [
     "extract_bboxes", "compute_iou", "compute_overlaps", "compute_overlaps_masks",
     "non_max_suppression", "apply_box_deltas", "box_refinement", "norm_boxes", "denorm_boxes",
     "trim_zeros", "resize", "resize_image", "resize_mask", "minimize_mask", "expand_mask",
-    "unmold_mask", "generate_anchors", "generate_pyramid_anchors",
+    "unmold_mask", "unmold_masks", "generate_anchors", "generate_pyramid_anchors",
     "compute_matches", "compute_ap", "compute_ap_range", "compute_recall",
     "batch_slice",  # box_refinement_graph is left out: a star import must not load TensorFlow
 ]
