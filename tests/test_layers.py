@@ -165,6 +165,30 @@ def test_fold_unfold_rois_round_trip_and_rpn_outputs():
     np.testing.assert_array_equal(out[0, 3], [6, 7])  # location (0, 1), anchor 0
 
 
+def test_window_conv2d_equals_conv2d_and_trains_the_same():
+    rng = np.random.default_rng(4)
+    window = H.WindowConv2D(6, 5, padding="valid", name="mrcnn_class_conv1")
+    conv = keras.layers.Conv2D(6, 5, padding="valid")
+    window.build((None, 5, 5, 3))
+    conv.build((None, 5, 5, 3))
+    window.set_weights([rng.standard_normal((5, 5, 3, 6)).astype(np.float32), rng.standard_normal(6).astype(np.float32)])
+    conv.set_weights(window.get_weights())
+    assert [w.shape for w in window.weights] == [(5, 5, 3, 6), (6,)]
+    for shape in [(4, 5, 5, 3), (2, 8, 7, 3)]:  # the whole window (matrix product), a larger map (convolution)
+        x = tf.constant(rng.standard_normal(shape).astype(np.float32))
+        out = window(x)
+        assert out.shape == conv(x).shape
+        np.testing.assert_allclose(out.numpy(), conv(x).numpy(), rtol=1e-5, atol=1e-5)
+        grads = []
+        for layer in (window, conv):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(tf.sin(layer(x)))
+            grads.append(tape.gradient(loss, [x] + layer.trainable_weights))
+        for a, b in zip(*grads):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
 # ----------------------------------------------------------------------------------------
 # ProposalLayer
 # ----------------------------------------------------------------------------------------
@@ -926,7 +950,7 @@ LAYER_ARGS = {
     "DetectionLayer": dict(max_instances=9, min_confidence=0.6, nms_threshold=0.4, bbox_std_dev=STD),
     "FoldRois": {}, "UnfoldRois": {}, "RpnOutputs": dict(k=4), "RepeatBoxDeltas": dict(num_classes=3),
     "ActiveClassIds": {}, "SliceDetectionBoxes": {}, "PadDetectionRows": {}, "MaskRCNNLosses": {},
-    "LeadingRois": dict(count=3),
+    "LeadingRois": dict(count=3), "WindowConv2D": dict(filters=6, kernel_size=(5, 5)),
 }
 
 
