@@ -41,6 +41,7 @@ from .mrcnn.model import MaskRCNN, check_image_shape
 from .mrcnn.molding import mold_image
 from .mrcnn.pipeline import SkipExample
 from .mrcnn.targets import describe_image, prepare_gt
+from .mrcnn.winograd import conv3x3 as winograd_conv3x3, winograd_kernel
 from .presence import PresenceHead, PresenceLossParts, gate_detections
 
 #: The pyramid levels that are matched, in order (the embedding's second axis).
@@ -495,21 +496,34 @@ class SiameseMaskRCNN(MaskRCNN):
             self._functions["fold_parts"] = (convs, shared, rpn_tail, tail)
         return self._functions["fold_parts"]
 
+    def _fold_winograd(self):
+        """Whether the folded path computes its 3×3 convs by Winograd F(2×2, 3×3)
+        (``WINOGRAD_CONVS``, stride-1 RPN; :mod:`.mrcnn.winograd`)."""
+        c = self.config
+        return bool(getattr(c, "WINOGRAD_CONVS", False)) and int(c.RPN_ANCHOR_STRIDE) == 1
+
     def _fold_query_fn(self):
         """``P2..P6 [1, h, w, C] → (query terms of P2..P5 [1, h, w, M], RPN pre-activations
         of the query terms on P2..P6 [1, h', w', R], composed reference kernels
-        [3, 3, C, R] per level)``: the once-per-query part of the folded matching."""
+        [3, 3, C, R] per level, or their Winograd transforms [16, C, R])``: the
+        once-per-query part of the folded matching."""
         c = self.config
 
         def fold_query(*maps):
             convs, shared, _, _ = self._fold_parts()
             depth = c.TOP_DOWN_PYRAMID_SIZE
+            winograd = self._fold_winograd()
             query, pre, kernels = [], [], []
             for i, (fmap, conv) in enumerate(zip(maps, convs)):
                 kernel = conv.kernel  # [1, 1, 2C, M]: rows [0, C) see P, rows [C, 2C) see |P - e|
                 q = tf.nn.conv2d(fmap, kernel[:, :, :depth], 1, "SAME") + conv.bias
-                pre.append(tf.nn.conv2d(q, shared.kernel, c.RPN_ANCHOR_STRIDE, "SAME") + shared.bias)
-                kernels.append(tf.einsum("cm,yxmo->yxco", kernel[0, 0, depth:], shared.kernel))
+                composed = tf.einsum("cm,yxmo->yxco", kernel[0, 0, depth:], shared.kernel)
+                if winograd:
+                    pre.append(winograd_conv3x3(q, winograd_kernel(shared.kernel)) + shared.bias)
+                    kernels.append(winograd_kernel(composed))
+                else:
+                    pre.append(tf.nn.conv2d(q, shared.kernel, c.RPN_ANCHOR_STRIDE, "SAME") + shared.bias)
+                    kernels.append(composed)
                 if i < 4:
                     query.append(q)
             return query + pre + kernels
@@ -526,7 +540,9 @@ class SiameseMaskRCNN(MaskRCNN):
         query_specs = [tf.TensorSpec([None, h, w, c.MATCHING_CHANNELS], tf.float32) for h, w in shapes[:4]]
         pre_specs = [tf.TensorSpec([None, int(np.ceil(h / stride)), int(np.ceil(w / stride)),
                                     c.RPN_CONV_CHANNELS], tf.float32) for h, w in shapes]
-        kernel_specs = [tf.TensorSpec([3, 3, depth, c.RPN_CONV_CHANNELS], tf.float32) for _ in shapes]
+        winograd = self._fold_winograd()
+        kernel_specs = [tf.TensorSpec([16, depth, c.RPN_CONV_CHANNELS] if winograd else
+                                      [3, 3, depth, c.RPN_CONV_CHANNELS], tf.float32) for _ in shapes]
 
         def heads(meta, embeddings, *tensors):
             convs, _, rpn_tail, tail = self._fold_parts()
@@ -537,7 +553,9 @@ class SiameseMaskRCNN(MaskRCNN):
                 diff = tf.abs(fmap - embeddings[:, i][:, None, None, :])  # [K, h, w, C]
                 if i < 4:
                     matched.append(query[i] + tf.nn.conv2d(diff, convs[i].kernel[:, :, depth:], 1, "SAME"))
-                shared = tf.nn.relu(pre[i] + tf.nn.conv2d(diff, kernels[i], stride, "SAME"))
+                reference_term = (winograd_conv3x3(diff, kernels[i]) if winograd
+                                  else tf.nn.conv2d(diff, kernels[i], stride, "SAME"))
+                shared = tf.nn.relu(pre[i] + reference_term)
                 level_outputs.append(rpn_tail(shared, training=False))
             rpn_class = tf.concat([o[1] for o in level_outputs], axis=1)
             rpn_bbox = tf.concat([o[2] for o in level_outputs], axis=1)

@@ -321,3 +321,39 @@ def test_folded_path_leaves_the_weight_file_layout_alone(images, tmp_path):
     report = fresh.load_weights(str(tmp_path / "after_fold.h5"), by_name=True)
     assert not list(report.missing_in_file)
     _assert_same_results(folded, fresh.detect_embeddings(query, embeddings, fold=False))
+
+
+def test_winograd_convs_equal_the_convolutions(model, images):
+    """``WINOGRAD_CONVS`` (the default): the inference graph's RPN and mask-head 3×3 convs and
+    the folded path's RPN convs by Winograd F(2×2, 3×3) give the answers of TensorFlow's
+    convolution on the same weights; training graphs keep the convolution."""
+    from siamese_mask_rcnn.mrcnn.winograd import Winograd3x3Conv2D
+    direct = _model(WINOGRAD_CONVS=False)
+    direct.keras_model.set_weights(model.keras_model.get_weights())
+    hm, dm = model.head_model, direct.head_model
+    for name in ["mrcnn_mask_conv1", "mrcnn_mask_conv4"]:
+        assert isinstance(hm.get_layer(name), Winograd3x3Conv2D)
+        assert not isinstance(dm.get_layer(name), Winograd3x3Conv2D)
+    assert isinstance(hm.get_layer("rpn_model").get_layer("rpn_conv_shared"), Winograd3x3Conv2D)
+    assert not isinstance(dm.get_layer("rpn_model").get_layer("rpn_conv_shared"), Winograd3x3Conv2D)
+    assert model._fold_winograd() and not direct._fold_winograd()
+    query, references = images
+    embeddings = model.encode_references(references)
+    for fold in (False, True):
+        expected = _raw(direct, query, embeddings, fold=fold, batch_size=3)
+        actual = _raw(model, query, embeddings, fold=fold, batch_size=3)
+        assert (expected[0][:, :, 4] > 0).sum() > len(embeddings)  # detections (and masks) to compare
+        for e, a in zip(expected, actual):  # detections, masks, RPN scores and deltas
+            np.testing.assert_allclose(a, e, atol=1e-4)
+    keyed = {f"c{i}": e for i, e in enumerate(embeddings[:3])}
+    _assert_same_results(direct.detect_embeddings(query, keyed), model.detect_embeddings(query, keyed))
+
+
+def test_training_graph_keeps_tensorflow_convolutions():
+    from siamese_mask_rcnn.mrcnn.winograd import Winograd3x3Conv2D
+    training = SiameseMaskRCNN("training", _config(), model_dir="logs/test_inference_fast")
+    heads = training.head_model
+    layers = [heads.get_layer("rpn_model").get_layer("rpn_conv_shared")]
+    layers += [layer for layer in heads.layers if layer.name.startswith("mrcnn_mask_conv")]
+    assert len(layers) == 5
+    assert not any(isinstance(layer, Winograd3x3Conv2D) for layer in layers)

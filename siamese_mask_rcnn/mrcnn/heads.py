@@ -10,6 +10,7 @@ import tensorflow as tf
 from keras import layers
 
 from .layers import BatchNorm, PyramidROIAlign
+from .winograd import Winograd3x3Conv2D
 
 
 class FoldRois(keras.layers.Layer):
@@ -107,15 +108,17 @@ def rpn_conv_dtype(anchor_stride):
     return None
 
 
-def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_channels=512):
+def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_channels=512, winograd=False):
     """The Region Proposal Network as a nested model named ``rpn_model``.
 
     Shared 3×3 conv (512 channels by default), then 1×1 convs for 2 logits and 4 deltas per anchor. Applied to
     every pyramid level with the same weights. Outputs
-    ``[rpn_class_logits [B, A, 2], rpn_probs [B, A, 2], rpn_bbox [B, A, 4]]``.
+    ``[rpn_class_logits [B, A, 2], rpn_probs [B, A, 2], rpn_bbox [B, A, 4]]``. ``winograd``:
+    the shared conv is a :class:`.winograd.Winograd3x3Conv2D` (for inference graphs).
     """
     feature_map = keras.Input(shape=[None, None, depth], name="input_rpn_feature_map")
-    shared = layers.Conv2D(conv_channels, 3, padding="same", activation="relu", strides=anchor_stride,
+    conv = Winograd3x3Conv2D if winograd else layers.Conv2D
+    shared = conv(conv_channels, 3, padding="same", activation="relu", strides=anchor_stride,
                            dtype=rpn_conv_dtype(anchor_stride), name="rpn_conv_shared")(feature_map)
     x = layers.Conv2D(2 * anchors_per_location, 1, name="rpn_class_raw")(shared)
     logits = RpnOutputs(2, name="rpn_class_logits_reshape")(x)
@@ -158,16 +161,18 @@ def fpn_classifier_graph(rois, feature_maps, image_meta, pool_size, num_classes,
 
 
 def build_fpn_mask_graph(rois, feature_maps, image_meta, pool_size, num_classes, train_bn=False,
-                         conv_channels=256):
+                         conv_channels=256, winograd=False):
     """Mask head: four 3×3 convs (256 channels by default) + BN + ReLU, a 2×2 stride-2
-    deconv, a 1×1 sigmoid conv.
+    deconv, a 1×1 sigmoid conv. ``winograd``: the 3×3 convs are
+    :class:`.winograd.Winograd3x3Conv2D` (for inference graphs).
 
     Returns masks ``[B, N, 2·pool, 2·pool, num_classes]``.
     """
     x = PyramidROIAlign([pool_size, pool_size], name="roi_align_mask")([rois, image_meta] + feature_maps)
     x = FoldRois(name="mrcnn_mask_fold")(x)
     for i in range(1, 5):
-        x = layers.Conv2D(conv_channels, 3, padding="same", name=f"mrcnn_mask_conv{i}")(x)
+        x = (Winograd3x3Conv2D if winograd else layers.Conv2D)(
+            conv_channels, 3, padding="same", name=f"mrcnn_mask_conv{i}")(x)
         x = BatchNorm(name=f"mrcnn_mask_bn{i}", train_bn=train_bn)(x)
         x = layers.Activation("relu")(x)
     x = layers.Conv2DTranspose(conv_channels, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")(x)

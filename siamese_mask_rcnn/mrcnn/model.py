@@ -264,8 +264,10 @@ class MaskRCNN:
         """
         config = self.config
         anchors = AnchorsLayer(self.get_anchors(config.IMAGE_SHAPE), name="anchors")(input_image_meta)
+        # inference graphs compute the 3x3 convs of the RPN and mask head by Winograd F(2x2, 3x3)
+        winograd = mode == "inference" and bool(getattr(config, "WINOGRAD_CONVS", False))
         rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS), rpn_maps[0].shape[-1],
-                              conv_channels=config.RPN_CONV_CHANNELS)
+                              conv_channels=config.RPN_CONV_CHANNELS, winograd=winograd)
         level_outputs = [rpn(p) for p in rpn_maps]
         rpn_class_logits, rpn_class, rpn_bbox = [
             KL.Concatenate(axis=1, name=n)([o[i] for o in level_outputs])
@@ -318,7 +320,7 @@ class MaskRCNN:
         det_boxes = SliceDetectionBoxes(name="detection_boxes")(detections)
         masks = build_fpn_mask_graph(det_boxes, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
                                      self.num_mask_channels(), train_bn=config.TRAIN_BN,
-                                     conv_channels=config.MASK_CONV_CHANNELS)
+                                     conv_channels=config.MASK_CONV_CHANNELS, winograd=winograd)
         masks = PadDetectionRows(name="mrcnn_mask_pad")([masks, detections])
         return [detections, class_probs, bbox, masks, rpn_rois, rpn_class, rpn_bbox]
 

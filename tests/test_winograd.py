@@ -1,0 +1,63 @@
+"""Winograd F(2×2, 3×3) convolutions (``mrcnn.winograd``) against TensorFlow's convolution."""
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+from siamese_mask_rcnn.mrcnn import winograd as W  # noqa: E402
+
+
+@pytest.mark.parametrize("shape,channels", [((1, 1, 1, 3), 2), ((2, 5, 7, 8), 4), ((3, 6, 6, 5), 7),
+                                            ((1, 2, 9, 4), 3), ((4, 14, 14, 16), 8)])
+def test_conv3x3_equals_same_padded_convolution(shape, channels):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, shape[-1], channels)).astype(np.float32)
+    expected = tf.nn.conv2d(x, kernel, 1, "SAME").numpy()
+    actual = W.conv3x3(x, W.winograd_kernel(kernel)).numpy()
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_conv3x3_with_unknown_batch_and_size_in_a_graph():
+    fn = tf.function(W.conv3x3, input_signature=[tf.TensorSpec([None, None, None, 6]),
+                                                 tf.TensorSpec([16, 6, 5])])
+    rng = np.random.default_rng(0)
+    kernel = rng.standard_normal((3, 3, 6, 5)).astype(np.float32)
+    u = W.winograd_kernel(kernel)
+    for shape in [(1, 3, 4, 6), (2, 8, 5, 6)]:  # one trace, two sizes
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(fn(x, u).numpy(), tf.nn.conv2d(x, kernel, 1, "SAME").numpy(), atol=1e-4)
+
+
+def test_winograd_kernel_hand_case_and_bad_kernel():
+    kernel = np.zeros((3, 3, 1, 1), np.float32)
+    kernel[1, 1] = 1.0  # identity kernel: G g G^T = outer(G[:, 1], G[:, 1])
+    u = W.winograd_kernel(kernel).numpy().reshape(4, 4)
+    np.testing.assert_allclose(u, np.outer([0, .5, -.5, 0], [0, .5, -.5, 0]))
+    with pytest.raises(ValueError, match="3x3"):
+        W.winograd_kernel(np.zeros((5, 5, 1, 1), np.float32))
+
+
+def test_layer_matches_conv2d_and_falls_back_where_winograd_does_not_apply():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 9, 10, 4)).astype(np.float32)
+    for kwargs in [dict(kernel_size=3, padding="same"),                    # Winograd
+                   dict(kernel_size=3, padding="same", strides=2),         # convolution
+                   dict(kernel_size=3, padding="valid"),                   # convolution
+                   dict(kernel_size=1, padding="same")]:                   # convolution
+        fast = W.Winograd3x3Conv2D(5, activation="relu", **kwargs)
+        plain = keras.layers.Conv2D(5, activation="relu", **kwargs)
+        fast.build(x.shape)
+        plain.build(x.shape)
+        plain.set_weights(fast.get_weights())
+        np.testing.assert_allclose(fast(x).numpy(), plain(x).numpy(), atol=1e-5, err_msg=str(kwargs))
+    # float16 compute (mixed precision): TensorFlow's convolution, in float16
+    half = W.Winograd3x3Conv2D(5, 3, padding="same", dtype="mixed_float16")
+    half.build(x.shape)
+    out = half(x)
+    assert out.dtype == tf.float16
+    reference = tf.nn.conv2d(tf.cast(x, tf.float16), tf.cast(half.kernel, tf.float16), 1, "SAME") + \
+        tf.cast(half.bias, tf.float16)
+    np.testing.assert_array_equal(out.numpy(), reference.numpy())
