@@ -25,6 +25,11 @@ fastest of at least 3 calls (stages are differences of timed prefixes); the end-
 figures (``detect_embeddings``, torchvision's whole model) are the mean of ``--repeats``
 calls (``--paper-repeats`` for paper); every figure comes after one warm-up call. At the
 paper preset the issue's targets are checked and printed as met / NOT met.
+
+The conv GFLOP of the head stages are those of direct convolutions. Inference graphs compute
+the RPN's and the mask head's 3×3 convolutions by Winograd F(2×2, 3×3) (``WINOGRAD_CONVS``,
+2.25× fewer multiply-adds in their matrix products), so those stages can run above 100 % of
+the ceiling: the figure is then the direct-convolution work per second.
 """
 import argparse
 import os

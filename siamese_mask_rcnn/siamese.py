@@ -430,7 +430,9 @@ class SiameseMaskRCNN(MaskRCNN):
         M channels) on P2..P6 and the 3×3 RPN conv (M → R) on its output. The matching
         conv is linear and the RPN conv follows it with no activation in between, so the
         query term (``P·W_query + bias`` and its RPN conv) can be computed once per query
-        (*folded_once*, with the composition of the reference kernel with the RPN kernel),
+        (*folded_once*: the query term on P2..P5, which the ROI heads read; its RPN conv as
+        one 3×3 conv of P (C → R) with ``W_query`` composed into the RPN kernel, plus a
+        1-channel conv of the bias for the zero-padded border; the two kernel compositions),
         and each category then pays only its reference term (*folded_per_category*): the
         1×1 conv of ``|P − e|`` (C → M) on P2..P5, which the ROI heads read, and the
         composed 3×3 conv (C → R) on P2..P6.
@@ -442,7 +444,8 @@ class SiameseMaskRCNN(MaskRCNN):
         pixels = [h * w for h, w in shapes]
         rpn_pixels = sum(int(np.ceil(h / stride)) * int(np.ceil(w / stride)) for h, w in shapes)
         plain = sum(pixels) * 2 * C * M + rpn_pixels * 9 * M * R
-        once = sum(pixels[:4]) * C * M + rpn_pixels * 9 * M * R + len(shapes) * 9 * C * M * R
+        once = (sum(pixels[:4]) * C * M + rpn_pixels * 9 * C * R + rpn_pixels * 9 * R
+                + 2 * len(shapes) * 9 * C * M * R)
         per_category = sum(pixels[:4]) * C * M + rpn_pixels * 9 * C * R
         return plain, once, per_category
 
@@ -512,20 +515,28 @@ class SiameseMaskRCNN(MaskRCNN):
         def fold_query(*maps):
             convs, shared, _, _ = self._fold_parts()
             depth = c.TOP_DOWN_PYRAMID_SIZE
+            stride = c.RPN_ANCHOR_STRIDE
             winograd = self._fold_winograd()
             query, pre, kernels = [], [], []
             for i, (fmap, conv) in enumerate(zip(maps, convs)):
                 kernel = conv.kernel  # [1, 1, 2C, M]: rows [0, C) see P, rows [C, 2C) see |P - e|
-                q = tf.nn.conv2d(fmap, kernel[:, :, :depth], 1, "SAME") + conv.bias
+                query_kernel = tf.einsum("cm,yxmo->yxco", kernel[0, 0, :depth], shared.kernel)
                 composed = tf.einsum("cm,yxmo->yxco", kernel[0, 0, depth:], shared.kernel)
+                # The RPN conv of the query term P·W_query + b, as one conv of P (C input
+                # channels, not M) with the composed kernel, plus the conv of the constant
+                # map b, which differs from a constant only where the zero padding cuts
+                # taps off (a 1-channel conv of ones).
+                ones = tf.ones(tf.concat([tf.shape(fmap)[:3], [1]], axis=0))
+                bias_map = tf.nn.conv2d(ones, tf.einsum("m,yxmo->yxo", conv.bias, shared.kernel)[:, :, None],
+                                        stride, "SAME")
                 if winograd:
-                    pre.append(winograd_conv3x3(q, winograd_kernel(shared.kernel)) + shared.bias)
+                    pre.append(winograd_conv3x3(fmap, winograd_kernel(query_kernel)) + bias_map + shared.bias)
                     kernels.append(winograd_kernel(composed))
                 else:
-                    pre.append(tf.nn.conv2d(q, shared.kernel, c.RPN_ANCHOR_STRIDE, "SAME") + shared.bias)
+                    pre.append(tf.nn.conv2d(fmap, query_kernel, stride, "SAME") + bias_map + shared.bias)
                     kernels.append(composed)
-                if i < 4:
-                    query.append(q)
+                if i < 4:  # the ROI heads read the matched P2..P5
+                    query.append(tf.nn.conv2d(fmap, kernel[:, :, :depth], 1, "SAME") + conv.bias)
             return query + pre + kernels
         return self.cached_function("fold_query", fold_query, self._head_signature()[2:])
 

@@ -184,9 +184,18 @@ def test_folded_matching_equals_the_plain_graph(model, images):
             np.testing.assert_allclose(actual, expected, atol=1e-4)
 
 
-def test_folded_rpn_outputs_equal_the_plain_graph(images):
-    """With the box refinements on: the RPN scores and deltas of the folded path."""
-    model = _model(fixed_boxes=False)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_folded_rpn_outputs_equal_the_plain_graph(images, stride):
+    """With the box refinements on, non-zero biases in the matching and RPN convs (the fold
+    moves the matching bias through the zero-padded RPN conv) and RPN anchor strides 1
+    (Winograd) and 2 (strided convolution): the RPN scores and deltas of the folded path."""
+    model = _model(fixed_boxes=False, RPN_ANCHOR_STRIDE=stride)
+    rng = np.random.default_rng(stride)
+    hm = model.head_model
+    for layer in [hm.get_layer(f"fpn_distance_{n}") for n in LEVELS] + [
+            hm.get_layer("rpn_model").get_layer("rpn_conv_shared")]:
+        kernel, bias = layer.get_weights()
+        layer.set_weights([kernel, rng.normal(0, 0.5, bias.shape).astype(np.float32)])
     query, references = images
     embeddings = model.encode_references(references[:4])
     plain = _raw(model, query, embeddings, fold=False, batch_size=1)
@@ -241,6 +250,10 @@ def test_fold_is_chosen_only_when_it_saves_operations(model):
     pixels = [32 * 32, 16 * 16, 8 * 8, 4 * 4, 2 * 2]
     assert (c.TOP_DOWN_PYRAMID_SIZE, c.MATCHING_CHANNELS, c.RPN_CONV_CHANNELS) == (16, 24, 32)
     assert plain == sum(pixels) * 2 * 16 * 24 + sum(pixels) * 9 * 24 * 32
+    # once per query: the query term on P2..P5, its RPN conv from P (16 channels, not 24) and
+    # of the bias map (1 channel), the two composed kernels per level
+    assert once == (sum(pixels[:4]) * 16 * 24 + sum(pixels) * 9 * 16 * 32 + sum(pixels) * 9 * 32
+                    + 2 * 5 * 9 * 16 * 24 * 32)
 
 
 def test_category_batch_is_bounded(model, monkeypatch):
