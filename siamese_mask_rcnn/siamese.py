@@ -41,7 +41,7 @@ from .mrcnn.model import MaskRCNN, check_image_shape
 from .mrcnn.molding import mold_image
 from .mrcnn.pipeline import SkipExample
 from .mrcnn.targets import describe_image, prepare_gt
-from .mrcnn.winograd import conv3x3 as winograd_conv3x3, winograd_kernel
+from .mrcnn.winograd import conv3x3 as winograd_conv3x3, use_winograd, winograd_kernel
 from .presence import PresenceHead, PresenceLossParts, gate_detections
 
 #: The pyramid levels that are matched, in order (the embedding's second axis).
@@ -501,9 +501,9 @@ class SiameseMaskRCNN(MaskRCNN):
 
     def _fold_winograd(self):
         """Whether the folded path computes its 3×3 convs by Winograd F(2×2, 3×3)
-        (``WINOGRAD_CONVS``, stride-1 RPN; :mod:`.mrcnn.winograd`)."""
+        (``WINOGRAD_CONVS``, on a CPU, stride-1 RPN; :mod:`.mrcnn.winograd`)."""
         c = self.config
-        return bool(getattr(c, "WINOGRAD_CONVS", False)) and int(c.RPN_ANCHOR_STRIDE) == 1
+        return use_winograd(c, self.mode) and int(c.RPN_ANCHOR_STRIDE) == 1
 
     def _fold_query_fn(self):
         """``P2..P6 [1, h, w, C] → (query terms of P2..P5 [1, h, w, M], RPN pre-activations

@@ -363,10 +363,16 @@ def test_winograd_convs_equal_the_convolutions(model, images):
 
 
 def test_training_graph_keeps_tensorflow_convolutions():
+    """Only inference graphs use Winograd and the matrix-product box head."""
     from siamese_mask_rcnn.mrcnn.winograd import Winograd3x3Conv2D
     training = SiameseMaskRCNN("training", _config(), model_dir="logs/test_inference_fast")
+    from siamese_mask_rcnn.mrcnn.heads import WindowConv2D
     heads = training.head_model
     layers = [heads.get_layer("rpn_model").get_layer("rpn_conv_shared")]
     layers += [layer for layer in heads.layers if layer.name.startswith("mrcnn_mask_conv")]
     assert len(layers) == 5
     assert not any(isinstance(layer, Winograd3x3Conv2D) for layer in layers)
+    # the box head's first layer too: the training arithmetic is TensorFlow's convolution
+    assert not isinstance(heads.get_layer("mrcnn_class_conv1"), WindowConv2D)
+    inference = SiameseMaskRCNN("inference", _config(), model_dir="logs/test_inference_fast")
+    assert isinstance(inference.head_model.get_layer("mrcnn_class_conv1"), WindowConv2D)

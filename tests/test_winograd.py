@@ -61,3 +61,16 @@ def test_layer_matches_conv2d_and_falls_back_where_winograd_does_not_apply():
     reference = tf.nn.conv2d(tf.cast(x, tf.float16), tf.cast(half.kernel, tf.float16), 1, "SAME") + \
         tf.cast(half.bias, tf.float16)
     np.testing.assert_array_equal(out.numpy(), reference.numpy())
+
+
+def test_use_winograd_only_for_cpu_inference(monkeypatch):
+    class Settings:
+        WINOGRAD_CONVS = True
+
+    assert W.use_winograd(Settings, "inference")
+    assert not W.use_winograd(Settings, "training")
+    off = type("Off", (), {"WINOGRAD_CONVS": False})
+    assert not W.use_winograd(off, "inference")
+    # a process that sees a GPU: cuDNN chooses its own algorithm
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: ["/GPU:0"] if kind == "GPU" else [])
+    assert not W.use_winograd(Settings, "inference")

@@ -131,9 +131,9 @@ class Config:
     # (512, 256) are the defaults; smaller values make CPU-sized models much faster.
     RPN_CONV_CHANNELS = 512
     MASK_CONV_CHANNELS = 256
-    # Inference-mode models compute the RPN's and the mask head's 3x3 convs (float32) by
-    # Winograd F(2x2, 3x3) (mrcnn.winograd): 2.25x fewer multiply-adds, the same outputs up
-    # to float rounding. False runs TensorFlow's convolution (training always does).
+    # Inference-mode models on a CPU compute the RPN's and the mask head's 3x3 convs (float32)
+    # by Winograd F(2x2, 3x3) (mrcnn.winograd): 2.25x fewer multiply-adds, the same outputs up
+    # to float rounding. False runs TensorFlow's convolution (training and GPUs always do).
     WINOGRAD_CONVS = True
 
     # Number of classes including the background.

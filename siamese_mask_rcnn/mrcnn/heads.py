@@ -129,18 +129,21 @@ def build_rpn_model(anchor_stride, anchors_per_location, depth, conv_channels=51
 
 
 def fpn_classifier_graph(rois, feature_maps, image_meta, pool_size, num_classes,
-                         train_bn=False, fc_layers_size=1024, class_agnostic_bbox=False):
+                         train_bn=False, fc_layers_size=1024, class_agnostic_bbox=False, window_matmul=False):
     """Classifier + box regressor on ROIs pooled from P2..P5.
 
     The box regressor ``mrcnn_bbox_fc`` predicts ``4·C`` deltas (one box per class, matterport,
     kernel ``[fc, 4·C]``) or, with ``class_agnostic_bbox``, 4 deltas shared by every class
     (kernel ``[fc, 4]``, the official Siamese Mask R-CNN release); the output shape is the same.
+    ``window_matmul``: ``mrcnn_class_conv1`` is a :class:`WindowConv2D` (one matrix product;
+    for inference graphs, so that training keeps its arithmetic).
 
     Returns ``(mrcnn_class_logits [B, N, C], mrcnn_probs [B, N, C], mrcnn_bbox [B, N, C, 4])``.
     """
     x = PyramidROIAlign([pool_size, pool_size], name="roi_align_classifier")([rois, image_meta] + feature_maps)
     x = FoldRois(name="mrcnn_class_fold")(x)
-    x = WindowConv2D(fc_layers_size, pool_size, padding="valid", name="mrcnn_class_conv1")(x)
+    x = (WindowConv2D if window_matmul else layers.Conv2D)(
+        fc_layers_size, pool_size, padding="valid", name="mrcnn_class_conv1")(x)
     x = BatchNorm(name="mrcnn_class_bn1", train_bn=train_bn)(x)
     x = layers.Activation("relu")(x)
     x = layers.Conv2D(fc_layers_size, 1, name="mrcnn_class_conv2")(x)

@@ -44,6 +44,7 @@ from .molding import mold_image, mold_inputs, unmold_detections, unmold_image
 from .pipeline import SkipExample
 from .targets import build_rpn_targets, describe_image, load_image_gt, pack_training_inputs
 from .training import LAYER_PRESETS, make_optimizer, run_training, select_trainable_layers
+from .winograd import use_winograd
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +265,8 @@ class MaskRCNN:
         """
         config = self.config
         anchors = AnchorsLayer(self.get_anchors(config.IMAGE_SHAPE), name="anchors")(input_image_meta)
-        # inference graphs compute the 3x3 convs of the RPN and mask head by Winograd F(2x2, 3x3)
-        winograd = mode == "inference" and bool(getattr(config, "WINOGRAD_CONVS", False))
+        # CPU inference graphs compute the 3x3 convs of the RPN and mask head by Winograd F(2x2, 3x3)
+        winograd = use_winograd(config, mode)
         rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS), rpn_maps[0].shape[-1],
                               conv_channels=config.RPN_CONV_CHANNELS, winograd=winograd)
         level_outputs = [rpn(p) for p in rpn_maps]
@@ -313,7 +314,7 @@ class MaskRCNN:
         _, class_probs, bbox = fpn_classifier_graph(
             rpn_rois, mrcnn_maps, input_image_meta, config.POOL_SIZE, n_classes,
             train_bn=config.TRAIN_BN, fc_layers_size=fc,
-            class_agnostic_bbox=self.class_agnostic_bbox())
+            class_agnostic_bbox=self.class_agnostic_bbox(), window_matmul=True)
         detections = DetectionLayer(config.DETECTION_MAX_INSTANCES, config.DETECTION_MIN_CONFIDENCE,
                                     config.DETECTION_NMS_THRESHOLD, config.BBOX_STD_DEV,
                                     name="mrcnn_detection")([rpn_rois, class_probs, bbox, input_image_meta])

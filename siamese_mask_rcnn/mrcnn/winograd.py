@@ -15,8 +15,10 @@ the paper preset's RPN-sized conv (P2, 1×256×256×256 → 512) 0.72 s → 0.53
 1×128×128×256 → 512) 0.19 s → 0.13 s; a mask-head conv (100×14×14×256 → 256) 0.15 s →
 0.12 s; on small maps (16×16) the convolution is faster (3 ms vs 5 ms).
 
-Used only where a graph does inference (:class:`Winograd3x3Conv2D` in inference-mode
-heads, the folded matching of the Siamese model): training keeps TensorFlow's convolution.
+Used only where a graph does inference on a CPU (:func:`use_winograd`:
+:class:`Winograd3x3Conv2D` in inference-mode heads, the folded matching of the Siamese
+model): training keeps TensorFlow's convolution, and on a GPU cuDNN chooses its own
+algorithm (Winograd among them).
 """
 import keras
 import numpy as np
@@ -27,6 +29,13 @@ from keras import layers
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], np.float32)
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
+
+
+def use_winograd(config, mode):
+    """Whether a ``mode`` graph of ``config`` computes its 3×3 head convs by Winograd: in
+    inference, with ``WINOGRAD_CONVS`` on, in a process that sees no GPU."""
+    return (mode == "inference" and bool(getattr(config, "WINOGRAD_CONVS", False))
+            and not tf.config.list_logical_devices("GPU"))
 
 
 def winograd_kernel(kernel):
