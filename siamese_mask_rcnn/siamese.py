@@ -505,6 +505,15 @@ class SiameseMaskRCNN(MaskRCNN):
         c = self.config
         return use_winograd(c, self.mode) and int(c.RPN_ANCHOR_STRIDE) == 1
 
+    def _fold_conv3x3(self):
+        """``(prepare, conv)`` of the folded path's 3×3 RPN convs: ``prepare(kernel [3, 3,
+        C, R])`` gives the form ``conv(x, prepared)`` takes (its Winograd transform
+        [16, C, R], or the kernel itself for the strided ``SAME`` convolution)."""
+        if self._fold_winograd():
+            return winograd_kernel, winograd_conv3x3
+        stride = self.config.RPN_ANCHOR_STRIDE
+        return (lambda kernel: kernel), (lambda x, kernel: tf.nn.conv2d(x, kernel, stride, "SAME"))
+
     def _fold_query_fn(self):
         """``P2..P6 [1, h, w, C] → (query terms of P2..P5 [1, h, w, M], RPN pre-activations
         of the query terms on P2..P6 [1, h', w', R], composed reference kernels
@@ -515,8 +524,7 @@ class SiameseMaskRCNN(MaskRCNN):
         def fold_query(*maps):
             convs, shared, _, _ = self._fold_parts()
             depth = c.TOP_DOWN_PYRAMID_SIZE
-            stride = c.RPN_ANCHOR_STRIDE
-            winograd = self._fold_winograd()
+            prepare, conv3x3 = self._fold_conv3x3()
             query, pre, kernels = [], [], []
             for i, (fmap, conv) in enumerate(zip(maps, convs)):
                 kernel = conv.kernel  # [1, 1, 2C, M]: rows [0, C) see P, rows [C, 2C) see |P - e|
@@ -528,13 +536,9 @@ class SiameseMaskRCNN(MaskRCNN):
                 # taps off (a 1-channel conv of ones).
                 ones = tf.ones(tf.concat([tf.shape(fmap)[:3], [1]], axis=0))
                 bias_map = tf.nn.conv2d(ones, tf.einsum("m,yxmo->yxo", conv.bias, shared.kernel)[:, :, None],
-                                        stride, "SAME")
-                if winograd:
-                    pre.append(winograd_conv3x3(fmap, winograd_kernel(query_kernel)) + bias_map + shared.bias)
-                    kernels.append(winograd_kernel(composed))
-                else:
-                    pre.append(tf.nn.conv2d(fmap, query_kernel, stride, "SAME") + bias_map + shared.bias)
-                    kernels.append(composed)
+                                        c.RPN_ANCHOR_STRIDE, "SAME")
+                pre.append(conv3x3(fmap, prepare(query_kernel)) + bias_map + shared.bias)
+                kernels.append(prepare(composed))
                 if i < 4:  # the ROI heads read the matched P2..P5
                     query.append(tf.nn.conv2d(fmap, kernel[:, :, :depth], 1, "SAME") + conv.bias)
             return query + pre + kernels
@@ -555,6 +559,8 @@ class SiameseMaskRCNN(MaskRCNN):
         kernel_specs = [tf.TensorSpec([16, depth, c.RPN_CONV_CHANNELS] if winograd else
                                       [3, 3, depth, c.RPN_CONV_CHANNELS], tf.float32) for _ in shapes]
 
+        _, conv3x3 = self._fold_conv3x3()
+
         def heads(meta, embeddings, *tensors):
             convs, _, rpn_tail, tail = self._fold_parts()
             maps, query, pre, kernels = tensors[:5], tensors[5:9], tensors[9:14], tensors[14:19]
@@ -564,9 +570,7 @@ class SiameseMaskRCNN(MaskRCNN):
                 diff = tf.abs(fmap - embeddings[:, i][:, None, None, :])  # [K, h, w, C]
                 if i < 4:
                     matched.append(query[i] + tf.nn.conv2d(diff, convs[i].kernel[:, :, depth:], 1, "SAME"))
-                reference_term = (winograd_conv3x3(diff, kernels[i]) if winograd
-                                  else tf.nn.conv2d(diff, kernels[i], stride, "SAME"))
-                shared = tf.nn.relu(pre[i] + reference_term)
+                shared = tf.nn.relu(pre[i] + conv3x3(diff, kernels[i]))
                 level_outputs.append(rpn_tail(shared, training=False))
             rpn_class = tf.concat([o[1] for o in level_outputs], axis=1)
             rpn_bbox = tf.concat([o[2] for o in level_outputs], axis=1)
