@@ -383,7 +383,8 @@ class SiameseMaskRCNN(MaskRCNN):
             raise ValueError("encode_references needs at least one reference crop")
         c = self.config
         molded = np.stack([mold_reference(r, c) for r in references]).astype(np.float32)
-        fn = self.cached_function("ref", lambda x: self.reference_model(x, training=False),
+        # float32 whatever the compute dtype (MIXED_PRECISION): the heads' signatures are float32
+        fn = self.cached_function("ref", lambda x: tf.cast(self.reference_model(x, training=False), tf.float32),
                                   [tf.TensorSpec([None] + list(c.TARGET_SHAPE), tf.float32)])
         return fn(molded).numpy()
 
@@ -395,10 +396,11 @@ class SiameseMaskRCNN(MaskRCNN):
         """Mold one query image ``[H, W, 3]`` and run the encoder once.
 
         Returns ``(molded [1, *IMAGE_SHAPE], metas [1, IMAGE_META_SIZE], windows [1, 4]
-        (molded pixels), maps [P2..P6 numpy arrays])``.
+        (molded pixels), maps [P2..P6 float32 numpy arrays, whatever MIXED_PRECISION computes
+        in])``.
         """
         molded, metas, windows = self.mold_inputs([image])
-        fn = self.cached_function("query", lambda x: self.encoder(x, training=False),
+        fn = self.cached_function("query", lambda x: [tf.cast(m, tf.float32) for m in self.encoder(x, training=False)],
                                   [tf.TensorSpec([None] + list(self.config.IMAGE_SHAPE), tf.float32)])
         maps = [m.numpy() for m in fn(molded.astype(np.float32))]
         return molded, metas.astype(np.float32), windows, maps

@@ -102,6 +102,31 @@ def test_bfloat16_checkpoint_is_float32_and_loads_into_a_float32_model(runs):
         np.testing.assert_array_equal(loaded[k], trained[k], err_msg=k)
 
 
+def test_bfloat16_model_detects_with_embeddings_as_with_detect(runs):
+    """predict / evaluate run ``detect_embeddings``: a bfloat16 model's float32 query maps and
+    embeddings reach the heads (plain and folded paths), and the plain path gives what the
+    whole graph's ``detect`` gives (bfloat16 -> float32 -> bfloat16 is exact)."""
+    model = build("mixed_bfloat16", runs["tmp"] / "bf16_inference", mode="inference")
+    model.load_weights(runs["bf16_history"][-1]["checkpoint"], by_name=True)
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    crop = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+    embedding = model.embed_category([crop])
+    assert embedding.dtype == np.float32 and np.all(np.isfinite(embedding))
+    _, _, _, maps = model.encode_query(image)
+    assert all(m.dtype == np.float32 for m in maps)
+    whole = model.detect([crop], [image])[0]
+    plain = model.detect_embeddings(image, {1: embedding, 2: embedding}, fold=False)
+    folded = model.detect_embeddings(image, {1: embedding, 2: embedding}, fold=True)
+    assert model.fold_pays(100) is False, "bfloat16 matching convs never fold by default"
+    for result in (plain[1], plain[2]):
+        np.testing.assert_allclose(result["rois"], whole["rois"], atol=1)
+        np.testing.assert_allclose(result["scores"], whole["scores"], atol=1e-2)
+    for result in folded.values():
+        assert result["masks"].shape[:2] == image.shape[:2]
+        assert np.all(np.isfinite(result["scores"]))
+
+
 def test_float16_trains_with_dynamic_loss_scaling(tmp_path):
     import keras
     model = build("mixed_float16", tmp_path)
