@@ -40,6 +40,35 @@ def test_winograd_kernel_hand_case_and_bad_kernel():
         W.winograd_kernel(np.zeros((5, 5, 1, 1), np.float32))
 
 
+def test_bad_shapes_are_refused_with_the_argument_named():
+    rng = np.random.default_rng(4)
+    kernel = rng.standard_normal((3, 3, 4, 2)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"winograd_kernel: kernel must be \[3, 3, C_in, C_out\].*\(3, 3\)"):
+        W.winograd_kernel(np.zeros((3, 3), np.float32))
+    u = W.winograd_kernel(kernel.tolist())  # a nested list is a kernel too
+    assert tuple(u.shape) == (16, 4, 2)
+    x = rng.standard_normal((1, 5, 5, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"conv3x3: x must be \[B, H, W, C_in\]"):
+        W.conv3x3(x[0], u)
+    with pytest.raises(ValueError, match=r"conv3x3: u must be winograd_kernel"):
+        W.conv3x3(x, kernel)
+    with pytest.raises(ValueError, match="x has 3 channels but u expects C_in=4"):
+        W.conv3x3(x[..., :3], u)
+    np.testing.assert_allclose(W.conv3x3(x.tolist(), u.numpy().tolist()).numpy(),
+                               tf.nn.conv2d(x, kernel, 1, "SAME").numpy(), atol=1e-4)
+
+
+def test_documented_transform_matrices_are_the_ones_computed():
+    """``BT`` and ``AT`` document the input and output transforms written out in the code."""
+    rng = np.random.default_rng(5)
+    d = rng.standard_normal(4).astype(np.float32)
+    np.testing.assert_allclose(np.array(W._transform_pairs(*d)), W.BT @ d, atol=1e-6)
+    # F(2, 3) in one dimension: Aᵀ[(G g) ⊙ (Bᵀ d)] is the valid correlation of d with g
+    g = rng.standard_normal(3).astype(np.float32)
+    y = W.AT @ ((W.G @ g) * (W.BT @ d))
+    np.testing.assert_allclose(y, [d[0:3] @ g, d[1:4] @ g], atol=1e-5)
+
+
 def test_layer_matches_conv2d_and_falls_back_where_winograd_does_not_apply():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 9, 10, 4)).astype(np.float32)

@@ -40,10 +40,12 @@ def use_winograd(config, mode):
 
 def winograd_kernel(kernel):
     """``G g Gᵀ`` of every channel pair: ``[3, 3, C_in, C_out] → [16, C_in, C_out]`` (row-major
-    over the 4×4 transformed tile). Raises ``ValueError`` for a kernel that is not 3×3."""
-    if tuple(kernel.shape[:2]) != (3, 3):
-        raise ValueError(f"Winograd F(2x2, 3x3) needs a 3x3 kernel, got {tuple(kernel.shape)}")
+    over the 4×4 transformed tile). Raises ``ValueError`` for a kernel that is not
+    ``[3, 3, C_in, C_out]`` (a list or array is accepted)."""
     kernel = tf.convert_to_tensor(kernel, tf.float32)
+    if kernel.shape.rank != 4 or tuple(kernel.shape[:2]) != (3, 3):
+        raise ValueError(f"winograd_kernel: kernel must be [3, 3, C_in, C_out] (Winograd "
+                         f"F(2x2, 3x3)), got shape {tuple(kernel.shape)}")
     u = tf.einsum("ai,ijcr,bj->abcr", tf.constant(G), kernel, tf.constant(G))
     return tf.reshape(u, [16, kernel.shape[2], kernel.shape[3]])
 
@@ -62,8 +64,18 @@ def conv3x3(x, u):
         u: ``[16, C_in, C_out]`` float32 from :func:`winograd_kernel`.
 
     Returns ``[B, H, W, C_out]`` float32, equal to the convolution up to float rounding.
+    Raises ``ValueError`` when ``x`` is not rank 4, ``u`` not ``[16, C_in, C_out]`` or their
+    ``C_in`` differ.
     """
     x = tf.convert_to_tensor(x, tf.float32)
+    u = tf.convert_to_tensor(u, tf.float32)
+    if x.shape.rank != 4:
+        raise ValueError(f"conv3x3: x must be [B, H, W, C_in], got shape {tuple(x.shape)}")
+    if u.shape.rank != 3 or u.shape[0] != 16 or u.shape[1] is None or u.shape[2] is None:
+        raise ValueError(f"conv3x3: u must be winograd_kernel(kernel) of shape [16, C_in, C_out], "
+                         f"got shape {tuple(u.shape)}")
+    if x.shape[3] is not None and x.shape[3] != u.shape[1]:
+        raise ValueError(f"conv3x3: x has {x.shape[3]} channels but u expects C_in={u.shape[1]}")
     depth, channels = int(u.shape[1]), int(u.shape[2])
     shape = tf.shape(x)
     b, h, w = shape[0], shape[1], shape[2]
@@ -79,7 +91,7 @@ def conv3x3(x, u):
         cols = tf.reshape(row, [b, th, tw + 1, 2, depth])
         transformed += _transform_pairs(cols[:, :, :tw, 0], cols[:, :, :tw, 1], cols[:, :, 1:, 0], cols[:, :, 1:, 1])
     v = tf.reshape(tf.stack(transformed), [16, -1, depth])                # [16, tiles, C_in]
-    m = tf.matmul(v, tf.cast(u, tf.float32))                              # [16, tiles, C_out]
+    m = tf.matmul(v, u)                                                   # [16, tiles, C_out]
     m = [m[i] for i in range(16)]
     # Aᵀ over the tile's rows, then over its columns
     t = [[m[j] + m[4 + j] + m[8 + j] for j in range(4)], [m[4 + j] - m[8 + j] - m[12 + j] for j in range(4)]]
