@@ -307,6 +307,37 @@ def test_unmold_masks_equals_stacked_single_masks():
     assert utils.unmold_masks(np.zeros((0, 6, 5)), np.zeros((0, 4)), (40, 45)).shape == (40, 45, 0)
 
 
+def test_unmold_masks_box_mostly_outside_resizes_only_its_visible_window():
+    """A box more than 4x its visible area takes the windowed path; it equals resizing the
+    whole box and cropping."""
+    from siamese_mask_rcnn.mrcnn.resizing import resize
+    rng = np.random.default_rng(8)
+    small = rng.uniform(size=(3, 28, 28)).astype(np.float32)
+    boxes = np.array([[-300, -250, 310, 330], [20, -500, 700, 30], [-80, 10, 35, 44]])
+    full = utils.unmold_masks(small, boxes, (40, 45))
+    for i, (y1, x1, y2, x2) in enumerate(boxes):
+        whole = resize(small[i], (y2 - y1, x2 - x1)) >= 0.5
+        expected = np.zeros((40, 45), bool)
+        cy1, cx1, cy2, cx2 = max(y1, 0), max(x1, 0), min(y2, 40), min(x2, 45)
+        expected[cy1:cy2, cx1:cx2] = whole[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
+        assert expected.any() and not expected.all()
+        np.testing.assert_array_equal(full[..., i], expected, err_msg=f"box {i}")
+    # a 20000-pixel box on a small image: only 40 x 45 pixels are interpolated
+    huge = utils.unmold_masks(np.ones((1, 28, 28)), np.array([[-10000, -10000, 10000, 10000]]), (40, 45))
+    assert huge.all()
+
+
+@pytest.mark.parametrize("masks,boxes,message", [
+    (np.zeros((3, 6, 5)), np.zeros((2, 4)), "3 masks for 2 boxes"),
+    (np.zeros((6, 5)), np.zeros((2, 4)), r"masks must be \[N, h, w\]"),
+    (np.zeros((2, 6, 5)), np.zeros((2, 3)), r"boxes must be \[N, 4\]"),
+    (np.zeros((2, 6, 5)), np.array([[0, 0, 4, 4], [0, np.nan, 4, 4]]), r"box 1 is not finite"),
+])
+def test_unmold_masks_refuses_mismatched_or_bad_input(masks, boxes, message):
+    with pytest.raises(ValueError, match=message):
+        utils.unmold_masks(masks, boxes, (40, 45))
+
+
 # ---------------------------------------------------------------------- anchors
 def test_generate_anchors_hand_values():
     anchors = utils.generate_anchors(32, [0.5, 1, 2], (2, 2), 4, 1)
