@@ -29,6 +29,8 @@ ground-truth training target only. The configuration keys ``NUM_TARGETS``,
 references; they keep the official release's names so its configurations and calls work
 unchanged.
 """
+import os
+
 import numpy as np
 import keras
 import tensorflow as tf
@@ -596,22 +598,31 @@ class SiameseMaskRCNN(MaskRCNN):
         "scores" [N], "masks" [H, W, N] bool}}``; with the presence head (``PRESENCE_HEAD``)
         also ``"presence"`` (the pair's presence in [0, 1]), the scores multiplied by it and
         only those ≥ ``DETECTION_MIN_CONFIDENCE`` kept (:func:`.presence.gate_detections`), so an
-        absent category gives an empty result. Raises ``RuntimeError`` outside inference
-        mode and ``ValueError`` for an embedding of the wrong size or a ``batch_size`` < 1.
+        absent category gives an empty result.
+
+        ``image``: an array in any layout :func:`.mrcnn.utils.to_uint8_rgb` accepts (grey,
+        RGBA, float in [0, 1] ...) or an image file path (read with
+        :func:`.mrcnn.utils.read_image`); ``embeddings``: each ``[5, C]`` (P2..P6 by
+        ``TOP_DOWN_PYRAMID_SIZE``, e.g. from :meth:`embed_category`) or flat ``[5 * C]``.
+
+        Raises ``RuntimeError`` outside inference mode; ``ValueError`` for an embedding of
+        another shape or with non-finite values, a ``batch_size`` that is not an integer ≥ 1
+        or a ``fold`` that is not True, False or None; ``ImageLoadError`` for an unreadable
+        file or an array that is not an image.
         """
         if self.mode != "inference":
             raise RuntimeError("create the model in inference mode to detect")
         c = self.config
-        size = len(LEVELS) * c.TOP_DOWN_PYRAMID_SIZE
-        embeddings = {key: np.asarray(emb, np.float32) for key, emb in embeddings.items()}
-        for key, emb in embeddings.items():
-            if emb.size != size:
-                raise ValueError(f"embedding {key!r} has {emb.size} values, expected "
-                                 f"{len(LEVELS)} x {c.TOP_DOWN_PYRAMID_SIZE} = {size}")
+        image = self._query_image(image)
+        embeddings = self._check_embeddings(embeddings)
         if batch_size is None:
             batch_size = self.category_batch_size()
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1 (categories per batched call), "
+                             f"got {batch_size!r}")
+        if fold is not None and not isinstance(fold, (bool, np.bool_)):
+            raise ValueError(f"fold must be True, False or None (choose by cost), got {fold!r}")
         batch_size = int(batch_size)
         keys = list(embeddings)
         if not keys:
@@ -639,6 +650,31 @@ class SiameseMaskRCNN(MaskRCNN):
                 if presence is not None:
                     results[key] = self.gate(results[key], presence[row])
         return results
+
+    @staticmethod
+    def _query_image(image):
+        """A query given as a path or an array of any common layout → uint8 ``[H, W, 3]``."""
+        if isinstance(image, (str, bytes, os.PathLike)):
+            return utils.read_image(image)
+        return utils.to_uint8_rgb(image)
+
+    def _check_embeddings(self, embeddings):
+        """``{key: [5, C] float32}`` from ``{key: [5, C] or [5 * C]}``, or ``ValueError``
+        naming the key."""
+        if not isinstance(embeddings, dict):
+            raise ValueError(f"embeddings must be a dict {{key: embedding [5, C]}}, got {type(embeddings).__name__}")
+        depth = self.config.TOP_DOWN_PYRAMID_SIZE
+        shape = (len(LEVELS), depth)
+        checked = {}
+        for key, emb in embeddings.items():
+            emb = np.asarray(emb, np.float32)
+            if emb.shape != shape and emb.shape != (len(LEVELS) * depth,):
+                raise ValueError(f"embedding {key!r} has shape {emb.shape}, expected {shape} "
+                                 f"(P2..P6 x TOP_DOWN_PYRAMID_SIZE) or ({len(LEVELS) * depth},)")
+            if not np.all(np.isfinite(emb)):
+                raise ValueError(f"embedding {key!r} has {int(np.sum(~np.isfinite(emb)))} non-finite values")
+            checked[key] = emb.reshape(shape)
+        return checked
 
     def _detect_molded_batch(self, images, molded, metas, windows, extra):
         """Matterport's batch detection, with the presence gating when the model has the head."""

@@ -262,11 +262,48 @@ def test_category_batch_is_bounded(model, monkeypatch):
     assert model.category_batch_size() == 1
 
 
-def test_bad_batch_size_is_refused(model, images):
+@pytest.mark.parametrize("batch_size", [0, -1, 2.7, "2", True])
+def test_bad_batch_size_is_refused(model, images, batch_size):
     query, references = images
-    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
-        model.detect_embeddings(query, {0: model.embed_category(references[:1])}, batch_size=0)
+    with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1.*got {batch_size!r}"):
+        model.detect_embeddings(query, {0: model.embed_category(references[:1])}, batch_size=batch_size)
     assert model.detect_embeddings(query, {}) == {}
+
+
+def test_bad_fold_and_embeddings_are_refused_with_the_key_named(model, images):
+    query, references = images
+    embedding = model.embed_category(references[:1])  # [5, C]
+    with pytest.raises(ValueError, match="fold must be True, False or None .*got 'no'"):
+        model.detect_embeddings(query, {0: embedding}, fold="no")
+    with pytest.raises(ValueError, match=r"embedding 'cat' has shape \(%d, 5\)" % embedding.shape[1]):
+        model.detect_embeddings(query, {"cat": embedding.T})
+    bad = embedding.copy()
+    bad[2, 3] = np.nan
+    with pytest.raises(ValueError, match="embedding 7 has 1 non-finite values"):
+        model.detect_embeddings(query, {0: embedding, 7: bad})
+    with pytest.raises(ValueError, match="embeddings must be a dict"):
+        model.detect_embeddings(query, [embedding])
+    flat = model.detect_embeddings(query, {0: embedding.ravel()}, fold=False)
+    _assert_same_results(model.detect_embeddings(query, {0: embedding}, fold=False), flat)
+
+
+def test_query_in_any_image_layout_or_as_a_path(model, images, tmp_path):
+    from PIL import Image
+    from siamese_mask_rcnn.mrcnn.utils import ImageLoadError
+    query, references = images
+    embeddings = {0: model.embed_category(references[:1])}
+    expected = model.detect_embeddings(query, embeddings, fold=False)
+    path = tmp_path / "query.png"
+    Image.fromarray(query).save(path)
+    _assert_same_results(expected, model.detect_embeddings(str(path), embeddings, fold=False))
+    rgba = np.concatenate([query, np.full(query.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+    _assert_same_results(expected, model.detect_embeddings(rgba, embeddings, fold=False))
+    grey = model.detect_embeddings(query[..., 0], embeddings, fold=False)
+    assert grey[0]["masks"].shape[:2] == query.shape[:2]
+    with pytest.raises(ImageLoadError, match=r"shape \(0, 0, 3\)"):
+        model.detect_embeddings(np.zeros((0, 0, 3), np.uint8), embeddings)
+    with pytest.raises(ImageLoadError, match="missing.png"):
+        model.detect_embeddings(str(tmp_path / "missing.png"), embeddings)
 
 
 def test_no_retracing_across_calls(model, images):

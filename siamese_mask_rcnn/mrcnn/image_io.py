@@ -19,7 +19,7 @@ class ImageLoadError(OSError):
     def __init__(self, path, reason=""):
         self.path = os.fspath(path) if path is not None else None
         self.reason = reason
-        message = f"Cannot load image '{self.path}'"
+        message = f"Cannot load image '{self.path}'" if self.path is not None else "Not an image"
         if reason:
             message += f": {reason}"
         super().__init__(message)
