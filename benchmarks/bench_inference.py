@@ -293,6 +293,9 @@ def print_report(preset, row, ceiling, torch_row):
     def vs_torch(seconds):
         return f"{seconds / torch_s:.2f}" if torch_s else "-"
 
+    def versus(seconds):
+        return f"{seconds / torch_s:.2f}× torchvision" if torch_s else "torchvision not measured"
+
     print(f"\npreset {preset} (graph build {row['build_s']:.1f} s, mask head on {row['detections']} "
           f"detections)")
     print("| stage | seconds | × torchvision | conv GFLOP | GFLOP/s | % of ResNet-50 |")
@@ -304,34 +307,43 @@ def print_report(preset, row, ceiling, torch_row):
               f"{vs_torch(torch_row['backbone_fpn_s'])} | - | - | - |")
     print(f"| plain ResNet-50 forward (ceiling) | {ceiling_s:.3f} | {vs_torch(ceiling_s)} | "
           f"{ceiling_flops / 1e9:.1f} | {ceiling_rate:.1f} | 100 |")
-    lowest = None
+    lowest, unresolved = None, []
     for stage, seconds in stages.items():
         f = flops.get(stage)
         if f is None:
             print(f"| {stage} | {seconds:.3f} | {vs_torch(seconds)} | - | - | - |")
             continue
-        rate = f / seconds / 1e9 if seconds > 0 else float("nan")
+        if seconds <= 0:
+            # a stage is the difference of two timed prefixes; ≤ 0 means its time is below
+            # the method's noise, so no throughput can be given
+            unresolved.append(stage)
+            print(f"| {stage} | ≤ 0 (below the prefix timings' noise) | - | {f / 1e9:.2f} | - | - |")
+            continue
+        rate = f / seconds / 1e9
         share = 100 * rate / ceiling_rate
         lowest = share if lowest is None else min(lowest, share)
         print(f"| {stage} | {seconds:.3f} | {vs_torch(seconds)} | {f / 1e9:.2f} | {rate:.1f} | {share:.0f} |")
     k = row["categories"]
     extra = (row["detect_k"] - row["detect_1"]) / max(1, k - 1)
     extra_plain = (row["detect_k_plain"] - row["detect_1"]) / max(1, k - 1)
-    print(f"detect_embeddings, 1 category: {row['detect_1']:.3f} s ({vs_torch(row['detect_1'])}× torchvision)")
+    print(f"detect_embeddings, 1 category: {row['detect_1']:.3f} s ({versus(row['detect_1'])})")
     print(f"detect_embeddings, {k} categories (batch {row['batch']}, folded {row['fold']}): "
-          f"{row['detect_k']:.3f} s, {extra:.3f} s per extra category ({vs_torch(extra)}× torchvision)")
+          f"{row['detect_k']:.3f} s, {extra:.3f} s per extra category ({versus(extra)})")
     print(f"  one call per category, plain graph: {row['detect_k_plain']:.3f} s, "
-          f"{extra_plain:.3f} s per extra category ({vs_torch(extra_plain)}× torchvision)")
+          f"{extra_plain:.3f} s per extra category ({versus(extra_plain)})")
     real = row.get("real_threshold")
     if real:
         extra_real = (real["detect_k"] - real["detect_1"]) / max(1, k - 1)
         print(f"at the preset's DETECTION_MIN_CONFIDENCE {real['threshold']} (same random weights; "
               f"{real['detections_1']} detection(s) for 1 category, {real['detections_k']} over {k}): "
-              f"1 category {real['detect_1']:.3f} s ({vs_torch(real['detect_1'])}×), {k} categories "
-              f"{real['detect_k']:.3f} s, {extra_real:.3f} s per extra category ({vs_torch(extra_real)}×)")
+              f"1 category {real['detect_1']:.3f} s ({versus(real['detect_1'])}), {k} categories "
+              f"{real['detect_k']:.3f} s, {extra_real:.3f} s per extra category ({versus(extra_real)})")
     if torch_row and "default_threshold_s" in torch_row:
         print(f"torchvision at its default box_score_thresh 0.05: {torch_row['default_threshold_s']:.3f} s "
               f"({torch_row['default_threshold_detections']} detections)")
+    if unresolved:
+        print(f"note: stage(s) {', '.join(unresolved)} took no measurable time beyond the previous "
+              f"prefix (noise of the stage-difference method); their throughput is not given")
     if torch_row is None:
         print("torchvision: not installed, not compared")
         return
@@ -342,7 +354,10 @@ def print_report(preset, row, ceiling, torch_row):
                   ("each extra category <= 0.35x torchvision", extra / torch_s <= 0.35),
                   ("every stage >= 85 % of the ResNet-50 ceiling", lowest is not None and lowest >= 85)]
         for name, met in checks:
-            print(f"issue-16 target {name}: {'met' if met else 'NOT met'}")
+            verdict = "met" if met else "NOT met"
+            if name.startswith("every stage") and unresolved and met:
+                verdict = f"met by the measured stages ({', '.join(unresolved)} not measurable)"
+            print(f"issue-16 target {name}: {verdict}")
 
 
 def main():
