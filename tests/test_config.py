@@ -181,6 +181,24 @@ def test_values_no_model_can_use_are_rejected_by_name(tmp_path, key, value, mess
     path.write_text(json.dumps({**Config().to_dict(), key: value}))
     with pytest.raises(ValueError, match=re.escape(f"'{path}': {message}")):
         Config.load(path)
+    # an edit after construction: checked by validate(), which every model calls when built
+    edited = Config()
+    setattr(edited, key, value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        edited.validate()
+
+
+def test_edits_after_construction_are_rederived_and_checked_when_a_model_is_built(tmp_path):
+    config = Config(IMAGES_PER_GPU=1)
+    config.IMAGE_MAX_DIM, config.IMAGES_PER_GPU, config.NUM_CLASSES = 256, 3, 5
+    assert config.validate() is config
+    assert list(config.IMAGE_SHAPE) == [256, 256, 3] and config.BATCH_SIZE == 3
+    assert config.IMAGE_META_SIZE == Config(NUM_CLASSES=5).IMAGE_META_SIZE
+    pytest.importorskip("tensorflow")
+    from siamese_mask_rcnn.mrcnn.model import MaskRCNN
+    config.DETECTION_MIN_CONFIDENCE = 7  # fails before any graph is built
+    with pytest.raises(ValueError, match="DETECTION_MIN_CONFIDENCE must be between 0 and 1, got 7"):
+        MaskRCNN("inference", config, str(tmp_path))
 
 
 def test_edge_values_that_models_use_are_accepted():

@@ -249,6 +249,19 @@ class Config:
         self._copy_mutable_defaults()
         self._apply(overrides, allow_new=False)
 
+    def validate(self):
+        """Check the configuration again after attributes were edited on the instance
+        (``config.IMAGE_MAX_DIM = 256`` after construction), and recompute the derived
+        values (``BATCH_SIZE``, ``IMAGE_SHAPE``, ``IMAGE_META_SIZE``, ...) from them. Every
+        model calls it when it is built, so an edit made after construction is checked
+        exactly like an override. Returns the configuration.
+
+        Raises:
+            ValueError: as the constructor, naming the key and the value.
+        """
+        self._derive()
+        return self
+
     # ------------------------------------------------------------------ building
     def _copy_mutable_defaults(self):
         """Give the instance its own copies of mutable class defaults.

@@ -185,6 +185,8 @@ class MaskRCNN:
     def __init__(self, mode, config, model_dir, strategy=None):
         if mode not in ("training", "inference"):
             raise ValueError(f"mode must be 'training' or 'inference', got {mode!r}")
+        if callable(getattr(config, "validate", None)):
+            config.validate()  # edits made after the config was constructed are checked too
         self.mode = mode
         self.config = config
         self.model_dir = str(model_dir)
