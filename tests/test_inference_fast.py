@@ -374,12 +374,15 @@ def test_folded_path_leaves_the_weight_file_layout_alone(images, tmp_path):
 
 
 def test_winograd_convs_equal_the_convolutions(model, images):
-    """``WINOGRAD_CONVS`` (the default): the inference graph's RPN and mask-head 3×3 convs and
+    """``WINOGRAD_CONVS=True``: the inference graph's RPN and mask-head 3×3 convs and
     the folded path's RPN convs by Winograd F(2×2, 3×3) give the answers of TensorFlow's
-    convolution on the same weights; training graphs keep the convolution."""
+    convolution on the same weights; training graphs keep the convolution. (The default
+    "auto" picks one of the two by the CPU.)"""
     from siamese_mask_rcnn.mrcnn.winograd import Winograd3x3Conv2D
     direct = _model(WINOGRAD_CONVS=False)
     direct.keras_model.set_weights(model.keras_model.get_weights())
+    model = _model(WINOGRAD_CONVS=True)
+    model.keras_model.set_weights(direct.keras_model.get_weights())
     hm, dm = model.head_model, direct.head_model
     for name in ["mrcnn_mask_conv1", "mrcnn_mask_conv4"]:
         assert isinstance(hm.get_layer(name), Winograd3x3Conv2D)
@@ -402,7 +405,7 @@ def test_winograd_convs_equal_the_convolutions(model, images):
 def test_training_graph_keeps_tensorflow_convolutions():
     """Only inference graphs use Winograd and the matrix-product box head."""
     from siamese_mask_rcnn.mrcnn.winograd import Winograd3x3Conv2D
-    training = SiameseMaskRCNN("training", _config(), model_dir="logs/test_inference_fast")
+    training = SiameseMaskRCNN("training", _config(WINOGRAD_CONVS=True), model_dir="logs/test_inference_fast")
     from siamese_mask_rcnn.mrcnn.heads import WindowConv2D
     heads = training.head_model
     layers = [heads.get_layer("rpn_model").get_layer("rpn_conv_shared")]

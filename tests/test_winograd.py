@@ -100,6 +100,37 @@ def test_use_winograd_only_for_cpu_inference(monkeypatch):
     assert not W.use_winograd(Settings, "training")
     off = type("Off", (), {"WINOGRAD_CONVS": False})
     assert not W.use_winograd(off, "inference")
+    auto = type("Auto", (), {"WINOGRAD_CONVS": "auto"})
+    for has_avx512 in (True, False):
+        monkeypatch.setattr(W, "cpu_has_avx512", lambda v=has_avx512: v)
+        assert W.use_winograd(auto, "inference") is has_avx512
+        assert not W.use_winograd(auto, "training")
     # a process that sees a GPU: cuDNN chooses its own algorithm
+    monkeypatch.setattr(W, "cpu_has_avx512", lambda: True)
     monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: ["/GPU:0"] if kind == "GPU" else [])
     assert not W.use_winograd(Settings, "inference")
+    assert not W.use_winograd(auto, "inference")
+
+
+def test_cpu_has_avx512_reads_the_flags_and_respects_the_onednn_cap(tmp_path, monkeypatch):
+    avx512 = tmp_path / "avx512"
+    avx512.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f avx512dq\n")
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512_bf16_not_f\n")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert W.cpu_has_avx512(str(avx512)) is True
+    assert W.cpu_has_avx512(str(avx2)) is False
+    assert W.cpu_has_avx512(str(tmp_path / "missing")) is False
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN capped below AVX-512
+    assert W.cpu_has_avx512(str(avx512)) is False
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert W.cpu_has_avx512(str(avx512)) is True
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, "AUTO"])
+def test_winograd_setting_must_be_true_false_or_auto(value):
+    from siamese_mask_rcnn.mrcnn.config import Config
+    with pytest.raises(ValueError, match="WINOGRAD_CONVS must be True, False or 'auto'"):
+        Config(WINOGRAD_CONVS=value)
+    for good in (True, False, "auto"):
+        assert Config(WINOGRAD_CONVS=good).WINOGRAD_CONVS == good

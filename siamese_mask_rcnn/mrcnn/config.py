@@ -131,10 +131,12 @@ class Config:
     # (512, 256) are the defaults; smaller values make CPU-sized models much faster.
     RPN_CONV_CHANNELS = 512
     MASK_CONV_CHANNELS = 256
-    # Inference-mode models on a CPU compute the RPN's and the mask head's 3x3 convs (float32)
-    # by Winograd F(2x2, 3x3) (mrcnn.winograd): 2.25x fewer multiply-adds, the same outputs up
-    # to float rounding. False runs TensorFlow's convolution (training and GPUs always do).
-    WINOGRAD_CONVS = True
+    # Inference-mode models on a CPU may compute the RPN's and the mask head's 3x3 convs
+    # (float32) by Winograd F(2x2, 3x3) (mrcnn.winograd): 2.25x fewer multiply-adds, the same
+    # outputs up to float rounding. "auto": only on CPUs with AVX-512 (faster there; slower
+    # than TensorFlow's convolution with AVX2 only, both measured); True: always; False:
+    # TensorFlow's convolution (training and GPUs always use it).
+    WINOGRAD_CONVS = "auto"
 
     # Number of classes including the background.
     NUM_CLASSES = 1
@@ -363,6 +365,9 @@ class Config:
         for key in self._NOT_NONE:
             if getattr(self, key, 0.0) is None:
                 raise ValueError(f"{key} must be a number between 0 and 1, got None")
+        winograd = getattr(self, "WINOGRAD_CONVS", "auto")
+        if not (isinstance(winograd, (bool, np.bool_)) or winograd == "auto"):
+            raise ValueError(f"WINOGRAD_CONVS must be True, False or 'auto', got {winograd!r}")
         weights = getattr(self, "LOSS_WEIGHTS", {})
         if not isinstance(weights, dict):
             raise ValueError(f"LOSS_WEIGHTS must be a dict of loss name -> weight, got {weights!r}")
