@@ -16,7 +16,7 @@ from . import train_coco
 from .cliargs import require_at_least
 from .evaluation import cli as evaluation_cli
 from .mrcnn.fileio import UnwritableOutputError
-from .predict import InputError, predict
+from .predict import InputError, check_inputs, predict
 from .presets import PRESET_NAMES
 
 #: Subcommands whose own parser takes every argument after the subcommand's name.
@@ -93,6 +93,8 @@ def build_parser():
                    help="train on a COCO one-shot split (siamese-mrcnn train --help)")
     sub.add_parser("evaluate", add_help=False,
                    help="one-shot evaluation on COCO (siamese-mrcnn evaluate --help)")
+    # a bad value is reported with the subcommand's usage line ("siamese-mrcnn demo: error: ...")
+    parser.subcommand_parsers = {"demo": demo, "predict": pred}
     return parser
 
 
@@ -111,6 +113,7 @@ def main(argv=None):
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)
+    parser = parser.subcommand_parsers[args.command]
     if args.command == "demo":
         require_at_least(parser, args, 1, "steps", "steps_per_epoch", "threads", "train_scenes",
                          "eval_scenes", "eval_limit")
@@ -147,6 +150,11 @@ def main(argv=None):
         return 0
     if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
         parser.error(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
+    try:  # missing files are reported before TensorFlow is imported (seconds)
+        check_inputs(args.weights, args.reference, args.query, args.out, args.json)
+    except InputError as err:
+        print(f"siamese-mrcnn predict: error: {err}", file=sys.stderr)
+        return 2
     demo_job.apply_thread_arguments(parser, args)
     try:
         result = predict(args.weights, args.reference, args.query, out_png=args.out, out_json=args.json,

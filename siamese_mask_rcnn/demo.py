@@ -318,8 +318,10 @@ class JobProgress:
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}")
 
     def stage(self, name):
-        """Show the current stage's name."""
-        self.bar.set_description_str(name)
+        """Show the current stage's name (and clear the previous stage's postfix, e.g. the
+        training loss while evaluating)."""
+        self.bar.set_description_str(name, refresh=False)
+        self.bar.set_postfix_str("", refresh=True)
 
     def advance(self, kind, count=1):
         """Count ``count`` units of work of ``kind`` (a key of :data:`WORK_SECONDS`)."""

@@ -34,10 +34,9 @@ class InputError(ValueError):
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def read_user_image(path, role):
-    """Read an image file as uint8 RGB, as displayed (EXIF orientation applied);
-    ``InputError`` naming ``path`` if it cannot. Only local files are read: a URL
-    (``https://...``) is refused."""
+def check_user_image_path(path, role):
+    """``InputError`` naming ``path`` unless it is a local file (not a URL, not a directory).
+    Cheap (no decoding, no TensorFlow): the command line runs it before anything slow."""
     if _URL.match(str(path)):
         raise InputError(f"{role} image {path} is a URL: only local files are read "
                          "(download it first)")
@@ -46,6 +45,42 @@ def read_user_image(path, role):
         raise InputError(f"{role} image not found: {path}")
     if path.is_dir():
         raise InputError(f"{role} image is a directory, not an image file: {path}")
+    return path
+
+
+def check_inputs(weights, references, query, out_png=None, out_json=None):
+    """The checks of :func:`predict` that need no model and no TensorFlow: the weights file
+    exists, every reference and the query are local files, ``out_png`` / ``out_json`` are
+    not directories and their folders can be written.
+
+    Raises:
+        InputError: naming the first offending file.
+    """
+    for out, what, example in ((out_png, "output image (--out)", "result.png"),
+                               (out_json, "output JSON (--json)", "result.json")):
+        if out:
+            if os.path.isdir(out):
+                raise InputError(f"{what} {os.fspath(out)!r} is a directory; give a file name "
+                                 f"inside it, e.g. {os.path.join(out, example)!r}")
+            try:
+                ensure_writable_dir(os.path.dirname(os.path.abspath(os.fspath(out))), "output folder")
+            except UnwritableOutputError as err:
+                raise InputError(str(err)) from None
+    refs = references if isinstance(references, (list, tuple)) else [references]
+    for ref in refs:
+        if not isinstance(ref, np.ndarray):
+            check_user_image_path(ref, "reference")
+    if not isinstance(query, np.ndarray):
+        check_user_image_path(query, "query")
+    if weights is not None and not os.path.exists(weights):
+        raise InputError(f"weights file not found: {weights}")
+
+
+def read_user_image(path, role):
+    """Read an image file as uint8 RGB, as displayed (EXIF orientation applied);
+    ``InputError`` naming ``path`` if it cannot. Only local files are read: a URL
+    (``https://...``) is refused."""
+    path = check_user_image_path(path, role)
     try:
         return utils.read_image(str(path))
     except (OSError, ValueError) as err:
@@ -321,16 +356,7 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
             refuses, ``out_png`` / ``out_json`` is a directory or its folder cannot be
             written (checked before the model is loaded).
     """
-    for out, what, example in ((out_png, "output image (--out)", "result.png"),
-                               (out_json, "output JSON (--json)", "result.json")):
-        if out:
-            if os.path.isdir(out):
-                raise InputError(f"{what} {os.fspath(out)!r} is a directory; give a file name "
-                                 f"inside it, e.g. {os.path.join(out, example)!r}")
-            try:
-                ensure_writable_dir(os.path.dirname(os.path.abspath(os.fspath(out))), "output folder")
-            except UnwritableOutputError as err:
-                raise InputError(str(err)) from None
+    check_inputs(weights if model is None else None, references, query, out_png, out_json)
     refs = references if isinstance(references, (list, tuple)) else [references]
     ref_images = [read_user_image(r, "reference") if not isinstance(r, np.ndarray) else r for r in refs]
     query_image = read_user_image(query, "query") if not isinstance(query, np.ndarray) else query
@@ -343,7 +369,7 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
         fig = visualize.display_siamese_instances(ref_images[0], query_image, result["rois"], result["masks"],
                                                   result["scores"], title=f"{len(result['scores'])} detections"
                                                   + (f" (presence {result['presence']:.2f})" if "presence" in result
-                                                     else ""))
+                                                     else ""), reference_placement="beside")
         visualize.save_figure(fig, out_png)
         plt.close(fig)
     if out_json:

@@ -311,7 +311,8 @@ def test_omniglot_demo_without_its_archives_exits_2_naming_what_is_missing(extra
         cli.main(["demo", "--dataset", "omniglot", "--steps", "1", "--out", str(tmp_path / "o")] + extra)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "siamese-mrcnn: error:" in err and message in err and "Traceback" not in err
+    assert "siamese-mrcnn demo: error:" in err and message in err and "Traceback" not in err
+    assert "usage: siamese-mrcnn demo" in err  # the subcommand's usage, not the top-level one
     assert not (tmp_path / "o").exists()
 
 
@@ -321,3 +322,15 @@ def test_omniglot_demo_with_a_folder_without_archives_exits_2(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "siamese-mrcnn demo: error:" in err and str(tmp_path) in err and "Traceback" not in err
+
+
+def test_progress_bar_stage_clears_the_training_loss(capsys):
+    from siamese_mask_rcnn.demo import JobProgress
+    progress = JobProgress(10.0)
+    progress.stage("training")
+    progress.bar.set_postfix_str("loss 0.123")
+    assert "loss 0.123" in str(progress.bar)
+    progress.stage("evaluating")
+    text = str(progress.bar)
+    assert "evaluating" in text and "loss" not in text
+    progress.close()

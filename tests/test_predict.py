@@ -172,6 +172,22 @@ def test_bad_input_exits_2_naming_the_file(files, no_model, capsys, reference, q
     assert str(files[bad]) in err and words in err
 
 
+@pytest.mark.parametrize("which", ["reference", "query", "weights"])
+def test_missing_files_are_reported_before_tensorflow_is_set_up(files, tmp_path, monkeypatch, capsys, which):
+    """The CLI checks its files before ``--threads`` imports TensorFlow (seconds)."""
+    from siamese_mask_rcnn import demo as demo_job
+
+    def no_tensorflow(*args, **kwargs):
+        raise AssertionError("TensorFlow set up before the missing file was reported")
+    monkeypatch.setattr(demo_job, "apply_thread_arguments", no_tensorflow)
+    paths = {"reference": files["ref"], "query": files["query"], "weights": files["weights"]}
+    paths[which] = tmp_path / f"missing_{which}.png"
+    code = run_cli("--weights", paths["weights"], "--reference", paths["reference"], "--query", paths["query"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("siamese-mrcnn predict: error:") and f"missing_{which}.png" in err
+
+
 def test_bad_second_reference_is_named(files, no_model, capsys):
     code = run_cli("--weights", files["weights"], "--reference", files["ref"], "--reference", files["text"],
                    "--query", files["query"])

@@ -116,3 +116,24 @@ def test_display_siamese_instances_has_reference_inset(tmp_path):
                                                 np.zeros((60, 80, 0), bool), np.zeros(0))
     visualize.save_figure(empty, tmp_path / "empty.png")
     _assert_png(tmp_path / "empty.png")
+
+
+def test_display_siamese_instances_reference_beside_hides_none_of_the_query(tmp_path):
+    image, masks, boxes = _scene()
+    reference = np.zeros((30, 15, 3), dtype=np.uint8)
+    reference[:, :, 1] = 200
+    fig = visualize.display_siamese_instances(reference, image, boxes, masks, np.array([0.95, 0.7]),
+                                              reference_placement="beside")
+    ax = fig.axes[0]
+    assert not ax.child_axes  # no inset over the query
+    left, right = ax.get_xlim()
+    assert left < 0 and right == image.shape[1]
+    extents = [im.get_extent() for im in ax.get_images()]
+    reference_extent = [e for e in extents if e[1] <= 0]
+    assert len(reference_extent) == 1  # drawn entirely left of the query (x < 0)
+    x0, x1, y0, y1 = reference_extent[0]
+    assert (y0 - y1) > (x1 - x0)  # the reference's aspect ratio (30 x 15) is kept
+    visualize.save_figure(fig, tmp_path / "beside.png")
+    _assert_png(tmp_path / "beside.png")
+    with pytest.raises(ValueError, match="reference_placement must be 'inset' or 'beside'"):
+        visualize.display_siamese_instances(reference, image, boxes, masks, None, reference_placement="top")

@@ -524,17 +524,23 @@ def plot_overlaps(gt_class_ids, pred_class_ids, pred_scores, overlaps, class_nam
 
 def display_siamese_instances(reference, query, boxes, masks, scores, title="one-shot detections",
                               ax=None, figsize=(12, 12), colors=None, inset_fraction=0.3,
-                              show_scores=True):
-    """Fig.-5 style plot: query with coloured masks and boxes, reference inset lower-left.
+                              show_scores=True, reference_placement="inset"):
+    """Fig.-5 style plot: query with coloured masks and boxes, and the reference.
 
     reference: [h, w, 3] crop; query: [H, W, 3]; boxes: [N, 4] ``(y1, x1, y2, x2)``;
     masks: [H, W, N]; scores: [N] (shown as captions when ``show_scores``).
     ``inset_fraction`` is the reference's longer side relative to the query's
-    shorter side. Returns the Figure.
+    shorter side. ``reference_placement``: ``"inset"`` (the paper's figure: over the
+    query's lower-left corner) or ``"beside"`` (left of the query, hiding none of it).
+    Returns the Figure.
 
     Raises:
-        ValueError: ``scores`` and ``boxes`` differ in length.
+        ValueError: ``scores`` and ``boxes`` differ in length, or an unknown
+            ``reference_placement``.
     """
+    if reference_placement not in ("inset", "beside"):
+        raise ValueError(f"display_siamese_instances: reference_placement must be 'inset' or 'beside', "
+                         f"got {reference_placement!r}")
     boxes = np.zeros((0, 4)) if boxes is None else np.asarray(boxes)
     n = boxes.shape[0]
     _check_instances(boxes, masks, n, "display_siamese_instances")
@@ -557,8 +563,25 @@ def display_siamese_instances(reference, query, boxes, masks, scores, title="one
             ax.text(float(boxes[i][1]), float(boxes[i][0]) + 8, f"{float(scores[i]):.2f}",
                     color="w", size=11)
     ax.imshow(canvas)
-    _add_reference_inset(ax, reference, query.shape[:2], inset_fraction)
+    if reference_placement == "inset":
+        _add_reference_inset(ax, reference, query.shape[:2], inset_fraction)
+    else:
+        _add_reference_beside(ax, reference, query.shape[:2], inset_fraction)
     return _finish(fig, created)
+
+
+def _add_reference_beside(ax, reference, query_shape, fraction):
+    """Draw ``reference`` left of the query (data x < 0), bottom-aligned, with a white gap;
+    widens the axes' x-limits to show it."""
+    reference = _as_display_image(reference)
+    qh, qw = query_shape
+    rh, rw = reference.shape[:2]
+    scale = fraction * min(qh, qw) / max(rh, rw, 1)
+    width, height = rw * scale, rh * scale
+    gap = 0.02 * qw
+    ax.imshow(reference, extent=(-gap - width, -gap, qh, qh - height))
+    ax.set_xlim(-gap - width, qw)
+    ax.set_ylim(qh, 0)
 
 
 def _add_reference_inset(ax, reference, query_shape, inset_fraction):
