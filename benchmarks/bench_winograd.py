@@ -6,7 +6,7 @@ Run by hand (not part of the tests)::
 
 Times, for the 3×3 convolutions of an inference graph at the paper preset (1024² query),
 ``tf.nn.conv2d`` and :func:`siamese_mask_rcnn.mrcnn.winograd.conv3x3` on the same random
-input and kernel, each inside a ``tf.function``, fastest of ``--calls`` calls after a warm-up;
+input and kernel, each inside a ``tf.function``, fastest of ``--calls`` (at least 3) calls after a warm-up;
 prints the CPU, both times, the direct-convolution GFLOP/s, the largest difference of the
 outputs, and which one ``WINOGRAD_CONVS="auto"`` picks on this CPU. The result decides the
 "auto" rule (:func:`siamese_mask_rcnn.mrcnn.winograd.use_winograd`).
@@ -14,7 +14,6 @@ outputs, and which one ``WINOGRAD_CONVS="auto"`` picks on this CPU. The result d
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -27,23 +26,13 @@ SHAPES = [("RPN conv on P2", (1, 256, 256, 256), 512),
           ("mask-head conv, 100 ROIs", (100, 14, 14, 256), 256)]
 
 
-def fastest(fn, calls):
-    fn()
-    best = float("inf")
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="TensorFlow intra-op threads")
     parser.add_argument("--calls", type=int, default=3, help="timed calls per figure (after a warm-up)")
     args = parser.parse_args()
     import tensorflow as tf
-    from bench_inference import machine_description
+    from bench_inference import fastest, machine_description
     from siamese_mask_rcnn.mrcnn.winograd import conv3x3, cpu_has_avx512, winograd_kernel
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
