@@ -11,8 +11,8 @@ category: query encoding (ResNet + FPN), one reference embedding, matching (pape
 that pass the threshold) and unmolding, each stage's convolution GFLOP and achieved GFLOP/s,
 and, measured in the same run, a plain Keras ResNet-50 forward at the query size (the
 machine's practical convolution throughput, the "ceiling"). Then ``detect_embeddings``
-with 1 and with ``--categories`` categories (the batched, folded path) and the cost of
-each extra category. When ``torch`` and ``torchvision`` are importable (they are not
+with 1 and with ``--categories`` categories (the batched, folded path; then one call per
+category, plain and folded) and the cost of each extra category. When ``torch`` and ``torchvision`` are importable (they are not
 dependencies), torchvision's ``maskrcnn_resnet50_fpn`` is timed too, at a true query-size
 input (its transform's ``min_size`` / ``max_size`` set to the query side, not its default
 800 / 1333), 100 detections (score threshold 0) and the same intra-op threads, and every
@@ -266,6 +266,8 @@ def bench_preset(preset, repeats, categories, real_threshold=False):
     detect_many = timed(lambda: model.detect_embeddings(query, many), max(1, repeats // 2))
     detect_many_plain = timed(lambda: model.detect_embeddings(query, many, batch_size=1, fold=False),
                               max(1, repeats // 2))
+    detect_many_single = timed(lambda: model.detect_embeddings(query, many, batch_size=1, fold=True),
+                               max(1, repeats // 2))
     at_threshold = None
     if real_threshold:
         # The same weights with the preset's DETECTION_MIN_CONFIDENCE (random weights: few
@@ -280,6 +282,7 @@ def bench_preset(preset, repeats, categories, real_threshold=False):
                 "detections_k": count_detections(real_model.detect_embeddings(query, many))}
     return {"real_threshold": at_threshold, "build_s": build, "stages": stages, "flops": flops, "detections": real,
             "detect_1": detect_one, "detect_k": detect_many, "detect_k_plain": detect_many_plain,
+            "detect_k_single": detect_many_single,
             "categories": categories, "fold": model.fold_pays(categories),
             "batch": min(categories, model.category_batch_size()), "config": config}
 
@@ -331,6 +334,10 @@ def print_report(preset, row, ceiling, torch_row):
           f"{row['detect_k']:.3f} s, {extra:.3f} s per extra category ({versus(extra)})")
     print(f"  one call per category, plain graph: {row['detect_k_plain']:.3f} s, "
           f"{extra_plain:.3f} s per extra category ({versus(extra_plain)})")
+    if "detect_k_single" in row:
+        extra_single = (row["detect_k_single"] - row["detect_1"]) / max(1, k - 1)
+        print(f"  one call per category, query term folded: {row['detect_k_single']:.3f} s, "
+              f"{extra_single:.3f} s per extra category ({versus(extra_single)})")
     real = row.get("real_threshold")
     if real:
         extra_real = (real["detect_k"] - real["detect_1"]) / max(1, k - 1)

@@ -32,13 +32,13 @@ import warnings
 import numpy as np
 
 from .cliargs import check_tf_config, require_at_least, require_file
-from .cluster import (DEFAULT_START_TIMEOUT, check_same_start, finish_together, lost_worker_outside_steps,
+from .cluster import (check_same_start, finish_together, lost_worker_outside_steps,
                       start_signature)
 from .datasets.coco import OneShotCocoDataset
 from .mrcnn.config import Config
 from .paper_settings import PaperSettings
 from .train_coco import Stage  # noqa: F401  (the schedule's stage type, re-exported)
-from .train_coco import make_strategy, weights_fingerprint
+from .train_coco import add_multi_worker_arguments, make_strategy, weights_fingerprint
 from .train_coco import schedule_stages as siamese_schedule
 
 log = logging.getLogger(__name__)
@@ -337,13 +337,7 @@ def build_parser():
                         help="resnet50 (the paper's, default), resnet101 (matterport's released "
                              "COCO model) or tiny (CPU smoke runs, 128²)")
     parser.add_argument("--gpus", type=int, default=1, help="GPUs on this machine (default 1)")
-    parser.add_argument("--multi-worker", action="store_true",
-                        help="MultiWorkerMirroredStrategy over the machines of TF_CONFIG")
-    parser.add_argument("--worker-start-timeout", type=float, default=DEFAULT_START_TIMEOUT,
-                        metavar="SECONDS",
-                        help="with --multi-worker: give up (naming the machines that do not "
-                             f"answer; exit status 137) when not all have started after this long (default "
-                             f"{DEFAULT_START_TIMEOUT:g}; 0 waits forever)")
+    add_multi_worker_arguments(parser)
     parser.add_argument("--images-per-gpu", type=int, help="default: the preset's 3")
     parser.add_argument("--steps-per-epoch", type=int, default=1000, help="default 1000")
     parser.add_argument("--validation-steps", type=int, default=50, help="default 50 (0: none)")
@@ -406,13 +400,8 @@ def _size_overrides(args):
 
 def train(args):
     """``coco.py train``: returns ``{"log_dir", "epoch", "stages", "history"}``."""
-    strategy = None
     logs = args.logs  # every machine resolves --weights last here; only the chief writes
-    if args.multi_worker:
-        # the same checks and messages as train_siamese.py (train_coco.make_strategy)
-        strategy = make_strategy(args)
-    elif os.environ.get("TF_CONFIG", "").strip():
-        log.warning("TF_CONFIG is set but --multi-worker was not given: training on this machine only")
+    strategy = make_strategy(args)  # the same checks and messages as train_siamese.py
     import keras
     from .mrcnn.model import MaskRCNN
     keras.utils.set_random_seed(args.seed)

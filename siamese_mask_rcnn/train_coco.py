@@ -128,13 +128,7 @@ def build_parser(prog=None):
     dist = parser.add_argument_group("hardware")
     dist.add_argument("--gpus", type=int, default=1,
                       help="GPUs on this machine (MirroredStrategy when > 1; default 1)")
-    dist.add_argument("--multi-worker", action="store_true",
-                      help="MultiWorkerMirroredStrategy over the machines of TF_CONFIG")
-    dist.add_argument("--worker-start-timeout", type=float, default=DEFAULT_START_TIMEOUT,
-                      metavar="SECONDS",
-                      help="with --multi-worker: give up (naming the machines that do not "
-                           f"answer; exit status 137) when not all have started after this long (default "
-                           f"{DEFAULT_START_TIMEOUT:g}; 0 waits forever)")
+    add_multi_worker_arguments(dist)
     dist.add_argument("--images-per-gpu", type=int, default=None,
                       help="images per GPU (default: the preset's 3); batch = this x replicas")
     dist.add_argument("--mixed-precision", nargs="?", const="auto", default=None,
@@ -234,6 +228,18 @@ def check_args(parser, args):
 
 
 # ------------------------------------------------------------------------- pieces
+def add_multi_worker_arguments(parser):
+    """``--multi-worker`` and ``--worker-start-timeout`` (read by :func:`make_strategy`), for
+    this script and ``samples/coco/coco.py`` alike."""
+    parser.add_argument("--multi-worker", action="store_true",
+                        help="MultiWorkerMirroredStrategy over the machines of TF_CONFIG")
+    parser.add_argument("--worker-start-timeout", type=float, default=DEFAULT_START_TIMEOUT,
+                        metavar="SECONDS",
+                        help="with --multi-worker: give up (naming the machines that do not "
+                             f"answer; exit status 137) when not all have started after this long (default "
+                             f"{DEFAULT_START_TIMEOUT:g}; 0 waits forever)")
+
+
 def make_strategy(args):
     """``MultiWorkerMirroredStrategy`` for ``--multi-worker``, else None (the model then uses
     ``MirroredStrategy`` over ``GPU_COUNT`` GPUs, or the default strategy for one).
