@@ -150,6 +150,7 @@ def main(argv=None):
         return 0
     if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
         parser.error(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
+    require_at_least(parser, args, 1, "threads", "inter_op_threads")  # argument errors first
     try:  # missing files are reported before TensorFlow is imported (seconds)
         check_inputs(args.weights, args.reference, args.query, args.out, args.json)
     except InputError as err:
