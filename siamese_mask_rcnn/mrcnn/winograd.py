@@ -14,10 +14,10 @@ Measured on a 2-core AMD EPYC (AVX-512), TensorFlow 2.21, float32, fastest of 3 
 the paper preset's RPN-sized conv (P2, 1×256×256×256 → 512) 0.72 s → 0.53 s, (P3,
 1×128×128×256 → 512) 0.19 s → 0.13 s; a mask-head conv (100×14×14×256 → 256) 0.15 s →
 0.12 s; on small maps (16×16) the convolution is faster (3 ms vs 5 ms). On a 2-core AMD
-EPYC with AVX2 only (no AVX-512), the same TensorFlow, fastest of 3 calls, it is slower than
-TensorFlow's convolution: P2-sized 1.58 s vs 1.24 s, P3-sized 0.34 s vs 0.28 s, mask-head
-sized (140×140×256 → 256) 0.21 s vs 0.17 s; hence ``WINOGRAD_CONVS="auto"``
-(:func:`use_winograd`).
+EPYC with AVX2 only (no AVX-512), the same TensorFlow, it is slower than TensorFlow's
+convolution (``benchmarks/bench_winograd.py``, 2026-12-01: P2-sized 1.73 s vs 1.14 s,
+P3-sized 0.30 s vs 0.28 s, mask-head sized 0.26 s vs 0.21 s); hence
+``WINOGRAD_CONVS="auto"`` (:func:`use_winograd`).
 
 Used only where a graph does inference on a CPU (:func:`use_winograd`:
 :class:`Winograd3x3Conv2D` in inference-mode heads, the folded matching of the Siamese
@@ -58,9 +58,8 @@ def use_winograd(config, mode):
     """Whether a ``mode`` graph of ``config`` computes its 3×3 head convs by Winograd: in
     inference, in a process that sees no GPU, with ``WINOGRAD_CONVS`` True, or ``"auto"``
     (the default) on a CPU with AVX-512 (:func:`cpu_has_avx512`). Measured on 2-core AMD
-    EPYCs: with AVX-512 Winograd is faster than TensorFlow's convolution (module docstring);
-    with AVX2 only it is slower (P2-sized conv 1.58 s vs 1.24 s, a mask-head conv 0.21 s vs
-    0.17 s), so "auto" keeps TensorFlow's convolution there."""
+    EPYCs: with AVX-512 Winograd is faster than TensorFlow's convolution, with AVX2 only it
+    is slower (module docstring), so "auto" keeps TensorFlow's convolution there."""
     setting = getattr(config, "WINOGRAD_CONVS", False)
     if mode != "inference" or tf.config.list_logical_devices("GPU"):
         return False
