@@ -369,7 +369,8 @@ def print_report(preset, row, ceiling, torch_row):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["demo", "small", "paper"])
+    parser.add_argument("--presets", nargs="+", default=["demo", "small", "paper"],
+                        choices=["demo", "small", "paper", "tiny", "smoke"])
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per figure (after a warm-up)")
     parser.add_argument("--paper-repeats", type=int, default=1,
                         help="timed calls per figure for the slow paper preset (default 1)")
@@ -380,6 +381,11 @@ def main():
     parser.add_argument("--no-real-threshold", action="store_true",
                         help="skip the timings at the presets' own DETECTION_MIN_CONFIDENCE")
     args = parser.parse_args()
+    for flag, value in (("--repeats", args.repeats), ("--paper-repeats", args.paper_repeats),
+                        ("--categories", args.categories), ("--threads", args.threads),
+                        ("--inter-op-threads", args.inter_op_threads)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
     try:
         # before TensorFlow: torchvision's import of triton crashes (segmentation fault, torch
         # 2.14 / TensorFlow 2.21) when TensorFlow's libraries are already loaded

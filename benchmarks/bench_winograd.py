@@ -29,8 +29,10 @@ SHAPES = [("RPN conv on P2", (1, 256, 256, 256), 512),
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="TensorFlow intra-op threads")
-    parser.add_argument("--calls", type=int, default=3, help="timed calls per figure (after a warm-up)")
+    parser.add_argument("--calls", type=int, default=3, help="timed calls per figure after a warm-up (at least 3 are made)")
     args = parser.parse_args()
+    if args.threads < 1 or args.calls < 1:
+        parser.error(f"--threads and --calls must be >= 1, got {args.threads} and {args.calls}")
     import tensorflow as tf
     from bench_inference import fastest, machine_description
     from siamese_mask_rcnn.mrcnn.winograd import conv3x3, cpu_has_avx512, winograd_kernel

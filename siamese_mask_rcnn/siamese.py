@@ -378,20 +378,23 @@ class SiameseMaskRCNN(MaskRCNN):
         """Embeddings ``[N, 5, C]`` (float32 feature units) of N reference crops.
 
         ``references``: a non-empty list of images (uint8 or any layout accepted by
-        ``utils.to_uint8_rgb``, any size). Raises ``ValueError`` for an empty list or an
-        empty crop.
+        ``utils.to_uint8_rgb``, any size) or image file paths. Raises ``ValueError`` for an
+        empty list or an empty crop, ``ImageLoadError`` for an unreadable file.
         """
+        if isinstance(references, (str, bytes, os.PathLike)):
+            references = [references]
         if len(references) == 0:
             raise ValueError("encode_references needs at least one reference crop")
         c = self.config
-        molded = np.stack([mold_reference(r, c) for r in references]).astype(np.float32)
+        molded = np.stack([mold_reference(self._query_image(r), c) for r in references]).astype(np.float32)
         # float32 whatever the compute dtype (MIXED_PRECISION): the heads' signatures are float32
         fn = self.cached_function("ref", lambda x: tf.cast(self.reference_model(x, training=False), tf.float32),
                                   [tf.TensorSpec([None] + list(c.TARGET_SHAPE), tf.float32)])
         return fn(molded).numpy()
 
     def embed_category(self, references):
-        """One k-shot embedding ``[5, C]``: the mean of the references' embeddings."""
+        """One k-shot embedding ``[5, C]``: the mean of the references' embeddings
+        (``references``: crops or image file paths, as :meth:`encode_references`)."""
         return self.encode_references(references).mean(axis=0)
 
     def encode_query(self, image):
@@ -653,8 +656,11 @@ class SiameseMaskRCNN(MaskRCNN):
 
     @staticmethod
     def _query_image(image):
-        """A query given as a path or an array of any common layout → uint8 ``[H, W, 3]``."""
+        """A query or reference given as a path or an array of any common layout → uint8
+        ``[H, W, 3]``."""
         if isinstance(image, (str, bytes, os.PathLike)):
+            if os.path.isdir(image):
+                raise utils.ImageLoadError(image, "a directory, not an image file")
             return utils.read_image(image)
         return utils.to_uint8_rgb(image)
 

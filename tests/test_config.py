@@ -221,3 +221,25 @@ def test_siamese_switches_and_fractions_are_checked(key, value, message):
     from siamese_mask_rcnn.config import SiameseConfig
     with pytest.raises(ValueError, match=re.escape(message)):
         SiameseConfig(**{key: value})
+
+
+def test_validate_refuses_a_misspelt_key_and_a_bad_resize_mode_but_keeps_lenient_loads(tmp_path):
+    config = Config()
+    config.DETECTON_MIN_CONFIDENCE = 0.3  # misspelt: would silently do nothing
+    with pytest.raises(ValueError, match=r"Unknown config attribute\(s\) \['DETECTON_MIN_CONFIDENCE'\]"):
+        config.validate()
+    with pytest.raises(ValueError, match="IMAGE_RESIZE_MODE must be 'none', 'square', 'pad64' or 'crop', got 'bogus'"):
+        Config(IMAGE_RESIZE_MODE="bogus")
+    # a lenient load keeps another version's keys, and validates
+    lenient = Config.from_dict({**Config().to_dict(), "OLD_KEY": 1}, strict=False)
+    assert lenient.OLD_KEY == 1 and lenient.validate() is lenient
+
+
+def test_save_and_display_show_derived_values_after_edits(tmp_path, capsys):
+    config = Config()
+    config.IMAGE_MAX_DIM = 256
+    config.save(tmp_path / "c.json")
+    assert json.loads((tmp_path / "c.json").read_text())["IMAGE_SHAPE"] == [256, 256, 3]
+    config.IMAGE_MAX_DIM = 320
+    config.display()
+    assert "[320 320   3]" in capsys.readouterr().out

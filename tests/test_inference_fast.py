@@ -304,6 +304,14 @@ def test_query_in_any_image_layout_or_as_a_path(model, images, tmp_path):
         model.detect_embeddings(np.zeros((0, 0, 3), np.uint8), embeddings)
     with pytest.raises(ImageLoadError, match="missing.png"):
         model.detect_embeddings(str(tmp_path / "missing.png"), embeddings)
+    with pytest.raises(ImageLoadError, match="a directory, not an image file"):
+        model.detect_embeddings(str(tmp_path), embeddings)
+    # references as file paths too
+    Image.fromarray(references[0]).save(tmp_path / "reference.png")
+    np.testing.assert_allclose(model.embed_category([str(tmp_path / "reference.png")]),
+                               embeddings[0], atol=1e-6)
+    np.testing.assert_allclose(model.encode_references(str(tmp_path / "reference.png"))[0],
+                               embeddings[0], atol=1e-6)
 
 
 def test_no_retracing_across_calls(model, images):

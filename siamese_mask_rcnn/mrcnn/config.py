@@ -259,8 +259,16 @@ class Config:
         exactly like an override. Returns the configuration.
 
         Raises:
-            ValueError: as the constructor, naming the key and the value.
+            ValueError: as the constructor, naming the key and the value; also for an
+                UPPER_CASE attribute the class does not have (a misspelt key set on the
+                instance, e.g. ``config.DETECTON_MIN_CONFIDENCE = 0.3``).
         """
+        extra = self.__dict__.get("_extra_keys", set())
+        unknown = sorted(k for k in vars(self) if _is_config_key(k) and not hasattr(type(self), k)
+                         and k not in extra and k not in DERIVED_ATTRIBUTES)
+        if unknown:
+            raise ValueError(f"Unknown config attribute(s) {unknown} set on this {type(self).__name__} "
+                             "(misspelt? every key is a class attribute, e.g. DETECTION_MIN_CONFIDENCE)")
         self._derive()
         return self
 
@@ -282,10 +290,13 @@ class Config:
             if key in DERIVED_ATTRIBUTES:
                 raise ValueError(
                     f"Config attribute '{key}' is derived from other attributes and cannot be overridden")
-            if not allow_new and not (_is_config_key(key) and hasattr(type(self), key)):
-                raise ValueError(
-                    f"Unknown config attribute '{key}' for {type(self).__name__} "
-                    "(attributes are UPPER_CASE, e.g. IMAGES_PER_GPU)")
+            if not (_is_config_key(key) and hasattr(type(self), key)):
+                if not allow_new:
+                    raise ValueError(
+                        f"Unknown config attribute '{key}' for {type(self).__name__} "
+                        "(attributes are UPPER_CASE, e.g. IMAGES_PER_GPU)")
+                # a lenient load (from_dict(strict=False)) keeps keys of other versions
+                self.__dict__.setdefault("_extra_keys", set()).add(key)
             setattr(self, key, value)
         self._derive()
 
@@ -365,6 +376,9 @@ class Config:
         for key in self._NOT_NONE:
             if getattr(self, key, 0.0) is None:
                 raise ValueError(f"{key} must be a number between 0 and 1, got None")
+        mode = getattr(self, "IMAGE_RESIZE_MODE", "square")
+        if mode not in ("none", "square", "pad64", "crop"):
+            raise ValueError(f"IMAGE_RESIZE_MODE must be 'none', 'square', 'pad64' or 'crop', got {mode!r}")
         winograd = getattr(self, "WINOGRAD_CONVS", "auto")
         if not (isinstance(winograd, (bool, np.bool_)) or winograd == "auto"):
             raise ValueError(f"WINOGRAD_CONVS must be True, False or 'auto', got {winograd!r}")
@@ -393,6 +407,7 @@ class Config:
     # ------------------------------------------------------------------ display
     def display(self):
         """Print every configuration attribute, sorted by name."""
+        self._derive()  # derived values follow edits made after construction
         print("\nConfigurations:")
         for key in self.config_keys():
             print(f"{key:30} {getattr(self, key)}")
@@ -408,6 +423,7 @@ class Config:
         numpy values and tuples become lists; callables (e.g. a custom
         ``BACKBONE``) become the string ``"<callable:NAME>"``.
         """
+        self._derive()  # derived values follow edits made after construction
         return {key: _to_json_value(getattr(self, key)) for key in self.config_keys()}
 
     @classmethod
