@@ -34,6 +34,8 @@ CALLABLE_PREFIX = "<callable:"
 
 #: Attributes computed in :meth:`Config.__init__`; never read back from a dict.
 DERIVED_ATTRIBUTES = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE")
+#: matterport's ``IMAGE_RESIZE_MODE`` values (implemented by :func:`.resizing.resize_image`).
+RESIZE_MODES = ("none", "square", "pad64", "crop")
 
 
 def _is_config_key(name):
@@ -377,8 +379,9 @@ class Config:
             if getattr(self, key, 0.0) is None:
                 raise ValueError(f"{key} must be a number between 0 and 1, got None")
         mode = getattr(self, "IMAGE_RESIZE_MODE", "square")
-        if mode not in ("none", "square", "pad64", "crop"):
-            raise ValueError(f"IMAGE_RESIZE_MODE must be 'none', 'square', 'pad64' or 'crop', got {mode!r}")
+        if mode not in RESIZE_MODES:
+            raise ValueError(f"IMAGE_RESIZE_MODE must be {', '.join(map(repr, RESIZE_MODES[:-1]))} or "
+                             f"{RESIZE_MODES[-1]!r}, got {mode!r}")
         winograd = getattr(self, "WINOGRAD_CONVS", "auto")
         if not (isinstance(winograd, (bool, np.bool_)) or winograd == "auto"):
             raise ValueError(f"WINOGRAD_CONVS must be True, False or 'auto', got {winograd!r}")

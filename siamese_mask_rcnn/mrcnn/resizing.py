@@ -6,6 +6,8 @@ same scale, crop and padding to ``[H, W, N]`` masks.
 import numpy as np
 import skimage.transform
 
+from .config import RESIZE_MODES
+
 
 def resize(image, output_shape, order=1, mode="constant", cval=0, clip=True,
            preserve_range=False, anti_aliasing=False, anti_aliasing_sigma=None):
@@ -64,8 +66,9 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
 
     if mode == "none":
         return image, window, scale, padding, crop
-    if mode not in ("square", "pad64", "crop"):
-        raise ValueError(f"Unknown image resize mode '{mode}' (use none, square, pad64 or crop)")
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"Unknown image resize mode '{mode}' (use {', '.join(RESIZE_MODES[:-1])} or "
+                         f"{RESIZE_MODES[-1]})")
 
     if min_dim:
         scale = max(1, min_dim / min(h, w))

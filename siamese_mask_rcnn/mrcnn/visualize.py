@@ -570,14 +570,20 @@ def display_siamese_instances(reference, query, boxes, masks, scores, title="one
     return _finish(fig, created)
 
 
+def _scaled_reference(reference, query_shape, fraction):
+    """``(display image, width, height)`` of ``reference`` drawn with its longer side
+    ``fraction`` of the query's shorter side (query pixels), aspect ratio kept."""
+    reference = _as_display_image(reference)
+    rh, rw = reference.shape[:2]
+    scale = fraction * min(query_shape) / max(rh, rw, 1)
+    return reference, rw * scale, rh * scale
+
+
 def _add_reference_beside(ax, reference, query_shape, fraction):
     """Draw ``reference`` left of the query (data x < 0), bottom-aligned, with a white gap;
     widens the axes' x-limits to show it."""
-    reference = _as_display_image(reference)
+    reference, width, height = _scaled_reference(reference, query_shape, fraction)
     qh, qw = query_shape
-    rh, rw = reference.shape[:2]
-    scale = fraction * min(qh, qw) / max(rh, rw, 1)
-    width, height = rw * scale, rh * scale
     gap = 0.02 * qw
     ax.imshow(reference, extent=(-gap - width, -gap, qh, qh - height))
     ax.set_xlim(-gap - width, qw)
@@ -586,11 +592,9 @@ def _add_reference_beside(ax, reference, query_shape, fraction):
 
 def _add_reference_inset(ax, reference, query_shape, inset_fraction):
     """Place ``reference`` in the lower-left corner of ``ax`` keeping its aspect ratio."""
-    reference = _as_display_image(reference)
+    reference, width, height = _scaled_reference(reference, query_shape, inset_fraction)
     qh, qw = query_shape
-    rh, rw = reference.shape[:2]
-    scale = inset_fraction * min(qh, qw) / max(rh, rw, 1)
-    frac_w, frac_h = rw * scale / qw, rh * scale / qh
+    frac_w, frac_h = width / qw, height / qh
     inset = ax.inset_axes([0.0, 0.0, frac_w, frac_h])
     inset.imshow(reference)
     inset.set_xticks([])

@@ -24,6 +24,7 @@ Used only where a graph does inference on a CPU (:func:`use_winograd`:
 model): training keeps TensorFlow's convolution, and on a GPU cuDNN chooses its own
 algorithm (Winograd among them).
 """
+import functools
 import os
 
 import keras
@@ -44,14 +45,21 @@ def cpu_has_avx512(cpuinfo="/proc/cpuinfo"):
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if cap and cap != "ALL" and "AVX512" not in cap and "AVX10" not in cap:
         return False
+    return "avx512f" in _cpu_flags(cpuinfo)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_flags(cpuinfo):
+    """The first ``flags`` line of ``cpuinfo`` as a frozenset (empty if unreadable); read
+    once per path, since inference asks on every detect call."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return "avx512f" in line.split()
+                    return frozenset(line.split(":", 1)[-1].split())
     except OSError:
         pass
-    return False
+    return frozenset()
 
 
 def use_winograd(config, mode):
@@ -63,7 +71,7 @@ def use_winograd(config, mode):
     setting = getattr(config, "WINOGRAD_CONVS", False)
     if mode != "inference" or tf.config.list_logical_devices("GPU"):
         return False
-    if isinstance(setting, str) and setting == "auto":
+    if setting == "auto":
         return cpu_has_avx512()
     return bool(setting)
 
