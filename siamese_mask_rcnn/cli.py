@@ -33,7 +33,7 @@ def build_parser():
     demo = sub.add_parser("demo", help="train a small model on embedded data on the CPU and evaluate it")
     demo.add_argument("--dataset", choices=["synthetic", "omniglot"], default="synthetic")
     demo.add_argument("--data-dir", help="directory with the Omniglot zip archives (--dataset omniglot)")
-    demo.add_argument("--out", default="logs/demo", help="output directory (default: logs/demo)")
+    demo.add_argument("--out", default="logs/demo", help="output directory, created if missing (default: logs/demo)")
     demo.add_argument("--steps", type=int, default=demo_job.DEFAULT_STEPS,
                       help=f"training steps (default {demo_job.DEFAULT_STEPS}); the same seed gives the "
                            "same result on every machine")
@@ -76,8 +76,8 @@ def build_parser():
     pred.add_argument("--reference", required=True, action="append",
                       help="reference image (repeat for k-shot: embeddings are averaged)")
     pred.add_argument("--query", required=True, help="query (scene) image")
-    pred.add_argument("--out", help="write a picture of the result (PNG)")
-    pred.add_argument("--json", help="write boxes, scores and RLE masks as JSON")
+    pred.add_argument("--out", help="write a picture of the result (PNG; missing folders are created)")
+    pred.add_argument("--json", help="write boxes, scores and RLE masks as JSON (missing folders are created)")
     pred.add_argument("--config", help="config JSON (default: config.json beside the weights)")
     pred.add_argument("--preset", choices=list(PRESET_NAMES), default=None,
                       help="used when no config is found (see siamese_mask_rcnn.presets; default: "
@@ -125,6 +125,12 @@ def main(argv=None):
             parser.error("--dataset omniglot needs --data-dir (a directory with the Omniglot zip archives)")
         if args.data_dir and not os.path.isdir(args.data_dir):
             parser.error(f"--data-dir: no such directory: {args.data_dir}")
+        if args.dataset == "omniglot":  # the archives are found before TensorFlow starts
+            from .datasets.omniglot import find_archives
+            try:
+                find_archives(args.data_dir)
+            except FileNotFoundError as err:
+                parser.error(f"--data-dir: {err}")
         if args.negative_pairs is not None and not 0 <= args.negative_pairs <= 1:
             parser.error(f"--negative-pairs must be in [0, 1], got {args.negative_pairs}")
         if args.hard_negatives is not None and not 0 <= args.hard_negatives <= 1:

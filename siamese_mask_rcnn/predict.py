@@ -45,13 +45,25 @@ def check_user_image_path(path, role):
         raise InputError(f"{role} image not found: {path}")
     if path.is_dir():
         raise InputError(f"{role} image is a directory, not an image file: {path}")
+    _check_readable(path, f"{role} image")
     return path
+
+
+def _check_readable(path, what):
+    """``InputError`` naming ``path`` unless its first byte can be read (permissions, a
+    broken link or a device that fails)."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        raise InputError(f"{what} {os.fspath(path)} cannot be read ({err.strerror or err})") from None
 
 
 def check_inputs(weights, references, query, out_png=None, out_json=None):
     """The checks of :func:`predict` that need no model and no TensorFlow: the weights file
-    exists, every reference and the query are local files, ``out_png`` / ``out_json`` are
-    not directories and their folders can be written.
+    and every reference and the query are local, readable files (not directories),
+    ``out_png`` / ``out_json`` are not directories and their folders can be written
+    (missing folders are created).
 
     Raises:
         InputError: naming the first offending file.
@@ -72,8 +84,12 @@ def check_inputs(weights, references, query, out_png=None, out_json=None):
             check_user_image_path(ref, "reference")
     if not isinstance(query, np.ndarray):
         check_user_image_path(query, "query")
-    if weights is not None and not os.path.exists(weights):
-        raise InputError(f"weights file not found: {weights}")
+    if weights is not None:
+        if not os.path.exists(weights):
+            raise InputError(f"weights file not found: {weights}")
+        if os.path.isdir(weights):
+            raise InputError(f"weights file is a directory, not an .h5 file: {weights}")
+        _check_readable(weights, "weights file")
 
 
 def read_user_image(path, role):

@@ -673,7 +673,13 @@ class SiameseMaskRCNN(MaskRCNN):
         shape = (len(LEVELS), depth)
         checked = {}
         for key, emb in embeddings.items():
-            emb = np.asarray(emb, np.float32)
+            try:
+                if emb is None or isinstance(emb, (str, bytes)):
+                    raise TypeError("expected an array")
+                emb = np.asarray(emb, np.float32)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"embedding {key!r} is not an array of numbers "
+                                 f"({type(emb).__name__}: {exc})") from None
             if emb.shape != shape and emb.shape != (len(LEVELS) * depth,):
                 raise ValueError(f"embedding {key!r} has shape {emb.shape}, expected {shape} "
                                  f"(P2..P6 x TOP_DOWN_PYRAMID_SIZE) or ({len(LEVELS) * depth},)")

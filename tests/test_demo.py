@@ -83,6 +83,7 @@ def test_demo_command_line_defaults():
 def test_demo_command_line_passes_arguments_to_run_demo(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr("siamese_mask_rcnn.demo.run_demo", lambda **kw: calls.append(kw) or {})
+    (tmp_path / "images_background.zip").write_bytes(b"")  # found by name before run_demo
     code = cli.main(["demo", "--out", str(tmp_path), "--steps", "40", "--minutes", "0.5",
                      "--steps-per-epoch", "3", "--threads", "1", "--train-scenes", "60",
                      "--eval-scenes", "12", "--eval-limit", "6", "--seed", "7", "--dataset", "omniglot",
@@ -318,12 +319,18 @@ def test_omniglot_demo_without_its_archives_exits_2_naming_what_is_missing(extra
     assert not (tmp_path / "o").exists()
 
 
-def test_omniglot_demo_with_a_folder_without_archives_exits_2(tmp_path, capsys):
-    code = cli.main(["demo", "--dataset", "omniglot", "--data-dir", str(tmp_path), "--steps", "1",
-                     "--out", str(tmp_path / "o")])
-    assert code == 2
+def test_omniglot_demo_with_a_folder_without_archives_exits_2(tmp_path, capsys, monkeypatch):
+    def no_demo(**kwargs):
+        raise AssertionError("run_demo (TensorFlow) started before the missing archives were reported")
+    monkeypatch.setattr("siamese_mask_rcnn.demo.run_demo", no_demo)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", "--dataset", "omniglot", "--data-dir", str(tmp_path), "--steps", "1",
+                  "--out", str(tmp_path / "o")])
+    assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "siamese-mrcnn demo: error:" in err and str(tmp_path) in err and "Traceback" not in err
+    assert "siamese-mrcnn demo: error: --data-dir: no Omniglot zip archive" in err and str(tmp_path) in err
+    assert "usage: siamese-mrcnn demo" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_progress_bar_stage_clears_the_training_loss(capsys):

@@ -283,6 +283,9 @@ def test_bad_fold_and_embeddings_are_refused_with_the_key_named(model, images):
         model.detect_embeddings(query, {0: embedding, 7: bad})
     with pytest.raises(ValueError, match="embeddings must be a dict"):
         model.detect_embeddings(query, [embedding])
+    for not_numbers in ("cat.npy", [[1, 2], [3]], None):
+        with pytest.raises(ValueError, match="embedding 'dog' is not an array of numbers"):
+            model.detect_embeddings(query, {0: embedding, "dog": not_numbers})
     flat = model.detect_embeddings(query, {0: embedding.ravel()}, fold=False)
     _assert_same_results(model.detect_embeddings(query, {0: embedding}, fold=False), flat)
 

@@ -188,6 +188,38 @@ def test_missing_files_are_reported_before_tensorflow_is_set_up(files, tmp_path,
     assert err.startswith("siamese-mrcnn predict: error:") and f"missing_{which}.png" in err
 
 
+@pytest.mark.parametrize("which", ["reference", "query", "weights", "weights-directory"])
+def test_unreadable_files_are_reported_before_tensorflow_is_set_up(files, monkeypatch, capsys, which):
+    """Files that exist but cannot be read (permissions: simulated, since root reads
+    everything) and a directory given as --weights are refused before TensorFlow starts."""
+    import builtins
+
+    from siamese_mask_rcnn import demo as demo_job
+
+    def no_tensorflow(*args, **kwargs):
+        raise AssertionError("TensorFlow set up before the unreadable file was reported")
+    monkeypatch.setattr(demo_job, "apply_thread_arguments", no_tensorflow)
+    paths = {"reference": files["ref"], "query": files["query"], "weights": files["weights"]}
+    if which == "weights-directory":
+        paths["weights"] = files["dir"]
+        words = "weights file is a directory"
+    else:
+        locked = str(paths[which])
+        real_open = builtins.open
+
+        def open_refusing(path, *args, **kwargs):
+            if str(path) == locked:
+                raise PermissionError(13, "Permission denied", locked)
+            return real_open(path, *args, **kwargs)
+        monkeypatch.setattr(predict_module, "open", open_refusing, raising=False)
+        words = "cannot be read (Permission denied)"
+    code = run_cli("--weights", paths["weights"], "--reference", paths["reference"], "--query", paths["query"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("siamese-mrcnn predict: error:") and words in err
+    assert str(paths["weights" if which.startswith("weights") else which]) in err
+
+
 def test_bad_second_reference_is_named(files, no_model, capsys):
     code = run_cli("--weights", files["weights"], "--reference", files["ref"], "--reference", files["text"],
                    "--query", files["query"])

@@ -105,6 +105,19 @@ def test_to_uint8_rgb_conversions():
         utils.to_uint8_rgb(np.zeros((2, 2, 5)), path="x.png")
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_to_uint8_rgb_refuses_non_finite_floats(value):
+    image = np.full((3, 4, 3), 0.5, np.float32)
+    image[1, 2, 0] = value
+    with pytest.raises(utils.ImageLoadError, match=r"q\.png.*1 non-finite"):
+        utils.to_uint8_rgb(image, path="q.png")
+
+
+def test_to_uint8_rgb_refuses_non_numeric_data():
+    with pytest.raises(utils.ImageLoadError, match="data type"):
+        utils.to_uint8_rgb(np.full((2, 2, 3), "a"))
+
+
 # ----------------------------------------------------------------------- boxes
 def test_extract_bboxes_exclusive_corners():
     mask = np.zeros((10, 12, 2), dtype=bool)
@@ -336,6 +349,17 @@ def test_unmold_masks_box_mostly_outside_resizes_only_its_visible_window():
 def test_unmold_masks_refuses_mismatched_or_bad_input(masks, boxes, message):
     with pytest.raises(ValueError, match=message):
         utils.unmold_masks(masks, boxes, (40, 45))
+
+
+@pytest.mark.parametrize("image_shape", [(40,), None, (40.5, 45), (-1, 45), ("a", 45)])
+def test_unmold_masks_refuses_a_bad_image_shape(image_shape):
+    with pytest.raises(ValueError, match="image_shape must start with"):
+        utils.unmold_masks(np.ones((1, 6, 5)), np.array([[0, 0, 4, 4]]), image_shape)
+
+
+def test_unmold_masks_refuses_empty_small_masks():
+    with pytest.raises(ValueError, match=r"h, w >= 1"):
+        utils.unmold_masks(np.zeros((2, 0, 0)), np.array([[0, 0, 4, 4], [1, 1, 5, 5]]), (40, 45))
 
 
 # ---------------------------------------------------------------------- anchors

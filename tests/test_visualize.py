@@ -137,3 +137,21 @@ def test_display_siamese_instances_reference_beside_hides_none_of_the_query(tmp_
     _assert_png(tmp_path / "beside.png")
     with pytest.raises(ValueError, match="reference_placement must be 'inset' or 'beside'"):
         visualize.display_siamese_instances(reference, image, boxes, masks, None, reference_placement="top")
+
+
+def test_score_captions_of_boxes_at_the_top_edge_stay_on_the_image():
+    # a large query: the caption's height is then many image pixels
+    image = np.zeros((1024, 1024, 3), np.uint8)
+    masks = np.zeros((1024, 1024, 2), bool)
+    boxes = np.array([[0, 50, 200, 300], [0, 400, 250, 700]])  # both touch the image's top edge
+    fig = visualize.display_siamese_instances(np.zeros((8, 8, 3), np.uint8), image, boxes, masks,
+                                              np.array([0.95, 0.7]), reference_placement="beside")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes_box = ax.get_window_extent(renderer)
+    captions = [t for t in ax.texts if t.get_text() in ("0.95", "0.70")]
+    assert len(captions) == 2
+    for text in captions:
+        extent = text.get_window_extent(renderer)
+        assert extent.y1 <= axes_box.y1 + 0.5 and extent.y0 >= axes_box.y0, text.get_text()

@@ -132,5 +132,25 @@ def test_winograd_setting_must_be_true_false_or_auto(value):
     from siamese_mask_rcnn.mrcnn.config import Config
     with pytest.raises(ValueError, match="WINOGRAD_CONVS must be True, False or 'auto'"):
         Config(WINOGRAD_CONVS=value)
+    # objects that are not a Config (e.g. a settings class) are checked by use_winograd too
+    settings = type("Settings", (), {"WINOGRAD_CONVS": value})
+    with pytest.raises(ValueError, match="WINOGRAD_CONVS must be True, False or 'auto'"):
+        W.use_winograd(settings, "inference")
     for good in (True, False, "auto"):
         assert Config(WINOGRAD_CONVS=good).WINOGRAD_CONVS == good
+
+
+def test_cpu_has_avx512_refuses_a_path_that_is_not_a_path():
+    with pytest.raises(TypeError, match="cpuinfo must be a file path, got None"):
+        W.cpu_has_avx512(None)
+
+
+@pytest.mark.parametrize("dtype", [tf.bfloat16, tf.float16, tf.float64])
+def test_conv3x3_names_a_tensor_that_is_not_float32(dtype):
+    u = W.winograd_kernel(np.ones((3, 3, 2, 4), np.float32))
+    with pytest.raises(ValueError, match=f"conv3x3: x must be float32, got a {dtype.name} tensor"):
+        W.conv3x3(tf.ones((1, 5, 5, 2), dtype), u)
+    with pytest.raises(ValueError, match=f"winograd_kernel: kernel must be float32, got a {dtype.name}"):
+        W.winograd_kernel(tf.ones((3, 3, 2, 4), dtype))
+    with pytest.raises(ValueError, match="conv3x3: u must be float32 numbers, got str"):
+        W.conv3x3(tf.ones((1, 5, 5, 2)), "kernel")

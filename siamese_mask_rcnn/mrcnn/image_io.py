@@ -38,7 +38,8 @@ def to_uint8_rgb(image, path=None):
     floats in [0, 1] by 255 and other floats clipped to [0, 255].
 
     Raises:
-        ImageLoadError: the array does not look like an image (``path`` named).
+        ImageLoadError: the array does not look like an image, has NaN or infinite values,
+            or a data type that is not bool, integer or float (``path`` named).
     """
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
@@ -49,7 +50,10 @@ def to_uint8_rgb(image, path=None):
         image = image[..., :3]
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3) or image.size == 0:
         raise ImageLoadError(path, f"unsupported image array of shape {image.shape}")
-    image = _to_uint8(image)
+    try:
+        image = _to_uint8(image)
+    except ValueError as exc:
+        raise ImageLoadError(path, f"{exc} in an image array of shape {image.shape}") from None
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
     return np.ascontiguousarray(image)
@@ -66,10 +70,15 @@ def _to_uint8(image):
         if info.min < 0:
             image = np.clip(image, 0, None)
         return (image.astype(np.float64) * (255.0 / info.max)).round().astype(np.uint8)
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"unsupported image data type {image.dtype}")
     image = image.astype(np.float64)
-    if image.size and np.nanmax(image) <= 1.0:
+    bad = int(np.sum(~np.isfinite(image)))
+    if bad:
+        raise ValueError(f"{bad} non-finite (NaN or infinite) values")
+    if image.max() <= 1.0:
         image = image * 255.0
-    return np.clip(np.nan_to_num(image), 0, 255).round().astype(np.uint8)
+    return np.clip(image, 0, 255).round().astype(np.uint8)
 
 
 #: PIL modes holding more than 8 bits per pixel, and the value that maps to 255.

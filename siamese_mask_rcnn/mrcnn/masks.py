@@ -114,14 +114,23 @@ def unmold_masks(masks, boxes, image_shape, threshold=0.5):
     but written in place, so each mask costs only its box's pixels (stacking ``N`` full-size
     masks cost about 8 ms a mask at 1024²).
 
-    Raises ``ValueError`` when ``masks`` is not ``[N, h, w]``, ``boxes`` not ``[N, 4]`` with
-    the same ``N``, or a box is not finite.
+    Raises ``ValueError`` when ``masks`` is not ``[N, h, w]`` (h, w ≥ 1), ``boxes`` not
+    ``[N, 4]`` with the same ``N``, a box is not finite, or ``image_shape`` does not start
+    with two integers ≥ 0.
     """
     masks = np.asarray(masks)
     boxes = np.asarray(boxes)
-    if masks.ndim != 3:
-        raise ValueError(f"unmold_masks: masks must be [N, h, w] (one small mask per box), "
-                         f"got shape {masks.shape}")
+    if masks.ndim != 3 or (len(masks) and min(masks.shape[1:]) < 1):
+        raise ValueError(f"unmold_masks: masks must be [N, h, w] (one small mask per box, "
+                         f"h, w >= 1), got shape {masks.shape}")
+    try:
+        height, width = (int(v) for v in tuple(image_shape)[:2])
+        if len(tuple(image_shape)) < 2 or height < 0 or width < 0 \
+                or (height, width) != tuple(tuple(image_shape)[:2]):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"unmold_masks: image_shape must start with (H, W), two integers >= 0, "
+                         f"got {image_shape!r}") from None
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"unmold_masks: boxes must be [N, 4] (y1, x1, y2, x2 pixels), got shape {boxes.shape}")
     if len(masks) != len(boxes):
@@ -129,7 +138,7 @@ def unmold_masks(masks, boxes, image_shape, threshold=0.5):
     if not np.all(np.isfinite(boxes)):
         bad = int(np.flatnonzero(~np.all(np.isfinite(boxes), axis=1))[0])
         raise ValueError(f"unmold_masks: box {bad} is not finite: {boxes[bad].tolist()}")
-    full = np.zeros(tuple(image_shape[:2]) + (len(boxes),), dtype=bool)
+    full = np.zeros((height, width, len(boxes)), dtype=bool)
     for i in range(len(boxes)):
         _paste(full[:, :, i], masks[i], boxes[i], threshold)
     return full

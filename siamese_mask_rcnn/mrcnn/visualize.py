@@ -560,8 +560,11 @@ def display_siamese_instances(reference, query, boxes, masks, scores, title="one
             _draw_mask_outline(ax, mask, color)
         _draw_box(ax, boxes[i], color)
         if show_scores and scores is not None:
-            ax.text(float(boxes[i][1]), float(boxes[i][0]) + 8, f"{float(scores[i]):.2f}",
-                    color="w", size=11)
+            # inside the box's top-left corner (va="top"), so a box at the image's top edge
+            # keeps its caption on the image; the box colour behind it keeps it legible
+            ax.text(float(boxes[i][1]) + 2, float(boxes[i][0]) + 2, f"{float(scores[i]):.2f}",
+                    color="w", size=11, va="top", ha="left",
+                    bbox=dict(facecolor=color, alpha=0.7, pad=1.5, edgecolor="none"))
     ax.imshow(canvas)
     if reference_placement == "inset":
         _add_reference_inset(ax, reference, query.shape[:2], inset_fraction)

@@ -41,7 +41,9 @@ AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 def cpu_has_avx512(cpuinfo="/proc/cpuinfo"):
     """Whether this CPU's oneDNN kernels use AVX-512: the ``avx512f`` flag in ``cpuinfo``
     (Linux), unless ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below AVX-512. False where the flags
-    cannot be read (other systems)."""
+    cannot be read (other systems). Raises ``TypeError`` when ``cpuinfo`` is not a path."""
+    if not isinstance(cpuinfo, (str, bytes, os.PathLike)):
+        raise TypeError(f"cpu_has_avx512: cpuinfo must be a file path, got {cpuinfo!r}")
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if cap and cap != "ALL" and "AVX512" not in cap and "AVX10" not in cap:
         return False
@@ -67,8 +69,11 @@ def use_winograd(config, mode):
     inference, in a process that sees no GPU, with ``WINOGRAD_CONVS`` True, or ``"auto"``
     (the default) on a CPU with AVX-512 (:func:`cpu_has_avx512`). Measured on 2-core AMD
     EPYCs: with AVX-512 Winograd is faster than TensorFlow's convolution, with AVX2 only it
-    is slower (module docstring), so "auto" keeps TensorFlow's convolution there."""
+    is slower (module docstring), so "auto" keeps TensorFlow's convolution there. Raises
+    ``ValueError`` for any other ``WINOGRAD_CONVS`` value."""
     setting = getattr(config, "WINOGRAD_CONVS", False)
+    if not (setting == "auto" or isinstance(setting, (bool, np.bool_))):
+        raise ValueError(f"WINOGRAD_CONVS must be True, False or 'auto', got {setting!r}")
     if mode != "inference" or tf.config.list_logical_devices("GPU"):
         return False
     if setting == "auto":
@@ -76,11 +81,23 @@ def use_winograd(config, mode):
     return bool(setting)
 
 
+def _float32(value, name):
+    """``value`` as a float32 tensor; ``ValueError`` naming ``name`` for a tensor of another
+    dtype (e.g. a bfloat16 activation of a mixed-precision model: cast it first)."""
+    if tf.is_tensor(value) and value.dtype != tf.float32:
+        raise ValueError(f"{name} must be float32, got a {value.dtype.name} tensor (cast it "
+                         f"with tf.cast(..., tf.float32) first)")
+    try:
+        return tf.convert_to_tensor(value, tf.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be float32 numbers, got {type(value).__name__} ({exc})") from None
+
+
 def winograd_kernel(kernel):
     """``G g Gᵀ`` of every channel pair: ``[3, 3, C_in, C_out] → [16, C_in, C_out]`` (row-major
     over the 4×4 transformed tile). Raises ``ValueError`` for a kernel that is not
     ``[3, 3, C_in, C_out]`` (a list or array is accepted)."""
-    kernel = tf.convert_to_tensor(kernel, tf.float32)
+    kernel = _float32(kernel, "winograd_kernel: kernel")
     if kernel.shape.rank != 4 or tuple(kernel.shape[:2]) != (3, 3):
         raise ValueError(f"winograd_kernel: kernel must be [3, 3, C_in, C_out] (Winograd "
                          f"F(2x2, 3x3)), got shape {tuple(kernel.shape)}")
@@ -102,11 +119,11 @@ def conv3x3(x, u):
         u: ``[16, C_in, C_out]`` float32 from :func:`winograd_kernel`.
 
     Returns ``[B, H, W, C_out]`` float32, equal to the convolution up to float rounding.
-    Raises ``ValueError`` when ``x`` is not rank 4, ``u`` not ``[16, C_in, C_out]`` or their
-    ``C_in`` differ.
+    Raises ``ValueError`` when ``x`` is not a float32 rank-4 tensor, ``u`` not float32
+    ``[16, C_in, C_out]`` or their ``C_in`` differ.
     """
-    x = tf.convert_to_tensor(x, tf.float32)
-    u = tf.convert_to_tensor(u, tf.float32)
+    x = _float32(x, "conv3x3: x")
+    u = _float32(u, "conv3x3: u")
     if x.shape.rank != 4:
         raise ValueError(f"conv3x3: x must be [B, H, W, C_in], got shape {tuple(x.shape)}")
     if u.shape.rank != 3 or u.shape[0] != 16 or u.shape[1] is None or u.shape[2] is None:
