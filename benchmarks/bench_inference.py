@@ -38,6 +38,8 @@ import time
 
 import numpy as np
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no TensorFlow start-up and grappler warnings
+
 
 def machine_description():
     import tensorflow as tf

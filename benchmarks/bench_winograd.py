@@ -17,6 +17,8 @@ import sys
 
 import numpy as np
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no TensorFlow start-up and grappler warnings
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 #: (name, input shape, output channels): the RPN's shared conv on P2 and P3 (512 channels

@@ -211,14 +211,26 @@ def reference_gradient(model, batch, train_vars, groups):
 
 
 def one_step(model, batch, learning_rate, momentum):
-    """One train step of ``make_step_functions`` on ``batch``: ``(outputs [6], before, after)``."""
+    """One train step of ``make_step_functions`` on ``batch``: ``(outputs [6], before, after)``.
+
+    The step function is built (and traced) once per model; a later call zeroes the
+    optimizer's slots and step counter first, so every call applies a first SGD update
+    (zero momentum), as a freshly compiled optimizer would."""
     from siamese_mask_rcnn.mrcnn.model import select_trainable_layers
     from siamese_mask_rcnn.mrcnn.training import make_step_functions
     strategy = model.strategy
-    optimizer = model.compile(learning_rate, momentum)
-    with strategy.scope():
-        train_step, _, train_vars = make_step_functions(
-            model, select_trainable_layers(model.keras_model, "all"), optimizer)
+    if not hasattr(model, "_check_step"):
+        optimizer = model.compile(learning_rate, momentum)
+        with strategy.scope():
+            model._check_step = (optimizer,) + tuple(make_step_functions(
+                model, select_trainable_layers(model.keras_model, "all"), optimizer))
+    else:
+        optimizer = model._check_step[0]
+        slots = [v for v in optimizer.variables if "learning_rate" not in v.path]
+        for v in slots:
+            v.assign(tf.zeros(v.shape, v.dtype))
+        log(f"reset {len(slots)} optimizer variables")
+    _, train_step, _, train_vars = model._check_step
     inputs = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(tuple(batch)))))
     before = [v.numpy().copy() for v in train_vars]
     out = train_step(inputs).numpy()
