@@ -76,7 +76,8 @@ def build_parser():
     pred.add_argument("--reference", required=True, action="append",
                       help="reference image (repeat for k-shot: embeddings are averaged)")
     pred.add_argument("--query", required=True, help="query (scene) image")
-    pred.add_argument("--out", help="write a picture of the result (PNG; missing folders are created)")
+    pred.add_argument("--out", help="write a picture of the result (format from the extension: .png, .jpg, "
+                                    ".pdf, .svg; PNG otherwise; missing folders are created)")
     pred.add_argument("--json", help="write boxes, scores and RLE masks as JSON (missing folders are created)")
     pred.add_argument("--config", help="config JSON (default: config.json beside the weights)")
     pred.add_argument("--preset", choices=list(PRESET_NAMES), default=None,
@@ -158,7 +159,8 @@ def main(argv=None):
         parser.error(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
     require_at_least(parser, args, 1, "threads", "inter_op_threads")  # argument errors first
     try:  # missing files are reported before TensorFlow is imported (seconds)
-        check_inputs(args.weights, args.reference, args.query, args.out, args.json)
+        check_inputs(args.weights, args.reference, args.query, args.out, args.json, config_path=args.config,
+                     decode=True)
     except InputError as err:
         print(f"siamese-mrcnn predict: error: {err}", file=sys.stderr)
         return 2

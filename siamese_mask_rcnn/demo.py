@@ -340,6 +340,7 @@ class _StepProgress:
     def __init__(self, progress):
         self.progress = progress
         self.loss = None
+        self.seen = 0
         self.traced = False
 
     def on_train_batch_end(self, step, logs=None):
@@ -349,7 +350,11 @@ class _StepProgress:
         self.progress.advance("step")
         if logs and "loss" in logs:
             loss = float(logs["loss"])
-            self.loss = loss if self.loss is None else 0.98 * self.loss + 0.02 * loss
+            # the mean of the steps so far, then (after 50 steps) a running average over
+            # about the last 50: a short run shows what history.jsonl records
+            self.seen += 1
+            weight = max(0.02, 1.0 / self.seen)
+            self.loss = loss if self.loss is None else (1.0 - weight) * self.loss + weight * loss
             if step % 10 == 0:
                 self.progress.bar.set_postfix_str(f"loss {self.loss:.3f}", refresh=False)
 
@@ -573,6 +578,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
             print(transfer_table)
         print(f"{steps_done} training steps in {train_seconds:.0f} s ({train_seconds / max(1, steps_done):.3f} "
               f"s/step); results in {out_dir} ({summary['total_seconds']:.0f} s in total)")
+        print(f"checkpoint (for siamese-mrcnn predict --weights): {checkpoint}")
         if minutes is not None:
             print("note: --minutes capped the training; the numbers depend on this machine's speed")
     return summary

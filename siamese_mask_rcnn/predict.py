@@ -59,11 +59,13 @@ def _check_readable(path, what):
         raise InputError(f"{what} {os.fspath(path)} cannot be read ({err.strerror or err})") from None
 
 
-def check_inputs(weights, references, query, out_png=None, out_json=None):
+def check_inputs(weights, references, query, out_png=None, out_json=None, config_path=None, decode=False):
     """The checks of :func:`predict` that need no model and no TensorFlow: the weights file
-    and every reference and the query are local, readable files (not directories),
-    ``out_png`` / ``out_json`` are not directories and their folders can be written
-    (missing folders are created).
+    and every reference and the query are local, readable files (not directories), the
+    weights file opens as HDF5, ``config_path`` (if given) exists, ``out_png`` /
+    ``out_json`` are not directories and their folders can be written (missing folders are
+    created). ``decode=True`` also decodes every image file (the command line does, so that
+    a corrupt image is reported before TensorFlow starts).
 
     Raises:
         InputError: naming the first offending file.
@@ -79,17 +81,35 @@ def check_inputs(weights, references, query, out_png=None, out_json=None):
             except UnwritableOutputError as err:
                 raise InputError(str(err)) from None
     refs = references if isinstance(references, (list, tuple)) else [references]
+    check = read_user_image if decode else check_user_image_path
     for ref in refs:
         if not isinstance(ref, np.ndarray):
-            check_user_image_path(ref, "reference")
+            check(ref, "reference")
     if not isinstance(query, np.ndarray):
-        check_user_image_path(query, "query")
+        check(query, "query")
     if weights is not None:
         if not os.path.exists(weights):
             raise InputError(f"weights file not found: {weights}")
         if os.path.isdir(weights):
             raise InputError(f"weights file is a directory, not an .h5 file: {weights}")
         _check_readable(weights, "weights file")
+        _check_hdf5(weights)
+    if config_path and not os.path.isfile(config_path):
+        raise InputError(f"config file not found: {config_path}" if not os.path.exists(config_path)
+                         else f"config file is a directory, not a JSON file: {config_path}")
+
+
+def _check_hdf5(weights):
+    """``InputError`` naming ``weights`` unless it opens as an HDF5 file (h5py, no
+    TensorFlow): catches other formats and most truncated files before any model is built."""
+    import h5py
+
+    try:
+        with h5py.File(weights, "r"):
+            pass
+    except OSError as err:
+        hint = "not an HDF5 (.h5) weights file" if not h5py.is_hdf5(weights) else "truncated or corrupt HDF5 file"
+        raise InputError(f"cannot read weights file {weights}: {hint} ({err})") from None
 
 
 def read_user_image(path, role):
@@ -128,7 +148,10 @@ def weight_file_shapes(weights):
             return set(keras3_weight_shapes(weights)), {}
         return None, read_h5_weight_shapes(weights)
     except (OSError, ValueError) as err:
-        raise InputError(f"cannot read weights file {weights}: {err}") from None
+        reason = str(err)
+        prefix = f"{os.fspath(weights)}: "
+        reason = reason[len(prefix):] if reason.startswith(prefix) else reason  # name the file once
+        raise InputError(f"cannot read weights file {weights}: {reason}") from None
 
 
 def infer_preset(weights, shapes=None):

@@ -378,11 +378,17 @@ class SiameseMaskRCNN(MaskRCNN):
         """Embeddings ``[N, 5, C]`` (float32 feature units) of N reference crops.
 
         ``references``: a non-empty list of images (uint8 or any layout accepted by
-        ``utils.to_uint8_rgb``, any size) or image file paths. Raises ``ValueError`` for an
-        empty list or an empty crop, ``ImageLoadError`` for an unreadable file.
+        ``utils.to_uint8_rgb``, any size) or image file paths; a single path or a single
+        crop array (``[h, w]`` or ``[h, w, 1..4]``) counts as one reference, and an array
+        ``[N, h, w, 3]`` (or ``[N, h, w]`` of grey crops wider than 4 pixels) as N. Raises
+        ``ValueError`` for an empty list or an empty crop, ``ImageLoadError`` for an unreadable
+        file.
         """
         if isinstance(references, (str, bytes, os.PathLike)):
             references = [references]
+        elif isinstance(references, np.ndarray) and (
+                references.ndim == 2 or (references.ndim == 3 and references.shape[-1] in (1, 2, 3, 4))):
+            references = [references]  # one crop (grey, or with channels last), not a stack
         if len(references) == 0:
             raise ValueError("encode_references needs at least one reference crop")
         c = self.config
@@ -711,23 +717,30 @@ class SiameseMaskRCNN(MaskRCNN):
         ``detect(targets, images)``, called positionally).
 
         ``references``: per image, a list of ``NUM_TARGETS`` reference crops, or one crop
-        ``[h, w, 3]`` when ``NUM_TARGETS`` is 1; ``images``: ``BATCH_SIZE`` query images.
+        ``[h, w, 3]`` (or its file path) when ``NUM_TARGETS`` is 1; ``images``: ``BATCH_SIZE``
+        query images (crops and images as arrays in any layout :func:`.mrcnn.utils.to_uint8_rgb`
+        accepts, or file paths).
         Returns one dict per image as matterport's ``detect`` (``rois`` in image pixels,
         ``class_ids``, ``scores``, ``masks`` [H, W, N] bool). Raises ``RuntimeError``
-        outside inference mode and ``ValueError`` when the counts do not match.
+        outside inference mode, ``ValueError`` when the counts do not match and
+        ``ImageLoadError`` for an image that is unreadable or has NaN or infinite values.
         """
         if self.mode != "inference":
             raise RuntimeError("create the model in inference mode to detect")
         if len(references) != len(images):
             raise ValueError(f"got {len(references)} reference sets for {len(images)} images")
+        # as detect_embeddings: any layout or a path; NaN/inf refused (ImageLoadError)
+        images = [self._query_image(image) for image in images]
         molded, metas, windows = self.mold_inputs(images)
         molded_references = []
         for crops in references:
-            crops = [crops] if isinstance(crops, np.ndarray) and crops.ndim == 3 else list(crops)
+            if isinstance(crops, (str, bytes, os.PathLike)) or (isinstance(crops, np.ndarray) and crops.ndim == 3):
+                crops = [crops]
+            crops = list(crops)
             if len(crops) != self.config.NUM_TARGETS:
                 raise ValueError(f"each image needs NUM_TARGETS={self.config.NUM_TARGETS} references, "
                                  f"got {len(crops)}")
-            molded_references.append(np.stack([mold_reference(r, self.config) for r in crops]))
+            molded_references.append(np.stack([mold_reference(self._query_image(r), self.config) for r in crops]))
         return self._detect_molded_batch(images, molded, metas, windows, extra=[np.stack(molded_references)])
 
     def predict_fn(self):

@@ -117,8 +117,22 @@ def test_ensure_writable_dir(tmp_path):
     assert fileio.ensure_writable_dir(tmp_path / "new" / "deep") == str(tmp_path / "new" / "deep")
     assert os.listdir(tmp_path / "new" / "deep") == []  # the probe file is gone
     bad = unwritable(tmp_path)
-    with pytest.raises(fileio.UnwritableOutputError, match=str(bad)):
+    with pytest.raises(fileio.UnwritableOutputError, match=f"cannot create the --out folder {bad}"):
         fileio.ensure_writable_dir(bad, "--out folder")
+    # a regular file where the folder should be is named as such
+    with pytest.raises(fileio.UnwritableOutputError, match=f"the --out folder {bad.parent} is a file, not a folder"):
+        fileio.ensure_writable_dir(bad.parent, "--out folder")
+
+
+def test_ensure_writable_dir_says_a_folder_is_not_writable(tmp_path, monkeypatch):
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # root writes everywhere: simulate it
+    with pytest.raises(fileio.UnwritableOutputError,
+                       match=f"the output folder {tmp_path} is not writable .*Permission denied"):
+        fileio.ensure_writable_dir(tmp_path)
 
 
 # --------------------------------------------------------------------------- output folders of every command

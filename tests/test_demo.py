@@ -343,3 +343,21 @@ def test_progress_bar_stage_clears_the_training_loss(capsys):
     text = str(progress.bar)
     assert "evaluating" in text and "loss" not in text
     progress.close()
+
+
+def test_progress_bar_loss_is_the_mean_of_a_short_run(capsys):
+    """The bar's loss is the mean of the steps so far (what history.jsonl records for a short
+    epoch), then a running average over about 50 steps, not dominated by the first step."""
+    from siamese_mask_rcnn.demo import JobProgress, _StepProgress
+    progress = JobProgress(1000.0)
+    progress.stage("training")
+    callback = _StepProgress(progress)
+    losses = [40.0] + [2.0] * 10  # step 0: the huge first loss, then the model settles
+    for step, loss in enumerate(losses):
+        callback.on_train_batch_end(step, {"loss": loss})
+    assert callback.loss == pytest.approx(np.mean(losses))
+    assert "loss 5.455" in str(progress.bar)  # shown at step 10
+    for step in range(len(losses), 400):
+        callback.on_train_batch_end(step, {"loss": 1.0})
+    assert callback.loss == pytest.approx(1.0, abs=1e-3)  # the old steps are forgotten
+    progress.close()

@@ -315,6 +315,22 @@ def test_query_in_any_image_layout_or_as_a_path(model, images, tmp_path):
                                embeddings[0], atol=1e-6)
     np.testing.assert_allclose(model.encode_references(str(tmp_path / "reference.png"))[0],
                                embeddings[0], atol=1e-6)
+    # one crop given without a list is one reference, not a stack of rows; a stack is N crops
+    crop = references[0]
+    np.testing.assert_allclose(model.embed_category(crop), embeddings[0], atol=1e-6)
+    np.testing.assert_allclose(model.encode_references(crop[..., 0]), model.encode_references([crop[..., 0]]))
+    pair = np.stack([references[0], references[0][::-1]])
+    assert model.encode_references(pair).shape[0] == 2
+    # detect (matterport's batch path) reads queries as detect_embeddings does
+    bad = query.astype(np.float32)
+    bad[3, 4, 1] = np.nan
+    with pytest.raises(ImageLoadError, match="1 non-finite"):
+        model.detect([[references[0]]], [bad])
+    with pytest.raises(ImageLoadError, match="missing.png"):
+        model.detect([[references[0]]], [str(tmp_path / "missing.png")])
+    Image.fromarray(query).save(tmp_path / "query.png")
+    by_path = model.detect([str(tmp_path / "reference.png")], [str(tmp_path / "query.png")])[0]
+    _assert_same_results({0: model.detect([[references[0]]], [query])[0]}, {0: by_path})
 
 
 def test_no_retracing_across_calls(model, images):

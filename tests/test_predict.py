@@ -144,11 +144,13 @@ def no_model(monkeypatch):
 
 @pytest.fixture
 def files(tmp_path, images):
-    """Good and bad input files; ``weights`` is a placeholder that must never be read."""
+    """Good and bad input files; ``weights`` is an empty HDF5 placeholder that must never be
+    loaded."""
     (tmp_path / "notes.jpg").write_bytes(b"this is text, not a JPEG\n")
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "folder").mkdir()
-    (tmp_path / "w.h5").write_bytes(b"not read")
+    import h5py
+    h5py.File(tmp_path / "w.h5", "w").close()  # opens as HDF5; holds no weights (never loaded)
     return {"missing_ref": tmp_path / "missing_reference.png", "missing_query": tmp_path / "missing_query.png",
             "text": tmp_path / "notes.jpg", "empty": tmp_path / "empty.png", "dir": tmp_path / "folder",
             "ref": images["reference"], "query": images["query"], "weights": tmp_path / "w.h5"}
@@ -186,6 +188,50 @@ def test_missing_files_are_reported_before_tensorflow_is_set_up(files, tmp_path,
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("siamese-mrcnn predict: error:") and f"missing_{which}.png" in err
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("notes.h5", b"plain text, not HDF5", "not an HDF5 (.h5) weights file"),
+    ("cut.h5", None, "truncated or corrupt HDF5 file"),
+])
+def test_weights_that_are_not_hdf5_are_reported_before_tensorflow(files, tmp_path, monkeypatch, capsys,
+                                                                   name, content, words):
+    import h5py
+
+    from siamese_mask_rcnn import demo as demo_job
+
+    def no_tensorflow(*args, **kwargs):
+        raise AssertionError("TensorFlow set up before the bad weights file was reported")
+    monkeypatch.setattr(demo_job, "apply_thread_arguments", no_tensorflow)
+    path = tmp_path / name
+    if content is None:  # a real HDF5 file cut in half
+        with h5py.File(path, "w") as f:
+            f.create_dataset("kernel", data=np.arange(20000, dtype=np.float32))
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(content)
+    code = run_cli("--weights", path, "--reference", files["ref"], "--query", files["query"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot read weights file {path}: {words}" in err and err.count(str(path)) == 1
+
+
+@pytest.mark.parametrize("bad", ["text", "empty"])
+def test_corrupt_images_and_a_missing_config_are_reported_before_tensorflow(files, tmp_path, monkeypatch,
+                                                                           capsys, bad):
+    from siamese_mask_rcnn import demo as demo_job
+
+    def no_tensorflow(*args, **kwargs):
+        raise AssertionError("TensorFlow set up before the bad input was reported")
+    monkeypatch.setattr(demo_job, "apply_thread_arguments", no_tensorflow)
+    code = run_cli("--weights", files["weights"], "--reference", files[bad], "--query", files["query"])
+    assert code == 2
+    assert f"reference image {files[bad]} is not a readable image" in capsys.readouterr().err
+    code = run_cli("--weights", files["weights"], "--reference", files["ref"], "--query", files["query"],
+                   "--config", tmp_path / "nope.json")
+    assert code == 2
+    assert f"config file not found: {tmp_path / 'nope.json'}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("which", ["reference", "query", "weights", "weights-directory"])

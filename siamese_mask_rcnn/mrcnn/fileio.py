@@ -89,14 +89,21 @@ def ensure_writable_dir(path, what="output folder"):
             read-only) or written; the message names ``what`` and the path.
     """
     path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UnwritableOutputError(f"the {what} {path} is a file, not a folder")
     try:
         os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise UnwritableOutputError(f"cannot create the {what} {path}: {reason}") from None
+    try:
         fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
         os.close(fd)
         os.remove(probe)
     except OSError as err:
         reason = err.strerror or str(err)
-        raise UnwritableOutputError(f"cannot write to the {what} {path}: {reason}") from None
+        raise UnwritableOutputError(f"the {what} {path} is not writable (creating a file there "
+                                    f"failed: {reason})") from None
     return path
 
 
