@@ -108,8 +108,9 @@ def _check_hdf5(weights):
         with h5py.File(weights, "r"):
             pass
     except OSError as err:
-        hint = "not an HDF5 (.h5) weights file" if not h5py.is_hdf5(weights) else "truncated or corrupt HDF5 file"
-        raise InputError(f"cannot read weights file {weights}: {hint} ({err})") from None
+        if not h5py.is_hdf5(weights):  # the library's own wording (mrcnn.weights)
+            raise InputError(f"not an HDF5 weights file: {weights}") from None
+        raise InputError(f"cannot read weights file {weights}: truncated or corrupt HDF5 file ({err})") from None
 
 
 def read_user_image(path, role):
