@@ -62,24 +62,32 @@ def _check_readable(path, what):
 def check_inputs(weights, references, query, out_png=None, out_json=None, config_path=None, decode=False):
     """The checks of :func:`predict` that need no model and no TensorFlow: the weights file
     and every reference and the query are local, readable files (not directories), the
-    weights file opens as HDF5, ``config_path`` (if given) exists, ``out_png`` /
+    weights file opens as HDF5, ``config_path`` (if given) is a JSON file, ``out_png`` /
     ``out_json`` are not directories and their folders can be written (missing folders are
-    created). ``decode=True`` also decodes every image file (the command line does, so that
+    created, once both outputs passed the checks). ``decode=True`` also decodes every image file (the command line does, so that
     a corrupt image is reported before TensorFlow starts).
 
     Raises:
         InputError: naming the first offending file.
     """
-    for out, what, example in ((out_png, "output image (--out)", "result.png"),
-                               (out_json, "output JSON (--json)", "result.json")):
-        if out:
-            if os.path.isdir(out):
-                raise InputError(f"{what} {os.fspath(out)!r} is a directory; give a file name "
-                                 f"inside it, e.g. {os.path.join(out, example)!r}")
-            try:
-                ensure_writable_dir(os.path.dirname(os.path.abspath(os.fspath(out))), "output folder")
-            except UnwritableOutputError as err:
-                raise InputError(str(err)) from None
+    outputs = [(out, what, example) for out, what, example in
+               ((out_png, "output image (--out)", "result.png"), (out_json, "output JSON (--json)", "result.json"))
+               if out]
+    for out, what, example in outputs:  # every output checked before any folder is created
+        if os.path.isdir(out):
+            raise InputError(f"{what} {os.fspath(out)!r} is a directory; give a file name "
+                             f"inside it, e.g. {os.path.join(out, example)!r}")
+        target = folder = os.path.dirname(os.path.abspath(os.fspath(out)))
+        while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)  # the nearest existing ancestor
+        if not os.path.isdir(folder):
+            raise InputError(f"the output folder {target} is a file, not a folder" if folder == target else
+                             f"cannot create the output folder {target}: {folder} is a file, not a folder")
+    for out, _, _ in outputs:
+        try:
+            ensure_writable_dir(os.path.dirname(os.path.abspath(os.fspath(out))), "output folder")
+        except UnwritableOutputError as err:
+            raise InputError(str(err)) from None
     refs = references if isinstance(references, (list, tuple)) else [references]
     check = read_user_image if decode else check_user_image_path
     for ref in refs:
@@ -97,6 +105,12 @@ def check_inputs(weights, references, query, out_png=None, out_json=None, config
     if config_path and not os.path.isfile(config_path):
         raise InputError(f"config file not found: {config_path}" if not os.path.exists(config_path)
                          else f"config file is a directory, not a JSON file: {config_path}")
+    if config_path:
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                json.load(f)
+        except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise InputError(f"config file {config_path} cannot be used: not valid JSON ({err})") from None
 
 
 def _check_hdf5(weights):

@@ -232,6 +232,20 @@ def test_corrupt_images_and_a_missing_config_are_reported_before_tensorflow(file
                    "--config", tmp_path / "nope.json")
     assert code == 2
     assert f"config file not found: {tmp_path / 'nope.json'}" in capsys.readouterr().err
+    code = run_cli("--weights", files["weights"], "--reference", files["ref"], "--query", files["query"],
+                   "--config", files["text"])
+    assert code == 2
+    assert f"config file {files['text']} cannot be used: not valid JSON" in capsys.readouterr().err
+
+
+def test_a_bad_output_creates_no_folder_for_the_other(files, tmp_path, no_model, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file")
+    code = run_cli("--weights", files["weights"], "--reference", files["ref"], "--query", files["query"],
+                   "--out", tmp_path / "new" / "deep" / "x.png", "--json", blocker / "x.json")
+    assert code == 2
+    assert f"the output folder {blocker} is a file, not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("which", ["reference", "query", "weights", "weights-directory"])
