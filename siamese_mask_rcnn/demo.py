@@ -339,7 +339,7 @@ class _StepProgress:
 
     def __init__(self, progress):
         self.progress = progress
-        self.loss = None
+        self.loss = 0.0
         self.seen = 0
         self.traced = False
 
@@ -354,7 +354,7 @@ class _StepProgress:
             # about the last 50: a short run shows what history.jsonl records
             self.seen += 1
             weight = max(0.02, 1.0 / self.seen)
-            self.loss = loss if self.loss is None else (1.0 - weight) * self.loss + weight * loss
+            self.loss = (1.0 - weight) * self.loss + weight * loss  # the first step: weight 1
             if step % 10 == 0:
                 self.progress.bar.set_postfix_str(f"loss {self.loss:.3f}", refresh=False)
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .cocoformat import box_yxyx_to_xywh, encode_mask
 from .mrcnn import utils
-from .mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
+from .mrcnn.fileio import UnwritableOutputError, check_folder_possible, ensure_writable_dir
 
 
 class InputError(ValueError):
@@ -70,24 +70,21 @@ def check_inputs(weights, references, query, out_png=None, out_json=None, config
     Raises:
         InputError: naming the first offending file.
     """
-    outputs = [(out, what, example) for out, what, example in
-               ((out_png, "output image (--out)", "result.png"), (out_json, "output JSON (--json)", "result.json"))
-               if out]
-    for out, what, example in outputs:  # every output checked before any folder is created
-        if os.path.isdir(out):
-            raise InputError(f"{what} {os.fspath(out)!r} is a directory; give a file name "
-                             f"inside it, e.g. {os.path.join(out, example)!r}")
-        target = folder = os.path.dirname(os.path.abspath(os.fspath(out)))
-        while not os.path.exists(folder) and os.path.dirname(folder) != folder:
-            folder = os.path.dirname(folder)  # the nearest existing ancestor
-        if not os.path.isdir(folder):
-            raise InputError(f"the output folder {target} is a file, not a folder" if folder == target else
-                             f"cannot create the output folder {target}: {folder} is a file, not a folder")
-    for out, _, _ in outputs:
-        try:
-            ensure_writable_dir(os.path.dirname(os.path.abspath(os.fspath(out))), "output folder")
-        except UnwritableOutputError as err:
-            raise InputError(str(err)) from None
+    folders = []
+    for out, what, example in ((out_png, "output image (--out)", "result.png"),
+                               (out_json, "output JSON (--json)", "result.json")):
+        if out:
+            if os.path.isdir(out):
+                raise InputError(f"{what} {os.fspath(out)!r} is a directory; give a file name "
+                                 f"inside it, e.g. {os.path.join(out, example)!r}")
+            folders.append(os.path.dirname(os.path.abspath(os.fspath(out))))
+    try:  # every output is checked before any folder is created
+        for folder in folders:
+            check_folder_possible(folder)
+        for folder in folders:
+            ensure_writable_dir(folder)
+    except UnwritableOutputError as err:
+        raise InputError(str(err)) from None
     refs = references if isinstance(references, (list, tuple)) else [references]
     check = read_user_image if decode else check_user_image_path
     for ref in refs:
@@ -102,10 +99,10 @@ def check_inputs(weights, references, query, out_png=None, out_json=None, config
             raise InputError(f"weights file is a directory, not an .h5 file: {weights}")
         _check_readable(weights, "weights file")
         _check_hdf5(weights)
-    if config_path and not os.path.isfile(config_path):
-        raise InputError(f"config file not found: {config_path}" if not os.path.exists(config_path)
-                         else f"config file is a directory, not a JSON file: {config_path}")
     if config_path:
+        if not os.path.isfile(config_path):
+            raise InputError(f"config file not found: {config_path}" if not os.path.exists(config_path)
+                             else f"config file is a directory, not a JSON file: {config_path}")
         try:
             with open(config_path, encoding="utf-8") as f:
                 json.load(f)

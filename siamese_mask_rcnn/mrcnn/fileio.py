@@ -78,6 +78,24 @@ def remove_partial_files(directory):
     return removed
 
 
+def check_folder_possible(path, what="output folder"):
+    """Check, without creating anything, that the folder ``path`` exists or could be created:
+    neither it nor its nearest existing ancestor is a file. Returns the path.
+
+    Raises:
+        UnwritableOutputError: naming ``what``, the path and the file in the way.
+    """
+    path = os.fspath(path)
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)  # the nearest existing ancestor
+    if not os.path.isdir(existing):
+        if existing == os.path.abspath(path):
+            raise UnwritableOutputError(f"the {what} {path} is a file, not a folder")
+        raise UnwritableOutputError(f"cannot create the {what} {path}: {existing} is a file, not a folder")
+    return path
+
+
 def ensure_writable_dir(path, what="output folder"):
     """Create the folder ``path`` if needed and check a file can be written in it (a probe file
     is created and removed). Call it before any long work.
@@ -85,12 +103,10 @@ def ensure_writable_dir(path, what="output folder"):
     Returns the path.
 
     Raises:
-        UnwritableOutputError: the folder cannot be created (e.g. a parent is a file or is
-            read-only) or written; the message names ``what`` and the path.
+        UnwritableOutputError: the folder cannot be created (e.g. it or a parent is a file, or
+            a parent is read-only) or written; the message names ``what`` and the path.
     """
-    path = os.fspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UnwritableOutputError(f"the {what} {path} is a file, not a folder")
+    path = check_folder_possible(path, what)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as err:

@@ -124,9 +124,9 @@ def unmold_masks(masks, boxes, image_shape, threshold=0.5):
         raise ValueError(f"unmold_masks: masks must be [N, h, w] (one small mask per box, "
                          f"h, w >= 1), got shape {masks.shape}")
     try:
-        height, width = (int(v) for v in tuple(image_shape)[:2])
-        if len(tuple(image_shape)) < 2 or height < 0 or width < 0 \
-                or (height, width) != tuple(tuple(image_shape)[:2]):
+        corner = tuple(image_shape)[:2]
+        height, width = (int(v) for v in corner)  # ValueError for fewer than two
+        if (height, width) != corner or height < 0 or width < 0:
             raise ValueError
     except (TypeError, ValueError):
         raise ValueError(f"unmold_masks: image_shape must start with (H, W), two integers >= 0, "
