@@ -111,17 +111,22 @@ def check_inputs(weights, references, query, out_png=None, out_json=None, config
 
 
 def _check_hdf5(weights):
-    """``InputError`` naming ``weights`` unless it opens as an HDF5 file (h5py, no
-    TensorFlow): catches other formats and most truncated files before any model is built."""
+    """``InputError`` naming ``weights`` unless it opens as an HDF5 file holding weights in a
+    layout the loader reads (h5py, no TensorFlow): catches other formats, most truncated
+    files and HDF5 files without weights before any model is built."""
     import h5py
 
+    from .mrcnn.h5layout import NO_WEIGHTS_MESSAGE, weights_layout
+
     try:
-        with h5py.File(weights, "r"):
-            pass
+        with h5py.File(weights, "r") as h5file:
+            layout = weights_layout(h5file)
     except OSError as err:
         if not h5py.is_hdf5(weights):  # the library's own wording (mrcnn.weights)
             raise InputError(f"not an HDF5 weights file: {weights}") from None
         raise InputError(f"cannot read weights file {weights}: truncated or corrupt HDF5 file ({err})") from None
+    if layout is None:
+        raise InputError(NO_WEIGHTS_MESSAGE.format(path=weights))
 
 
 def read_user_image(path, role):

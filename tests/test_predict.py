@@ -144,13 +144,14 @@ def no_model(monkeypatch):
 
 @pytest.fixture
 def files(tmp_path, images):
-    """Good and bad input files; ``weights`` is an empty HDF5 placeholder that must never be
-    loaded."""
+    """Good and bad input files; ``weights`` is a placeholder in the legacy weights layout
+    that must never be loaded."""
     (tmp_path / "notes.jpg").write_bytes(b"this is text, not a JPEG\n")
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "folder").mkdir()
     import h5py
-    h5py.File(tmp_path / "w.h5", "w").close()  # opens as HDF5; holds no weights (never loaded)
+    with h5py.File(tmp_path / "w.h5", "w") as h5:  # the legacy layout's marker, no layer (never loaded)
+        h5.attrs["layer_names"] = np.array([], dtype="S1")
     return {"missing_ref": tmp_path / "missing_reference.png", "missing_query": tmp_path / "missing_query.png",
             "text": tmp_path / "notes.jpg", "empty": tmp_path / "empty.png", "dir": tmp_path / "folder",
             "ref": images["reference"], "query": images["query"], "weights": tmp_path / "w.h5"}
@@ -193,8 +194,9 @@ def test_missing_files_are_reported_before_tensorflow_is_set_up(files, tmp_path,
 @pytest.mark.parametrize("name, content, words", [
     ("notes.h5", b"plain text, not HDF5", "not an HDF5 weights file: {path}"),
     ("cut.h5", None, "cannot read weights file {path}: truncated or corrupt HDF5 file"),
+    ("no_weights.h5", "hdf5", "{path} has no 'layer_names' attribute and no 'model_weights' group"),
 ])
-def test_weights_that_are_not_hdf5_are_reported_before_tensorflow(files, tmp_path, monkeypatch, capsys,
+def test_weights_files_that_hold_no_weights_are_reported_before_tensorflow(files, tmp_path, monkeypatch, capsys,
                                                                    name, content, words):
     import h5py
 
@@ -204,7 +206,10 @@ def test_weights_that_are_not_hdf5_are_reported_before_tensorflow(files, tmp_pat
         raise AssertionError("TensorFlow set up before the bad weights file was reported")
     monkeypatch.setattr(demo_job, "apply_thread_arguments", no_tensorflow)
     path = tmp_path / name
-    if content is None:  # a real HDF5 file cut in half
+    if content == "hdf5":  # a valid HDF5 file that holds arrays but no weights layout
+        with h5py.File(path, "w") as f:
+            f.create_dataset("kernel", data=np.arange(10, dtype=np.float32))
+    elif content is None:  # a real HDF5 file cut in half
         with h5py.File(path, "w") as f:
             f.create_dataset("kernel", data=np.arange(20000, dtype=np.float32))
         data = path.read_bytes()

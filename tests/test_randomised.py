@@ -216,3 +216,24 @@ def test_omniglot_thickening_option_grows_the_strokes(omniglot_dir):
         areas[thickening] = np.mean([ds.load_mask(i)[0].sum(axis=(0, 1)).mean() for i in range(6)])
     assert RANDOMISED_SCENE_OPTIONS["thickening"] == 0
     assert areas[2] > 1.3 * areas[0]
+
+
+def test_omniglot_stroke_threshold_option_thins_the_strokes(omniglot_dir):
+    """A higher coverage threshold draws thinner strokes; the default (a single value) draws
+    nothing, so default scenes are unchanged; a range outside (0, 1) is refused at once."""
+    from siamese_mask_rcnn.datasets.omniglot import RANDOMISED_SCENE_OPTIONS, OmniglotOneShotDataset
+
+    def scenes(**extra):
+        return OmniglotOneShotDataset(omniglot_dir, num_images=6, image_size=96, seed=4,
+                                      scene_options={**RANDOMISED_SCENE_OPTIONS, **extra})
+
+    default, explicit = scenes(), scenes(stroke_threshold=(0.3, 0.3))
+    for i in range(6):
+        np.testing.assert_array_equal(default.load_image(i), explicit.load_image(i))
+    ink = {}
+    for name, ds in {"default": default, "thin": scenes(stroke_threshold=(0.8, 0.9))}.items():
+        ink[name] = np.mean([ds.load_mask(i)[0].sum(axis=(0, 1)).mean() for i in range(6)])
+    assert ink["thin"] < 0.8 * ink["default"]
+    for bad in [(0.0, 0.5), (0.6, 0.4), (0.5, 1.0), "thin"]:
+        with pytest.raises(ValueError, match="stroke_threshold"):
+            scenes(stroke_threshold=bad)

@@ -302,6 +302,31 @@ def test_chunked_attribute_writer_round_trips(tmp_path):
         assert W._read_str_list_attr(f, "layer_names") == names
 
 
+def test_weights_layout_tells_the_four_kinds_of_hdf5_file_apart(tmp_path):
+    """The layout test that predict runs before TensorFlow and the loader's own choice agree."""
+    from siamese_mask_rcnn.mrcnn.h5layout import weights_layout
+
+    def make(name, fill):
+        path = tmp_path / name
+        with h5py.File(path, "w") as f:
+            fill(f)
+        return path
+
+    files = {
+        "layer_names": make("legacy.h5", lambda f: W._write_str_list_attr(f, "layer_names", ["conv1"])),
+        "model_weights": make("full.h5", lambda f: f.create_group("model_weights")),
+        "keras3": make("k3.weights.h5", lambda f: f.create_group("layers")),
+        None: make("data.h5", lambda f: f.create_dataset("kernel", data=np.zeros(3))),
+    }
+    for layout, path in files.items():
+        with h5py.File(path, "r") as f:
+            assert weights_layout(f) == layout, path
+    assert W.is_keras3_weights_file(files["keras3"]) and not W.is_keras3_weights_file(files["layer_names"])
+    with pytest.raises(ValueError, match=r"data\.h5 has no 'layer_names' attribute and no 'model_weights'"):
+        W.read_h5_weight_shapes(files[None])
+    assert W.read_h5_weight_shapes(files["layer_names"]) == {}
+
+
 def test_write_manifest_h5_resnet50(matterport_layout_dir, tmp_path):
     manifest_path = matterport_layout_dir / "matterport_resnet50_coco_manifest.json"
     manifest = json.loads(manifest_path.read_text())

@@ -246,7 +246,9 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
             ``randomise`` False (True: randomised rendering, beyond the paper; see
             :data:`RANDOMISED_SCENE_OPTIONS`; a probability randomises that fraction of
             the scenes and references), ``thickening`` 0 (randomised glyphs: strokes grown
-            by 0..thickening px at random, :func:`thicken`), ``blur_probability`` and
+            by 0..thickening px at random, :func:`thicken`), ``stroke_threshold`` (0.3, 0.3)
+            (randomised glyphs: the coverage threshold of :func:`transform_glyph` drawn from
+            this range; higher gives thinner strokes, 0.85 about 1-2 px), ``blur_probability`` and
             ``jpeg_probability`` 0.35 (randomised finish, :func:`.randomised.random_finish`).
         cache_size, workers: as for the procedural dataset (None keeps every scene,
             rendered on construction in ``workers`` processes).
@@ -265,7 +267,7 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
         "present_range": (1, 2), "instances_range": (1, 3), "distractor_range": (2, 4),
         "size_range": (0.2, 0.38), "max_rotation_deg": 15.0, "max_box_overlap": 0.25,
         "min_visible_area": 20, "min_visible_fraction": 0.6, "dark_fraction": 0.5,
-        "noise_std": 3.0, "tries": 12, "randomise": False, "thickening": 0,
+        "noise_std": 3.0, "tries": 12, "randomise": False, "thickening": 0, "stroke_threshold": (0.3, 0.3),
         "blur_probability": 0.35, "jpeg_probability": 0.35,
     }
 
@@ -279,6 +281,7 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
             raise ValueError(f"unknown scene option(s) {sorted(unknown)}; "
                              f"known: {sorted(self.DEFAULT_SCENE_OPTIONS)}")
         self.scene_options = {**self.DEFAULT_SCENE_OPTIONS, **(scene_options or {})}
+        self._stroke_threshold(None, False)  # checks the range now, not in a renderer process
         self.data_dir = pathlib.Path(data_dir)
         self.image_size = ((int(image_size), int(image_size)) if np.isscalar(image_size)
                            else tuple(int(v) for v in image_size))
@@ -352,6 +355,19 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
             self._glyph_cache[key] = strokes
         return strokes
 
+    def _stroke_threshold(self, rng, randomise):
+        """The glyph's coverage threshold: drawn from ``stroke_threshold`` for a randomised
+        glyph when that range is not a single value (no draw otherwise, so the paper look
+        and earlier randomised scenes stay as they were)."""
+        try:
+            low, high = (float(v) for v in self.scene_options["stroke_threshold"])
+        except (TypeError, ValueError):
+            low, high = -1.0, -1.0
+        if not 0.0 < low <= high < 1.0:
+            raise ValueError(f"stroke_threshold must be a range (low, high) in (0, 1), got "
+                             f"{self.scene_options['stroke_threshold']!r}")
+        return rng.uniform(low, high) if randomise and high > low else low
+
     # ------------------------------------------------------------------ scenes
     def generate_scene(self, image_id):
         """Scene ``image_id`` from ``default_rng([seed, image_id])``; ``info["drawers"]``
@@ -383,7 +399,7 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
             def patch(r, strokes=strokes, colour=colour):
                 size = r.uniform(*opts["size_range"]) * side
                 angle = r.uniform(-opts["max_rotation_deg"], opts["max_rotation_deg"])
-                mask = transform_glyph(strokes, size, angle)
+                mask = transform_glyph(strokes, size, angle, self._stroke_threshold(r, randomise))
                 if randomise and opts["thickening"]:
                     mask = thicken(mask, int(r.integers(0, int(opts["thickening"]) + 1)))
                 mask = mask[:height, :width]
@@ -445,7 +461,7 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
         size = rng.uniform(*opts["size_range"]) * min(self.image_size)
         angle = rng.uniform(-opts["max_rotation_deg"], opts["max_rotation_deg"])
         randomise = randomised.applies(rng, opts["randomise"])
-        mask = transform_glyph(self.glyph(class_id, drawer), size, angle)
+        mask = transform_glyph(self.glyph(class_id, drawer), size, angle, self._stroke_threshold(rng, randomise))
         if randomise:
             if opts["thickening"]:
                 mask = thicken(mask, int(rng.integers(0, int(opts["thickening"]) + 1)))

@@ -29,6 +29,7 @@ import keras
 import numpy as np
 
 from .fileio import atomic_write
+from .h5layout import NO_WEIGHTS_MESSAGE, read_str_list_attr, to_str, weights_layout
 
 #: Attributes larger than this many bytes are split into numbered chunks (HDF5 header limit).
 HDF5_ATTRIBUTE_LIMIT = 64512
@@ -49,32 +50,8 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
-def _to_str(value):
-    """Return ``value`` as ``str``, decoding UTF-8 ``bytes``."""
-    if isinstance(value, (bytes, np.bytes_)):
-        return bytes(value).decode("utf-8")
-    return str(value)
-
-
-def _read_str_list_attr(obj, name):
-    """Read a (possibly chunked) list-of-strings attribute ``name`` of an HDF5 object.
-
-    Returns ``None`` when neither ``name`` nor ``name + '0'`` exists.
-    """
-    if name in obj.attrs:
-        raw = [obj.attrs[name]]
-    elif f"{name}0" in obj.attrs:
-        raw = []
-        index = 0
-        while f"{name}{index}" in obj.attrs:
-            raw.append(obj.attrs[f"{name}{index}"])
-            index += 1
-    else:
-        return None
-    values = []
-    for chunk in raw:
-        values.extend(_to_str(v) for v in np.atleast_1d(np.asarray(chunk)).ravel())
-    return values
+_to_str = to_str
+_read_str_list_attr = read_str_list_attr
 
 
 def _open_h5(filepath, mode="r"):
@@ -94,8 +71,7 @@ def is_keras3_weights_file(filepath):
     """True for a Keras 3 native ``*.weights.h5`` file (what ``keras.Model.save_weights``
     writes: a ``layers`` group keyed by class counters, no ``layer_names`` attribute)."""
     with _open_h5(filepath) as h5file:
-        return (_read_str_list_attr(h5file, "layer_names") is None and "model_weights" not in h5file
-                and isinstance(h5file.get("layers"), h5py.Group))
+        return weights_layout(h5file) == "keras3"
 
 
 def keras3_weight_shapes(filepath):
@@ -124,17 +100,16 @@ def keras3_weight_shapes(filepath):
 
 def _weights_root(h5file, filepath):
     """Return the group holding the per-layer groups (root or ``model_weights``)."""
-    if _read_str_list_attr(h5file, "layer_names") is not None:
+    layout = weights_layout(h5file)
+    if layout == "layer_names":
         return h5file
-    if "model_weights" in h5file and isinstance(h5file["model_weights"], h5py.Group):
+    if layout == "model_weights":
         return h5file["model_weights"]
-    if "layers" in h5file and isinstance(h5file["layers"], h5py.Group):
+    if layout == "keras3":
         raise ValueError(
             f"{filepath} looks like a Keras 3 '.weights.h5' file (no 'layer_names' attribute); "
             "load it with load_weights_by_name() or the model's load_weights(), which read it whole")
-    raise ValueError(
-        f"{filepath} has no 'layer_names' attribute and no 'model_weights' group; "
-        "it is not a legacy Keras HDF5 weights file")
+    raise ValueError(NO_WEIGHTS_MESSAGE.format(path=filepath))
 
 
 def _split_weight_name(weight_name, group_name):

@@ -1,0 +1,57 @@
+"""Which weights layout an HDF5 file holds, read with h5py alone (no TensorFlow import).
+
+Used by :mod:`.weights` (which loads the arrays) and by checks that must answer before
+TensorFlow starts (``siamese-mrcnn predict``). Layouts:
+
+* ``"layer_names"``: the legacy Keras-2 weights file (root attribute ``layer_names``, as
+  ``save_weights`` wrote in Keras 2, matterport and the official Siamese release);
+* ``"model_weights"``: a legacy full-model file (the same under the group ``model_weights``);
+* ``"keras3"``: a Keras 3 native ``*.weights.h5`` file (a ``layers`` group keyed by class
+  counters);
+* ``None``: an HDF5 file holding none of these.
+"""
+import numpy as np
+
+#: What a file of layout ``None`` is told (``{path}`` filled in).
+NO_WEIGHTS_MESSAGE = ("{path} has no 'layer_names' attribute and no 'model_weights' group; "
+                      "it is not a legacy Keras HDF5 weights file")
+
+
+def to_str(value):
+    """Return ``value`` as ``str``, decoding UTF-8 ``bytes``."""
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8")
+    return str(value)
+
+
+def read_str_list_attr(obj, name):
+    """Read a (possibly chunked: ``name0``, ``name1``, ...) list-of-strings attribute ``name``
+    of an HDF5 object; ``None`` when neither ``name`` nor ``name + '0'`` exists."""
+    if name in obj.attrs:
+        raw = [obj.attrs[name]]
+    elif f"{name}0" in obj.attrs:
+        raw = []
+        index = 0
+        while f"{name}{index}" in obj.attrs:
+            raw.append(obj.attrs[f"{name}{index}"])
+            index += 1
+    else:
+        return None
+    values = []
+    for chunk in raw:
+        values.extend(to_str(v) for v in np.atleast_1d(np.asarray(chunk)).ravel())
+    return values
+
+
+def weights_layout(h5file):
+    """The layout of an open ``h5py.File``: ``"layer_names"``, ``"model_weights"``,
+    ``"keras3"`` or ``None`` (see the module docstring)."""
+    import h5py
+
+    if "layer_names" in h5file.attrs or "layer_names0" in h5file.attrs:
+        return "layer_names"
+    if isinstance(h5file.get("model_weights"), h5py.Group):
+        return "model_weights"
+    if isinstance(h5file.get("layers"), h5py.Group):
+        return "keras3"
+    return None
