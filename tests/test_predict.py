@@ -335,3 +335,24 @@ def test_predict_command_requires_reference_and_query(capsys):
         cli.main(["predict", "--weights", "w.h5", "--query", "q.png"])
     assert info.value.code == 2
     assert "--reference" in capsys.readouterr().err
+
+
+def test_the_weights_layout_check_runs_without_tensorflow(project_root, tmp_path):
+    """predict's weights check (HDF5, then a layout the loader reads) imports h5py only."""
+    import subprocess
+    import sys
+
+    import h5py
+    path = tmp_path / "arrays.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("kernel", data=np.zeros(4, np.float32))
+    code = ("import sys\n"
+            "from siamese_mask_rcnn.predict import InputError, _check_hdf5\n"
+            "try:\n"
+            f"    _check_hdf5({str(path)!r})\n"
+            "except InputError as err:\n"
+            "    assert 'no \\'layer_names\\' attribute' in str(err), err\n"
+            "else:\n"
+            "    raise AssertionError('accepted')\n"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'tensorflow imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=project_root)
