@@ -100,15 +100,24 @@ def main(argv=None):
                         help="training scenes each reference is calibrated on (default 100)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if not pathlib.Path(args.weights).is_file():
-        parser.error(f"--weights: no such file: {args.weights}")
     if args.scenes < 1 or args.calibration_scenes < 1:
         parser.error("--scenes and --calibration-scenes must be >= 1")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    from siamese_mask_rcnn.predict import InputError, check_inputs
+
+    try:  # the file, before TensorFlow starts
+        check_inputs(args.weights, [], np.zeros((1, 1, 3), np.uint8))
+    except InputError as err:
+        parser.error(f"--weights: {err}")
+    if not (pathlib.Path(args.weights).resolve().parent / "config.json").is_file():
+        parser.error(f"--weights: no config.json beside {args.weights} (a siamese-mrcnn demo "
+                     "checkpoint keeps the run's config.json in its folder)")
 
     from bench_inference import machine_description
     from siamese_mask_rcnn import demo
     from siamese_mask_rcnn.evaluation.openworld import match_detections, open_world_categories
-    from siamese_mask_rcnn.predict import InputError, load_model
+    from siamese_mask_rcnn.predict import load_model
 
     demo.configure_threads(demo.DEFAULT_THREADS)
     try:
@@ -165,6 +174,9 @@ def main(argv=None):
           f"({t1 - t0:.0f} s) and {args.scenes} evaluation scenes ({t2 - t1:.0f} s): "
           f"{len(present)} present and {len(absent)} absent pairs")
 
+    if not present or not absent:
+        parser.exit(2, f"{parser.prog}: error: no {'present' if not present else 'absent'} pair in "
+                       f"{args.scenes} evaluation scenes: nothing to compare (raise --scenes)\n")
     report("raw detector scores", present, absent, (0.5, 0.7, 0.9))
     report("reference-calibrated (rank among the reference's best scores on training scenes)",
            calibrate(present, reference_best), calibrate(absent, reference_best), (0.9, 0.95, 0.99))

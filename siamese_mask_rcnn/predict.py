@@ -64,7 +64,7 @@ def check_inputs(weights, references, query, out_png=None, out_json=None, config
     and every reference and the query are local, readable files (not directories), the
     weights file opens as HDF5, ``config_path`` (if given) is a JSON file, ``out_png`` /
     ``out_json`` are not directories and their folders can be written (missing folders are
-    created, once both outputs passed the checks). ``decode=True`` also decodes every image file (the command line does, so that
+    created once every input and output passed the checks). ``decode=True`` also decodes every image file (the command line does, so that
     a corrupt image is reported before TensorFlow starts).
 
     Raises:
@@ -78,11 +78,9 @@ def check_inputs(weights, references, query, out_png=None, out_json=None, config
                 raise InputError(f"{what} {os.fspath(out)!r} is a directory; give a file name "
                                  f"inside it, e.g. {os.path.join(out, example)!r}")
             folders.append(os.path.dirname(os.path.abspath(os.fspath(out))))
-    try:  # every output is checked before any folder is created
+    try:  # every output and input is checked before any folder is created
         for folder in folders:
             check_folder_possible(folder)
-        for folder in folders:
-            ensure_writable_dir(folder)
     except UnwritableOutputError as err:
         raise InputError(str(err)) from None
     refs = references if isinstance(references, (list, tuple)) else [references]
@@ -108,6 +106,11 @@ def check_inputs(weights, references, query, out_png=None, out_json=None, config
                 json.load(f)
         except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             raise InputError(f"config file {config_path} cannot be used: not valid JSON ({err})") from None
+    try:
+        for folder in folders:
+            ensure_writable_dir(folder)
+    except UnwritableOutputError as err:
+        raise InputError(str(err)) from None
 
 
 def _check_hdf5(weights):
@@ -246,10 +249,15 @@ def resolve_config(weights, config_path=None, preset=None, *, shapes=None, **ove
                   "pass --preset or --config to choose", file=sys.stderr)
         return siamese_config(preset, **overrides)
     try:
-        saved = SiameseConfig.load(path, strict=False).to_dict()
-        return SiameseConfig.from_dict({**saved, **overrides}, strict=False)
+        loaded = SiameseConfig.load(path, strict=False)
+        config = SiameseConfig.from_dict({**loaded.to_dict(), **overrides}, strict=False)
     except (ValueError, TypeError, OSError) as err:
         raise InputError(f"config file {path} cannot be used: {err}") from None
+    unknown = sorted(getattr(loaded, "_extra_keys", ()))
+    if unknown:  # kept for configs of other versions, but a misspelt key would do nothing
+        print(f"config file {path}: unknown key(s) {', '.join(unknown)} ignored (misspelt, or "
+              "from another version of siamese-mask-rcnn?)", file=sys.stderr)
+    return config
 
 
 def file_has_presence_head(weights, shapes=None):

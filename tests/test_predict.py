@@ -151,7 +151,7 @@ def files(tmp_path, images):
     (tmp_path / "folder").mkdir()
     import h5py
     with h5py.File(tmp_path / "w.h5", "w") as h5:  # the legacy layout's marker, no layer (never loaded)
-        h5.attrs["layer_names"] = np.array([], dtype="S1")
+        h5.attrs["layer_names"] = np.array([b"conv1"])
     return {"missing_ref": tmp_path / "missing_reference.png", "missing_query": tmp_path / "missing_query.png",
             "text": tmp_path / "notes.jpg", "empty": tmp_path / "empty.png", "dir": tmp_path / "folder",
             "ref": images["reference"], "query": images["query"], "weights": tmp_path / "w.h5"}
@@ -194,7 +194,8 @@ def test_missing_files_are_reported_before_tensorflow_is_set_up(files, tmp_path,
 @pytest.mark.parametrize("name, content, words", [
     ("notes.h5", b"plain text, not HDF5", "not an HDF5 weights file: {path}"),
     ("cut.h5", None, "cannot read weights file {path}: truncated or corrupt HDF5 file"),
-    ("no_weights.h5", "hdf5", "{path} has no 'layer_names' attribute and no 'model_weights' group"),
+    ("no_weights.h5", "hdf5", "{path} holds no weights: no 'layer_names' attribute naming layers"),
+    ("empty_group.h5", "model_weights", "{path} holds no weights"),
 ])
 def test_weights_files_that_hold_no_weights_are_reported_before_tensorflow(files, tmp_path, monkeypatch, capsys,
                                                                    name, content, words):
@@ -209,6 +210,9 @@ def test_weights_files_that_hold_no_weights_are_reported_before_tensorflow(files
     if content == "hdf5":  # a valid HDF5 file that holds arrays but no weights layout
         with h5py.File(path, "w") as f:
             f.create_dataset("kernel", data=np.arange(10, dtype=np.float32))
+    elif content == "model_weights":  # the full-model layout's group, empty
+        with h5py.File(path, "w") as f:
+            f.create_group("model_weights")
     elif content is None:  # a real HDF5 file cut in half
         with h5py.File(path, "w") as f:
             f.create_dataset("kernel", data=np.arange(20000, dtype=np.float32))
@@ -251,6 +255,32 @@ def test_a_bad_output_creates_no_folder_for_the_other(files, tmp_path, no_model,
     assert code == 2
     assert f"the output folder {blocker} is a file, not a folder" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("bad", ["weights", "reference", "config"])
+def test_a_bad_input_creates_no_output_folder(files, tmp_path, no_model, capsys, bad):
+    args = {"--weights": files["weights"], "--reference": files["ref"], "--query": files["query"]}
+    if bad == "config":
+        args["--config"] = files["text"]
+    else:
+        args[f"--{bad}"] = files["text"]
+    code = run_cli(*[v for item in args.items() for v in item],
+                   "--out", tmp_path / "new" / "x.png", "--json", tmp_path / "other" / "x.json")
+    assert code == 2 and str(files["text"]) in capsys.readouterr().err
+    assert not (tmp_path / "new").exists() and not (tmp_path / "other").exists()
+
+
+def test_unknown_config_keys_are_named_not_silently_dropped(weights, tmp_path, capsys):
+    import pathlib
+    beside = json.loads((pathlib.Path(weights).parent / "config.json").read_text())
+    resolve_config(str(weights))
+    assert "unknown key" not in capsys.readouterr().err  # the run's own config: nothing to say
+    typo = tmp_path / "typo.json"
+    typo.write_text(json.dumps({**beside, "DETECTION_MIN_CONFIDENCEE": 0.99}))
+    config = resolve_config(str(weights), config_path=str(typo))
+    err = capsys.readouterr().err
+    assert f"config file {typo}: unknown key(s) DETECTION_MIN_CONFIDENCEE ignored" in err
+    assert config.DETECTION_MIN_CONFIDENCE == beside["DETECTION_MIN_CONFIDENCE"]
 
 
 @pytest.mark.parametrize("which", ["reference", "query", "weights", "weights-directory"])
@@ -351,7 +381,7 @@ def test_the_weights_layout_check_runs_without_tensorflow(project_root, tmp_path
             "try:\n"
             f"    _check_hdf5({str(path)!r})\n"
             "except InputError as err:\n"
-            "    assert 'no \\'layer_names\\' attribute' in str(err), err\n"
+            "    assert 'holds no weights' in str(err), err\n"
             "else:\n"
             "    raise AssertionError('accepted')\n"
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'tensorflow imported'\n")

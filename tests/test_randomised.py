@@ -234,6 +234,6 @@ def test_omniglot_stroke_threshold_option_thins_the_strokes(omniglot_dir):
     for name, ds in {"default": default, "thin": scenes(stroke_threshold=(0.8, 0.9))}.items():
         ink[name] = np.mean([ds.load_mask(i)[0].sum(axis=(0, 1)).mean() for i in range(6)])
     assert ink["thin"] < 0.8 * ink["default"]
-    for bad in [(0.0, 0.5), (0.6, 0.4), (0.5, 1.0), "thin"]:
+    for bad in [(0.0, 0.5), (0.6, 0.4), (0.5, 1.0), "thin", ("0.3", "0.8"), {0.3, 0.8}, (True, 0.5), (0.5,)]:
         with pytest.raises(ValueError, match="stroke_threshold"):
             scenes(stroke_threshold=bad)

@@ -314,16 +314,24 @@ def test_weights_layout_tells_the_four_kinds_of_hdf5_file_apart(tmp_path):
 
     files = {
         "layer_names": make("legacy.h5", lambda f: W._write_str_list_attr(f, "layer_names", ["conv1"])),
-        "model_weights": make("full.h5", lambda f: f.create_group("model_weights")),
-        "keras3": make("k3.weights.h5", lambda f: f.create_group("layers")),
+        "model_weights": make("full.h5", lambda f: W._write_str_list_attr(f.create_group("model_weights"),
+                                                                           "layer_names", ["conv1"])),
+        "keras3": make("k3.weights.h5", lambda f: f.create_group("layers").create_group("dense")),
         None: make("data.h5", lambda f: f.create_dataset("kernel", data=np.zeros(3))),
     }
+    empty = [make("no_names.h5", lambda f: W._write_str_list_attr(f, "layer_names", [])),
+             make("empty_full.h5", lambda f: f.create_group("model_weights")),
+             make("empty_k3.weights.h5", lambda f: f.create_group("layers"))]
     for layout, path in files.items():
         with h5py.File(path, "r") as f:
             assert weights_layout(f) == layout, path
+    for path in empty:  # a layout's marker with nothing in it: nothing to load
+        with h5py.File(path, "r") as f:
+            assert weights_layout(f) is None, path
     assert W.is_keras3_weights_file(files["keras3"]) and not W.is_keras3_weights_file(files["layer_names"])
-    with pytest.raises(ValueError, match=r"data\.h5 has no 'layer_names' attribute and no 'model_weights'"):
-        W.read_h5_weight_shapes(files[None])
+    for path in [files[None], *empty]:
+        with pytest.raises(ValueError, match=rf"{path.name} holds no weights"):
+            W.read_h5_weight_shapes(path)
     assert W.read_h5_weight_shapes(files["layer_names"]) == {}
 
 

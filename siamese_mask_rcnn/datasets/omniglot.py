@@ -360,13 +360,14 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
         """The glyph's coverage threshold: drawn from ``stroke_threshold`` for a randomised
         glyph when that range is not a single value (no draw otherwise, so the paper look
         and earlier randomised scenes stay as they were)."""
-        try:
-            low, high = (float(v) for v in self.scene_options["stroke_threshold"])
-        except (TypeError, ValueError):
-            low, high = -1.0, -1.0
+        value = self.scene_options["stroke_threshold"]
+        numbers = (isinstance(value, (tuple, list)) and len(value) == 2
+                   and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                           for v in value))
+        low, high = (float(value[0]), float(value[1])) if numbers else (-1.0, -1.0)
         if not 0.0 < low <= high < 1.0:
-            raise ValueError(f"stroke_threshold must be a range (low, high) in (0, 1), got "
-                             f"{self.scene_options['stroke_threshold']!r}")
+            raise ValueError(f"stroke_threshold must be a (low, high) pair of numbers with "
+                             f"0 < low <= high < 1, got {value!r}")
         return rng.uniform(low, high) if randomise and high > low else low
 
     # ------------------------------------------------------------------ scenes

@@ -8,13 +8,15 @@ TensorFlow starts (``siamese-mrcnn predict``). Layouts:
 * ``"model_weights"``: a legacy full-model file (the same under the group ``model_weights``);
 * ``"keras3"``: a Keras 3 native ``*.weights.h5`` file (a ``layers`` group keyed by class
   counters);
-* ``None``: an HDF5 file holding none of these.
+* ``None``: an HDF5 file holding none of these, or only an empty one (a ``layer_names``
+  attribute naming no layer, an empty ``model_weights`` or ``layers`` group): nothing to load.
 """
 import numpy as np
 
 #: What a file of layout ``None`` is told (``{path}`` filled in).
-NO_WEIGHTS_MESSAGE = ("{path} has no 'layer_names' attribute and no 'model_weights' group; "
-                      "it is not a legacy Keras HDF5 weights file")
+NO_WEIGHTS_MESSAGE = ("{path} holds no weights: no 'layer_names' attribute naming layers and no "
+                      "non-empty 'model_weights' group (legacy Keras HDF5) or 'layers' group "
+                      "(Keras 3 .weights.h5)")
 
 
 def to_str(value):
@@ -49,9 +51,11 @@ def weights_layout(h5file):
     import h5py
 
     if "layer_names" in h5file.attrs or "layer_names0" in h5file.attrs:
-        return "layer_names"
-    if isinstance(h5file.get("model_weights"), h5py.Group):
-        return "model_weights"
-    if isinstance(h5file.get("layers"), h5py.Group):
-        return "keras3"
+        return "layer_names" if read_str_list_attr(h5file, "layer_names") else None
+    group = h5file.get("model_weights")
+    if isinstance(group, h5py.Group):
+        return "model_weights" if (len(group) or read_str_list_attr(group, "layer_names")) else None
+    group = h5file.get("layers")
+    if isinstance(group, h5py.Group):
+        return "keras3" if len(group) else None
     return None
