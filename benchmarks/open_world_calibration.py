@@ -106,13 +106,15 @@ def main(argv=None):
         parser.error(f"--seed must be >= 0, got {args.seed}")
     from siamese_mask_rcnn.predict import InputError, check_inputs
 
-    try:  # the file, before TensorFlow starts
+    beside = pathlib.Path(args.weights).resolve().parent / "config.json"
+    try:  # the file and the run's config.json beside it, before TensorFlow starts
         check_inputs(args.weights, [], np.zeros((1, 1, 3), np.uint8))
+        if not beside.is_file():
+            raise InputError(f"no config.json beside {args.weights} (a siamese-mrcnn demo "
+                             "checkpoint keeps the run's config.json in its folder)")
+        check_inputs(None, [], np.zeros((1, 1, 3), np.uint8), config_path=str(beside))
     except InputError as err:
         parser.error(f"--weights: {err}")
-    if not (pathlib.Path(args.weights).resolve().parent / "config.json").is_file():
-        parser.error(f"--weights: no config.json beside {args.weights} (a siamese-mrcnn demo "
-                     "checkpoint keeps the run's config.json in its folder)")
 
     from bench_inference import machine_description
     from siamese_mask_rcnn import demo

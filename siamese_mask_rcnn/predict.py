@@ -62,7 +62,8 @@ def _check_readable(path, what):
 def check_inputs(weights, references, query, out_png=None, out_json=None, config_path=None, decode=False):
     """The checks of :func:`predict` that need no model and no TensorFlow: the weights file
     and every reference and the query are local, readable files (not directories), the
-    weights file opens as HDF5, ``config_path`` (if given) is a JSON file, ``out_png`` /
+    weights file opens as HDF5, ``config_path`` (if given) is a JSON file of valid configuration
+    values, ``out_png`` /
     ``out_json`` are not directories and their folders can be written (missing folders are
     created once every input and output passed the checks). ``decode=True`` also decodes every image file (the command line does, so that
     a corrupt image is reported before TensorFlow starts).
@@ -106,6 +107,12 @@ def check_inputs(weights, references, query, out_png=None, out_json=None, config
                 json.load(f)
         except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             raise InputError(f"config file {config_path} cannot be used: not valid JSON ({err})") from None
+        from .config import SiameseConfig  # no TensorFlow: values are checked before it starts
+
+        try:
+            SiameseConfig.load(config_path, strict=False)
+        except (ValueError, TypeError) as err:
+            raise InputError(f"config file {config_path} cannot be used: {err}") from None
     try:
         for folder in folders:
             ensure_writable_dir(folder)

@@ -270,6 +270,26 @@ def test_a_bad_input_creates_no_output_folder(files, tmp_path, no_model, capsys,
     assert not (tmp_path / "new").exists() and not (tmp_path / "other").exists()
 
 
+@pytest.mark.parametrize("content, words", [
+    ("[1, 2]", "expects a dict, got list"),
+    ('{"DETECTION_MIN_CONFIDENCE": "x"}', "DETECTION_MIN_CONFIDENCE must be"),
+])
+def test_config_values_are_checked_before_tensorflow(files, tmp_path, monkeypatch, capsys, content, words):
+    from siamese_mask_rcnn import demo as demo_job
+
+    def no_tensorflow(*args, **kwargs):
+        raise AssertionError("TensorFlow set up before the bad config was reported")
+    monkeypatch.setattr(demo_job, "apply_thread_arguments", no_tensorflow)
+    bad = tmp_path / "bad_config.json"
+    bad.write_text(content)
+    code = run_cli("--weights", files["weights"], "--reference", files["ref"], "--query", files["query"],
+                   "--config", bad, "--out", tmp_path / "new" / "x.png")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"config file {bad} cannot be used" in err and words in err
+    assert not (tmp_path / "new").exists()
+
+
 def test_unknown_config_keys_are_named_not_silently_dropped(weights, tmp_path, capsys):
     import pathlib
     beside = json.loads((pathlib.Path(weights).parent / "config.json").read_text())
