@@ -48,17 +48,6 @@ def pair_best(scores):
     return float(max(scores)) if len(scores) else 0.0
 
 
-def auc(pos, neg):
-    """P(present pair's value > absent pair's), ties one half."""
-    pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
-    if not len(pos) or not len(neg):
-        return float("nan")
-    order = np.sort(neg)
-    below = np.searchsorted(order, pos, side="left")
-    ties = np.searchsorted(order, pos, side="right") - below
-    return float(np.sum(below + 0.5 * ties) / (len(pos) * len(neg)))
-
-
 def calibrate(pairs, reference_best):
     """Pairs with each score replaced by its rank among ``reference_best[class_id]`` (the
     fraction of calibration scenes whose best score for that reference is lower)."""
@@ -71,11 +60,12 @@ def calibrate(pairs, reference_best):
 
 
 def report(label, present, absent, thresholds):
-    from siamese_mask_rcnn.evaluation.openworld import recall_fp_curve
+    from siamese_mask_rcnn.evaluation.openworld import presence_auc, recall_fp_curve
 
     grid = np.round(np.arange(0.0, 1.0001, 0.005), 3)
     curve = recall_fp_curve(present, absent, grid)
-    a = auc([pair_best(p["scores"]) for p in present], [pair_best(p["scores"]) for p in absent])
+    a = presence_auc([{"presence": pair_best(p["scores"])} for p in present],  # the best score as presence
+                     [{"presence": pair_best(p["scores"])} for p in absent])
     print(f"\n{label}: AUC of the pair's best score, present vs absent pairs {a:.3f}")
     for t in thresholds:
         row = min(curve, key=lambda r: abs(r["threshold"] - t))
@@ -118,6 +108,7 @@ def main(argv=None):
 
     from bench_inference import machine_description
     from siamese_mask_rcnn import demo
+    from siamese_mask_rcnn.cocoformat import box_xywh_to_yxyx
     from siamese_mask_rcnn.evaluation.openworld import match_detections, open_world_categories
     from siamese_mask_rcnn.predict import load_model
 
@@ -155,8 +146,7 @@ def main(argv=None):
     gt = {}
     for ann in val.to_coco_dict(class_ids=list(embeddings))["annotations"]:
         if not ann.get("iscrowd"):
-            x, y, w, h = ann["bbox"]
-            gt.setdefault((int(ann["image_id"]), int(ann["category_id"])), []).append([y, x, y + h, x + w])
+            gt.setdefault((int(ann["image_id"]), int(ann["category_id"])), []).append(box_xywh_to_yxyx(ann["bbox"]))
     present, absent = [], []
     for image_id in sorted(val.image_ids):
         here, missing = open_world_categories(val, image_id, list(embeddings), None, args.seed)

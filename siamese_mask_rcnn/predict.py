@@ -104,13 +104,13 @@ def check_inputs(weights, references, query, out_png=None, out_json=None, config
                              else f"config file is a directory, not a JSON file: {config_path}")
         try:
             with open(config_path, encoding="utf-8") as f:
-                json.load(f)
+                saved = json.load(f)
         except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             raise InputError(f"config file {config_path} cannot be used: not valid JSON ({err})") from None
         from .config import SiameseConfig  # no TensorFlow: values are checked before it starts
 
-        try:
-            SiameseConfig.load(config_path, strict=False)
+        try:  # what resolve_config's lenient load does with the file, on the text read above
+            SiameseConfig.from_dict(saved, strict=False)
         except (ValueError, TypeError) as err:
             raise InputError(f"config file {config_path} cannot be used: {err}") from None
     try:

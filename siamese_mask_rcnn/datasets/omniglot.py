@@ -189,6 +189,19 @@ def contrasting_colour(rng, background_rgb, min_contrast=60.0):
     return np.full(3, 10.0 if back > 127 else 245.0, dtype=np.float32)
 
 
+def _stroke_range(value):
+    """The scene option ``stroke_threshold`` as ``(low, high)`` floats; ``ValueError`` unless
+    it is a pair of numbers with 0 < low <= high < 1 (checked once, when a dataset is made)."""
+    numbers = (isinstance(value, (tuple, list)) and len(value) == 2
+               and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                       for v in value))
+    low, high = (float(value[0]), float(value[1])) if numbers else (-1.0, -1.0)
+    if not 0.0 < low <= high < 1.0:
+        raise ValueError(f"stroke_threshold must be a (low, high) pair of numbers with "
+                         f"0 < low <= high < 1, got {value!r}")
+    return low, high
+
+
 def light_background(rng, height, width, grid=3):
     """A light, slightly tinted background, float32 [H, W, 3] (values ~195-250)."""
     base = rng.uniform(215, 240)
@@ -282,7 +295,7 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
             raise ValueError(f"unknown scene option(s) {sorted(unknown)}; "
                              f"known: {sorted(self.DEFAULT_SCENE_OPTIONS)}")
         self.scene_options = {**self.DEFAULT_SCENE_OPTIONS, **(scene_options or {})}
-        self._stroke_threshold(None, False)  # checks the range now, not in a renderer process
+        self._stroke_range = _stroke_range(self.scene_options["stroke_threshold"])
         self.data_dir = pathlib.Path(data_dir)
         self.image_size = ((int(image_size), int(image_size)) if np.isscalar(image_size)
                            else tuple(int(v) for v in image_size))
@@ -360,14 +373,7 @@ class OmniglotOneShotDataset(GeneratedSceneDataset):
         """The glyph's coverage threshold: drawn from ``stroke_threshold`` for a randomised
         glyph when that range is not a single value (no draw otherwise, so the paper look
         and earlier randomised scenes stay as they were)."""
-        value = self.scene_options["stroke_threshold"]
-        numbers = (isinstance(value, (tuple, list)) and len(value) == 2
-                   and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                           for v in value))
-        low, high = (float(value[0]), float(value[1])) if numbers else (-1.0, -1.0)
-        if not 0.0 < low <= high < 1.0:
-            raise ValueError(f"stroke_threshold must be a (low, high) pair of numbers with "
-                             f"0 < low <= high < 1, got {value!r}")
+        low, high = self._stroke_range
         return rng.uniform(low, high) if randomise and high > low else low
 
     # ------------------------------------------------------------------ scenes
