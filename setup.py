@@ -17,6 +17,6 @@ setup(
     packages=find_packages(include=["siamese_mask_rcnn", "siamese_mask_rcnn.*"]),
     package_data={"siamese_mask_rcnn": ["data/imagenet-687.txt", "data/LICENSE-imagenet-subsets"]},
     install_requires=REQUIREMENTS,
-    extras_require={"test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"]},
     entry_points={"console_scripts": ["siamese-mrcnn=siamese_mask_rcnn.cli:main"]},
 )

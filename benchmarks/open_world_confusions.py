@@ -1,0 +1,170 @@
+"""What does a trained model mistake an absent category for? (issue #10, open-world search)
+
+Run by hand (not part of the tests)::
+
+    python benchmarks/open_world_confusions.py --weights logs/demo/checkpoints/<run>/mask_rcnn_demo_0030.h5 \
+        [--scenes 150] [--threshold 0.5] [--seed 0]
+
+A ``siamese-mrcnn demo`` checkpoint (``config.json`` beside it) on the embedded data searches
+every one-shot category in every evaluation scene (one fixed reference per category, drawn
+from a seeded generator, as in ``open_world_calibration.py``). Every detection at or above
+``--threshold`` on a scene *without* the reference's category is a false positive; each is
+attributed to the annotated object it overlaps best (box IoU >= 0.5) or to "no object".
+The object's category is then compared with the reference's on the synthetic data's coarse
+appearance (shape family, primary colour, secondary colour, pattern; see
+``siamese_mask_rcnn/datasets/synthetic.py``).
+
+It prints, for each attribute, the share of such false positives whose object shares it with
+the reference, beside the share among *all* objects of those absent pairs' scenes (what a
+model blind to that attribute would give). An attribute whose share among the false
+positives is far above its base rate is what the matching relies on; one near its base rate
+is ignored. It also prints the false positives per absent pair split by how many attributes
+are shared, and the CPU it ran on.
+"""
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no TensorFlow start-up and grappler warnings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+#: The coarse appearance attributes compared, as named in ``CategoryStyle``.
+ATTRIBUTES = ("family", "primary", "secondary", "pattern")
+
+
+def shared_attributes(style_a, style_b):
+    """The tuple of :data:`ATTRIBUTES` two categories' styles have in common."""
+    return tuple(a for a in ATTRIBUTES if getattr(style_a, a) == getattr(style_b, a))
+
+
+def box_iou(box, boxes):
+    """IoU of one ``(y1, x1, y2, x2)`` box with ``boxes [N, 4]`` (pixels)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    y1 = np.maximum(box[0], boxes[:, 0])
+    x1 = np.maximum(box[1], boxes[:, 1])
+    y2 = np.minimum(box[2], boxes[:, 2])
+    x2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(y2 - y1, 0, None) * np.clip(x2 - x1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-9)
+
+
+def attribute_false_positives(rois, scores, gt_boxes, gt_class_ids, reference_style, style_of,
+                              threshold, iou_threshold=0.5):
+    """Attribute one absent pair's false positives (score >= ``threshold``) to objects.
+
+    Returns a list with, per false positive, ``None`` (no annotated object at IoU >=
+    ``iou_threshold``) or the tuple of attributes the best-overlapping object's category
+    shares with ``reference_style``.
+    """
+    out = []
+    for roi, score in zip(np.asarray(rois, np.float64).reshape(-1, 4), scores):
+        if score < threshold:
+            continue
+        if len(gt_boxes) == 0:
+            out.append(None)
+            continue
+        ious = box_iou(roi, gt_boxes)
+        k = int(np.argmax(ious))
+        out.append(shared_attributes(reference_style, style_of(int(gt_class_ids[k])))
+                   if ious[k] >= iou_threshold else None)
+    return out
+
+
+def summarise(hits, base, n_pairs):
+    """Lines of the report: per attribute the share among false positives vs the base rate,
+    and false positives per absent pair by the number of shared attributes."""
+    on_objects = [h for h in hits if h is not None]
+    lines = [f"{len(hits)} false positives on {n_pairs} absent pairs ({len(hits) / max(n_pairs, 1):.2f} per pair); "
+             f"{len(hits) - len(on_objects)} on no annotated object (IoU < 0.5)",
+             f"{'attribute shared with the reference':<40}{'false positives':>16}{'all objects':>14}"]
+    for a in ATTRIBUTES:
+        fp = np.mean([a in h for h in on_objects]) * 100 if on_objects else float("nan")
+        br = np.mean([a in h for h in base]) * 100 if base else float("nan")
+        lines.append(f"{a:<40}{fp:>15.1f}%{br:>13.1f}%")
+    lines.append(f"{'number of attributes shared':<40}{'FP per pair':>16}{'objects per pair':>18}")
+    for n in range(len(ATTRIBUTES)):
+        fp = sum(len(h) == n for h in on_objects) / max(n_pairs, 1)
+        br = sum(len(h) == n for h in base) / max(n_pairs, 1)
+        lines.append(f"{n:<40}{fp:>16.3f}{br:>18.3f}")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", required=True, help="a demo checkpoint (.h5) with config.json beside it")
+    parser.add_argument("--scenes", type=int, default=150, help="evaluation scenes (default 150)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="score at or above which a detection counts (default 0.5, the demo's)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.scenes < 1:
+        parser.error("--scenes must be >= 1")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    if not 0.0 < args.threshold <= 1.0:
+        parser.error(f"--threshold must be in (0, 1], got {args.threshold}")
+    from siamese_mask_rcnn.predict import InputError, check_inputs
+
+    beside = pathlib.Path(args.weights).resolve().parent / "config.json"
+    try:  # the file and the run's config.json beside it, before TensorFlow starts
+        check_inputs(args.weights, [], np.zeros((1, 1, 3), np.uint8))
+        if not beside.is_file():
+            raise InputError(f"no config.json beside {args.weights} (a siamese-mrcnn demo "
+                             "checkpoint keeps the run's config.json in its folder)")
+        check_inputs(None, [], np.zeros((1, 1, 3), np.uint8), config_path=str(beside))
+    except InputError as err:
+        parser.error(f"--weights: {err}")
+
+    from bench_inference import machine_description
+    from siamese_mask_rcnn import demo
+    from siamese_mask_rcnn.evaluation.openworld import open_world_categories
+    from siamese_mask_rcnn.predict import load_model
+
+    demo.configure_threads(demo.DEFAULT_THREADS)
+    try:
+        _, val = demo.make_datasets("synthetic", None, 1, args.scenes, 128, args.seed, cache_size=None)
+        model = load_model(args.weights, min_confidence=args.threshold)
+    except (FileNotFoundError, InputError, ValueError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    print(f"machine: {machine_description()}")
+    print(f"weights: {args.weights}; {args.scenes} evaluation scenes, threshold {args.threshold}, "
+          f"seed {args.seed}")
+
+    embeddings = {}
+    for c in (int(c) for c in val.oneshot_class_ids):
+        try:
+            crop = val.sample_reference(c, np.random.default_rng([args.seed, 7, c]))
+        except (ValueError, LookupError):
+            continue
+        embeddings[c] = model.embed_category([crop])
+    t0 = time.time()
+    hits, base, n_pairs = [], [], 0
+    for image_id in sorted(val.image_ids):
+        _, missing = open_world_categories(val, image_id, list(embeddings), None, args.seed)
+        anns = [a for a in val.instance_annotations(image_id) if not a.get("iscrowd")]
+        gt_boxes = np.asarray([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
+        gt_ids = [abs(int(a["class_id"])) for a in anns]
+        detections = model.detect_embeddings(val.load_image(image_id), {c: embeddings[c] for c in missing})
+        for c, det in detections.items():
+            n_pairs += 1
+            ref = val.style(c)
+            hits += attribute_false_positives(det["rois"], det["scores"], gt_boxes, gt_ids, ref,
+                                              val.style, args.threshold)
+            base += [shared_attributes(ref, val.style(g)) for g in gt_ids]
+    print(f"searched {len(embeddings)} categories in {args.scenes} scenes in {time.time() - t0:.0f} s")
+    if not n_pairs:
+        parser.exit(2, f"{parser.prog}: error: no absent pair in {args.scenes} scenes\n")
+    print("\n".join(summarise(hits, base, n_pairs)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The attribution of open-world false positives in benchmarks/open_world_confusions.py
+(pure numpy; the benchmark itself is run by hand)."""
+import importlib.util
+import pathlib
+import types
+
+import numpy as np
+import pytest
+
+PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "open_world_confusions.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("open_world_confusions", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def style(family, primary, secondary, pattern):
+    return types.SimpleNamespace(family=family, primary=primary, secondary=secondary, pattern=pattern)
+
+
+STYLES = {1: style("star", "red", "white", "solid"),      # the reference's category
+          2: style("star", "red", "black", "dots"),       # shares family and primary colour
+          3: style("ring", "blue", "white", "solid")}     # shares secondary colour and pattern
+
+
+def test_shared_attributes(bench):
+    assert bench.shared_attributes(STYLES[1], STYLES[2]) == ("family", "primary")
+    assert bench.shared_attributes(STYLES[1], STYLES[3]) == ("secondary", "pattern")
+    assert bench.shared_attributes(STYLES[1], STYLES[1]) == bench.ATTRIBUTES
+
+
+def test_false_positives_are_attributed_to_the_best_overlapping_object(bench):
+    gt_boxes = np.array([[0, 0, 10, 10], [20, 20, 40, 40]], np.float64)
+    gt_ids = [2, 3]
+    rois = np.array([[0, 0, 10, 11],      # on object 0 (category 2), IoU 10/11
+                     [21, 21, 40, 40],    # on object 1 (category 3), IoU 361/400
+                     [50, 50, 60, 60],    # on nothing
+                     [0, 0, 10, 10]])     # under the threshold: not counted
+    scores = [0.9, 0.6, 0.7, 0.4]
+    hits = bench.attribute_false_positives(rois, scores, gt_boxes, gt_ids, STYLES[1], STYLES.get, 0.5)
+    assert hits == [("family", "primary"), ("secondary", "pattern"), None]
+    # IoU exactly 0.5 counts as on the object, 1/3 does not
+    assert bench.attribute_false_positives([[0, 0, 10, 20]], [0.9], gt_boxes[:1], [2], STYLES[1],
+                                           STYLES.get, 0.5) == [("family", "primary")]
+    assert bench.attribute_false_positives([[0, 0, 10, 30]], [0.9], gt_boxes[:1], [2], STYLES[1],
+                                           STYLES.get, 0.5) == [None]
+    # a scene without annotated objects
+    assert bench.attribute_false_positives(rois[:1], [0.9], np.zeros((0, 4)), [], STYLES[1],
+                                           STYLES.get, 0.5) == [None]
+
+
+def test_summary_shares_and_rates(bench):
+    hits = [("family", "primary"), ("family",), None]
+    base = [("family", "primary"), ("secondary", "pattern"), (), ()]
+    lines = bench.summarise(hits, base, n_pairs=2)
+    assert lines[0].startswith("3 false positives on 2 absent pairs (1.50 per pair); 1 on no annotated object")
+    family = next(line for line in lines if line.startswith("family"))
+    assert family.split()[1:] == ["100.0%", "25.0%"]      # 2 of 2 attributed vs 1 of 4 objects
+    pattern = next(line for line in lines if line.startswith("pattern"))
+    assert pattern.split()[1:] == ["0.0%", "25.0%"]
+    by_count = {int(line.split()[0]): [float(v) for v in line.split()[1:]]
+                for line in lines[1:] if line[:1].isdigit()}
+    assert by_count[1] == [0.5, 0.0] and by_count[2] == [0.5, 1.0] and by_count[0] == [0.0, 1.0]
