@@ -27,7 +27,6 @@ pair (recall there). It prints the CPU it ran on.
 """
 import argparse
 import os
-import pathlib
 import sys
 import time
 
@@ -94,23 +93,15 @@ def main(argv=None):
         parser.error("--scenes and --calibration-scenes must be >= 1")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
-    from siamese_mask_rcnn.predict import InputError, check_inputs
+    from demo_checkpoint import check_demo_checkpoint, one_shot_embeddings
 
-    beside = pathlib.Path(args.weights).resolve().parent / "config.json"
-    try:  # the file and the run's config.json beside it, before TensorFlow starts
-        check_inputs(args.weights, [], np.zeros((1, 1, 3), np.uint8))
-        if not beside.is_file():
-            raise InputError(f"no config.json beside {args.weights} (a siamese-mrcnn demo "
-                             "checkpoint keeps the run's config.json in its folder)")
-        check_inputs(None, [], np.zeros((1, 1, 3), np.uint8), config_path=str(beside))
-    except InputError as err:
-        parser.error(f"--weights: {err}")
+    check_demo_checkpoint(parser, args.weights)  # before TensorFlow starts
 
     from bench_inference import machine_description
     from siamese_mask_rcnn import demo
     from siamese_mask_rcnn.cocoformat import box_xywh_to_yxyx
     from siamese_mask_rcnn.evaluation.openworld import match_detections, open_world_categories
-    from siamese_mask_rcnn.predict import load_model
+    from siamese_mask_rcnn.predict import InputError, load_model
 
     demo.configure_threads(demo.DEFAULT_THREADS)
     try:
@@ -123,15 +114,7 @@ def main(argv=None):
     print(f"weights: {args.weights}; {args.scenes} evaluation scenes, {args.calibration_scenes} "
           f"calibration (training) scenes, seed {args.seed}")
 
-    class_ids = [int(c) for c in val.oneshot_class_ids]
-    embeddings = {}
-    for c in class_ids:
-        rng = np.random.default_rng([args.seed, 7, c])
-        try:
-            crop = val.sample_reference(c, rng)
-        except (ValueError, LookupError):
-            continue
-        embeddings[c] = model.embed_category([crop])
+    embeddings = one_shot_embeddings(model, val, args.seed)
     print(f"{len(embeddings)} one-shot categories with a reference")
 
     def search(dataset, image_id):

@@ -23,7 +23,6 @@ are shared, and the CPU it ran on.
 """
 import argparse
 import os
-import pathlib
 import sys
 import time
 
@@ -112,22 +111,14 @@ def main(argv=None):
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if not 0.0 < args.threshold <= 1.0:
         parser.error(f"--threshold must be in (0, 1], got {args.threshold}")
-    from siamese_mask_rcnn.predict import InputError, check_inputs
+    from demo_checkpoint import check_demo_checkpoint, one_shot_embeddings
 
-    beside = pathlib.Path(args.weights).resolve().parent / "config.json"
-    try:  # the file and the run's config.json beside it, before TensorFlow starts
-        check_inputs(args.weights, [], np.zeros((1, 1, 3), np.uint8))
-        if not beside.is_file():
-            raise InputError(f"no config.json beside {args.weights} (a siamese-mrcnn demo "
-                             "checkpoint keeps the run's config.json in its folder)")
-        check_inputs(None, [], np.zeros((1, 1, 3), np.uint8), config_path=str(beside))
-    except InputError as err:
-        parser.error(f"--weights: {err}")
+    check_demo_checkpoint(parser, args.weights)  # before TensorFlow starts
 
     from bench_inference import machine_description
     from siamese_mask_rcnn import demo
     from siamese_mask_rcnn.evaluation.openworld import open_world_categories
-    from siamese_mask_rcnn.predict import load_model
+    from siamese_mask_rcnn.predict import InputError, load_model
 
     demo.configure_threads(demo.DEFAULT_THREADS)
     try:
@@ -139,13 +130,7 @@ def main(argv=None):
     print(f"weights: {args.weights}; {args.scenes} evaluation scenes, threshold {args.threshold}, "
           f"seed {args.seed}")
 
-    embeddings = {}
-    for c in (int(c) for c in val.oneshot_class_ids):
-        try:
-            crop = val.sample_reference(c, np.random.default_rng([args.seed, 7, c]))
-        except (ValueError, LookupError):
-            continue
-        embeddings[c] = model.embed_category([crop])
+    embeddings = one_shot_embeddings(model, val, args.seed)
     t0 = time.time()
     hits, base, n_pairs = [], [], 0
     for image_id in sorted(val.image_ids):

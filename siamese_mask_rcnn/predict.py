@@ -92,32 +92,52 @@ def check_inputs(weights, references, query, out_png=None, out_json=None, config
     if not isinstance(query, np.ndarray):
         check(query, "query")
     if weights is not None:
-        if not os.path.exists(weights):
-            raise InputError(f"weights file not found: {weights}")
-        if os.path.isdir(weights):
-            raise InputError(f"weights file is a directory, not an .h5 file: {weights}")
-        _check_readable(weights, "weights file")
-        _check_hdf5(weights)
+        check_weights_file(weights)
     if config_path:
-        if not os.path.isfile(config_path):
-            raise InputError(f"config file not found: {config_path}" if not os.path.exists(config_path)
-                             else f"config file is a directory, not a JSON file: {config_path}")
-        try:
-            with open(config_path, encoding="utf-8") as f:
-                saved = json.load(f)
-        except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            raise InputError(f"config file {config_path} cannot be used: not valid JSON ({err})") from None
-        from .config import SiameseConfig  # no TensorFlow: values are checked before it starts
-
-        try:  # what resolve_config's lenient load does with the file, on the text read above
-            SiameseConfig.from_dict(saved, strict=False)
-        except (ValueError, TypeError) as err:
-            raise InputError(f"config file {config_path} cannot be used: {err}") from None
+        check_config_file(config_path)
     try:
         for folder in folders:
             ensure_writable_dir(folder)
     except UnwritableOutputError as err:
         raise InputError(str(err)) from None
+
+
+def check_weights_file(weights):
+    """The weights file exists, is a readable file (not a directory) and opens as HDF5 with
+    at least one weight array in a layout the loader reads (h5py only: no TensorFlow).
+
+    Raises:
+        InputError: naming ``weights`` and what is wrong with it.
+    """
+    if not os.path.exists(weights):
+        raise InputError(f"weights file not found: {weights}")
+    if os.path.isdir(weights):
+        raise InputError(f"weights file is a directory, not an .h5 file: {weights}")
+    _check_readable(weights, "weights file")
+    _check_hdf5(weights)
+
+
+def check_config_file(config_path):
+    """``config_path`` is a JSON file whose values ``SiameseConfig`` accepts (unknown keys are
+    allowed, as :func:`resolve_config` ignores them); no TensorFlow is imported.
+
+    Raises:
+        InputError: naming ``config_path`` and what is wrong with it.
+    """
+    if not os.path.isfile(config_path):
+        raise InputError(f"config file not found: {config_path}" if not os.path.exists(config_path)
+                         else f"config file is a directory, not a JSON file: {config_path}")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise InputError(f"config file {config_path} cannot be used: not valid JSON ({err})") from None
+    from .config import SiameseConfig  # no TensorFlow: values are checked before it starts
+
+    try:  # what resolve_config's lenient load does with the file, on the text read above
+        SiameseConfig.from_dict(saved, strict=False)
+    except (ValueError, TypeError) as err:
+        raise InputError(f"config file {config_path} cannot be used: {err}") from None
 
 
 def _check_hdf5(weights):

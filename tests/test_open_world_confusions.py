@@ -1,6 +1,7 @@
 """The attribution of open-world false positives in benchmarks/open_world_confusions.py
 (pure numpy; the benchmark itself is run by hand)."""
 import importlib.util
+import os
 import pathlib
 import types
 
@@ -65,3 +66,35 @@ def test_summary_shares_and_rates(bench):
     by_count = {int(line.split()[0]): [float(v) for v in line.split()[1:]]
                 for line in lines[1:] if line[:1].isdigit()}
     assert by_count[1] == [0.5, 0.0] and by_count[2] == [0.5, 1.0] and by_count[0] == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("script", ["open_world_confusions.py", "open_world_calibration.py"])
+def test_bad_checkpoints_are_refused_before_tensorflow(script, tmp_path):
+    """A missing file, a non-HDF5 file and a checkpoint without its run's config.json: exit 2
+    naming the file, with TensorFlow and Keras made unimportable."""
+    import subprocess
+    import sys
+
+    import h5py
+
+    blocker = tmp_path / "blocked"
+    for name in ("tensorflow", "keras"):
+        (blocker / name).mkdir(parents=True)
+        (blocker / name / "__init__.py").write_text(f"raise ImportError('{name} imported')\n")
+    text = tmp_path / "notes.h5"
+    text.write_text("not HDF5")
+    lonely = tmp_path / "run" / "mask_rcnn_demo_0001.h5"
+    lonely.parent.mkdir()
+    with h5py.File(lonely, "w") as f:
+        f.attrs["layer_names"] = np.array([b"conv1"])
+        f.create_group("conv1").attrs["weight_names"] = np.array([b"conv1/kernel:0"])
+        f["conv1"].create_dataset("conv1/kernel:0", data=np.zeros((1, 1, 3, 2), np.float32))
+    cases = {tmp_path / "missing.h5": "weights file not found", text: "not an HDF5 weights file",
+             lonely: "no config.json beside"}
+    env = {**os.environ, "PYTHONPATH": str(blocker)}
+    for path, words in cases.items():
+        done = subprocess.run([sys.executable, str(PATH.parent / script), "--weights", str(path)],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert f"--weights: {words}" in done.stderr and str(path) in done.stderr, done.stderr
+        assert "imported" not in done.stderr

@@ -150,8 +150,10 @@ def files(tmp_path, images):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "folder").mkdir()
     import h5py
-    with h5py.File(tmp_path / "w.h5", "w") as h5:  # the legacy layout's marker, no layer (never loaded)
+    with h5py.File(tmp_path / "w.h5", "w") as h5:  # the legacy layout with one array (never loaded)
         h5.attrs["layer_names"] = np.array([b"conv1"])
+        h5.create_group("conv1").attrs["weight_names"] = np.array([b"conv1/kernel:0"])
+        h5["conv1"].create_dataset("conv1/kernel:0", data=np.zeros((1, 1, 3, 2), np.float32))
     return {"missing_ref": tmp_path / "missing_reference.png", "missing_query": tmp_path / "missing_query.png",
             "text": tmp_path / "notes.jpg", "empty": tmp_path / "empty.png", "dir": tmp_path / "folder",
             "ref": images["reference"], "query": images["query"], "weights": tmp_path / "w.h5"}
@@ -196,6 +198,7 @@ def test_missing_files_are_reported_before_tensorflow_is_set_up(files, tmp_path,
     ("cut.h5", None, "cannot read weights file {path}: truncated or corrupt HDF5 file"),
     ("no_weights.h5", "hdf5", "{path} holds no weights: no 'layer_names' attribute naming layers"),
     ("empty_group.h5", "model_weights", "{path} holds no weights"),
+    ("empty_layers.h5", "empty_layers", "{path} holds no weights"),
 ])
 def test_weights_files_that_hold_no_weights_are_reported_before_tensorflow(files, tmp_path, monkeypatch, capsys,
                                                                    name, content, words):
@@ -213,6 +216,10 @@ def test_weights_files_that_hold_no_weights_are_reported_before_tensorflow(files
     elif content == "model_weights":  # the full-model layout's group, empty
         with h5py.File(path, "w") as f:
             f.create_group("model_weights")
+    elif content == "empty_layers":  # layers named, each group there, but not one array
+        with h5py.File(path, "w") as f:
+            f.attrs["layer_names"] = np.array([b"conv1", b""])
+            f.create_group("conv1").attrs["weight_names"] = np.array([], dtype="S1")
     elif content is None:  # a real HDF5 file cut in half
         with h5py.File(path, "w") as f:
             f.create_dataset("kernel", data=np.arange(20000, dtype=np.float32))

@@ -312,16 +312,27 @@ def test_weights_layout_tells_the_four_kinds_of_hdf5_file_apart(tmp_path):
             fill(f)
         return path
 
+    def layer(group, name, arrays=1):
+        W._write_str_list_attr(group, "layer_names", [name])
+        layer_group = group.create_group(name)
+        W._write_str_list_attr(layer_group, "weight_names", [f"{name}/kernel:0"] * arrays)
+        for _ in range(arrays):
+            layer_group.create_dataset(f"{name}/kernel:0", data=np.zeros((1, 1, 3, 2), np.float32))
+
     files = {
-        "layer_names": make("legacy.h5", lambda f: W._write_str_list_attr(f, "layer_names", ["conv1"])),
-        "model_weights": make("full.h5", lambda f: W._write_str_list_attr(f.create_group("model_weights"),
-                                                                           "layer_names", ["conv1"])),
-        "keras3": make("k3.weights.h5", lambda f: f.create_group("layers").create_group("dense")),
+        "layer_names": make("legacy.h5", lambda f: layer(f, "conv1")),
+        "model_weights": make("full.h5", lambda f: layer(f.create_group("model_weights"), "conv1")),
+        "keras3": make("k3.weights.h5", lambda f: f.create_group("layers").create_group("dense")
+                       .create_group("vars").create_dataset("0", data=np.zeros(3))),
         None: make("data.h5", lambda f: f.create_dataset("kernel", data=np.zeros(3))),
     }
     empty = [make("no_names.h5", lambda f: W._write_str_list_attr(f, "layer_names", [])),
+             make("blank_name.h5", lambda f: W._write_str_list_attr(f, "layer_names", [""])),
+             make("no_arrays.h5", lambda f: layer(f, "conv1", arrays=0)),  # layers named, none holds an array
              make("empty_full.h5", lambda f: f.create_group("model_weights")),
-             make("empty_k3.weights.h5", lambda f: f.create_group("layers"))]
+             make("no_arrays_full.h5", lambda f: layer(f.create_group("model_weights"), "conv1", arrays=0)),
+             make("empty_k3.weights.h5", lambda f: f.create_group("layers")),
+             make("no_vars.weights.h5", lambda f: f.create_group("layers").create_group("dense"))]
     for layout, path in files.items():
         with h5py.File(path, "r") as f:
             assert weights_layout(f) == layout, path
@@ -332,7 +343,7 @@ def test_weights_layout_tells_the_four_kinds_of_hdf5_file_apart(tmp_path):
     for path in [files[None], *empty]:
         with pytest.raises(ValueError, match=rf"{path.name} holds no weights"):
             W.read_h5_weight_shapes(path)
-    assert W.read_h5_weight_shapes(files["layer_names"]) == {}
+    assert W.read_h5_weight_shapes(files["layer_names"]) == {"conv1": [("kernel", (1, 1, 3, 2))]}
 
 
 def test_write_manifest_h5_resnet50(matterport_layout_dir, tmp_path):

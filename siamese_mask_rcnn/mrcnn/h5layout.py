@@ -8,8 +8,9 @@ TensorFlow starts (``siamese-mrcnn predict``). Layouts:
 * ``"model_weights"``: a legacy full-model file (the same under the group ``model_weights``);
 * ``"keras3"``: a Keras 3 native ``*.weights.h5`` file (a ``layers`` group keyed by class
   counters);
-* ``None``: an HDF5 file holding none of these, or only an empty one (a ``layer_names``
-  attribute naming no layer, an empty ``model_weights`` or ``layers`` group): nothing to load.
+* ``None``: an HDF5 file holding none of these, or one without a single weight array in
+  it (a ``layer_names`` attribute naming no layer or only layers without weights, an empty
+  ``model_weights`` or ``layers`` group): nothing to load.
 """
 import numpy as np
 
@@ -45,17 +46,26 @@ def read_str_list_attr(obj, name):
     return values
 
 
+def holds_arrays(group):
+    """Whether an ``h5py.Group`` holds at least one dataset (a weight array) at any depth;
+    stops at the first one found."""
+    import h5py
+
+    return group.visititems(lambda name, obj: True if isinstance(obj, h5py.Dataset) else None) is not None
+
+
 def weights_layout(h5file):
     """The layout of an open ``h5py.File``: ``"layer_names"``, ``"model_weights"``,
     ``"keras3"`` or ``None`` (see the module docstring)."""
     import h5py
 
     if "layer_names" in h5file.attrs or "layer_names0" in h5file.attrs:
-        return "layer_names" if read_str_list_attr(h5file, "layer_names") else None
+        names = [n for n in (read_str_list_attr(h5file, "layer_names") or []) if n]
+        return "layer_names" if names and holds_arrays(h5file) else None
     group = h5file.get("model_weights")
     if isinstance(group, h5py.Group):
-        return "model_weights" if (len(group) or read_str_list_attr(group, "layer_names")) else None
+        return "model_weights" if holds_arrays(group) else None
     group = h5file.get("layers")
     if isinstance(group, h5py.Group):
-        return "keras3" if len(group) else None
+        return "keras3" if holds_arrays(group) else None
     return None

@@ -1,0 +1,39 @@
+"""What the open-world benchmarks share: a ``siamese-mrcnn demo`` checkpoint checked before
+TensorFlow starts, and one fixed reference embedding per one-shot category.
+
+Used by ``open_world_calibration.py`` and ``open_world_confusions.py`` (run by hand).
+"""
+import pathlib
+
+import numpy as np
+
+
+def check_demo_checkpoint(parser, weights):
+    """Exit through ``parser.error`` (status 2, naming the file) unless ``weights`` is an HDF5
+    weights file with the run's ``config.json`` beside it whose values are usable. Needs no
+    TensorFlow, so a wrong path is reported at once."""
+    from siamese_mask_rcnn.predict import InputError, check_config_file, check_weights_file
+
+    beside = pathlib.Path(weights).resolve().parent / "config.json"
+    try:
+        check_weights_file(weights)
+        if not beside.is_file():
+            raise InputError(f"no config.json beside {weights} (a siamese-mrcnn demo "
+                             "checkpoint keeps the run's config.json in its folder)")
+        check_config_file(str(beside))
+    except InputError as err:
+        parser.error(f"--weights: {err}")
+
+
+def one_shot_embeddings(model, dataset, seed):
+    """``{class_id: embedding}`` for every one-shot category of ``dataset`` that has a
+    reference: one reference per category, drawn from ``default_rng([seed, 7, class_id])``
+    (as a user would give one example), embedded by ``model.embed_category``."""
+    embeddings = {}
+    for c in (int(c) for c in dataset.oneshot_class_ids):
+        try:
+            crop = dataset.sample_reference(c, np.random.default_rng([seed, 7, c]))
+        except (ValueError, LookupError):
+            continue
+        embeddings[c] = model.embed_category([crop])
+    return embeddings
