@@ -8,6 +8,23 @@ import pathlib
 import numpy as np
 
 
+def add_arguments(parser):
+    """The options both benchmarks take: ``--weights``, ``--scenes`` and ``--seed``."""
+    parser.add_argument("--weights", required=True, help="a demo checkpoint (.h5) with config.json beside it")
+    parser.add_argument("--scenes", type=int, default=150, help="evaluation scenes (default 150)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def check_arguments(parser, args):
+    """Exit through ``parser.error`` (status 2) on ``--scenes`` < 1, ``--seed`` < 0 or a bad
+    ``--weights`` (:func:`check_demo_checkpoint`); before TensorFlow starts."""
+    if args.scenes < 1:
+        parser.error(f"--scenes must be >= 1, got {args.scenes}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    check_demo_checkpoint(parser, args.weights)
+
+
 def check_demo_checkpoint(parser, weights):
     """Exit through ``parser.error`` (status 2, naming the file) unless ``weights`` is an HDF5
     weights file with the run's ``config.json`` beside it whose values are usable. Needs no

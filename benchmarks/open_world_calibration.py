@@ -38,6 +38,8 @@ if ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 
+import demo_checkpoint  # noqa: E402
+
 #: Score floor while searching: low enough to see the whole range of the detector's scores.
 SEARCH_MIN_CONFIDENCE = 0.05
 
@@ -83,19 +85,13 @@ def report(label, present, absent, thresholds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", required=True, help="a demo checkpoint (.h5) with config.json beside it")
-    parser.add_argument("--scenes", type=int, default=150, help="evaluation scenes (default 150)")
+    demo_checkpoint.add_arguments(parser)
     parser.add_argument("--calibration-scenes", type=int, default=100,
                         help="training scenes each reference is calibrated on (default 100)")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.scenes < 1 or args.calibration_scenes < 1:
-        parser.error("--scenes and --calibration-scenes must be >= 1")
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
-    from demo_checkpoint import check_demo_checkpoint, one_shot_embeddings
-
-    check_demo_checkpoint(parser, args.weights)  # before TensorFlow starts
+    if args.calibration_scenes < 1:
+        parser.error(f"--calibration-scenes must be >= 1, got {args.calibration_scenes}")
+    demo_checkpoint.check_arguments(parser, args)  # before TensorFlow starts
 
     from bench_inference import machine_description
     from siamese_mask_rcnn import demo
@@ -114,7 +110,7 @@ def main(argv=None):
     print(f"weights: {args.weights}; {args.scenes} evaluation scenes, {args.calibration_scenes} "
           f"calibration (training) scenes, seed {args.seed}")
 
-    embeddings = one_shot_embeddings(model, val, args.seed)
+    embeddings = demo_checkpoint.one_shot_embeddings(model, val, args.seed)
     print(f"{len(embeddings)} one-shot categories with a reference")
 
     def search(dataset, image_id):

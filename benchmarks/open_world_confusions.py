@@ -34,6 +34,9 @@ if ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 
+import demo_checkpoint  # noqa: E402
+from siamese_mask_rcnn.mrcnn.boxes import compute_overlaps  # noqa: E402  (numpy only)
+
 #: The coarse appearance attributes compared, as named in ``CategoryStyle``.
 ATTRIBUTES = ("family", "primary", "secondary", "pattern")
 
@@ -41,19 +44,6 @@ ATTRIBUTES = ("family", "primary", "secondary", "pattern")
 def shared_attributes(style_a, style_b):
     """The tuple of :data:`ATTRIBUTES` two categories' styles have in common."""
     return tuple(a for a in ATTRIBUTES if getattr(style_a, a) == getattr(style_b, a))
-
-
-def box_iou(box, boxes):
-    """IoU of one ``(y1, x1, y2, x2)`` box with ``boxes [N, 4]`` (pixels)."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    y1 = np.maximum(box[0], boxes[:, 0])
-    x1 = np.maximum(box[1], boxes[:, 1])
-    y2 = np.minimum(box[2], boxes[:, 2])
-    x2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(y2 - y1, 0, None) * np.clip(x2 - x1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
 
 
 def attribute_false_positives(rois, scores, gt_boxes, gt_class_ids, reference_style, style_of,
@@ -71,7 +61,7 @@ def attribute_false_positives(rois, scores, gt_boxes, gt_class_ids, reference_st
         if len(gt_boxes) == 0:
             out.append(None)
             continue
-        ious = box_iou(roi, gt_boxes)
+        ious = compute_overlaps(roi[None], gt_boxes)[0]
         k = int(np.argmax(ious))
         out.append(shared_attributes(reference_style, style_of(int(gt_class_ids[k])))
                    if ious[k] >= iou_threshold else None)
@@ -99,21 +89,13 @@ def summarise(hits, base, n_pairs):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", required=True, help="a demo checkpoint (.h5) with config.json beside it")
-    parser.add_argument("--scenes", type=int, default=150, help="evaluation scenes (default 150)")
+    demo_checkpoint.add_arguments(parser)
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="score at or above which a detection counts (default 0.5, the demo's)")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.scenes < 1:
-        parser.error("--scenes must be >= 1")
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
     if not 0.0 < args.threshold <= 1.0:
         parser.error(f"--threshold must be in (0, 1], got {args.threshold}")
-    from demo_checkpoint import check_demo_checkpoint, one_shot_embeddings
-
-    check_demo_checkpoint(parser, args.weights)  # before TensorFlow starts
+    demo_checkpoint.check_arguments(parser, args)  # before TensorFlow starts
 
     from bench_inference import machine_description
     from siamese_mask_rcnn import demo
@@ -130,7 +112,7 @@ def main(argv=None):
     print(f"weights: {args.weights}; {args.scenes} evaluation scenes, threshold {args.threshold}, "
           f"seed {args.seed}")
 
-    embeddings = one_shot_embeddings(model, val, args.seed)
+    embeddings = demo_checkpoint.one_shot_embeddings(model, val, args.seed)
     t0 = time.time()
     hits, base, n_pairs = [], [], 0
     for image_id in sorted(val.image_ids):

@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import pathlib
+import sys
 import types
 
 import numpy as np
@@ -13,9 +14,13 @@ PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "open_world_
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("open_world_confusions", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(PATH.parent))  # as when run as a script: its folder first on the path
+    try:
+        spec = importlib.util.spec_from_file_location("open_world_confusions", PATH)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(PATH.parent))
     return module
 
 
@@ -73,7 +78,6 @@ def test_bad_checkpoints_are_refused_before_tensorflow(script, tmp_path):
     """A missing file, a non-HDF5 file and a checkpoint without its run's config.json: exit 2
     naming the file, with TensorFlow and Keras made unimportable."""
     import subprocess
-    import sys
 
     import h5py
 
@@ -92,6 +96,14 @@ def test_bad_checkpoints_are_refused_before_tensorflow(script, tmp_path):
     cases = {tmp_path / "missing.h5": "weights file not found", text: "not an HDF5 weights file",
              lonely: "no config.json beside"}
     env = {**os.environ, "PYTHONPATH": str(blocker)}
+    bad_options = [(["--scenes", "0"], "--scenes must be >= 1, got 0"), (["--seed", "-1"], "--seed must be >= 0")]
+    if script == "open_world_confusions.py":
+        bad_options += [(["--threshold", "0"], "--threshold must be in (0, 1], got 0.0"),
+                        (["--threshold", "2"], "--threshold must be in (0, 1], got 2.0")]
+    for extra, words in bad_options:  # with a usable-looking file: the option is what is refused
+        done = subprocess.run([sys.executable, str(PATH.parent / script), "--weights", str(lonely), *extra],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 2 and words in done.stderr, done.stderr
     for path, words in cases.items():
         done = subprocess.run([sys.executable, str(PATH.parent / script), "--weights", str(path)],
                               capture_output=True, text=True, env=env, timeout=120)

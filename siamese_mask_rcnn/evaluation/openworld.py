@@ -37,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..cocoformat import IOU_TYPES, box_xywh_to_yxyx, coco_from_dict
+from ..mrcnn.boxes import compute_overlaps
 from .pairs import _check_class_ids, _other_reference_images
 from .predictions import _call_predictor, _check_detections, _empty_detections, detections_to_coco
 from .protocol import coco_ap50
@@ -99,21 +100,6 @@ def _pair_references(dataset, image_id, class_id, shots, seed):
 ############################################################
 
 
-def _box_iou(box, boxes):
-    """IoU of one ``(y1, x1, y2, x2)`` box with ``boxes [N, 4]``."""
-    if len(boxes) == 0:
-        return np.zeros((0,))
-    y1 = np.maximum(box[0], boxes[:, 0])
-    x1 = np.maximum(box[1], boxes[:, 1])
-    y2 = np.minimum(box[2], boxes[:, 2])
-    x2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.maximum(y2 - y1, 0) * np.maximum(x2 - x1, 0)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area + areas - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
 def match_detections(rois, scores, gt_boxes, iou_threshold=0.5):
     """Greedy matching by decreasing score: which detections find a ground-truth instance.
 
@@ -129,7 +115,7 @@ def match_detections(rois, scores, gt_boxes, iou_threshold=0.5):
     for k in np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable"):
         if not free.any():
             break
-        ious = np.where(free, _box_iou(rois[k], gt_boxes), -1.0)
+        ious = np.where(free, compute_overlaps(rois[k:k + 1], gt_boxes)[0], -1.0)
         best = int(np.argmax(ious))
         if ious[best] >= iou_threshold:
             matched[k] = True
