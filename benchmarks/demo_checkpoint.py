@@ -3,7 +3,9 @@ TensorFlow starts, and one fixed reference embedding per one-shot category.
 
 Used by ``open_world_calibration.py`` and ``open_world_confusions.py`` (run by hand).
 """
+import os
 import pathlib
+import sys
 
 import numpy as np
 
@@ -40,6 +42,28 @@ def check_demo_checkpoint(parser, weights):
         check_config_file(str(beside))
     except InputError as err:
         parser.error(f"--weights: {err}")
+
+
+def load(parser, args, num_train, min_confidence):
+    """``(train, val, model)``: ``num_train`` training scenes and ``args.scenes`` evaluation
+    scenes of the embedded data (seed ``args.seed``, as the demo makes them) and the
+    checkpoint ``args.weights`` for inference with score floor ``min_confidence``, on the
+    demo's fixed threads; prints the machine. Exits through ``parser.exit(2, ...)`` when
+    the checkpoint cannot be loaded."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_inference import machine_description
+    from siamese_mask_rcnn import demo
+    from siamese_mask_rcnn.predict import InputError, load_model
+
+    demo.configure_threads(demo.DEFAULT_THREADS)
+    try:
+        train, val = demo.make_datasets("synthetic", None, num_train, args.scenes, 128, args.seed,
+                                        cache_size=None)
+        model = load_model(args.weights, min_confidence=min_confidence)
+    except (FileNotFoundError, InputError, ValueError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    print(f"machine: {machine_description()}")
+    return train, val, model
 
 
 def one_shot_embeddings(model, dataset, seed):

@@ -93,20 +93,10 @@ def main(argv=None):
         parser.error(f"--calibration-scenes must be >= 1, got {args.calibration_scenes}")
     demo_checkpoint.check_arguments(parser, args)  # before TensorFlow starts
 
-    from bench_inference import machine_description
-    from siamese_mask_rcnn import demo
     from siamese_mask_rcnn.cocoformat import box_xywh_to_yxyx
     from siamese_mask_rcnn.evaluation.openworld import match_detections, open_world_categories
-    from siamese_mask_rcnn.predict import InputError, load_model
 
-    demo.configure_threads(demo.DEFAULT_THREADS)
-    try:
-        train, val = demo.make_datasets("synthetic", None, args.calibration_scenes, args.scenes, 128,
-                                        args.seed, cache_size=None)
-        model = load_model(args.weights, min_confidence=SEARCH_MIN_CONFIDENCE)
-    except (FileNotFoundError, InputError, ValueError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
-    print(f"machine: {machine_description()}")
+    train, val, model = demo_checkpoint.load(parser, args, args.calibration_scenes, SEARCH_MIN_CONFIDENCE)
     print(f"weights: {args.weights}; {args.scenes} evaluation scenes, {args.calibration_scenes} "
           f"calibration (training) scenes, seed {args.seed}")
 

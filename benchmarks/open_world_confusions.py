@@ -97,18 +97,9 @@ def main(argv=None):
         parser.error(f"--threshold must be in (0, 1], got {args.threshold}")
     demo_checkpoint.check_arguments(parser, args)  # before TensorFlow starts
 
-    from bench_inference import machine_description
-    from siamese_mask_rcnn import demo
     from siamese_mask_rcnn.evaluation.openworld import open_world_categories
-    from siamese_mask_rcnn.predict import InputError, load_model
 
-    demo.configure_threads(demo.DEFAULT_THREADS)
-    try:
-        _, val = demo.make_datasets("synthetic", None, 1, args.scenes, 128, args.seed, cache_size=None)
-        model = load_model(args.weights, min_confidence=args.threshold)
-    except (FileNotFoundError, InputError, ValueError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
-    print(f"machine: {machine_description()}")
+    _, val, model = demo_checkpoint.load(parser, args, 1, args.threshold)
     print(f"weights: {args.weights}; {args.scenes} evaluation scenes, threshold {args.threshold}, "
           f"seed {args.seed}")
 
