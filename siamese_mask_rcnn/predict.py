@@ -62,8 +62,9 @@ def _check_readable(path, what):
 def check_inputs(weights, references, query, out_png=None, out_json=None, config_path=None, decode=False):
     """The checks of :func:`predict` that need no model and no TensorFlow: the weights file
     and every reference and the query are local, readable files (not directories), the
-    weights file opens as HDF5, ``config_path`` (if given) is a JSON file of valid configuration
-    values, ``out_png`` /
+    weights file opens as HDF5, ``config_path`` (if given; else the ``config.json`` beside
+    ``weights`` if there is one, which :func:`resolve_config` would read) is a JSON file of valid
+    configuration values, ``out_png`` /
     ``out_json`` are not directories and their folders can be written (missing folders are
     created once every input and output passed the checks). ``decode=True`` also decodes every image file (the command line does, so that
     a corrupt image is reported before TensorFlow starts).
@@ -93,6 +94,9 @@ def check_inputs(weights, references, query, out_png=None, out_json=None, config
         check(query, "query")
     if weights is not None:
         check_weights_file(weights)
+    if not config_path and weights is not None:  # resolve_config then reads the run's file
+        beside = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
+        config_path = beside if os.path.exists(beside) else None
     if config_path:
         check_config_file(config_path)
     try:

@@ -196,7 +196,7 @@ def test_missing_files_are_reported_before_tensorflow_is_set_up(files, tmp_path,
 @pytest.mark.parametrize("name, content, words", [
     ("notes.h5", b"plain text, not HDF5", "not an HDF5 weights file: {path}"),
     ("cut.h5", None, "cannot read weights file {path}: truncated or corrupt HDF5 file"),
-    ("no_weights.h5", "hdf5", "{path} holds no weights: no 'layer_names' attribute naming layers"),
+    ("no_weights.h5", "hdf5", "{path} holds no weights: not one weight array under a 'layer_names' attribute"),
     ("empty_group.h5", "model_weights", "{path} holds no weights"),
     ("empty_layers.h5", "empty_layers", "{path} holds no weights"),
 ])
@@ -277,20 +277,28 @@ def test_a_bad_input_creates_no_output_folder(files, tmp_path, no_model, capsys,
     assert not (tmp_path / "new").exists() and not (tmp_path / "other").exists()
 
 
+@pytest.mark.parametrize("where", ["--config", "beside the weights"])
 @pytest.mark.parametrize("content, words", [
     ("[1, 2]", "expects a dict, got list"),
     ('{"DETECTION_MIN_CONFIDENCE": "x"}', "DETECTION_MIN_CONFIDENCE must be"),
+    ("{not json", "not valid JSON"),
 ])
-def test_config_values_are_checked_before_tensorflow(files, tmp_path, monkeypatch, capsys, content, words):
+def test_config_values_are_checked_before_tensorflow(files, tmp_path, monkeypatch, capsys, content, words, where):
+    """An explicit --config, or the run's config.json that predict reads from beside the weights."""
     from siamese_mask_rcnn import demo as demo_job
 
     def no_tensorflow(*args, **kwargs):
         raise AssertionError("TensorFlow set up before the bad config was reported")
     monkeypatch.setattr(demo_job, "apply_thread_arguments", no_tensorflow)
-    bad = tmp_path / "bad_config.json"
+    if where == "--config":
+        bad = tmp_path / "bad_config.json"
+        option = ["--config", bad]
+    else:
+        bad = files["weights"].parent / "config.json"
+        option = []
     bad.write_text(content)
     code = run_cli("--weights", files["weights"], "--reference", files["ref"], "--query", files["query"],
-                   "--config", bad, "--out", tmp_path / "new" / "x.png")
+                   *option, "--out", tmp_path / "new" / "x.png")
     assert code == 2
     err = capsys.readouterr().err
     assert f"config file {bad} cannot be used" in err and words in err

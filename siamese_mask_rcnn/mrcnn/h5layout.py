@@ -15,9 +15,9 @@ TensorFlow starts (``siamese-mrcnn predict``). Layouts:
 import numpy as np
 
 #: What a file of layout ``None`` is told (``{path}`` filled in).
-NO_WEIGHTS_MESSAGE = ("{path} holds no weights: no 'layer_names' attribute naming layers and no "
-                      "non-empty 'model_weights' group (legacy Keras HDF5) or 'layers' group "
-                      "(Keras 3 .weights.h5)")
+NO_WEIGHTS_MESSAGE = ("{path} holds no weights: not one weight array under a 'layer_names' "
+                      "attribute naming layers or a 'model_weights' group (legacy Keras HDF5), or "
+                      "under a 'layers' group (Keras 3 .weights.h5)")
 
 
 def to_str(value):
