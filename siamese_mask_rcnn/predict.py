@@ -133,9 +133,18 @@ def check_config_file(config_path):
                          else f"config file is a directory, not a JSON file: {config_path}")
     try:
         with open(config_path, encoding="utf-8") as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            text = f.read()
+    except OSError as err:
+        raise InputError(f"config file {config_path} cannot be read ({err.strerror or err})") from None
+    except ValueError as err:  # UnicodeDecodeError
+        raise InputError(f"config file {config_path} cannot be used: not UTF-8 text ({err})") from None
+    try:
+        saved = json.loads(text)
+    except ValueError as err:
         raise InputError(f"config file {config_path} cannot be used: not valid JSON ({err})") from None
+    if not isinstance(saved, dict):
+        raise InputError(f"config file {config_path} cannot be used: expected a JSON object of "
+                         f"configuration keys and values, got a JSON {type(saved).__name__}")
     from .config import SiameseConfig  # no TensorFlow: values are checked before it starts
 
     try:  # what resolve_config's lenient load does with the file, on the text read above

@@ -279,9 +279,10 @@ def test_a_bad_input_creates_no_output_folder(files, tmp_path, no_model, capsys,
 
 @pytest.mark.parametrize("where", ["--config", "beside the weights"])
 @pytest.mark.parametrize("content, words", [
-    ("[1, 2]", "expects a dict, got list"),
+    ("[1, 2]", "expected a JSON object of configuration keys and values, got a JSON list"),
     ('{"DETECTION_MIN_CONFIDENCE": "x"}', "DETECTION_MIN_CONFIDENCE must be"),
     ("{not json", "not valid JSON"),
+    (b"\xff\xfe{}", "not UTF-8 text"),
 ])
 def test_config_values_are_checked_before_tensorflow(files, tmp_path, monkeypatch, capsys, content, words, where):
     """An explicit --config, or the run's config.json that predict reads from beside the weights."""
@@ -296,7 +297,7 @@ def test_config_values_are_checked_before_tensorflow(files, tmp_path, monkeypatc
     else:
         bad = files["weights"].parent / "config.json"
         option = []
-    bad.write_text(content)
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
     code = run_cli("--weights", files["weights"], "--reference", files["ref"], "--query", files["query"],
                    *option, "--out", tmp_path / "new" / "x.png")
     assert code == 2
@@ -318,7 +319,7 @@ def test_unknown_config_keys_are_named_not_silently_dropped(weights, tmp_path, c
     assert config.DETECTION_MIN_CONFIDENCE == beside["DETECTION_MIN_CONFIDENCE"]
 
 
-@pytest.mark.parametrize("which", ["reference", "query", "weights", "weights-directory"])
+@pytest.mark.parametrize("which", ["reference", "query", "weights", "weights-directory", "config"])
 def test_unreadable_files_are_reported_before_tensorflow_is_set_up(files, monkeypatch, capsys, which):
     """Files that exist but cannot be read (permissions: simulated, since root reads
     everything) and a directory given as --weights are refused before TensorFlow starts."""
@@ -330,6 +331,9 @@ def test_unreadable_files_are_reported_before_tensorflow_is_set_up(files, monkey
         raise AssertionError("TensorFlow set up before the unreadable file was reported")
     monkeypatch.setattr(demo_job, "apply_thread_arguments", no_tensorflow)
     paths = {"reference": files["ref"], "query": files["query"], "weights": files["weights"]}
+    if which == "config":  # the run's config.json beside the weights, read when --config is not given
+        paths["config"] = files["weights"].parent / "config.json"
+        paths["config"].write_text("{}")
     if which == "weights-directory":
         paths["weights"] = files["dir"]
         words = "weights file is a directory"
