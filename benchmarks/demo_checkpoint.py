@@ -4,7 +4,6 @@ TensorFlow starts, and one fixed reference embedding per one-shot category.
 Used by ``open_world_calibration.py`` and ``open_world_confusions.py`` (run by hand).
 """
 import os
-import pathlib
 import sys
 
 import numpy as np
@@ -31,15 +30,15 @@ def check_demo_checkpoint(parser, weights):
     """Exit through ``parser.error`` (status 2, naming the file) unless ``weights`` is an HDF5
     weights file with the run's ``config.json`` beside it whose values are usable. Needs no
     TensorFlow, so a wrong path is reported at once."""
-    from siamese_mask_rcnn.predict import InputError, check_config_file, check_weights_file
+    from siamese_mask_rcnn.predict import InputError, check_config_file, check_weights_file, config_beside
 
-    beside = pathlib.Path(weights).resolve().parent / "config.json"
     try:
         check_weights_file(weights)
-        if not beside.is_file():
+        beside = config_beside(weights)
+        if not os.path.isfile(beside):
             raise InputError(f"no config.json beside {weights} (a siamese-mrcnn demo "
                              "checkpoint keeps the run's config.json in its folder)")
-        check_config_file(str(beside))
+        check_config_file(beside)
     except InputError as err:
         parser.error(f"--weights: {err}")
 

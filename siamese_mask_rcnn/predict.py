@@ -95,7 +95,7 @@ def check_inputs(weights, references, query, out_png=None, out_json=None, config
     if weights is not None:
         check_weights_file(weights)
     if not config_path and weights is not None:  # resolve_config then reads the run's file
-        beside = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
+        beside = config_beside(weights)
         config_path = beside if os.path.exists(beside) else None
     if config_path:
         check_config_file(config_path)
@@ -104,6 +104,12 @@ def check_inputs(weights, references, query, out_png=None, out_json=None, config
             ensure_writable_dir(folder)
     except UnwritableOutputError as err:
         raise InputError(str(err)) from None
+
+
+def config_beside(weights):
+    """The path of the ``config.json`` that training writes beside its checkpoint ``weights``
+    (whether or not it exists): what :func:`resolve_config` reads without an explicit config."""
+    return os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
 
 
 def check_weights_file(weights):
@@ -281,7 +287,7 @@ def resolve_config(weights, config_path=None, preset=None, *, shapes=None, **ove
     overrides = {"IMAGES_PER_GPU": 1, "GPU_COUNT": 1, **overrides}
     if config_path and not os.path.exists(config_path):
         raise InputError(f"config file not found: {config_path}")
-    path = config_path or os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
+    path = config_path or config_beside(weights)
     if not os.path.exists(path):
         if preset is None:
             preset, reason = infer_preset(weights, shapes)
@@ -350,7 +356,7 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
     if not os.path.exists(weights):
         raise InputError(f"weights file not found: {weights}")
     overrides = {} if min_confidence is None else {"DETECTION_MIN_CONFIDENCE": float(min_confidence)}
-    beside = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
+    beside = config_beside(weights)
     # Without a config the file's shapes give the preset and tell whether it holds a
     # presence head: read them once for both.
     shapes = (weight_file_shapes(weights) if not config_path and preset is None
