@@ -55,13 +55,13 @@ def attribute_false_positives(rois, scores, gt_boxes, gt_class_ids, reference_st
     shares with ``reference_style``.
     """
     out = []
-    for roi, score in zip(np.asarray(rois, np.float64).reshape(-1, 4), scores):
+    overlaps = compute_overlaps(rois, gt_boxes)  # [N, G]
+    for ious, score in zip(overlaps, scores):
         if score < threshold:
             continue
         if len(gt_boxes) == 0:
             out.append(None)
             continue
-        ious = compute_overlaps(roi[None], gt_boxes)[0]
         k = int(np.argmax(ious))
         out.append(shared_attributes(reference_style, style_of(int(gt_class_ids[k])))
                    if ious[k] >= iou_threshold else None)

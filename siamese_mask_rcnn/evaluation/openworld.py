@@ -112,10 +112,11 @@ def match_detections(rois, scores, gt_boxes, iou_threshold=0.5):
     gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
     matched = np.zeros(len(rois), dtype=bool)
     free = np.ones(len(gt_boxes), dtype=bool)
+    overlaps = compute_overlaps(rois, gt_boxes)  # [N, G], once for the whole greedy pass
     for k in np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable"):
         if not free.any():
             break
-        ious = np.where(free, compute_overlaps(rois[k:k + 1], gt_boxes)[0], -1.0)
+        ious = np.where(free, overlaps[k], -1.0)
         best = int(np.argmax(ious))
         if ious[best] >= iou_threshold:
             matched[k] = True
