@@ -70,6 +70,9 @@ def build_parser():
                       help="train and use the presence head (PRESENCE_HEAD; default: off, the paper's model)")
     demo.add_argument("--no-presence-head", dest="presence_head", action="store_false",
                       help="the paper's model without the presence head")
+    demo.add_argument("--reference-loss", action="store_true",
+                      help="also train the encoder to classify every training reference into its "
+                           "category (REFERENCE_CLASSES, beyond the paper; default: off, the paper's training)")
 
     pred = sub.add_parser("predict", help="detect the reference's category in your own query image")
     pred.add_argument("--weights", required=True, help="an .h5 checkpoint")
@@ -148,7 +151,8 @@ def main(argv=None):
                               steps_per_epoch=args.steps_per_epoch, num_train=args.train_scenes,
                               num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit,
                               config_overrides=overrides, transfer_scenes=args.transfer_scenes,
-                              deterministic=args.deterministic, rendering=args.rendering)
+                              deterministic=args.deterministic, rendering=args.rendering,
+                              reference_loss=args.reference_loss)
         except (UnwritableOutputError, FileNotFoundError, ValueError) as err:
             # user errors (an unwritable --out, missing Omniglot archives, --dataset omniglot
             # without --data-dir) end here, before any training

@@ -46,6 +46,11 @@ class SiameseConfig(PaperSettings, Config):
     # "multiply": detection scores times the presence, those below DETECTION_MIN_CONFIDENCE
     # dropped; "none": the presence is reported beside the detector's own scores.
     PRESENCE_GATING = "multiply"
+    # The reference classification loss (open-world search, beyond the paper;
+    # siamese_mask_rcnn.reference_loss): the number of category ids (dataset.num_classes) whose
+    # training references' embeddings are classified into their category in training. 0 trains
+    # exactly as the paper did; inference models never have the layer.
+    REFERENCE_CLASSES = 0
     # Independent photometric + geometric augmentation of query and references (beyond the
     # paper; siamese_mask_rcnn.augmentation). False trains exactly as the paper did.
     PAIR_AUGMENTATION = False
@@ -66,6 +71,10 @@ class SiameseConfig(PaperSettings, Config):
             raise ValueError(f"PRESENCE_GATING must be 'multiply' or 'none', got {self.PRESENCE_GATING!r}")
         if int(self.PRESENCE_CHANNELS) < 1:
             raise ValueError(f"PRESENCE_CHANNELS must be >= 1, got {self.PRESENCE_CHANNELS}")
+        classes = self.REFERENCE_CLASSES
+        if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 0 or classes == 1:
+            raise ValueError(f"REFERENCE_CLASSES must be 0 (off) or the number of category ids (>= 2, "
+                             f"background included), got {classes!r}")
         self.TARGET_SHAPE = np.array([self.TARGET_MAX_DIM, self.TARGET_MAX_DIM, self.IMAGE_CHANNEL_COUNT])
 
 

@@ -388,7 +388,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
              config_overrides=None, verbose=1, threads=DEFAULT_THREADS,
              references_per_class=REFERENCES_PER_CLASS, workers=RENDER_WORKERS,
              steps_per_epoch=None, transfer_scenes=TRANSFER_SCENES, deterministic=True,
-             rendering="paper"):
+             rendering="paper", reference_loss=False):
     """Train for ``steps`` steps, evaluate (paper §5.2 protocol, §5.3 baseline), write the
     results.
 
@@ -426,6 +426,9 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
             than the renderer's look) or ``"mixed"`` (the randomised layout for every scene,
             the randomised look for half of the scenes and references), for the procedural
             data and Omniglot alike.
+        reference_loss: train with the reference classification loss (beyond the paper;
+            :mod:`.reference_loss`): ``REFERENCE_CLASSES`` is set to the data's number of
+            category ids once the data exist.
 
     Returns the summary dict (mAP50 per row as fractions, steps, timings, output paths),
     also written as ``demo_summary.json``.
@@ -474,6 +477,9 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     progress.stage("rendering scenes")
     train, val = make_datasets(dataset, data_dir, num_train, num_val, config.IMAGE_MAX_DIM, seed,
                                cache_size=None, workers=workers, rendering=rendering)
+    if reference_loss:  # the classifier's size is the data's, known only now
+        config = demo_config(**{**overrides, "SEED": seed, "STEPS_PER_EPOCH": per_epoch,
+                                "REFERENCE_CLASSES": int(train.num_classes)})
     bank_count = len(train.train_class_ids) * int(references_per_class)
     progress.bar.total = round(job_work(len(train.train_class_ids), _evaluation_work(val, eval_limit)), 1)
     progress.advance("scene", num_train + num_val)

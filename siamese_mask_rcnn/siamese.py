@@ -45,6 +45,7 @@ from .mrcnn.pipeline import SkipExample
 from .mrcnn.targets import describe_image, prepare_gt
 from .mrcnn.winograd import conv3x3 as winograd_conv3x3, use_winograd, winograd_kernel
 from .presence import PresenceHead, PresenceLossParts, gate_detections
+from .reference_loss import ReferenceClassifier, ReferenceClassLossParts
 
 #: The pyramid levels that are matched, in order (the embedding's second axis).
 LEVELS = ("P2", "P3", "P4", "P5", "P6")
@@ -169,19 +170,29 @@ class SiameseMaskRCNN(MaskRCNN):
         """Whether the model has the presence head (``PRESENCE_HEAD``; :mod:`.presence`)."""
         return bool(getattr(self.config, "PRESENCE_HEAD", False))
 
+    def has_reference_loss(self):
+        """Whether training adds the reference classification loss (``REFERENCE_CLASSES`` >
+        0; :mod:`.reference_loss`)."""
+        return int(getattr(self.config, "REFERENCE_CLASSES", 0) or 0) > 0
+
     def input_specs(self, mode):
         """Matterport's inputs with the references after the meta; in training with the
-        presence head, last, ``input_negative_references`` ``[NUM_TARGETS, *TARGET_SHAPE]``
-        (references of a category absent from the query)."""
+        presence head, then ``input_negative_references`` ``[NUM_TARGETS, *TARGET_SHAPE]``
+        (references of a category absent from the query), and with the reference loss, last,
+        ``input_reference_class_ids`` ``[1]`` int32 (the references' category id)."""
         specs = super().input_specs(mode)
         if mode == "training" and self.has_presence_head():
             specs.append(("input_negative_references", [self.config.NUM_TARGETS] + list(self.config.TARGET_SHAPE),
                           "float32"))
+        if mode == "training" and self.has_reference_loss():
+            specs.append(("input_reference_class_ids", [1], "int32"))
         return specs
 
     def loss_names(self):
-        """Matterport's five losses, then ``presence_loss`` with the presence head."""
-        return super().loss_names() + (("presence_loss",) if self.has_presence_head() else ())
+        """Matterport's five losses, then ``presence_loss`` with the presence head and
+        ``reference_class_loss`` with the reference loss."""
+        return (super().loss_names() + (("presence_loss",) if self.has_presence_head() else ())
+                + (("reference_class_loss",) if self.has_reference_loss() else ()))
 
     def clip_groups(self, variables):
         """The presence head's variables are clipped on their own, so that its gradients do
@@ -221,10 +232,12 @@ class SiameseMaskRCNN(MaskRCNN):
                   for name, shape, dtype in self.input_specs(mode)]
         image, meta, references = inputs[:3]
         gt_inputs = inputs[3:]
+        reference_class_ids = gt_inputs.pop() if mode == "training" and self.has_reference_loss() else None
         query_maps = self.encoder(image)
         # [B, K, h, w, 3] -> [B·K, h, w, 3]: every reference through the shared encoder.
         reference_maps = self.encoder(FoldRois(name="fold_shots")(references))
-        embedding = MeanOverShots(config.NUM_TARGETS, name="k_shot_mean")(self.pooling(reference_maps))
+        shot_embeddings = self.pooling(reference_maps)  # [B·K, 5, C]
+        embedding = MeanOverShots(config.NUM_TARGETS, name="k_shot_mean")(shot_embeddings)
         if mode == "training" and self.has_presence_head():
             # the last input: references of an absent category -> the negative embedding,
             # which the head model takes last (the presence loss, siamese_mask_rcnn.presence)
@@ -232,6 +245,13 @@ class SiameseMaskRCNN(MaskRCNN):
             gt_inputs = gt_inputs[:-1] + [MeanOverShots(config.NUM_TARGETS, name="k_shot_mean_negative")(
                 self.pooling(negative_maps))]
         outputs = self.head_model([meta, embedding] + list(query_maps) + gt_inputs)
+        if reference_class_ids is not None:
+            # the last loss row: every reference's embedding classified into its category
+            logits = ReferenceClassifier(config.REFERENCE_CLASSES, name="reference_class_logits")(shot_embeddings)
+            parts = ReferenceClassLossParts(config.NUM_TARGETS, name="reference_class_loss_parts")(
+                [logits, reference_class_ids])
+            outputs = KL.Concatenate(axis=1, name="all_loss_parts_with_reference", dtype="float32")(
+                [outputs, parts])
         return keras.Model(inputs, outputs, name="siamese_mask_rcnn")
 
     def _build_encoder(self):
@@ -353,6 +373,12 @@ class SiameseMaskRCNN(MaskRCNN):
                                     image_name=describe_image(dataset, image_id))
         if self.has_presence_head():
             arrays.append(self._negative_references(dataset, image_id, rng))
+        if self.has_reference_loss():
+            if not 0 < int(class_id) < int(c.REFERENCE_CLASSES):
+                raise ValueError(f"reference category id {int(class_id)} is outside the reference classifier's "
+                                 f"1..{int(c.REFERENCE_CLASSES) - 1}: set REFERENCE_CLASSES to the dataset's "
+                                 f"num_classes ({getattr(dataset, 'num_classes', '?')})")
+            arrays.append(np.array([class_id], np.int32))
         return arrays
 
     def _negative_references(self, dataset, image_id, rng):

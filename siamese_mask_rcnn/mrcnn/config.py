@@ -93,8 +93,8 @@ def is_callable_placeholder(value):
 #: without TensorFlow, and re-exported as ``mrcnn.losses.LOSS_NAMES``).
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss")
 #: Loss names ``LOSS_WEIGHTS`` may hold: matterport's five and the Siamese model's optional
-#: presence head's.
-KNOWN_LOSS_NAMES = LOSS_NAMES + ("presence_loss",)
+#: presence head's and reference classification's.
+KNOWN_LOSS_NAMES = LOSS_NAMES + ("presence_loss", "reference_class_loss")
 
 
 class Config:

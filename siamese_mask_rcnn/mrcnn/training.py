@@ -44,11 +44,12 @@ log = logging.getLogger(__name__)
 
 LAYER_PRESETS = {
     # Which layers train; "heads" also covers the FPN, as in matterport, and the Siamese
-    # model's presence head (presence_*; matterport has no such layer).
-    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)|(presence\_.*)",
-    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)|(presence\_.*)",
-    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)|(presence\_.*)",
-    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)|(presence\_.*)",
+    # model's presence head (presence_*) and reference classifier (reference_class_*;
+    # matterport has no such layers).
+    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)|(presence\_.*)|(reference\_class\_.*)",
+    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)|(presence\_.*)|(reference\_class\_.*)",
+    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)|(presence\_.*)|(reference\_class\_.*)",
+    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)|(presence\_.*)|(reference\_class\_.*)",
     "all": ".*",
 }
 
