@@ -26,6 +26,18 @@ from siamese_mask_rcnn.mrcnn.fileio import atomic_write
 logger = logging.getLogger(__name__)
 
 
+def crop_box(image, bbox):
+    """Crop ``image`` ``[H, W, ...]`` by a ``(y1, x1, y2, x2)`` box in pixels (truncated to
+    integers), clipped to the image and at least 1 px on each side, as references are cropped.
+    Returns ``(crop, (y1, x1, y2, x2))``, the crop contiguous and the box as clipped."""
+    height, width = image.shape[:2]
+    y1, x1, y2, x2 = (int(v) for v in bbox)
+    y1 = min(max(y1, 0), height - 1)
+    x1 = min(max(x1, 0), width - 1)
+    y2 = min(max(y2, y1 + 1), height)
+    x2 = min(max(x2, x1 + 1), width)
+    return np.ascontiguousarray(image[y1:y2, x1:x2]), (y1, x1, y2, x2)
+
 class OneShotDataset(utils.Dataset):
     """Base class of one-shot datasets (COCO, procedural shapes, Omniglot, ...).
 
@@ -352,14 +364,8 @@ class OneShotDataset(utils.Dataset):
         return chosen, same_image
 
     def _crop_instance(self, image, bbox):
-        """Crop ``image`` by a ``(y1, x1, y2, x2)`` box, clipped to the image (≥ 1 px)."""
-        height, width = image.shape[:2]
-        y1, x1, y2, x2 = (int(v) for v in bbox)
-        y1 = min(max(y1, 0), height - 1)
-        x1 = min(max(x1, 0), width - 1)
-        y2 = min(max(y2, y1 + 1), height)
-        x2 = min(max(x2, x1 + 1), width)
-        return np.ascontiguousarray(image[y1:y2, x1:x2]), (y1, x1, y2, x2)
+        """:func:`crop_box` (the crop and the clipped box)."""
+        return crop_box(image, bbox)
 
     def sample_references(self, class_id, k, rng, exclude_image_id=None, return_info=False):
         """Crop ``k`` reference instances of ``class_id`` (k-shot).

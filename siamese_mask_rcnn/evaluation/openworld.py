@@ -331,9 +331,18 @@ def presence_auc(present_pairs, absent_pairs):
     here?" classifier. None when a pair has no presence score or a side is empty."""
     pos = [p.get("presence") for p in present_pairs]
     neg = [p.get("presence") for p in absent_pairs]
-    if not pos or not neg or any(v is None for v in pos + neg):
+    if any(v is None for v in pos + neg):
         return None
-    pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
+    return roc_auc(pos, neg)
+
+
+def roc_auc(positive, negative):
+    """The probability that a value of ``positive`` exceeds one of ``negative`` (ties count
+    one half): the area under the ROC curve of the value as a classifier. None when a side
+    is empty."""
+    if len(positive) == 0 or len(negative) == 0:
+        return None
+    pos, neg = np.asarray(positive, np.float64), np.asarray(negative, np.float64)
     order = np.sort(neg)
     below = np.searchsorted(order, pos, side="left")
     ties = np.searchsorted(order, pos, side="right") - below
