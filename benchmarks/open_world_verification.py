@@ -34,9 +34,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no TensorFlow start-up and grappler warnings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for folder in (ROOT, HERE):  # the package, and demo_checkpoint also under ``python -m benchmarks.<name>``
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 
 import numpy as np  # noqa: E402
 

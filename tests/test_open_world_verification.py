@@ -61,3 +61,16 @@ def test_verification_table_keeps_the_stated_share_of_true_detections(bench):
     # the threshold keeping half of the true detections is their median, 0.75: 0.9 and 0.8
     assert t_half == pytest.approx(0.75) and recall_half == pytest.approx(0.4)
     assert fp_half == pytest.approx(0.5) and present_half == 1  # 0.95 of the absent, 0.75 itself
+
+
+@pytest.mark.parametrize("name", ["open_world_calibration", "open_world_confusions", "open_world_verification"])
+def test_open_world_benchmarks_run_as_modules_and_name_a_missing_checkpoint(name, tmp_path):
+    """``python -m benchmarks.<name>`` finds its helper module as the script form does; a
+    missing checkpoint is reported (status 2) before TensorFlow starts."""
+    import subprocess
+
+    missing = tmp_path / "no_such_run" / "mask_rcnn_demo_0030.h5"
+    result = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--weights", str(missing)],
+                            cwd=str(PATH.parents[1]), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"weights file not found: {missing}" in result.stderr
