@@ -48,16 +48,6 @@ import demo_checkpoint  # noqa: E402
 KEPT_SHARES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.5)
 
 
-def level_cosine(embeddings, reference):
-    """``embeddings [N, L, C]``, ``reference [L, C]`` → ``[N]``: the cosine of each level's
-    vectors, averaged over the L levels (0 for a zero vector)."""
-    a = np.asarray(embeddings, np.float64)
-    b = np.asarray(reference, np.float64)
-    a = a / np.maximum(np.linalg.norm(a, axis=2, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return (a * b[None]).sum(axis=2).mean(axis=1)
-
-
 def verification_table(true_sims, present_fp_sims, absent_sims, n_gt, n_absent, shares=KEPT_SHARES):
     """Rows ``(similarity threshold, recall on present pairs, false positives per absent pair,
     false positives on present pairs)`` when detections less similar than the threshold are
@@ -85,6 +75,7 @@ def main(argv=None):
     demo_checkpoint.check_arguments(parser, args)  # before TensorFlow starts
 
     from siamese_mask_rcnn.datasets.base import crop_box
+    from siamese_mask_rcnn.verification import level_cosine
     from siamese_mask_rcnn.evaluation.openworld import match_detections, open_world_categories, roc_auc
 
     _, val, model = demo_checkpoint.load(parser, args, 1, args.threshold)

@@ -70,6 +70,11 @@ def build_parser():
                       help="train and use the presence head (PRESENCE_HEAD; default: off, the paper's model)")
     demo.add_argument("--no-presence-head", dest="presence_head", action="store_false",
                       help="the paper's model without the presence head")
+    demo.add_argument("--verify-keep", type=float, default=None, metavar="SHARE",
+                      help="verify every detection against the reference (beyond the paper): drop those "
+                           "less similar than the threshold that keeps SHARE (0..1] of the training "
+                           "categories' objects; calibrated after training and written to the run's "
+                           "config.json (default: no verification)")
     demo.add_argument("--reference-loss", action="store_true",
                       help="also train the encoder to classify every training reference into its "
                            "category (REFERENCE_CLASSES, beyond the paper; default: off, the paper's training)")
@@ -90,6 +95,10 @@ def build_parser():
     pred.add_argument("--min-confidence", type=float,
                       help="score threshold (default: the config's); with the presence head it applies "
                            "to the scores multiplied by the presence")
+    pred.add_argument("--min-similarity", type=float,
+                      help="verify every detection against the reference and drop those whose crop's "
+                           "embedding is less similar (cosine, -1..1; default: the config's "
+                           "VERIFY_MIN_SIMILARITY, which demo --verify-keep calibrates; none: no verification)")
     pred.add_argument("--allow-partial", action="store_true",
                       help="run even if the weights file leaves some layers of the model unfilled")
     demo_job.add_thread_arguments(pred)
@@ -137,6 +146,8 @@ def main(argv=None):
                 parser.error(f"--data-dir: {err}")
         if args.negative_pairs is not None and not 0 <= args.negative_pairs <= 1:
             parser.error(f"--negative-pairs must be in [0, 1], got {args.negative_pairs}")
+        if args.verify_keep is not None and not 0 < args.verify_keep <= 1:
+            parser.error(f"--verify-keep must be in (0, 1], got {args.verify_keep}")
         if args.hard_negatives is not None and not 0 <= args.hard_negatives <= 1:
             parser.error(f"--hard-negatives must be in [0, 1], got {args.hard_negatives}")
         overrides = ({} if args.negative_pairs is None
@@ -152,7 +163,7 @@ def main(argv=None):
                               num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit,
                               config_overrides=overrides, transfer_scenes=args.transfer_scenes,
                               deterministic=args.deterministic, rendering=args.rendering,
-                              reference_loss=args.reference_loss)
+                              reference_loss=args.reference_loss, verify_keep=args.verify_keep)
         except (UnwritableOutputError, FileNotFoundError, ValueError) as err:
             # user errors (an unwritable --out, missing Omniglot archives, --dataset omniglot
             # without --data-dir) end here, before any training
@@ -161,6 +172,8 @@ def main(argv=None):
         return 0
     if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
         parser.error(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
+    if args.min_similarity is not None and not -1 <= args.min_similarity <= 1:
+        parser.error(f"--min-similarity must be in [-1, 1], got {args.min_similarity}")
     require_at_least(parser, args, 1, "threads", "inter_op_threads")  # argument errors first
     try:  # missing files are reported before TensorFlow is imported (seconds)
         check_inputs(args.weights, args.reference, args.query, args.out, args.json, config_path=args.config,
@@ -172,14 +185,15 @@ def main(argv=None):
     try:
         result = predict(args.weights, args.reference, args.query, out_png=args.out, out_json=args.json,
                          config_path=args.config, preset=args.preset, min_confidence=args.min_confidence,
-                         allow_partial=args.allow_partial)
+                         allow_partial=args.allow_partial, min_similarity=args.min_similarity)
     except InputError as err:
         print(f"siamese-mrcnn predict: error: {err}", file=sys.stderr)
         return 2
     presence = (f" (presence of the category: {result['presence']:.3f})" if "presence" in result else "")
     print(f"{len(result['scores'])} detections{presence}"
           + "".join(f"\n  score {s:.3f} box (y1, x1, y2, x2) {list(map(int, b))}"
-                    for s, b in zip(result["scores"], result["rois"])))
+                    + (f" similarity {result['similarity'][i]:.3f}" if "similarity" in result else "")
+                    for i, (s, b) in enumerate(zip(result["scores"], result["rois"]))))
     return 0
 
 

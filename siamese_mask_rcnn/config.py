@@ -51,6 +51,10 @@ class SiameseConfig(PaperSettings, Config):
     # training references' embeddings are classified into their category in training. 0 trains
     # exactly as the paper did; inference models never have the layer.
     REFERENCE_CLASSES = 0
+    # Verification (open-world search, beyond the paper; siamese_mask_rcnn.verification): None
+    # keeps every detection (the paper); a cosine in [-1, 1] crops each detection, embeds it
+    # with the reference encoder and drops it when less similar to the reference.
+    VERIFY_MIN_SIMILARITY = None
     # Independent photometric + geometric augmentation of query and references (beyond the
     # paper; siamese_mask_rcnn.augmentation). False trains exactly as the paper did.
     PAIR_AUGMENTATION = False
@@ -71,6 +75,10 @@ class SiameseConfig(PaperSettings, Config):
             raise ValueError(f"PRESENCE_GATING must be 'multiply' or 'none', got {self.PRESENCE_GATING!r}")
         if int(self.PRESENCE_CHANNELS) < 1:
             raise ValueError(f"PRESENCE_CHANNELS must be >= 1, got {self.PRESENCE_CHANNELS}")
+        verify = self.VERIFY_MIN_SIMILARITY
+        if verify is not None and (isinstance(verify, bool) or not isinstance(verify, (int, float, np.number))
+                                   or not -1.0 <= float(verify) <= 1.0):
+            raise ValueError(f"VERIFY_MIN_SIMILARITY must be None (off) or a cosine in [-1, 1], got {verify!r}")
         classes = self.REFERENCE_CLASSES
         if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 0 or classes == 1:
             raise ValueError(f"REFERENCE_CLASSES must be 0 (off) or the number of category ids (>= 2, "

@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import math
+import os
 import pathlib
 import time
 
@@ -45,6 +46,8 @@ RENDER_WORKERS = 2
 #: Scenes of the independent composer (``datasets.transfer``) on which the one-shot
 #: categories are evaluated again ("transfer"); 0 skips that evaluation.
 TRANSFER_SCENES = 150
+#: Training scenes on which ``--verify-keep`` calibrates the verification threshold.
+VERIFY_CALIBRATION_SCENES = 200
 #: Learning-rate warm-up: linear from 10 % of the rate over this many steps (at most a
 #: tenth of the run), then a cosine decay to 1 % of the rate at the last step.
 WARMUP_STEPS = 200
@@ -388,7 +391,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
              config_overrides=None, verbose=1, threads=DEFAULT_THREADS,
              references_per_class=REFERENCES_PER_CLASS, workers=RENDER_WORKERS,
              steps_per_epoch=None, transfer_scenes=TRANSFER_SCENES, deterministic=True,
-             rendering="paper", reference_loss=False):
+             rendering="paper", reference_loss=False, verify_keep=None):
     """Train for ``steps`` steps, evaluate (paper §5.2 protocol, §5.3 baseline), write the
     results.
 
@@ -429,13 +432,20 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         reference_loss: train with the reference classification loss (beyond the paper;
             :mod:`.reference_loss`): ``REFERENCE_CLASSES`` is set to the data's number of
             category ids once the data exist.
+        verify_keep: verify detections against the reference (beyond the paper;
+            :mod:`.verification`): after training, the similarity threshold that keeps this
+            share (0 < verify_keep ≤ 1) of the training categories' objects on
+            :data:`VERIFY_CALIBRATION_SCENES` training scenes is calibrated, used by the
+            evaluation and written as ``VERIFY_MIN_SIMILARITY`` into the run's ``config.json``
+            (so ``siamese-mrcnn predict`` verifies too). None (default): no verification.
 
     Returns the summary dict (mAP50 per row as fractions, steps, timings, output paths),
     also written as ``demo_summary.json``.
 
     Raises:
         ValueError: unknown dataset or config key (see :func:`make_datasets`,
-            :func:`demo_config`), ``steps < 1``, ``minutes <= 0`` or ``transfer_scenes < 0``.
+            :func:`demo_config`), ``steps < 1``, ``minutes <= 0``, ``transfer_scenes < 0`` or
+            ``verify_keep`` outside (0, 1].
         FileNotFoundError: Omniglot archives missing.
         UnwritableOutputError: (an ``OSError``) ``out_dir`` cannot be created or written;
             checked first.
@@ -444,6 +454,9 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         raise ValueError(f"minutes must be > 0, got {minutes}")
     if int(transfer_scenes) < 0:
         raise ValueError(f"transfer_scenes must be >= 0, got {transfer_scenes}")
+    if verify_keep is not None and not 0.0 < float(verify_keep) <= 1.0:
+        raise ValueError(f"verify_keep must be in (0, 1] (the share of true matches verification keeps), "
+                         f"got {verify_keep}")
     from .datasets.synthetic import RENDERINGS
     if rendering not in RENDERINGS:
         raise ValueError(f"unknown rendering {rendering!r}; choose one of {RENDERINGS}")
@@ -516,6 +529,16 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     inference = SiameseMaskRCNN("inference", demo_config(**{**overrides, "SEED": seed, "IMAGES_PER_GPU": 1}),
                                 model_dir=str(out_dir / "checkpoints"))
     inference.load_weights(checkpoint, by_name=True)
+    verification = None
+    if verify_keep is not None:
+        from .verification import calibrate_min_similarity
+        threshold, count = calibrate_min_similarity(inference, train, train.train_class_ids, keep=verify_keep,
+                                                    scenes=VERIFY_CALIBRATION_SCENES, seed=seed)
+        inference.config.VERIFY_MIN_SIMILARITY = threshold
+        config.VERIFY_MIN_SIMILARITY = threshold
+        config.save(os.path.join(os.path.dirname(checkpoint), "config.json"))  # predict verifies too
+        verification = {"keep": float(verify_keep), "min_similarity": round(threshold, 4), "objects": count,
+                        "scenes": VERIFY_CALIBRATION_SCENES}
     predict = _counting(inference.predict_fn(), progress)
     rows = {
         "background": evaluation.evaluate(val, predict, val.train_class_ids, seed=seed, limit=eval_limit,
@@ -549,7 +572,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
             "references_per_class": int(references_per_class),
             "data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1),
             "seconds_per_step": round(train_seconds / max(1, steps_done), 4), "checkpoint": checkpoint,
-            "final_loss": history[-1]["loss"] if history else None,
+            "final_loss": history[-1]["loss"] if history else None, "verification": verification,
             "config": config.to_dict()}
     data_label = dataset if rendering == "paper" else f"{dataset}, {rendering} rendering"
     title = f"one-shot instance segmentation on {data_label} (mAP50, %)"
@@ -575,10 +598,14 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
                     "outputs": {k: str(v) for k, v in written.items()}, **{k: info[k] for k in
                     ("dataset", "rendering", "epochs_trained", "steps", "time_capped", "data_seconds",
                      "train_seconds",
-                     "seconds_per_step", "checkpoint")}})
+                     "seconds_per_step", "checkpoint", "verification")}})
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if verbose:
         print(evaluation.format_table(rows, title=title))
+        if verification is not None:
+            print(f"verified: detections less similar to the reference than {verification['min_similarity']:.3f} "
+                  f"dropped (keeps {verification['keep'] * 100:.0f} % of {verification['objects']} training "
+                  f"objects; written to the run's config.json as VERIFY_MIN_SIMILARITY)")
         print(evaluation.format_open_world(open_world))
         if transfer_rows:
             print(transfer_table)

@@ -337,7 +337,7 @@ def with_presence_head_of(weights, config, shapes=None):
 
 
 def load_model(weights, config_path=None, preset=None, min_confidence=None, allow_partial=False,
-               exclude=None):
+               exclude=None, min_similarity=None):
     """An inference ``SiameseMaskRCNN`` with ``weights`` loaded by layer name.
 
     ``weights``: a legacy-layout ``.h5`` (this project's checkpoints, matterport, the
@@ -345,6 +345,8 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
     does not fill every weighted layer of the model is refused (the missing layers listed)
     unless ``allow_partial`` or the missing layers match ``exclude`` (layer names or
     regular expressions): random layers would give confident-looking nonsense.
+    ``min_confidence`` / ``min_similarity`` override the config's ``DETECTION_MIN_CONFIDENCE``
+    / ``VERIFY_MIN_SIMILARITY`` (verification, :mod:`.verification`).
 
     Raises:
         InputError: missing, truncated or corrupt file, a file that does not fit the
@@ -356,6 +358,8 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
     if not os.path.exists(weights):
         raise InputError(f"weights file not found: {weights}")
     overrides = {} if min_confidence is None else {"DETECTION_MIN_CONFIDENCE": float(min_confidence)}
+    if min_similarity is not None:
+        overrides["VERIFY_MIN_SIMILARITY"] = float(min_similarity)
     beside = config_beside(weights)
     # Without a config the file's shapes give the preset and tell whether it holds a
     # presence head: read them once for both.
@@ -440,6 +444,8 @@ def result_to_json(result, reference_paths, query_path, config=None):
                            "box_xywh": box_yxyx_to_xywh((y1, x1, y2, x2)),
                            "mask_area": int(result["masks"][:, :, i].sum()),
                            "mask_rle": encode_mask(result["masks"][:, :, i])})
+        if "similarity" in result:  # verified (siamese_mask_rcnn.verification)
+            detections[-1]["similarity"] = float(result["similarity"][i])
     payload = {"query": str(query_path), "references": [str(p) for p in reference_paths],
                "count": len(detections), "detections": detections}
     if "presence" in result:  # a model with the presence head (siamese_mask_rcnn.presence)
@@ -448,18 +454,21 @@ def result_to_json(result, reference_paths, query_path, config=None):
         payload["min_confidence"] = float(config.DETECTION_MIN_CONFIDENCE)
         if "presence" in result:
             payload["presence_gating"] = str(config.PRESENCE_GATING)
+        if getattr(config, "VERIFY_MIN_SIMILARITY", None) is not None:
+            payload["min_similarity"] = float(config.VERIFY_MIN_SIMILARITY)
     return payload
 
 
 def predict(weights, references, query, out_png=None, out_json=None, config_path=None, preset=None,
-            min_confidence=None, model=None, allow_partial=False):
+            min_confidence=None, model=None, allow_partial=False, min_similarity=None):
     """Find every instance of the references' category in ``query``.
 
     ``references``: one path/array or a list (k-shot: their embeddings are averaged).
     Returns ``{"rois", "scores", "masks", "class_ids"}`` (and ``"presence"``, the
     probability that the category is in the query, for a model with the presence head: its
-    scores are already multiplied by it, so an absent category gives no detection); writes
-    a picture and/or JSON.
+    scores are already multiplied by it, so an absent category gives no detection) and, when
+    verification is on (``min_similarity`` or the config's ``VERIFY_MIN_SIMILARITY``),
+    ``"similarity"`` per detection; writes a picture and/or JSON.
 
     Raises:
         InputError: a missing, unreadable or URL image, a weights file :func:`load_model`
@@ -471,7 +480,8 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
     ref_images = [read_user_image(r, "reference") if not isinstance(r, np.ndarray) else r for r in refs]
     query_image = read_user_image(query, "query") if not isinstance(query, np.ndarray) else query
     if model is None:
-        model = load_model(weights, config_path, preset, min_confidence, allow_partial=allow_partial)
+        model = load_model(weights, config_path, preset, min_confidence, allow_partial=allow_partial,
+                           min_similarity=min_similarity)
     result = model.detect_embeddings(query_image, {0: model.embed_category(ref_images)})[0]
     if out_png:
         import matplotlib.pyplot as plt

@@ -70,7 +70,7 @@ class ReferenceClassLossParts(KL.Layer):
     consecutive references all show its reference category. The count is ``shots``.
 
     Args:
-        shots: references per query (``NUM_TARGETS``), an int ≥ 1.
+        shots: references per query (``NUM_TARGETS``), an int ≥ 1 (``ValueError`` otherwise).
     """
 
     def __init__(self, shots, **kwargs):

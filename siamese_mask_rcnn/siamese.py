@@ -46,6 +46,7 @@ from .mrcnn.targets import describe_image, prepare_gt
 from .mrcnn.winograd import conv3x3 as winograd_conv3x3, use_winograd, winograd_kernel
 from .presence import PresenceHead, PresenceLossParts, gate_detections
 from .reference_loss import ReferenceClassifier, ReferenceClassLossParts
+from .verification import detection_crops, keep_detections, level_cosine
 
 #: The pyramid levels that are matched, in order (the embedding's second axis).
 LEVELS = ("P2", "P3", "P4", "P5", "P6")
@@ -338,8 +339,10 @@ class SiameseMaskRCNN(MaskRCNN):
         paper; off by default) each reference crop and the query (unless ``augmentation`` is
         given) get independent photometric and geometric augmentation
         (:mod:`siamese_mask_rcnn.augmentation`). Returns the model inputs as numpy arrays
-        in ``input_specs("training")`` order; raises ``SkipExample`` when the query has no
-        usable category or no instance survives augmentation.
+        in ``input_specs("training")`` order (with ``REFERENCE_CLASSES``, last, the reference
+        category's id ``[1]``); raises ``SkipExample`` when the query has no usable category or
+        no instance survives augmentation, ``ValueError`` when the reference category's id is
+        not below ``REFERENCE_CLASSES``.
         """
         c = self.config
         fraction = float(getattr(c, "NEGATIVE_PAIR_FRACTION", 0.0))
@@ -633,7 +636,8 @@ class SiameseMaskRCNN(MaskRCNN):
         "scores" [N], "masks" [H, W, N] bool}}``; with the presence head (``PRESENCE_HEAD``)
         also ``"presence"`` (the pair's presence in [0, 1]), the scores multiplied by it and
         only those ≥ ``DETECTION_MIN_CONFIDENCE`` kept (:func:`.presence.gate_detections`), so an
-        absent category gives an empty result.
+        absent category gives an empty result. With ``VERIFY_MIN_SIMILARITY`` set, detections
+        are then verified against the reference (:meth:`verify`) and carry ``"similarity"``.
 
         ``image``: an array in any layout :func:`.mrcnn.utils.to_uint8_rgb` accepts (grey,
         RGBA, float in [0, 1] ...) or an image file path (read with
@@ -684,7 +688,30 @@ class SiameseMaskRCNN(MaskRCNN):
                                                      molded[0].shape, windows[0])
                 if presence is not None:
                     results[key] = self.gate(results[key], presence[row])
+        if getattr(c, "VERIFY_MIN_SIMILARITY", None) is not None:
+            results = self.verify(image, results, dict(zip(keys, stacked)))
         return results
+
+    #: Detection crops one reference-encoder call of :meth:`verify` takes.
+    VERIFY_BATCH = 64
+
+    def verify(self, image, results, embeddings):
+        """Verification (beyond the paper; :mod:`.verification`): every detection of
+        ``results`` (``{key: result}`` of :meth:`detect_embeddings`, boxes in ``image``
+        pixels) is cropped from ``image`` ``[H, W, 3]`` by its box, embedded by the reference
+        encoder and compared with ``embeddings[key]`` ``[5, C]`` (level-averaged cosine);
+        those under ``VERIFY_MIN_SIMILARITY`` are dropped. Returns new results with
+        ``"similarity"`` (float32 ``[N]``) per detection kept."""
+        threshold = float(self.config.VERIFY_MIN_SIMILARITY)
+        crops, owners = detection_crops(image, results)
+        found = [self.encode_references(crops[i:i + self.VERIFY_BATCH])
+                 for i in range(0, len(crops), self.VERIFY_BATCH)]
+        sims = {key: np.zeros(len(result["scores"])) for key, result in results.items()}
+        if found:
+            for (key, index), embedding in zip(owners, np.concatenate(found)):
+                sims[key][index] = level_cosine(embedding[None], embeddings[key])[0]
+        return {key: keep_detections(result, sims[key] >= threshold, sims[key])
+                for key, result in results.items()}
 
     @staticmethod
     def _query_image(image):

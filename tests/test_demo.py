@@ -93,7 +93,14 @@ def test_demo_command_line_passes_arguments_to_run_demo(monkeypatch, tmp_path):
     assert calls == [dict(out_dir=str(tmp_path), dataset="omniglot", data_dir=str(tmp_path), steps=40,
                           minutes=0.5, threads=1, steps_per_epoch=3, num_train=60, num_val=12, seed=7, eval_limit=6,
                           config_overrides={}, transfer_scenes=20, deterministic=False,
-                          rendering="randomised")]
+                          rendering="randomised", reference_loss=False, verify_keep=None)]
+
+
+def test_demo_command_line_open_world_flags(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr("siamese_mask_rcnn.demo.run_demo", lambda **kw: calls.append(kw) or {})
+    assert cli.main(["demo", "--out", str(tmp_path), "--reference-loss", "--verify-keep", "0.8"]) == 0
+    assert calls[0]["reference_loss"] is True and calls[0]["verify_keep"] == 0.8
 
 
 @pytest.mark.parametrize("flag, overrides", [([], {}), (["--presence-head"], {"PRESENCE_HEAD": True}),
@@ -116,7 +123,9 @@ def test_demo_command_line_presence_head_flags(flag, overrides, monkeypatch, tmp
     (["demo", "--threads", "-1"], "--threads must be >= 1"),
     (["demo", "--transfer-scenes", "-1"], "--transfer-scenes must be >= 0"),
     (["demo", "--rendering", "oil"], "invalid choice"), ([], "required"),
-    (["demo", "--hard-negatives", "1.5"], "--hard-negatives must be in [0, 1], got 1.5")])
+    (["demo", "--hard-negatives", "1.5"], "--hard-negatives must be in [0, 1], got 1.5"),
+    (["demo", "--verify-keep", "0"], "--verify-keep must be in (0, 1], got 0.0"),
+    (["demo", "--verify-keep", "nan"], "--verify-keep must be in (0, 1], got nan")])
 def test_demo_command_line_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(argv)
@@ -361,3 +370,31 @@ def test_progress_bar_loss_is_the_mean_of_a_short_run(capsys):
         callback.on_train_batch_end(step, {"loss": 1.0})
     assert callback.loss == pytest.approx(1.0, abs=1e-3)  # the old steps are forgotten
     progress.close()
+
+
+def test_reference_loss_and_verification_in_a_tiny_job(tmp_path):
+    """``--reference-loss``: the classifier's size is the data's and its loss is logged;
+    ``--verify-keep``: the calibrated threshold is printed into the summary and the run's
+    config.json (what ``predict`` reads); a bad share is refused before any work."""
+    import os
+
+    from siamese_mask_rcnn.demo import run_demo
+
+    with pytest.raises(ValueError, match="verify_keep must be in"):
+        run_demo(out_dir=str(tmp_path / "bad"), verify_keep=0, verbose=0)
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+    summary = run_demo(out_dir=str(tmp_path), verbose=0, reference_loss=True, verify_keep=0.8,
+                       **{**TINY_JOB, "steps": 2, "num_train": 20, "num_val": 4, "eval_limit": 1,
+                          "transfer_scenes": 0})
+    saved = json.loads((tmp_path / "demo_summary.json").read_text())
+    verification = saved["verification"]
+    assert verification == summary["verification"]
+    assert verification["keep"] == 0.8 and verification["objects"] > 0
+    assert -1.0 <= verification["min_similarity"] <= 1.0
+    run_config = json.loads(open(os.path.join(os.path.dirname(summary["checkpoint"]), "config.json")).read())
+    _, val = make_datasets("synthetic", num_train=1, num_val=1, seed=0)
+    assert run_config["REFERENCE_CLASSES"] == val.num_classes
+    assert run_config["VERIFY_MIN_SIMILARITY"] == pytest.approx(verification["min_similarity"], abs=1e-4)
+    history = [json.loads(line) for line in open(os.path.join(os.path.dirname(summary["checkpoint"]),
+                                                              "history.jsonl"))]
+    assert all(np.isfinite(h["reference_class_loss"]) for h in history)

@@ -1,5 +1,5 @@
-"""The numpy parts of benchmarks/open_world_verification.py, evaluation.openworld.roc_auc and
-datasets.base.crop_box (the benchmark itself is run by hand)."""
+"""The numpy parts of benchmarks/open_world_verification.py, evaluation.openworld.roc_auc,
+verification.level_cosine and datasets.base.crop_box (the benchmark itself is run by hand)."""
 import importlib.util
 import pathlib
 import sys
@@ -9,6 +9,7 @@ import pytest
 
 from siamese_mask_rcnn.datasets.base import crop_box
 from siamese_mask_rcnn.evaluation.openworld import roc_auc
+from siamese_mask_rcnn.verification import level_cosine
 
 PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "open_world_verification.py"
 
@@ -43,12 +44,12 @@ def test_crop_box_clips_to_the_image_and_keeps_one_pixel():
     assert box == (4, 5, 5, 6) and crop.tolist() == [[29]]
 
 
-def test_level_cosine_averages_the_levels(bench):
+def test_level_cosine_averages_the_levels():
     reference = np.array([[1.0, 0.0], [0.0, 2.0]])               # [L=2, C=2]
     embeddings = np.array([[[3.0, 0.0], [0.0, 1.0]],             # both levels aligned: 1
                            [[0.0, 1.0], [0.0, 5.0]],             # (0 + 1) / 2
                            [[1.0, 1.0], [0.0, 0.0]]])            # (1/sqrt 2 + 0) / 2 (zero vector: 0)
-    np.testing.assert_allclose(bench.level_cosine(embeddings, reference), [1.0, 0.5, 0.5 / np.sqrt(2)])
+    np.testing.assert_allclose(level_cosine(embeddings, reference), [1.0, 0.5, 0.5 / np.sqrt(2)])
 
 
 def test_verification_table_keeps_the_stated_share_of_true_detections(bench):

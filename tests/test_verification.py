@@ -1,0 +1,141 @@
+"""Verification of detections against the reference (siamese_mask_rcnn.verification, issue #10)."""
+import types
+
+import numpy as np
+import pytest
+
+from siamese_mask_rcnn.verification import calibrate_min_similarity, keep_detections, level_cosine
+
+
+def _result(n, height=6, width=7):
+    masks = np.zeros((height, width, n), bool)
+    for i in range(n):
+        masks[i, i, i] = True
+    return {"rois": np.array([[i, i, i + 2, i + 3] for i in range(n)]), "class_ids": np.ones(n, np.int32),
+            "scores": np.linspace(0.9, 0.5, n).astype(np.float32), "masks": masks, "presence": 0.7}
+
+
+def test_keep_detections_filters_every_field_and_adds_the_similarity():
+    result = _result(3)
+    kept = keep_detections(result, [True, False, True], [0.8, 0.1, 0.6])
+    assert kept["rois"].tolist() == [[0, 0, 2, 3], [2, 2, 4, 5]]
+    np.testing.assert_allclose(kept["scores"], [0.9, 0.5])
+    assert kept["masks"].shape == (6, 7, 2) and kept["masks"][0, 0, 0] and kept["masks"][2, 2, 1]
+    np.testing.assert_allclose(kept["similarity"], [0.8, 0.6])
+    assert kept["presence"] == 0.7 and len(result["scores"]) == 3  # extras kept, input unchanged
+    empty = keep_detections(result, [False] * 3, [0, 0, 0])
+    assert empty["masks"].shape == (6, 7, 0) and empty["similarity"].shape == (0,)
+
+
+class _ColourModel:
+    """A stand-in encoder: a crop's embedding is its mean colour on each of 5 levels."""
+
+    def encode_references(self, crops):
+        return np.stack([np.tile(np.asarray(c, np.float64).reshape(-1, 3).mean(axis=0), (5, 1)) for c in crops])
+
+    def embed_category(self, crops):
+        return self.encode_references(crops).mean(axis=0)
+
+
+def _colour_dataset():
+    """Three scenes; category 1 objects are red (one with some green), category 2 green."""
+    def scene(objects):
+        image = np.zeros((20, 20, 3), np.uint8)
+        anns = []
+        for (y, x), colour, class_id in objects:
+            image[y:y + 4, x:x + 4] = colour
+            anns.append({"bbox": (y, x, y + 4, x + 4), "class_id": class_id})
+        return image, anns
+
+    scenes = {0: scene([((0, 0), (200, 0, 0), 1), ((10, 10), (0, 200, 0), 2)]),
+              1: scene([((2, 2), (200, 100, 0), 1)]),
+              2: scene([((5, 5), (200, 0, 0), 1), ((12, 0), (0, 0, 200), 3)])}
+    return types.SimpleNamespace(
+        image_ids=[2, 0, 1], load_image=lambda i: scenes[i][0],
+        instance_annotations=lambda i: scenes[i][1],
+        sample_reference=lambda c, rng, exclude_image_id=None: {1: np.full((3, 3, 3), (255, 0, 0), np.uint8),
+                                                                 2: np.full((3, 3, 3), (0, 255, 0), np.uint8)}[c])
+
+
+def test_calibration_keeps_the_asked_share_of_true_matches():
+    dataset = _colour_dataset()
+    # category 1: red objects have cosine 1, the red-green one 2/sqrt(5); category 2: 1;
+    # category 3 is not asked for
+    sims = sorted([1.0, 1.0, 2 / np.sqrt(5), 1.0])
+    threshold, count = calibrate_min_similarity(_ColourModel(), dataset, [1, 2], keep=0.5, scenes=3)
+    assert count == 4 and threshold == pytest.approx(np.quantile(sims, 0.5))
+    threshold, _ = calibrate_min_similarity(_ColourModel(), dataset, [1, 2], keep=0.8, scenes=3)
+    assert threshold == pytest.approx(np.quantile(sims, 0.2)) and threshold < 1.0
+    assert calibrate_min_similarity(_ColourModel(), dataset, [1, 2], keep=1.0, scenes=3)[0] == -1.0
+    # only the first scene (sorted ids: 0): one red and one green object
+    assert calibrate_min_similarity(_ColourModel(), dataset, [1, 2], keep=0.5, scenes=1)[1] == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [({"keep": 0.0}, "keep must be in"), ({"keep": 1.5}, "keep must be in"),
+                                             ({"scenes": 0}, "scenes must be >= 1"),
+                                             ({"class_ids": [7]}, "nothing to calibrate")])
+def test_calibration_refuses_bad_arguments(kwargs, message):
+    args = {"keep": 0.5, "scenes": 3, "class_ids": [1]}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        calibrate_min_similarity(_ColourModel(), _colour_dataset(), args.pop("class_ids"), **args)
+
+
+@pytest.mark.parametrize("bad", [1.5, -2, float("nan"), True, "0.5"])
+def test_config_refuses_a_bad_min_similarity(bad):
+    from siamese_mask_rcnn.config import siamese_config
+
+    with pytest.raises(ValueError, match="VERIFY_MIN_SIMILARITY"):
+        siamese_config("tiny", VERIFY_MIN_SIMILARITY=bad)
+    assert siamese_config("tiny", VERIFY_MIN_SIMILARITY=0.25).VERIFY_MIN_SIMILARITY == 0.25
+
+
+def test_result_json_reports_the_similarities_and_the_threshold():
+    from siamese_mask_rcnn.predict import result_to_json
+
+    result = keep_detections(_result(2), [True, True], [0.75, 0.5])
+    config = types.SimpleNamespace(DETECTION_MIN_CONFIDENCE=0.5, PRESENCE_GATING="multiply",
+                                   VERIFY_MIN_SIMILARITY=0.4)
+    payload = result_to_json(result, ["r.png"], "q.png", config=config)
+    assert [d["similarity"] for d in payload["detections"]] == [0.75, 0.5]
+    assert payload["min_similarity"] == 0.4
+    config.VERIFY_MIN_SIMILARITY = None
+    assert "min_similarity" not in result_to_json(_result(1), ["r.png"], "q.png", config=config)
+
+
+def test_detect_embeddings_verifies_in_every_inference_path(tmp_path):
+    keras = pytest.importorskip("keras")
+    from siamese_mask_rcnn.config import siamese_config
+    from siamese_mask_rcnn.datasets.base import crop_box
+    from siamese_mask_rcnn.datasets.synthetic import make_train_val
+    from siamese_mask_rcnn.siamese import SiameseMaskRCNN
+
+    _, val = make_train_val(num_categories=40, num_train=2, num_val=3, image_size=128, seed=3)
+    keras.utils.set_random_seed(2)
+    model = SiameseMaskRCNN("inference", siamese_config("tiny", DETECTION_MIN_CONFIDENCE=0.0),
+                            model_dir=str(tmp_path))
+    image_id = val.image_ids[0]
+    image = val.load_image(image_id)
+    rng = np.random.default_rng(0)
+    embeddings = {c: model.embed_category([val.sample_reference(c, rng)]) for c in val.image_categories[image_id][:2]}
+    plain = model.detect_embeddings(image, embeddings, fold=False)
+    assert all("similarity" not in r for r in plain.values())
+    expected = {k: level_cosine(model.encode_references([crop_box(image, b)[0] for b in r["rois"]]), embeddings[k])
+                for k, r in plain.items()}
+    values = np.concatenate(list(expected.values()))
+    assert len(values) >= 4 and len(np.unique(np.round(values, 5))) > 1
+    threshold = float(np.median(values))
+    model.config.VERIFY_MIN_SIMILARITY = threshold
+    try:
+        for fold in (False, True):
+            verified = model.detect_embeddings(image, embeddings, fold=fold)
+            for key, result in verified.items():
+                keep = expected[key] >= threshold
+                assert len(result["scores"]) == int(keep.sum()) == result["masks"].shape[-1]
+                np.testing.assert_allclose(result["similarity"], expected[key][keep], atol=1e-4)
+                np.testing.assert_allclose(result["scores"], plain[key]["scores"][keep], rtol=1e-4, atol=1e-5)
+        model.config.VERIFY_MIN_SIMILARITY = -1.0
+        everything = model.detect_embeddings(image, embeddings, fold=False)
+        assert all(len(everything[k]["scores"]) == len(plain[k]["scores"]) for k in plain)
+    finally:
+        model.config.VERIFY_MIN_SIMILARITY = None
