@@ -16,6 +16,10 @@ The network is three separable parts; the encoder's weights are shared by all of
 
 With ``PRESENCE_HEAD`` (beyond the paper; :mod:`siamese_mask_rcnn.presence`) the heads also
 give one presence score per pair, which gates the detection scores (:meth:`SiameseMaskRCNN.gate`).
+With ``REFERENCE_CLASSES`` (beyond the paper; :mod:`siamese_mask_rcnn.reference_loss`) training
+also classifies every reference's embedding into its category; with ``VERIFY_MIN_SIMILARITY``
+(beyond the paper; :mod:`siamese_mask_rcnn.verification`) every detection is cropped, embedded
+and compared with the reference (:meth:`SiameseMaskRCNN.verify`).
 
 ``keras_model`` chains the three parts for training (it outputs the losses) or inference
 (detections). For many categories against one query, :meth:`SiameseMaskRCNN.detect_embeddings`
