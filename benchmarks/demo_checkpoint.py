@@ -9,20 +9,28 @@ import sys
 import numpy as np
 
 
-def add_arguments(parser):
-    """The options both benchmarks take: ``--weights``, ``--scenes`` and ``--seed``."""
+def add_arguments(parser, threshold=False):
+    """The options the benchmarks take: ``--weights``, ``--scenes`` and ``--seed``; with
+    ``threshold`` also ``--threshold`` (the score at or above which a detection counts)."""
     parser.add_argument("--weights", required=True, help="a demo checkpoint (.h5) with config.json beside it")
     parser.add_argument("--scenes", type=int, default=150, help="evaluation scenes (default 150)")
     parser.add_argument("--seed", type=int, default=0)
+    if threshold:
+        parser.add_argument("--threshold", type=float, default=0.5,
+                            help="score at or above which a detection counts (default 0.5, the demo's)")
 
 
 def check_arguments(parser, args):
-    """Exit through ``parser.error`` (status 2) on ``--scenes`` < 1, ``--seed`` < 0 or a bad
-    ``--weights`` (:func:`check_demo_checkpoint`); before TensorFlow starts."""
+    """Exit through ``parser.error`` (status 2) on ``--scenes`` < 1, ``--seed`` < 0, a
+    ``--threshold`` outside (0, 1] or a bad ``--weights`` (:func:`check_demo_checkpoint`);
+    before TensorFlow starts."""
     if args.scenes < 1:
         parser.error(f"--scenes must be >= 1, got {args.scenes}")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
+    threshold = getattr(args, "threshold", None)
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        parser.error(f"--threshold must be in (0, 1], got {threshold}")
     check_demo_checkpoint(parser, args.weights)
 
 

@@ -91,12 +91,8 @@ def summarise(hits, base, n_pairs):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    demo_checkpoint.add_arguments(parser)
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="score at or above which a detection counts (default 0.5, the demo's)")
+    demo_checkpoint.add_arguments(parser, threshold=True)
     args = parser.parse_args(argv)
-    if not 0.0 < args.threshold <= 1.0:
-        parser.error(f"--threshold must be in (0, 1], got {args.threshold}")
     demo_checkpoint.check_arguments(parser, args)  # before TensorFlow starts
 
     from siamese_mask_rcnn.evaluation.openworld import open_world_categories

@@ -109,3 +109,20 @@ def headless_plots(monkeypatch):
     monkeypatch.setattr(plt, "show", forbidden)
     yield
     plt.close("all")
+
+
+def load_benchmark(name):
+    """The module ``benchmarks/<name>.py``, loaded as when run as a script (its folder first
+    on ``sys.path`` while it imports, so that its helper modules are found)."""
+    import importlib.util
+    import sys
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module

@@ -1,6 +1,5 @@
 """The attribution of open-world false positives in benchmarks/open_world_confusions.py
 (pure numpy; the benchmark itself is run by hand)."""
-import importlib.util
 import os
 import pathlib
 import sys
@@ -9,19 +8,14 @@ import types
 import numpy as np
 import pytest
 
+from conftest import load_benchmark  # noqa: E402
+
 PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "open_world_confusions.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(PATH.parent))  # as when run as a script: its folder first on the path
-    try:
-        spec = importlib.util.spec_from_file_location("open_world_confusions", PATH)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(PATH.parent))
-    return module
+    return load_benchmark("open_world_confusions")
 
 
 def style(family, primary, secondary, pattern):

@@ -1,11 +1,12 @@
 """The numpy parts of benchmarks/open_world_verification.py, evaluation.openworld.roc_auc,
 verification.level_cosine and datasets.base.crop_box (the benchmark itself is run by hand)."""
-import importlib.util
 import pathlib
 import sys
 
 import numpy as np
 import pytest
+
+from conftest import load_benchmark  # noqa: E402
 
 from siamese_mask_rcnn.datasets.base import crop_box
 from siamese_mask_rcnn.evaluation.openworld import roc_auc
@@ -16,14 +17,7 @@ PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "open_world_
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(PATH.parent))  # as when run as a script: its folder first on the path
-    try:
-        spec = importlib.util.spec_from_file_location("open_world_verification", PATH)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(PATH.parent))
-    return module
+    return load_benchmark("open_world_verification")
 
 
 def test_roc_auc_counts_pairs_and_half_ties():
