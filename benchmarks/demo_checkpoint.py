@@ -20,6 +20,19 @@ def add_arguments(parser, threshold=False):
                             help="score at or above which a detection counts (default 0.5, the demo's)")
 
 
+def parse(doc, argv=None, threshold=False):
+    """``(parser, args)``: a parser described by the first paragraph of ``doc`` with
+    :func:`add_arguments`, its arguments parsed from ``argv`` and checked
+    (:func:`check_arguments`; exits with status 2 on a bad one, before TensorFlow starts)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add_arguments(parser, threshold=threshold)
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    return parser, args
+
+
 def check_arguments(parser, args):
     """Exit through ``parser.error`` (status 2) on ``--scenes`` < 1, ``--seed`` < 0, a
     ``--threshold`` outside (0, 1] or a bad ``--weights`` (:func:`check_demo_checkpoint`);
@@ -70,6 +83,9 @@ def load(parser, args, num_train, min_confidence):
     except (FileNotFoundError, InputError, ValueError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(f"machine: {machine_description()}")
+    if getattr(args, "threshold", None) is not None:
+        print(f"weights: {args.weights}; {args.scenes} evaluation scenes, threshold {args.threshold}, "
+              f"seed {args.seed}")
     return train, val, model
 
 

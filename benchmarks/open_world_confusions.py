@@ -21,7 +21,6 @@ positives is far above its base rate is what the matching relies on; one near it
 is ignored. It also prints the false positives per absent pair split by how many attributes
 are shared, and the CPU it ran on.
 """
-import argparse
 import os
 import sys
 import time
@@ -90,16 +89,11 @@ def summarise(hits, base, n_pairs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    demo_checkpoint.add_arguments(parser, threshold=True)
-    args = parser.parse_args(argv)
-    demo_checkpoint.check_arguments(parser, args)  # before TensorFlow starts
+    parser, args = demo_checkpoint.parse(__doc__, argv, threshold=True)  # checked before TensorFlow starts
 
     from siamese_mask_rcnn.evaluation.openworld import open_world_categories
 
     _, val, model = demo_checkpoint.load(parser, args, 1, args.threshold)
-    print(f"weights: {args.weights}; {args.scenes} evaluation scenes, threshold {args.threshold}, "
-          f"seed {args.seed}")
 
     embeddings = demo_checkpoint.one_shot_embeddings(model, val, args.seed)
     t0 = time.time()

@@ -27,7 +27,6 @@ It prints:
 
 It prints the CPU it ran on.
 """
-import argparse
 import os
 import sys
 import time
@@ -65,18 +64,13 @@ def verification_table(true_sims, present_fp_sims, absent_sims, n_gt, n_absent, 
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    demo_checkpoint.add_arguments(parser, threshold=True)
-    args = parser.parse_args(argv)
-    demo_checkpoint.check_arguments(parser, args)  # before TensorFlow starts
+    parser, args = demo_checkpoint.parse(__doc__, argv, threshold=True)  # checked before TensorFlow starts
 
     from siamese_mask_rcnn.datasets.base import crop_box
     from siamese_mask_rcnn.verification import level_cosine
     from siamese_mask_rcnn.evaluation.openworld import match_detections, open_world_categories, roc_auc
 
     _, val, model = demo_checkpoint.load(parser, args, 1, args.threshold)
-    print(f"weights: {args.weights}; {args.scenes} evaluation scenes, threshold {args.threshold}, "
-          f"seed {args.seed}")
     embeddings = demo_checkpoint.one_shot_embeddings(model, val, args.seed)
     keys = sorted(embeddings)
     references = np.stack([embeddings[c] for c in keys])
