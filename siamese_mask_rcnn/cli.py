@@ -95,10 +95,10 @@ def build_parser():
     pred.add_argument("--min-confidence", type=float,
                       help="score threshold (default: the config's); with the presence head it applies "
                            "to the scores multiplied by the presence")
-    pred.add_argument("--min-similarity", type=float,
+    pred.add_argument("--min-similarity", type=_similarity_or_none,
                       help="verify every detection against the reference and drop those whose crop's "
                            "embedding is less similar (cosine, -1..1; default: the config's "
-                           "VERIFY_MIN_SIMILARITY, which demo --verify-keep calibrates; none: no verification)")
+                           "VERIFY_MIN_SIMILARITY, which demo --verify-keep calibrates; 'none' turns it off)")
     pred.add_argument("--allow-partial", action="store_true",
                       help="run even if the weights file leaves some layers of the model unfilled")
     demo_job.add_thread_arguments(pred)
@@ -109,6 +109,16 @@ def build_parser():
     # a bad value is reported with the subcommand's usage line ("siamese-mrcnn demo: error: ...")
     parser.subcommand_parsers = {"demo": demo, "predict": pred}
     return parser
+
+
+def _similarity_or_none(text):
+    """``--min-similarity``: a float, or ``"none"`` (verification off)."""
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [-1, 1] or 'none', got {text!r}") from None
 
 
 def main(argv=None):
@@ -172,7 +182,7 @@ def main(argv=None):
         return 0
     if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
         parser.error(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
-    if args.min_similarity is not None and not -1 <= args.min_similarity <= 1:
+    if args.min_similarity not in (None, "none") and not -1 <= args.min_similarity <= 1:
         parser.error(f"--min-similarity must be in [-1, 1], got {args.min_similarity}")
     require_at_least(parser, args, 1, "threads", "inter_op_threads")  # argument errors first
     try:  # missing files are reported before TensorFlow is imported (seconds)
@@ -190,6 +200,10 @@ def main(argv=None):
         print(f"siamese-mrcnn predict: error: {err}", file=sys.stderr)
         return 2
     presence = (f" (presence of the category: {result['presence']:.3f})" if "presence" in result else "")
+    if "verification_dropped" in result:
+        source = "--min-similarity" if args.min_similarity is not None else "the config"
+        presence += (f" after verification: {result['verification_dropped']} dropped as less similar to the "
+                     f"reference than {result['verification_threshold']:.3f} ({source})")
     print(f"{len(result['scores'])} detections{presence}"
           + "".join(f"\n  score {s:.3f} box (y1, x1, y2, x2) {list(map(int, b))}"
                     + (f" similarity {result['similarity'][i]:.3f}" if "similarity" in result else "")

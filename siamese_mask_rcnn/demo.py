@@ -483,7 +483,9 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
                 + WORK_SECONDS["build"] + WORK_SECONDS["step"] * total_steps
                 + WORK_SECONDS["epoch"] * epochs + eval_work
                 + (WORK_SECONDS["transfer_scene"] + 2 * WORK_SECONDS["query"]
-                   + 3 * WORK_SECONDS["category"]) * int(transfer_scenes))
+                   + 3 * WORK_SECONDS["category"]) * int(transfer_scenes)
+                + (WORK_SECONDS["query"] * min(VERIFY_CALIBRATION_SCENES, num_train)
+                   if verify_keep is not None else 0.0))
 
     # a first estimate (3/4 of 400 categories train, 150 scenes evaluated), exact once the data exist
     progress = JobProgress(job_work(300, 50 * WORK_SECONDS["report"] / 4), enabled=bool(verbose))
@@ -532,13 +534,15 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     verification = None
     if verify_keep is not None:
         from .verification import calibrate_min_similarity
+        calibration_scenes = min(VERIFY_CALIBRATION_SCENES, len(train.image_ids))
         threshold, count = calibrate_min_similarity(inference, train, train.train_class_ids, keep=verify_keep,
-                                                    scenes=VERIFY_CALIBRATION_SCENES, seed=seed)
+                                                    scenes=calibration_scenes, seed=seed)
+        progress.advance("query", calibration_scenes)
         inference.config.VERIFY_MIN_SIMILARITY = threshold
         config.VERIFY_MIN_SIMILARITY = threshold
         config.save(os.path.join(os.path.dirname(checkpoint), "config.json"))  # predict verifies too
         verification = {"keep": float(verify_keep), "min_similarity": round(threshold, 4), "objects": count,
-                        "scenes": VERIFY_CALIBRATION_SCENES}
+                        "scenes": calibration_scenes}
     predict = _counting(inference.predict_fn(), progress)
     rows = {
         "background": evaluation.evaluate(val, predict, val.train_class_ids, seed=seed, limit=eval_limit,

@@ -346,7 +346,7 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
     unless ``allow_partial`` or the missing layers match ``exclude`` (layer names or
     regular expressions): random layers would give confident-looking nonsense.
     ``min_confidence`` / ``min_similarity`` override the config's ``DETECTION_MIN_CONFIDENCE``
-    / ``VERIFY_MIN_SIMILARITY`` (verification, :mod:`.verification`).
+    / ``VERIFY_MIN_SIMILARITY`` (verification, :mod:`.verification`; ``"none"`` turns it off).
 
     Raises:
         InputError: missing, truncated or corrupt file, a file that does not fit the
@@ -359,7 +359,7 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
         raise InputError(f"weights file not found: {weights}")
     overrides = {} if min_confidence is None else {"DETECTION_MIN_CONFIDENCE": float(min_confidence)}
     if min_similarity is not None:
-        overrides["VERIFY_MIN_SIMILARITY"] = float(min_similarity)
+        overrides["VERIFY_MIN_SIMILARITY"] = None if min_similarity == "none" else float(min_similarity)
     beside = config_beside(weights)
     # Without a config the file's shapes give the preset and tell whether it holds a
     # presence head: read them once for both.
@@ -456,6 +456,8 @@ def result_to_json(result, reference_paths, query_path, config=None):
             payload["presence_gating"] = str(config.PRESENCE_GATING)
         if getattr(config, "VERIFY_MIN_SIMILARITY", None) is not None:
             payload["min_similarity"] = float(config.VERIFY_MIN_SIMILARITY)
+    if "verification_dropped" in result:
+        payload["verification_dropped"] = int(result["verification_dropped"])
     return payload
 
 

@@ -705,8 +705,14 @@ class SiameseMaskRCNN(MaskRCNN):
         pixels) is cropped from ``image`` ``[H, W, 3]`` by its box, embedded by the reference
         encoder and compared with ``embeddings[key]`` ``[5, C]`` (level-averaged cosine);
         those under ``VERIFY_MIN_SIMILARITY`` are dropped. Returns new results with
-        ``"similarity"`` (float32 ``[N]``) per detection kept."""
-        threshold = float(self.config.VERIFY_MIN_SIMILARITY)
+        ``"similarity"`` (float32 ``[N]``) per detection kept, ``"verification_dropped"``
+        (how many were dropped) and ``"verification_threshold"``. Raises ``ValueError`` when ``VERIFY_MIN_SIMILARITY`` (which
+        may have been set after the model was built) is not a number in [-1, 1]."""
+        threshold = self.config.VERIFY_MIN_SIMILARITY
+        if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.number)) \
+                or not -1.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"VERIFY_MIN_SIMILARITY must be None (off) or a cosine in [-1, 1], got {threshold!r}")
+        threshold = float(threshold)
         crops, owners = detection_crops(image, results)
         found = [self.encode_references(crops[i:i + self.VERIFY_BATCH])
                  for i in range(0, len(crops), self.VERIFY_BATCH)]
@@ -714,8 +720,12 @@ class SiameseMaskRCNN(MaskRCNN):
         if found:
             for (key, index), embedding in zip(owners, np.concatenate(found)):
                 sims[key][index] = level_cosine(embedding[None], embeddings[key])[0]
-        return {key: keep_detections(result, sims[key] >= threshold, sims[key])
-                for key, result in results.items()}
+        verified = {key: keep_detections(result, sims[key] >= threshold, sims[key])
+                    for key, result in results.items()}
+        for key, result in verified.items():
+            result["verification_dropped"] = int(len(results[key]["scores"]) - len(result["scores"]))
+            result["verification_threshold"] = threshold
+        return verified
 
     @staticmethod
     def _query_image(image):

@@ -742,7 +742,7 @@ def test_mask_loss_with_foreground_balance_weighs_pixels():
 
 def test_loss_weights_names_and_values_are_checked():
     from siamese_mask_rcnn.mrcnn.config import KNOWN_LOSS_NAMES
-    assert KNOWN_LOSS_NAMES == tuple(LS.LOSS_NAMES) + ("presence_loss",)
+    assert KNOWN_LOSS_NAMES == tuple(LS.LOSS_NAMES) + ("presence_loss", "reference_class_loss")
     with pytest.raises(ValueError, match=r"unknown loss name\(s\) \['mrcnn_mask_los'\]"):
         type("C", (Config,), {"LOSS_WEIGHTS": {"mrcnn_mask_los": 2.0}})()
     for bad in (-1.0, None, "2", True, [1.0], float("inf"), float("nan")):

@@ -134,8 +134,40 @@ def test_detect_embeddings_verifies_in_every_inference_path(tmp_path):
                 assert len(result["scores"]) == int(keep.sum()) == result["masks"].shape[-1]
                 np.testing.assert_allclose(result["similarity"], expected[key][keep], atol=1e-4)
                 np.testing.assert_allclose(result["scores"], plain[key]["scores"][keep], rtol=1e-4, atol=1e-5)
+            for key, result in verified.items():
+                assert result["verification_dropped"] == len(plain[key]["scores"]) - len(result["scores"])
+                assert result["verification_threshold"] == pytest.approx(threshold)
         model.config.VERIFY_MIN_SIMILARITY = -1.0
         everything = model.detect_embeddings(image, embeddings, fold=False)
         assert all(len(everything[k]["scores"]) == len(plain[k]["scores"]) for k in plain)
+        for bad in (5.0, float("nan"), "x", True):  # set after the model was built: checked at use
+            model.config.VERIFY_MIN_SIMILARITY = bad
+            with pytest.raises(ValueError, match="VERIFY_MIN_SIMILARITY must be None"):
+                model.detect_embeddings(image, embeddings, fold=False)
     finally:
         model.config.VERIFY_MIN_SIMILARITY = None
+
+
+def test_predict_command_line_turns_verification_off_or_on(monkeypatch, tmp_path, capsys):
+    from siamese_mask_rcnn import cli
+
+    calls = []
+
+    def fake_predict(*args, **kwargs):
+        calls.append(kwargs["min_similarity"])
+        result = keep_detections(_result(2), [True, False], [0.9, 0.2])
+        result.update(verification_dropped=1, verification_threshold=0.5)
+        return result
+
+    monkeypatch.setattr(cli, "predict", fake_predict)
+    monkeypatch.setattr(cli, "check_inputs", lambda *a, **k: None)
+    base = ["predict", "--weights", "w.h5", "--reference", "r.png", "--query", "q.png"]
+    assert cli.main(base + ["--min-similarity", "none"]) == 0
+    assert cli.main(base + ["--min-similarity", "0.5"]) == 0
+    assert calls == ["none", 0.5]
+    out = capsys.readouterr().out
+    assert "1 dropped as less similar to the reference than 0.500 (--min-similarity)" in out
+    assert "similarity 0.900" in out
+    with pytest.raises(SystemExit) as info:
+        cli.main(base + ["--min-similarity", "off"])
+    assert info.value.code == 2 and "expected a number in [-1, 1] or 'none', got 'off'" in capsys.readouterr().err
