@@ -32,6 +32,8 @@ import keras
 import tensorflow as tf
 from keras import layers as KL
 
+from .verification import select_detections
+
 #: Names of the presence head's layers that own weights.
 PRESENCE_LAYER_NAMES = ("presence_conv", "presence_norm", "presence_fc", "presence_logit")
 #: Pyramid levels the head reads (those of the ROI heads).
@@ -126,11 +128,6 @@ def gate_detections(result, presence, min_confidence):
     """
     presence = float(presence)
     scores = np.asarray(result["scores"], np.float32) * presence
-    keep = np.flatnonzero(scores >= min_confidence)
-    gated = dict(result)
-    gated["rois"] = np.asarray(result["rois"])[keep]
-    gated["class_ids"] = np.asarray(result["class_ids"])[keep]
-    gated["scores"] = scores[keep]
-    gated["masks"] = np.asarray(result["masks"])[..., keep]
+    gated = select_detections(result, np.flatnonzero(scores >= min_confidence), scores)
     gated["presence"] = presence
     return gated

@@ -36,13 +36,21 @@ def keep_detections(result, keep, similarities):
     [N, 4], "class_ids" [N], "scores" [N], "masks" [H, W, N]}`` (extra keys are kept). The
     input is not changed."""
     keep = np.flatnonzero(np.asarray(keep, bool))
-    kept = dict(result)
-    kept["rois"] = np.asarray(result["rois"])[keep]
-    kept["class_ids"] = np.asarray(result["class_ids"])[keep]
-    kept["scores"] = np.asarray(result["scores"])[keep]
-    kept["masks"] = np.asarray(result["masks"])[..., keep]
+    kept = select_detections(result, keep)
     kept["similarity"] = np.asarray(similarities, np.float32)[keep]
     return kept
+
+
+def select_detections(result, indices, scores=None):
+    """A copy of one pair's result with only the detections ``indices`` (in that order):
+    ``rois``, ``class_ids``, ``scores`` (taken from ``scores [N]`` when given) and ``masks``
+    (last axis); any extra keys are kept as they are. The input is not changed."""
+    selected = dict(result)
+    selected["rois"] = np.asarray(result["rois"])[indices]
+    selected["class_ids"] = np.asarray(result["class_ids"])[indices]
+    selected["scores"] = np.asarray(result["scores"] if scores is None else scores)[indices]
+    selected["masks"] = np.asarray(result["masks"])[..., indices]
+    return selected
 
 
 def detection_crops(image, results):
