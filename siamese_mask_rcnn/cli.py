@@ -70,6 +70,10 @@ def build_parser():
                       help="train and use the presence head (PRESENCE_HEAD; default: off, the paper's model)")
     demo.add_argument("--no-presence-head", dest="presence_head", action="store_false",
                       help="the paper's model without the presence head")
+    demo.add_argument("--no-presence-gradient", dest="presence_gradient", action="store_false",
+                      default=None,
+                      help="with --presence-head: the presence loss trains only the head, not the encoder "
+                           "and the matching (PRESENCE_GRADIENT=False; the demo preset's is True)")
     demo.add_argument("--verify-keep", type=float, default=None, metavar="SHARE",
                       help="verify every detection against the reference (beyond the paper): drop those "
                            "less similar than the threshold that keeps SHARE (0..1] of the training "
@@ -166,6 +170,10 @@ def main(argv=None):
             overrides["HARD_NEGATIVE_FRACTION"] = float(args.hard_negatives)
         if args.presence_head is not None:
             overrides["PRESENCE_HEAD"] = bool(args.presence_head)
+        if args.presence_gradient is not None:
+            if not args.presence_head:
+                parser.error("--no-presence-gradient needs --presence-head")
+            overrides["PRESENCE_GRADIENT"] = False
         try:
             demo_job.run_demo(out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir,
                               steps=args.steps, minutes=args.minutes, threads=args.threads,

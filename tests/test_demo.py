@@ -105,6 +105,8 @@ def test_demo_command_line_open_world_flags(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("flag, overrides", [([], {}), (["--presence-head"], {"PRESENCE_HEAD": True}),
                                                (["--no-presence-head"], {"PRESENCE_HEAD": False}),
+                                               (["--presence-head", "--no-presence-gradient"],
+                                                {"PRESENCE_HEAD": True, "PRESENCE_GRADIENT": False}),
                                                (["--hard-negatives", "0.5", "--negative-pairs", "0.25"],
                                                 {"HARD_NEGATIVE_FRACTION": 0.5, "NEGATIVE_PAIR_FRACTION": 0.25})])
 def test_demo_command_line_presence_head_flags(flag, overrides, monkeypatch, tmp_path):
@@ -125,7 +127,8 @@ def test_demo_command_line_presence_head_flags(flag, overrides, monkeypatch, tmp
     (["demo", "--rendering", "oil"], "invalid choice"), ([], "required"),
     (["demo", "--hard-negatives", "1.5"], "--hard-negatives must be in [0, 1], got 1.5"),
     (["demo", "--verify-keep", "0"], "--verify-keep must be in (0, 1], got 0.0"),
-    (["demo", "--verify-keep", "nan"], "--verify-keep must be in (0, 1], got nan")])
+    (["demo", "--verify-keep", "nan"], "--verify-keep must be in (0, 1], got nan"),
+    (["demo", "--no-presence-gradient"], "--no-presence-gradient needs --presence-head")])
 def test_demo_command_line_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(argv)
