@@ -79,6 +79,11 @@ def build_parser():
                            "less similar than the threshold that keeps SHARE (0..1] of the training "
                            "categories' objects; calibrated after training and written to the run's "
                            "config.json (default: no verification)")
+    demo.add_argument("--weights", metavar="CHECKPOINT",
+                      help="evaluate this checkpoint of an earlier demo run (the run's config.json beside "
+                           "it gives the model) instead of training: same scenes (--seed, --dataset, "
+                           "--rendering as trained), this command's inference options (--verify-keep); "
+                           "the run's files are not changed and training options are not allowed")
     demo.add_argument("--reference-loss", action="store_true",
                       help="also train the encoder to classify every training reference into its "
                            "category (REFERENCE_CLASSES, beyond the paper; default: off, the paper's training)")
@@ -164,6 +169,26 @@ def main(argv=None):
             parser.error(f"--verify-keep must be in (0, 1], got {args.verify_keep}")
         if args.hard_negatives is not None and not 0 <= args.hard_negatives <= 1:
             parser.error(f"--hard-negatives must be in [0, 1], got {args.hard_negatives}")
+        if args.weights is not None:
+            given = [flag for flag, value in (
+                ("--minutes", args.minutes), ("--steps-per-epoch", args.steps_per_epoch),
+                ("--negative-pairs", args.negative_pairs), ("--hard-negatives", args.hard_negatives),
+                ("--presence-head/--no-presence-head", args.presence_head),
+                ("--no-presence-gradient", args.presence_gradient),
+                ("--reference-loss", args.reference_loss or None)) if value is not None]
+            if given:
+                parser.error(f"--weights evaluates a trained checkpoint: training options ({', '.join(given)}) "
+                             "do not apply (its config.json says how it was trained)")
+            from .predict import check_config_file, check_weights_file
+            try:  # before TensorFlow starts
+                check_weights_file(args.weights)
+                beside = demo_job.config_beside_checkpoint(args.weights)
+                if not os.path.isfile(beside):
+                    raise InputError(f"no config.json beside {args.weights} (a siamese-mrcnn demo checkpoint "
+                                     "keeps the run's config.json in its folder)")
+                check_config_file(beside)
+            except InputError as err:
+                parser.error(f"--weights: {err}")
         overrides = ({} if args.negative_pairs is None
                      else {"NEGATIVE_PAIR_FRACTION": float(args.negative_pairs)})
         if args.hard_negatives is not None:
@@ -181,7 +206,8 @@ def main(argv=None):
                               num_val=args.eval_scenes, seed=args.seed, eval_limit=args.eval_limit,
                               config_overrides=overrides, transfer_scenes=args.transfer_scenes,
                               deterministic=args.deterministic, rendering=args.rendering,
-                              reference_loss=args.reference_loss, verify_keep=args.verify_keep)
+                              reference_loss=args.reference_loss, verify_keep=args.verify_keep,
+                              weights=args.weights)
         except (UnwritableOutputError, FileNotFoundError, ValueError) as err:
             # user errors (an unwritable --out, missing Omniglot archives, --dataset omniglot
             # without --data-dir) end here, before any training

@@ -376,6 +376,72 @@ def _counting(predict_fn, progress):
     return counted
 
 
+#: What a training run records beside its checkpoints (``demo_run.json``), so an evaluation
+#: of the checkpoint (``run_demo(weights=...)``) renders the same data.
+RUN_RECORD = "demo_run.json"
+
+
+def config_beside_checkpoint(checkpoint):
+    """The run's ``config.json`` in the folder of ``checkpoint`` (whether or not it exists)."""
+    return os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.json")
+
+
+def write_run_record(checkpoint, **record):
+    """Write ``record`` (the data options of the run: dataset, rendering, seed, training
+    scenes) as :data:`RUN_RECORD` beside ``checkpoint``, atomically."""
+    from .mrcnn.fileio import atomic_write
+
+    with atomic_write(os.path.join(os.path.dirname(os.path.abspath(checkpoint)), RUN_RECORD)) as tmp:
+        pathlib.Path(tmp).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def checkpoint_epoch(checkpoint):
+    """The epoch in a checkpoint's name (``mask_rcnn_demo_0030.h5`` → 30), or None."""
+    import re
+
+    found = re.search(r"_(\d{4})\.h5$", os.path.basename(checkpoint))
+    return int(found.group(1)) if found else None
+
+
+def load_run_config(weights, dataset="synthetic", rendering="paper", seed=0):
+    """The inference config (``IMAGES_PER_GPU`` 1) of the demo checkpoint ``weights``, from
+    the run's ``config.json`` beside it, checked against the data options of an evaluation.
+
+    Raises:
+        FileNotFoundError: ``weights`` or its ``config.json`` does not exist.
+        ValueError: the ``config.json`` cannot be used; its ``SEED`` is not ``seed``; the run's
+            :data:`RUN_RECORD` (if there) names another ``dataset``, ``rendering`` or ``seed``
+            (the one-shot split and the scenes come from them).
+    """
+    from .predict import resolve_config
+
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"weights file not found: {weights}" if not os.path.exists(weights)
+                                else f"weights file is a directory, not an .h5 file: {weights}")
+    path = config_beside_checkpoint(weights)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no config.json beside {weights} (a siamese-mrcnn demo checkpoint keeps "
+                                "the run's config.json in its folder)")
+    config = resolve_config(weights)
+    wrong = []
+    if int(config.SEED) != int(seed):
+        wrong.append(f"seed {config.SEED} (given {seed}; pass --seed {config.SEED})")
+    record_path = os.path.join(os.path.dirname(path), RUN_RECORD)
+    if os.path.isfile(record_path):
+        try:
+            record = json.loads(pathlib.Path(record_path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{record_path} cannot be read: {err}") from None
+        given = {"dataset": dataset, "rendering": rendering, "seed": int(seed)}
+        for key, value in given.items():
+            if key in record and record[key] != value and not (key == "seed" and wrong):
+                wrong.append(f"{key} {record[key]} (given {value}; pass --{key} {record[key]})")
+    if wrong:
+        raise ValueError(f"{weights} was trained with " + ", ".join(wrong) + ": its one-shot categories "
+                         "and scenes are those of its run")
+    return config
+
+
 def _evaluation_work(val, eval_limit):
     """Work units of the evaluation stage (queries, categories, reports, pictures)."""
     image_ids = sorted(val.image_ids)[:eval_limit] if eval_limit else list(val.image_ids)
@@ -391,9 +457,9 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
              config_overrides=None, verbose=1, threads=DEFAULT_THREADS,
              references_per_class=REFERENCES_PER_CLASS, workers=RENDER_WORKERS,
              steps_per_epoch=None, transfer_scenes=TRANSFER_SCENES, deterministic=True,
-             rendering="paper", reference_loss=False, verify_keep=None):
+             rendering="paper", reference_loss=False, verify_keep=None, weights=None):
     """Train for ``steps`` steps, evaluate (paper §5.2 protocol, §5.3 baseline), write the
-    results.
+    results; or, with ``weights``, evaluate a trained checkpoint without training.
 
     Args:
         steps: training steps (of ``IMAGES_PER_GPU`` query/reference pairs each), run in
@@ -438,6 +504,17 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
             :data:`VERIFY_CALIBRATION_SCENES` training scenes is calibrated, used by the
             evaluation and written as ``VERIFY_MIN_SIMILARITY`` into the run's ``config.json``
             (so ``siamese-mrcnn predict`` verifies too). None (default): no verification.
+        weights: a checkpoint of an earlier run (``.h5`` with the run's ``config.json``
+            beside it): no training; its model (the ``config.json``, whose ``SEED`` must be
+            ``seed``) is evaluated on the scenes of ``dataset``, ``rendering``, ``seed``
+            and ``num_val`` exactly as after training, with this call's inference options
+            (``verify_keep``; a ``VERIFY_MIN_SIMILARITY`` in the ``config.json`` is not used,
+            and the ``config.json`` is not changed). So one trained model is measured under
+            several inference options in minutes instead of a retraining each. Training
+            arguments (``steps``, ``minutes``, ``config_overrides``, ``reference_loss`` ...)
+            are then ignored; the run's ``demo_run.json`` (written beside every checkpoint
+            since this option exists) is compared with ``dataset``, ``rendering`` and
+            ``seed``.
 
     Returns the summary dict (mAP50 per row as fractions, steps, timings, output paths),
     also written as ``demo_summary.json``.
@@ -445,8 +522,9 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     Raises:
         ValueError: unknown dataset or config key (see :func:`make_datasets`,
             :func:`demo_config`), ``steps < 1``, ``minutes <= 0``, ``transfer_scenes < 0`` or
-            ``verify_keep`` outside (0, 1].
-        FileNotFoundError: Omniglot archives missing.
+            ``verify_keep`` outside (0, 1]; ``weights`` whose run had another seed, dataset
+            or rendering, or whose ``config.json`` cannot be used.
+        FileNotFoundError: Omniglot archives missing; ``weights`` or its ``config.json`` missing.
         UnwritableOutputError: (an ``OSError``) ``out_dir`` cannot be created or written;
             checked first.
     """
@@ -462,15 +540,20 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         raise ValueError(f"unknown rendering {rendering!r}; choose one of {RENDERINGS}")
     t0 = time.time()
     out_dir = pathlib.Path(ensure_writable_dir(out_dir, "demo output folder"))  # before any work
+    if weights is not None:
+        trained_config = load_run_config(weights, dataset=dataset, rendering=rendering, seed=seed)
+        steps, minutes, reference_loss = 1, None, False  # nothing is trained
     overrides = dataset_overrides(dataset, config_overrides)
     base = demo_config(**{**overrides, "SEED": seed})  # checks every value first
-    if dataset in DATASET_OVERRIDES and verbose:
+    if dataset in DATASET_OVERRIDES and verbose and weights is None:
         print(f"{dataset}: mask loss weight {float(base.LOSS_WEIGHTS.get('mrcnn_mask_loss', 1.0)):g} "
               f"(demo.DATASET_OVERRIDES; the paper's is 1)")
     epochs, per_epoch = epochs_for_steps(steps, steps_per_epoch or base.STEPS_PER_EPOCH)
     config = demo_config(**{**overrides, "SEED": seed, "STEPS_PER_EPOCH": per_epoch})
     total_steps = epochs * per_epoch
-    if total_steps != int(steps) and verbose:
+    if weights is not None:
+        config, epochs, total_steps = trained_config, 0, 0
+    if total_steps != int(steps) and verbose and weights is None:
         print(f"{steps} steps rounded up to {total_steps} ({epochs} epochs of {per_epoch})")
     if minutes is not None and verbose:
         print(f"training stops after {minutes:g} minutes at most: the result then depends on the "
@@ -479,7 +562,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     def job_work(train_classes, eval_work):
         """The whole job's work units (the bar's total)."""
         return (WORK_SECONDS["scene"] * (num_train + num_val)
-                + WORK_SECONDS["reference"] * train_classes * int(references_per_class)
+                + WORK_SECONDS["reference"] * train_classes * int(references_per_class) * (weights is None)
                 + WORK_SECONDS["build"] + WORK_SECONDS["step"] * total_steps
                 + WORK_SECONDS["epoch"] * epochs + eval_work
                 + (WORK_SECONDS["transfer_scene"] + 2 * WORK_SECONDS["query"]
@@ -492,13 +575,13 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     progress.stage("rendering scenes")
     train, val = make_datasets(dataset, data_dir, num_train, num_val, config.IMAGE_MAX_DIM, seed,
                                cache_size=None, workers=workers, rendering=rendering)
-    if reference_loss:  # the classifier's size is the data's, known only now
+    if reference_loss and weights is None:  # the classifier's size is the data's, known only now
         config = demo_config(**{**overrides, "SEED": seed, "STEPS_PER_EPOCH": per_epoch,
                                 "REFERENCE_CLASSES": int(train.num_classes)})
-    bank_count = len(train.train_class_ids) * int(references_per_class)
+    bank_count = len(train.train_class_ids) * int(references_per_class) if weights is None else 0
     progress.bar.total = round(job_work(len(train.train_class_ids), _evaluation_work(val, eval_limit)), 1)
     progress.advance("scene", num_train + num_val)
-    if references_per_class:
+    if references_per_class and weights is None:
         progress.stage("rendering references")
         train.build_reference_bank(train.train_class_ids, int(references_per_class),
                                    config.TARGET_MIN_DIM, config.TARGET_MAX_DIM, seed=seed)
@@ -516,20 +599,33 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     from .siamese import SiameseMaskRCNN  # imports TensorFlow: only when a model is built
 
     keras.utils.set_random_seed(int(seed))  # weight initialisation and in-graph sampling
-    model = SiameseMaskRCNN("training", config, model_dir=str(out_dir / "checkpoints"))
-    progress.advance("build", 0.5)
-    progress.stage("training")
-    t_train = time.time()
-    history = model.train(train, val, learning_rate_schedule(config.LEARNING_RATE, total_steps),
-                          epochs=epochs, layers="all", verbose=0,
-                          max_seconds=None if minutes is None else 60.0 * float(minutes),
-                          custom_callbacks=[_StepProgress(progress)])
-    train_seconds = time.time() - t_train
-    checkpoint = model.find_last()
+    if weights is None:
+        model = SiameseMaskRCNN("training", config, model_dir=str(out_dir / "checkpoints"))
+        progress.advance("build", 0.5)
+        progress.stage("training")
+        t_train = time.time()
+        history = model.train(train, val, learning_rate_schedule(config.LEARNING_RATE, total_steps),
+                              epochs=epochs, layers="all", verbose=0,
+                              max_seconds=None if minutes is None else 60.0 * float(minutes),
+                              custom_callbacks=[_StepProgress(progress)])
+        train_seconds = time.time() - t_train
+        checkpoint = model.find_last()
+        write_run_record(checkpoint, dataset=dataset, rendering=rendering, seed=seed, train_scenes=num_train)
+        steps_done, epochs_done = model.epoch * config.STEPS_PER_EPOCH, model.epoch
+        inference_config = demo_config(**{**overrides, "SEED": seed, "IMAGES_PER_GPU": 1})
+    else:
+        checkpoint, history, train_seconds = os.path.abspath(weights), [], 0.0
+        epochs_done = checkpoint_epoch(checkpoint)
+        steps_done = None if epochs_done is None else epochs_done * int(config.STEPS_PER_EPOCH)
+        saved_threshold = getattr(config, "VERIFY_MIN_SIMILARITY", None)
+        if saved_threshold is not None and verbose:
+            print(f"{config_beside_checkpoint(checkpoint)}: VERIFY_MIN_SIMILARITY {saved_threshold:g} not used "
+                  "(--verify-keep calibrates a threshold for this evaluation)")
+        config.VERIFY_MIN_SIMILARITY = None
+        inference_config = config  # load_run_config's: one image per call
 
     progress.stage("evaluating")
-    inference = SiameseMaskRCNN("inference", demo_config(**{**overrides, "SEED": seed, "IMAGES_PER_GPU": 1}),
-                                model_dir=str(out_dir / "checkpoints"))
+    inference = SiameseMaskRCNN("inference", inference_config, model_dir=str(out_dir / "checkpoints"))
     inference.load_weights(checkpoint, by_name=True)
     verification = None
     if verify_keep is not None:
@@ -540,7 +636,8 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         progress.advance("query", calibration_scenes)
         inference.config.VERIFY_MIN_SIMILARITY = threshold
         config.VERIFY_MIN_SIMILARITY = threshold
-        config.save(os.path.join(os.path.dirname(checkpoint), "config.json"))  # predict verifies too
+        if weights is None:  # predict verifies too; an evaluation of a checkpoint leaves its run as it was
+            config.save(config_beside_checkpoint(checkpoint))
         verification = {"keep": float(verify_keep), "min_similarity": round(threshold, 4), "objects": count,
                         "scenes": calibration_scenes}
     predict = _counting(inference.predict_fn(), progress)
@@ -568,14 +665,15 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         transfer_seconds = time.time() - t_transfer
         progress.advance("transfer_scene", int(transfer_scenes))
     progress.stage("writing results")
-    steps_done = model.epoch * config.STEPS_PER_EPOCH
     info = {"dataset": dataset, "rendering": rendering, "train_scenes": len(train.image_ids),
-            "eval_scenes": len(val.image_ids),
-            "epochs_trained": model.epoch, "steps": steps_done, "steps_requested": int(steps),
+            "eval_scenes": len(val.image_ids), "evaluated_only": weights is not None,
+            "epochs_trained": epochs_done, "steps": steps_done,
+            "steps_requested": None if weights is not None else int(steps),
             "time_capped": minutes is not None, "threads": threads,
             "references_per_class": int(references_per_class),
             "data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1),
-            "seconds_per_step": round(train_seconds / max(1, steps_done), 4), "checkpoint": checkpoint,
+            "seconds_per_step": round(train_seconds / max(1, steps_done or 0), 4) if weights is None else None,
+            "checkpoint": checkpoint,
             "final_loss": history[-1]["loss"] if history else None, "verification": verification,
             "config": config.to_dict()}
     data_label = dataset if rendering == "paper" else f"{dataset}, {rendering} rendering"
@@ -600,22 +698,30 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
                     "absent_false_positives_per_pair": open_world_summary["fp_per_absent_pair"],
                     "total_seconds": round(time.time() - t0, 1), "examples": examples,
                     "outputs": {k: str(v) for k, v in written.items()}, **{k: info[k] for k in
-                    ("dataset", "rendering", "epochs_trained", "steps", "time_capped", "data_seconds",
+                    ("dataset", "rendering", "evaluated_only", "epochs_trained", "steps", "time_capped",
+                     "data_seconds",
                      "train_seconds",
                      "seconds_per_step", "checkpoint", "verification")}})
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if verbose:
         print(evaluation.format_table(rows, title=title))
         if verification is not None:
+            where = ("written to the run's config.json as VERIFY_MIN_SIMILARITY" if weights is None else
+                     f"for siamese-mrcnn predict: --min-similarity {verification['min_similarity']:.4f}")
             print(f"verified: detections less similar to the reference than {verification['min_similarity']:.3f} "
                   f"dropped (keeps {verification['keep'] * 100:.0f} % of {verification['objects']} training "
-                  f"objects; written to the run's config.json as VERIFY_MIN_SIMILARITY)")
+                  f"objects; {where})")
         print(evaluation.format_open_world(open_world))
         if transfer_rows:
             print(transfer_table)
-        print(f"{steps_done} training steps in {train_seconds:.0f} s ({train_seconds / max(1, steps_done):.3f} "
-              f"s/step); results in {out_dir} ({summary['total_seconds']:.0f} s in total)")
-        print(f"checkpoint (for siamese-mrcnn predict --weights): {checkpoint}")
+        if weights is None:
+            print(f"{steps_done} training steps in {train_seconds:.0f} s ({train_seconds / max(1, steps_done):.3f} "
+                  f"s/step); results in {out_dir} ({summary['total_seconds']:.0f} s in total)")
+            print(f"checkpoint (for siamese-mrcnn predict --weights): {checkpoint}")
+        else:
+            trained = "" if steps_done is None else f" ({steps_done} training steps)"
+            print(f"evaluated {checkpoint}{trained} without training; results in {out_dir} "
+                  f"({summary['total_seconds']:.0f} s in total)")
         if minutes is not None:
             print("note: --minutes capped the training; the numbers depend on this machine's speed")
     return summary

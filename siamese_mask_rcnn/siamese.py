@@ -718,8 +718,14 @@ class SiameseMaskRCNN(MaskRCNN):
                  for i in range(0, len(crops), self.VERIFY_BATCH)]
         sims = {key: np.zeros(len(result["scores"])) for key, result in results.items()}
         if found:
-            for (key, index), embedding in zip(owners, np.concatenate(found)):
-                sims[key][index] = level_cosine(embedding[None], embeddings[key])[0]
+            found = np.concatenate(found)
+            rows = {}
+            for row, (key, index) in enumerate(owners):
+                rows.setdefault(key, ([], []))
+                rows[key][0].append(row)
+                rows[key][1].append(index)
+            for key, (crop_rows, indices) in rows.items():  # one cosine call per category
+                sims[key][indices] = level_cosine(found[crop_rows], embeddings[key])
         verified = {key: keep_detections(result, sims[key] >= threshold, sims[key])
                     for key, result in results.items()}
         for key, result in verified.items():

@@ -93,7 +93,7 @@ def test_demo_command_line_passes_arguments_to_run_demo(monkeypatch, tmp_path):
     assert calls == [dict(out_dir=str(tmp_path), dataset="omniglot", data_dir=str(tmp_path), steps=40,
                           minutes=0.5, threads=1, steps_per_epoch=3, num_train=60, num_val=12, seed=7, eval_limit=6,
                           config_overrides={}, transfer_scenes=20, deterministic=False,
-                          rendering="randomised", reference_loss=False, verify_keep=None)]
+                          rendering="randomised", reference_loss=False, verify_keep=None, weights=None)]
 
 
 def test_demo_command_line_open_world_flags(monkeypatch, tmp_path):
@@ -401,3 +401,66 @@ def test_reference_loss_and_verification_in_a_tiny_job(tmp_path):
     history = [json.loads(line) for line in open(os.path.join(os.path.dirname(summary["checkpoint"]),
                                                               "history.jsonl"))]
     assert all(np.isfinite(h["reference_class_loss"]) for h in history)
+
+
+def test_evaluating_a_checkpoint_without_training_gives_the_runs_table(demo_run, tmp_path, capsys):
+    """``run_demo(weights=...)`` (``siamese-mrcnn demo --weights``): the trained run's model on
+    the same scenes gives the same table without training; ``verify_keep`` then measures an
+    inference option on it and leaves the run's config.json as it was; a checkpoint of
+    another seed or rendering is refused naming the option to pass."""
+    import os
+
+    from siamese_mask_rcnn.demo import RUN_RECORD, run_demo
+
+    out_dir, trained = demo_run
+    checkpoint = trained["checkpoint"]
+    record = json.loads(open(os.path.join(os.path.dirname(checkpoint), RUN_RECORD)).read())
+    assert record == {"dataset": "synthetic", "rendering": "paper", "seed": 0, "train_scenes": 60}
+    config_path = os.path.join(os.path.dirname(checkpoint), "config.json")
+    config_text = open(config_path).read()
+    job = {k: v for k, v in TINY_JOB.items() if k in ("num_train", "num_val", "seed", "eval_limit", "workers",
+                                                      "references_per_class")}
+    again = run_demo(out_dir=str(tmp_path / "again"), weights=checkpoint, transfer_scenes=0, verbose=1, **job)
+    printed = capsys.readouterr().out
+    assert "without training" in printed and "training steps in" not in printed
+    for row in ROWS:
+        assert again[row]["map50_bbox"] == pytest.approx(trained[row]["map50_bbox"], abs=1e-6)
+        assert again[row]["map50_segm"] == pytest.approx(trained[row]["map50_segm"], abs=1e-6)
+    assert again["evaluated_only"] is True and again["steps"] == 4 and again["train_seconds"] == 0.0
+    assert not (tmp_path / "again" / "checkpoints").exists()  # nothing trained, nothing written there
+
+    verified = run_demo(out_dir=str(tmp_path / "verified"), weights=checkpoint, transfer_scenes=0, verbose=1,
+                        verify_keep=0.8, **job)
+    assert "--min-similarity" in capsys.readouterr().out
+    assert verified["verification"]["keep"] == 0.8
+    assert open(config_path).read() == config_text  # the run is left as it was
+
+    with pytest.raises(ValueError, match="pass --seed 0"):
+        run_demo(out_dir=str(tmp_path / "seed"), weights=checkpoint, verbose=0, **{**job, "seed": 1})
+    with pytest.raises(ValueError, match="pass --rendering paper"):
+        run_demo(out_dir=str(tmp_path / "look"), weights=checkpoint, verbose=0, rendering="mixed", **job)
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        run_demo(out_dir=str(tmp_path / "gone"), weights=str(tmp_path / "none.h5"), verbose=0, **job)
+
+
+def test_demo_command_line_weights_checks_before_any_work(demo_run, monkeypatch, tmp_path, capsys):
+    """``--weights`` is checked before TensorFlow starts: training options are refused, a
+    missing file or a checkpoint without its config.json is named; a good one reaches
+    ``run_demo``."""
+    import shutil
+
+    calls = []
+    monkeypatch.setattr("siamese_mask_rcnn.demo.run_demo", lambda **kw: calls.append(kw) or {})
+    checkpoint = demo_run[1]["checkpoint"]
+    assert cli.main(["demo", "--out", str(tmp_path), "--weights", checkpoint, "--verify-keep", "0.5"]) == 0
+    assert calls[0]["weights"] == checkpoint and calls[0]["verify_keep"] == 0.5
+    lonely = tmp_path / "lonely.h5"
+    shutil.copy(checkpoint, lonely)
+    for argv, message in ((["--weights", checkpoint, "--reference-loss", "--negative-pairs", "0.5"],
+                           "training options (--negative-pairs, --reference-loss) do not apply"),
+                          (["--weights", str(tmp_path / "none.h5")], "--weights: weights file not found"),
+                          (["--weights", str(lonely)], "no config.json beside")):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["demo", "--out", str(tmp_path)] + argv)
+        assert info.value.code == 2 and message in capsys.readouterr().err
+    assert len(calls) == 1
