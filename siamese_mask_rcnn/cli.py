@@ -79,6 +79,10 @@ def build_parser():
                            "less similar than the threshold that keeps SHARE (0..1] of the training "
                            "categories' objects; calibrated after training and written to the run's "
                            "config.json (default: no verification)")
+    demo.add_argument("--config-override", action="append", default=[], metavar="KEY=VALUE",
+                      help="set any configuration value after the demo preset and the options above, e.g. "
+                           "\"LOSS_WEIGHTS={'reference_class_loss': 3.0}\" (LOSS_WEIGHTS merge loss by loss; "
+                           "repeatable; VALUE a Python literal, else a string)")
     demo.add_argument("--weights", metavar="CHECKPOINT",
                       help="evaluate this checkpoint of an earlier demo run (the run's config.json beside "
                            "it gives the model) instead of training: same scenes (--seed, --dataset, "
@@ -175,7 +179,8 @@ def main(argv=None):
                 ("--negative-pairs", args.negative_pairs), ("--hard-negatives", args.hard_negatives),
                 ("--presence-head/--no-presence-head", args.presence_head),
                 ("--no-presence-gradient", args.presence_gradient),
-                ("--reference-loss", args.reference_loss or None)) if value is not None]
+                ("--reference-loss", args.reference_loss or None),
+                ("--config-override", args.config_override or None)) if value is not None]
             if given:
                 parser.error(f"--weights evaluates a trained checkpoint: training options ({', '.join(given)}) "
                              "do not apply (its config.json says how it was trained)")
@@ -195,6 +200,14 @@ def main(argv=None):
             overrides["HARD_NEGATIVE_FRACTION"] = float(args.hard_negatives)
         if args.presence_head is not None:
             overrides["PRESENCE_HEAD"] = bool(args.presence_head)
+        try:
+            extra = train_coco.parse_overrides(args.config_override)
+            if extra:
+                from .demo import demo_config
+                demo_config(**demo_job.dataset_overrides(args.dataset, {**overrides, **extra}))  # checked now
+        except ValueError as err:
+            parser.error(str(err))
+        overrides.update(extra)
         if args.presence_gradient is not None:
             if not args.presence_head:
                 parser.error("--no-presence-gradient needs --presence-head")

@@ -75,11 +75,13 @@ DATASET_OVERRIDES = {
 def dataset_overrides(dataset, overrides=None):
     """The demo's config overrides for ``dataset``: :data:`DATASET_OVERRIDES` of that dataset
     (if any), then ``overrides``: a key given there wins, except ``LOSS_WEIGHTS``, merged loss by
-    loss (``{"mrcnn_mask_loss": 2.0}`` on Omniglot changes only the mask loss's weight)."""
+    loss over the dataset's (or the config's) weights (``{"mrcnn_mask_loss": 2.0}`` changes only
+    the mask loss's weight)."""
     base = DATASET_OVERRIDES.get(dataset, {})
     merged = {**base, **dict(overrides or {})}
-    if "LOSS_WEIGHTS" in base and isinstance((overrides or {}).get("LOSS_WEIGHTS"), dict):
-        merged["LOSS_WEIGHTS"] = {**base["LOSS_WEIGHTS"], **overrides["LOSS_WEIGHTS"]}
+    if isinstance((overrides or {}).get("LOSS_WEIGHTS"), dict):
+        merged["LOSS_WEIGHTS"] = {**base.get("LOSS_WEIGHTS", SiameseConfig.LOSS_WEIGHTS),
+                                  **overrides["LOSS_WEIGHTS"]}
     return merged
 
 

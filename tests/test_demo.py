@@ -105,6 +105,10 @@ def test_demo_command_line_open_world_flags(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("flag, overrides", [([], {}), (["--presence-head"], {"PRESENCE_HEAD": True}),
                                                (["--no-presence-head"], {"PRESENCE_HEAD": False}),
+                                               (["--config-override", "LOSS_WEIGHTS={'reference_class_loss': 3.0}",
+                                                 "--config-override", "TRAIN_ROIS_PER_IMAGE=16"],
+                                                {"LOSS_WEIGHTS": {"reference_class_loss": 3.0},
+                                                 "TRAIN_ROIS_PER_IMAGE": 16}),
                                                (["--presence-head", "--no-presence-gradient"],
                                                 {"PRESENCE_HEAD": True, "PRESENCE_GRADIENT": False}),
                                                (["--hard-negatives", "0.5", "--negative-pairs", "0.25"],
@@ -128,7 +132,10 @@ def test_demo_command_line_presence_head_flags(flag, overrides, monkeypatch, tmp
     (["demo", "--hard-negatives", "1.5"], "--hard-negatives must be in [0, 1], got 1.5"),
     (["demo", "--verify-keep", "0"], "--verify-keep must be in (0, 1], got 0.0"),
     (["demo", "--verify-keep", "nan"], "--verify-keep must be in (0, 1], got nan"),
-    (["demo", "--no-presence-gradient"], "--no-presence-gradient needs --presence-head")])
+    (["demo", "--no-presence-gradient"], "--no-presence-gradient needs --presence-head"),
+    (["demo", "--config-override", "seed=3"], "expected KEY=VALUE with an UPPER_CASE key"),
+    (["demo", "--config-override", "NO_SUCH_KEY=3"], "NO_SUCH_KEY"),
+    (["demo", "--config-override", "LOSS_WEIGHTS={'no_such_loss': 1.0}"], "no_such_loss")])
 def test_demo_command_line_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(argv)
@@ -262,6 +269,9 @@ def test_dataset_overrides_come_before_the_callers():
     differs = {k for k, v in DATASET_OVERRIDES["omniglot"]["LOSS_WEIGHTS"].items()
                if SiameseConfig.LOSS_WEIGHTS[k] != v}
     assert differs == {"mrcnn_mask_loss"}
+    # without dataset weights, LOSS_WEIGHTS merge over the config's
+    synthetic = dataset_overrides("synthetic", {"LOSS_WEIGHTS": {"reference_class_loss": 3.0}})["LOSS_WEIGHTS"]
+    assert synthetic == {**SiameseConfig.LOSS_WEIGHTS, "reference_class_loss": 3.0}
 
 
 def test_same_seed_gives_the_same_checkpoint_and_table(demo_run, tmp_path, capsys):
