@@ -88,6 +88,11 @@ def build_parser():
                            "it gives the model) instead of training: same scenes (--seed, --dataset, "
                            "--rendering as trained), this command's inference options (--verify-keep); "
                            "the run's files are not changed and training options are not allowed")
+    demo.add_argument("--known-margin", type=float, default=None, metavar="MARGIN",
+                      help="known-category rejection (beyond the paper; needs --reference-loss, or --weights "
+                           "trained with it): drop detections closer by more than MARGIN (-2..2) to a known "
+                           "category's prototype than to the reference (VERIFY_KNOWN_MARGIN, written to the "
+                           "run's config.json; default: off)")
     demo.add_argument("--reference-loss", action="store_true",
                       help="also train the encoder to classify every training reference into its "
                            "category (REFERENCE_CLASSES, beyond the paper; default: off, the paper's training)")
@@ -112,6 +117,11 @@ def build_parser():
                       help="verify every detection against the reference and drop those whose crop's "
                            "embedding is less similar (cosine, -1..1; default: the config's "
                            "VERIFY_MIN_SIMILARITY, which demo --verify-keep calibrates; 'none' turns it off)")
+    pred.add_argument("--known-margin", type=_margin_or_none,
+                      help="known-category rejection: drop detections whose crop's embedding is closer by more "
+                           "than this (a difference of cosines, -2..2) to a known category's prototype than to "
+                           "the reference; needs a checkpoint trained with demo --reference-loss (default: the "
+                           "config's VERIFY_KNOWN_MARGIN, which demo --known-margin sets; 'none' turns it off)")
     pred.add_argument("--allow-partial", action="store_true",
                       help="run even if the weights file leaves some layers of the model unfilled")
     demo_job.add_thread_arguments(pred)
@@ -122,6 +132,16 @@ def build_parser():
     # a bad value is reported with the subcommand's usage line ("siamese-mrcnn demo: error: ...")
     parser.subcommand_parsers = {"demo": demo, "predict": pred}
     return parser
+
+
+def _margin_or_none(text):
+    """``--known-margin``: a float, or ``"none"`` (known-category rejection off)."""
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [-2, 2] or 'none', got {text!r}") from None
 
 
 def _similarity_or_none(text):
@@ -171,6 +191,12 @@ def main(argv=None):
             parser.error(f"--negative-pairs must be in [0, 1], got {args.negative_pairs}")
         if args.verify_keep is not None and not 0 < args.verify_keep <= 1:
             parser.error(f"--verify-keep must be in (0, 1], got {args.verify_keep}")
+        if args.known_margin is not None:
+            if not -2 <= args.known_margin <= 2:
+                parser.error(f"--known-margin must be in [-2, 2], got {args.known_margin}")
+            if args.weights is None and not args.reference_loss:
+                parser.error("--known-margin needs --reference-loss (the known categories' prototypes are the "
+                             "reference classifier's)")
         if args.hard_negatives is not None and not 0 <= args.hard_negatives <= 1:
             parser.error(f"--hard-negatives must be in [0, 1], got {args.hard_negatives}")
         if args.weights is not None:
@@ -220,7 +246,7 @@ def main(argv=None):
                               config_overrides=overrides, transfer_scenes=args.transfer_scenes,
                               deterministic=args.deterministic, rendering=args.rendering,
                               reference_loss=args.reference_loss, verify_keep=args.verify_keep,
-                              weights=args.weights)
+                              weights=args.weights, known_margin=args.known_margin)
         except (UnwritableOutputError, FileNotFoundError, ValueError) as err:
             # user errors (an unwritable --out, missing Omniglot archives, --dataset omniglot
             # without --data-dir) end here, before any training
@@ -231,6 +257,8 @@ def main(argv=None):
         parser.error(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
     if args.min_similarity not in (None, "none") and not -1 <= args.min_similarity <= 1:
         parser.error(f"--min-similarity must be in [-1, 1], got {args.min_similarity}")
+    if args.known_margin not in (None, "none") and not -2 <= args.known_margin <= 2:
+        parser.error(f"--known-margin must be in [-2, 2], got {args.known_margin}")
     require_at_least(parser, args, 1, "threads", "inter_op_threads")  # argument errors first
     try:  # missing files are reported before TensorFlow is imported (seconds)
         check_inputs(args.weights, args.reference, args.query, args.out, args.json, config_path=args.config,
@@ -242,18 +270,26 @@ def main(argv=None):
     try:
         result = predict(args.weights, args.reference, args.query, out_png=args.out, out_json=args.json,
                          config_path=args.config, preset=args.preset, min_confidence=args.min_confidence,
-                         allow_partial=args.allow_partial, min_similarity=args.min_similarity)
+                         allow_partial=args.allow_partial, min_similarity=args.min_similarity,
+                         known_margin=args.known_margin)
     except InputError as err:
         print(f"siamese-mrcnn predict: error: {err}", file=sys.stderr)
         return 2
     presence = (f" (presence of the category: {result['presence']:.3f})" if "presence" in result else "")
     if "verification_dropped" in result:
-        source = "--min-similarity" if args.min_similarity is not None else "the config"
-        presence += (f" after verification: {result['verification_dropped']} dropped as less similar to the "
-                     f"reference than {result['verification_threshold']:.3f} ({source})")
+        rules = []
+        if result.get("verification_threshold") is not None:
+            source = "--min-similarity" if args.min_similarity is not None else "the config"
+            rules.append(f"less similar to the reference than {result['verification_threshold']:.3f} ({source})")
+        if result.get("known_margin_threshold") is not None:
+            source = "--known-margin" if args.known_margin is not None else "the config"
+            rules.append(f"closer to a known category than to the reference by more than "
+                         f"{result['known_margin_threshold']:.3f} ({source})")
+        presence += (f" after verification: {result['verification_dropped']} dropped as " + " or ".join(rules))
     print(f"{len(result['scores'])} detections{presence}"
           + "".join(f"\n  score {s:.3f} box (y1, x1, y2, x2) {list(map(int, b))}"
                     + (f" similarity {result['similarity'][i]:.3f}" if "similarity" in result else "")
+                    + (f" known margin {result['known_margin'][i]:.3f}" if "known_margin" in result else "")
                     for i, (s, b) in enumerate(zip(result["scores"], result["rois"]))))
     return 0
 

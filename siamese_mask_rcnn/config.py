@@ -55,6 +55,11 @@ class SiameseConfig(PaperSettings, Config):
     # keeps every detection (the paper); a cosine in [-1, 1] crops each detection, embeds it
     # with the reference encoder and drops it when less similar to the reference.
     VERIFY_MIN_SIMILARITY = None
+    # Known-category rejection (beyond the paper; siamese_mask_rcnn.verification): None keeps
+    # every detection; a margin in [-2, 2] drops a detection whose embedding is closer by more
+    # than it to a known category's prototype (the reference classifier of a model trained with
+    # REFERENCE_CLASSES > 0) than to the reference.
+    VERIFY_KNOWN_MARGIN = None
     # Independent photometric + geometric augmentation of query and references (beyond the
     # paper; siamese_mask_rcnn.augmentation). False trains exactly as the paper did.
     PAIR_AUGMENTATION = False
@@ -79,6 +84,11 @@ class SiameseConfig(PaperSettings, Config):
         if verify is not None and (isinstance(verify, bool) or not isinstance(verify, (int, float, np.number))
                                    or not -1.0 <= float(verify) <= 1.0):
             raise ValueError(f"VERIFY_MIN_SIMILARITY must be None (off) or a cosine in [-1, 1], got {verify!r}")
+        margin = self.VERIFY_KNOWN_MARGIN
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float, np.number))
+                                   or not -2.0 <= float(margin) <= 2.0):
+            raise ValueError(f"VERIFY_KNOWN_MARGIN must be None (off) or a difference of cosines in [-2, 2], "
+                             f"got {margin!r}")
         classes = self.REFERENCE_CLASSES
         if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 0 or classes == 1:
             raise ValueError(f"REFERENCE_CLASSES must be 0 (off) or the number of category ids (>= 2, "

@@ -459,7 +459,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
              config_overrides=None, verbose=1, threads=DEFAULT_THREADS,
              references_per_class=REFERENCES_PER_CLASS, workers=RENDER_WORKERS,
              steps_per_epoch=None, transfer_scenes=TRANSFER_SCENES, deterministic=True,
-             rendering="paper", reference_loss=False, verify_keep=None, weights=None):
+             rendering="paper", reference_loss=False, verify_keep=None, weights=None, known_margin=None):
     """Train for ``steps`` steps, evaluate (paper §5.2 protocol, §5.3 baseline), write the
     results; or, with ``weights``, evaluate a trained checkpoint without training.
 
@@ -506,11 +506,17 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
             :data:`VERIFY_CALIBRATION_SCENES` training scenes is calibrated, used by the
             evaluation and written as ``VERIFY_MIN_SIMILARITY`` into the run's ``config.json``
             (so ``siamese-mrcnn predict`` verifies too). None (default): no verification.
+        known_margin: known-category rejection (beyond the paper; :mod:`.verification`):
+            detections closer by more than this margin (a difference of cosines in [-2, 2]) to
+            a known category's prototype than to the reference are dropped; needs the reference
+            classifier (``reference_loss``, or ``weights`` trained with it); written as
+            ``VERIFY_KNOWN_MARGIN`` into a trained run's ``config.json``. None (default): off.
         weights: a checkpoint of an earlier run (``.h5`` with the run's ``config.json``
             beside it): no training; its model (the ``config.json``, whose ``SEED`` must be
             ``seed``) is evaluated on the scenes of ``dataset``, ``rendering``, ``seed``
             and ``num_val`` exactly as after training, with this call's inference options
-            (``verify_keep``; a ``VERIFY_MIN_SIMILARITY`` in the ``config.json`` is not used,
+            (``verify_keep``, ``known_margin``; a ``VERIFY_MIN_SIMILARITY`` or
+            ``VERIFY_KNOWN_MARGIN`` in the ``config.json`` is not used,
             and the ``config.json`` is not changed). So one trained model is measured under
             several inference options in minutes instead of a retraining each. Training
             arguments (``steps``, ``minutes``, ``config_overrides``, ``reference_loss`` ...)
@@ -524,7 +530,8 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     Raises:
         ValueError: unknown dataset or config key (see :func:`make_datasets`,
             :func:`demo_config`), ``steps < 1``, ``minutes <= 0``, ``transfer_scenes < 0`` or
-            ``verify_keep`` outside (0, 1]; ``weights`` whose run had another seed, dataset
+            ``verify_keep`` outside (0, 1]; ``known_margin`` outside [-2, 2] or without the
+            reference classifier; ``weights`` whose run had another seed, dataset
             or rendering, or whose ``config.json`` cannot be used.
         FileNotFoundError: Omniglot archives missing; ``weights`` or its ``config.json`` missing.
         UnwritableOutputError: (an ``OSError``) ``out_dir`` cannot be created or written;
@@ -537,6 +544,11 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     if verify_keep is not None and not 0.0 < float(verify_keep) <= 1.0:
         raise ValueError(f"verify_keep must be in (0, 1] (the share of true matches verification keeps), "
                          f"got {verify_keep}")
+    from .verification import check_known_margin
+    known_margin = check_known_margin(known_margin)
+    if known_margin is not None and not reference_loss and weights is None:
+        raise ValueError("known_margin (known-category rejection) needs the reference classifier: train with "
+                         "reference_loss=True (siamese-mrcnn demo --reference-loss)")
     from .datasets.synthetic import RENDERINGS
     if rendering not in RENDERINGS:
         raise ValueError(f"unknown rendering {rendering!r}; choose one of {RENDERINGS}")
@@ -544,6 +556,10 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     out_dir = pathlib.Path(ensure_writable_dir(out_dir, "demo output folder"))  # before any work
     if weights is not None:
         trained_config = load_run_config(weights, dataset=dataset, rendering=rendering, seed=seed)
+        if known_margin is not None and not int(getattr(trained_config, "REFERENCE_CLASSES", 0)):
+            raise ValueError(f"known_margin (known-category rejection) needs the reference classifier, and "
+                             f"{weights} was trained without it (REFERENCE_CLASSES 0 in its config.json; "
+                             "siamese-mrcnn demo --reference-loss trains one)")
         steps, minutes, reference_loss = 1, None, False  # nothing is trained
     overrides = dataset_overrides(dataset, config_overrides)
     base = demo_config(**{**overrides, "SEED": seed})  # checks every value first
@@ -619,16 +635,22 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         checkpoint, history, train_seconds = os.path.abspath(weights), [], 0.0
         epochs_done = checkpoint_epoch(checkpoint)
         steps_done = None if epochs_done is None else epochs_done * int(config.STEPS_PER_EPOCH)
-        saved_threshold = getattr(config, "VERIFY_MIN_SIMILARITY", None)
-        if saved_threshold is not None and verbose:
-            print(f"{config_beside_checkpoint(checkpoint)}: VERIFY_MIN_SIMILARITY {saved_threshold:g} not used "
-                  "(--verify-keep calibrates a threshold for this evaluation)")
-        config.VERIFY_MIN_SIMILARITY = None
+        for key, flag in (("VERIFY_MIN_SIMILARITY", "--verify-keep"), ("VERIFY_KNOWN_MARGIN", "--known-margin")):
+            saved = getattr(config, key, None)
+            if saved is not None and verbose:
+                print(f"{config_beside_checkpoint(checkpoint)}: {key} {saved:g} not used (this evaluation "
+                      f"uses {flag} of the command)")
+            setattr(config, key, None)
         inference_config = config  # load_run_config's: one image per call
 
     progress.stage("evaluating")
     inference = SiameseMaskRCNN("inference", inference_config, model_dir=str(out_dir / "checkpoints"))
     inference.load_weights(checkpoint, by_name=True)
+    if known_margin is not None:
+        inference.config.VERIFY_KNOWN_MARGIN = known_margin
+        config.VERIFY_KNOWN_MARGIN = known_margin
+        if weights is None:  # predict rejects too
+            config.save(config_beside_checkpoint(checkpoint))
     verification = None
     if verify_keep is not None:
         from .verification import calibrate_min_similarity
@@ -677,6 +699,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
             "seconds_per_step": round(train_seconds / max(1, steps_done or 0), 4) if weights is None else None,
             "checkpoint": checkpoint,
             "final_loss": history[-1]["loss"] if history else None, "verification": verification,
+            "known_margin": known_margin,
             "config": config.to_dict()}
     data_label = dataset if rendering == "paper" else f"{dataset}, {rendering} rendering"
     title = f"one-shot instance segmentation on {data_label} (mAP50, %)"
@@ -703,7 +726,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
                     ("dataset", "rendering", "evaluated_only", "epochs_trained", "steps", "time_capped",
                      "data_seconds",
                      "train_seconds",
-                     "seconds_per_step", "checkpoint", "verification")}})
+                     "seconds_per_step", "checkpoint", "verification", "known_margin")}})
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if verbose:
         print(evaluation.format_table(rows, title=title))
@@ -713,6 +736,11 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
             print(f"verified: detections less similar to the reference than {verification['min_similarity']:.3f} "
                   f"dropped (keeps {verification['keep'] * 100:.0f} % of {verification['objects']} training "
                   f"objects; {where})")
+        if known_margin is not None:
+            where = ("written to the run's config.json as VERIFY_KNOWN_MARGIN" if weights is None else
+                     f"for siamese-mrcnn predict: --known-margin {known_margin:g}")
+            print(f"known-category rejection: detections closer to a known category than to the reference by "
+                  f"more than {known_margin:g} dropped ({where})")
         print(evaluation.format_open_world(open_world))
         if transfer_rows:
             print(transfer_table)

@@ -337,7 +337,7 @@ def with_presence_head_of(weights, config, shapes=None):
 
 
 def load_model(weights, config_path=None, preset=None, min_confidence=None, allow_partial=False,
-               exclude=None, min_similarity=None):
+               exclude=None, min_similarity=None, known_margin=None):
     """An inference ``SiameseMaskRCNN`` with ``weights`` loaded by layer name.
 
     ``weights``: a legacy-layout ``.h5`` (this project's checkpoints, matterport, the
@@ -346,7 +346,9 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
     unless ``allow_partial`` or the missing layers match ``exclude`` (layer names or
     regular expressions): random layers would give confident-looking nonsense.
     ``min_confidence`` / ``min_similarity`` override the config's ``DETECTION_MIN_CONFIDENCE``
-    / ``VERIFY_MIN_SIMILARITY`` (verification, :mod:`.verification`; ``"none"`` turns it off).
+    / ``VERIFY_MIN_SIMILARITY`` (verification, :mod:`.verification`; ``"none"`` turns it off);
+    ``known_margin`` the config's ``VERIFY_KNOWN_MARGIN`` (known-category rejection; ``"none"``
+    turns it off).
 
     Raises:
         InputError: missing, truncated or corrupt file, a file that does not fit the
@@ -360,6 +362,8 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
     overrides = {} if min_confidence is None else {"DETECTION_MIN_CONFIDENCE": float(min_confidence)}
     if min_similarity is not None:
         overrides["VERIFY_MIN_SIMILARITY"] = None if min_similarity == "none" else float(min_similarity)
+    if known_margin is not None:
+        overrides["VERIFY_KNOWN_MARGIN"] = None if known_margin == "none" else float(known_margin)
     beside = config_beside(weights)
     # Without a config the file's shapes give the preset and tell whether it holds a
     # presence head: read them once for both.
@@ -371,6 +375,11 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
     try:
         report = model.load_weights(weights, by_name=True, exclude=exclude)
         check_complete(weights, report, allow_partial)
+        if getattr(config, "VERIFY_KNOWN_MARGIN", None) is not None and model.known_prototypes is None:
+            raise ValueError(f"known-category rejection (VERIFY_KNOWN_MARGIN {config.VERIFY_KNOWN_MARGIN:g}) needs "
+                             "the reference classifier's weights (reference_class_logits), which this file does "
+                             "not hold: it was not trained with the reference classification loss "
+                             "(siamese-mrcnn demo --reference-loss); pass --known-margin none")
     except (OSError, ValueError) as err:
         message = str(err) if str(weights) in str(err) else f"{weights}: {err}"
         message = message.replace(" (pass skip_mismatch=True to skip these layers)", "")
@@ -446,6 +455,8 @@ def result_to_json(result, reference_paths, query_path, config=None):
                            "mask_rle": encode_mask(result["masks"][:, :, i])})
         if "similarity" in result:  # verified (siamese_mask_rcnn.verification)
             detections[-1]["similarity"] = float(result["similarity"][i])
+        if "known_margin" in result:  # known-category rejection
+            detections[-1]["known_margin"] = float(result["known_margin"][i])
     payload = {"query": str(query_path), "references": [str(p) for p in reference_paths],
                "count": len(detections), "detections": detections}
     if "presence" in result:  # a model with the presence head (siamese_mask_rcnn.presence)
@@ -456,13 +467,15 @@ def result_to_json(result, reference_paths, query_path, config=None):
             payload["presence_gating"] = str(config.PRESENCE_GATING)
         if getattr(config, "VERIFY_MIN_SIMILARITY", None) is not None:
             payload["min_similarity"] = float(config.VERIFY_MIN_SIMILARITY)
+        if getattr(config, "VERIFY_KNOWN_MARGIN", None) is not None:
+            payload["known_margin"] = float(config.VERIFY_KNOWN_MARGIN)
     if "verification_dropped" in result:
         payload["verification_dropped"] = int(result["verification_dropped"])
     return payload
 
 
 def predict(weights, references, query, out_png=None, out_json=None, config_path=None, preset=None,
-            min_confidence=None, model=None, allow_partial=False, min_similarity=None):
+            min_confidence=None, model=None, allow_partial=False, min_similarity=None, known_margin=None):
     """Find every instance of the references' category in ``query``.
 
     ``references``: one path/array or a list (k-shot: their embeddings are averaged).
@@ -470,7 +483,8 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
     probability that the category is in the query, for a model with the presence head: its
     scores are already multiplied by it, so an absent category gives no detection) and, when
     verification is on (``min_similarity`` or the config's ``VERIFY_MIN_SIMILARITY``),
-    ``"similarity"`` per detection; writes a picture and/or JSON.
+    ``"similarity"`` per detection (and ``"known_margin"`` with known-category rejection,
+    ``known_margin`` or the config's ``VERIFY_KNOWN_MARGIN``); writes a picture and/or JSON.
 
     Raises:
         InputError: a missing, unreadable or URL image, a weights file :func:`load_model`
@@ -483,7 +497,7 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
     query_image = read_user_image(query, "query") if not isinstance(query, np.ndarray) else query
     if model is None:
         model = load_model(weights, config_path, preset, min_confidence, allow_partial=allow_partial,
-                           min_similarity=min_similarity)
+                           min_similarity=min_similarity, known_margin=known_margin)
     result = model.detect_embeddings(query_image, {0: model.embed_category(ref_images)})[0]
     if out_png:
         import matplotlib.pyplot as plt

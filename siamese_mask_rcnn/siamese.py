@@ -41,6 +41,7 @@ import tensorflow as tf
 from keras import layers as KL
 
 from .mrcnn import utils
+from .mrcnn import weights as mweights
 from .mrcnn.backbone import build_backbone_fpn
 from .mrcnn.heads import FoldRois
 from .mrcnn.model import MaskRCNN, check_image_shape
@@ -50,7 +51,8 @@ from .mrcnn.targets import describe_image, prepare_gt
 from .mrcnn.winograd import conv3x3 as winograd_conv3x3, use_winograd, winograd_kernel
 from .presence import PresenceHead, PresenceLossParts, gate_detections
 from .reference_loss import ReferenceClassifier, ReferenceClassLossParts
-from .verification import detection_crops, keep_detections, level_cosine
+from .verification import (PROTOTYPES_LAYER, check_known_margin, detection_crops, keep_detections,
+                           known_category_margins, level_cosine)
 
 #: The pyramid levels that are matched, in order (the embedding's second axis).
 LEVELS = ("P2", "P3", "P4", "P5", "P6")
@@ -692,7 +694,7 @@ class SiameseMaskRCNN(MaskRCNN):
                                                      molded[0].shape, windows[0])
                 if presence is not None:
                     results[key] = self.gate(results[key], presence[row])
-        if getattr(c, "VERIFY_MIN_SIMILARITY", None) is not None:
+        if getattr(c, "VERIFY_MIN_SIMILARITY", None) is not None or getattr(c, "VERIFY_KNOWN_MARGIN", None) is not None:
             results = self.verify(image, results, dict(zip(keys, stacked)))
         return results
 
@@ -703,20 +705,38 @@ class SiameseMaskRCNN(MaskRCNN):
         """Verification (beyond the paper; :mod:`.verification`): every detection of
         ``results`` (``{key: result}`` of :meth:`detect_embeddings`, boxes in ``image``
         pixels) is cropped from ``image`` ``[H, W, 3]`` by its box, embedded by the reference
-        encoder and compared with ``embeddings[key]`` ``[5, C]`` (level-averaged cosine);
-        those under ``VERIFY_MIN_SIMILARITY`` are dropped. Returns new results with
-        ``"similarity"`` (float32 ``[N]``) per detection kept, ``"verification_dropped"``
-        (how many were dropped) and ``"verification_threshold"``. Raises ``ValueError`` when ``VERIFY_MIN_SIMILARITY`` (which
-        may have been set after the model was built) is not a number in [-1, 1]."""
+        encoder and compared with ``embeddings[key]`` ``[5, C]``: those less similar
+        (level-averaged cosine) than ``VERIFY_MIN_SIMILARITY`` are dropped, and with
+        ``VERIFY_KNOWN_MARGIN`` those closer to a known category's prototype than to the
+        reference by more than that margin (:func:`.verification.known_category_margins`;
+        the prototypes are read from the weights file by :meth:`load_weights`).
+
+        Returns new results with ``"similarity"`` (float32 ``[N]``) per detection kept, with
+        the margin also ``"known_margin"``, ``"verification_dropped"`` (how many were dropped),
+        ``"verification_threshold"`` and ``"known_margin_threshold"`` (None when off).
+
+        Raises ``ValueError`` when ``VERIFY_MIN_SIMILARITY`` or ``VERIFY_KNOWN_MARGIN`` (which
+        may have been set after the model was built) is out of range, or when the margin is
+        set and the loaded weights hold no reference classifier (``reference_class_logits``:
+        a model trained with ``REFERENCE_CLASSES`` > 0)."""
         threshold = self.config.VERIFY_MIN_SIMILARITY
-        if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.number)) \
-                or not -1.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"VERIFY_MIN_SIMILARITY must be None (off) or a cosine in [-1, 1], got {threshold!r}")
-        threshold = float(threshold)
+        if threshold is not None:
+            if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.number)) \
+                    or not -1.0 <= float(threshold) <= 1.0:
+                raise ValueError(f"VERIFY_MIN_SIMILARITY must be None (off) or a cosine in [-1, 1], "
+                                 f"got {threshold!r}")
+            threshold = float(threshold)
+        margin = check_known_margin(getattr(self.config, "VERIFY_KNOWN_MARGIN", None))
+        prototypes = getattr(self, "known_prototypes", None)
+        if margin is not None and prototypes is None:
+            raise ValueError("VERIFY_KNOWN_MARGIN needs the known categories' prototypes, the weights of the "
+                             f"reference classifier '{PROTOTYPES_LAYER}': load a checkpoint trained with "
+                             "REFERENCE_CLASSES > 0 (siamese-mrcnn demo --reference-loss) with load_weights")
         crops, owners = detection_crops(image, results)
         found = [self.encode_references(crops[i:i + self.VERIFY_BATCH])
                  for i in range(0, len(crops), self.VERIFY_BATCH)]
         sims = {key: np.zeros(len(result["scores"])) for key, result in results.items()}
+        margins = {key: np.zeros(len(result["scores"])) for key, result in results.items()}
         if found:
             found = np.concatenate(found)
             rows = {}
@@ -724,14 +744,39 @@ class SiameseMaskRCNN(MaskRCNN):
                 rows.setdefault(key, ([], []))
                 rows[key][0].append(row)
                 rows[key][1].append(index)
-            for key, (crop_rows, indices) in rows.items():  # one cosine call per category
+            for key, (crop_rows, indices) in rows.items():  # one call per category
                 sims[key][indices] = level_cosine(found[crop_rows], embeddings[key])
-        verified = {key: keep_detections(result, sims[key] >= threshold, sims[key])
-                    for key, result in results.items()}
-        for key, result in verified.items():
-            result["verification_dropped"] = int(len(results[key]["scores"]) - len(result["scores"]))
-            result["verification_threshold"] = threshold
+                if margin is not None:
+                    margins[key][indices] = known_category_margins(found[crop_rows], embeddings[key], prototypes)
+        verified = {}
+        for key, result in results.items():
+            keep = np.ones(len(result["scores"]), bool)
+            if threshold is not None:
+                keep &= sims[key] >= threshold
+            if margin is not None:
+                keep &= margins[key] <= margin
+            verified[key] = keep_detections(result, keep, sims[key])
+            if margin is not None:
+                verified[key]["known_margin"] = margins[key][keep].astype(np.float32)
+            verified[key]["verification_dropped"] = int(len(result["scores"]) - int(keep.sum()))
+            verified[key]["verification_threshold"] = threshold
+            verified[key]["known_margin_threshold"] = margin
         return verified
+
+    def load_weights(self, filepath, by_name=False, exclude=None, skip_mismatch=False):
+        """Matterport's ``load_weights`` (see :meth:`.mrcnn.model.MaskRCNN.load_weights`); in
+        inference mode also the known categories' prototypes for ``VERIFY_KNOWN_MARGIN``: the
+        kernel of the reference classifier (``reference_class_logits``, a training-only
+        layer) when the file holds one (``known_prototypes`` ``[5 * C, classes]``, else None)."""
+        report = super().load_weights(filepath, by_name=by_name, exclude=exclude, skip_mismatch=skip_mismatch)
+        if self.mode == "inference":
+            self.known_prototypes = None
+            entries = mweights.read_h5_layer_weights(filepath, PROTOTYPES_LAYER)
+            for name, array in entries or ():
+                if name == "kernel" and array.ndim == 2 \
+                        and array.shape[0] == len(LEVELS) * int(self.config.TOP_DOWN_PYRAMID_SIZE):
+                    self.known_prototypes = np.asarray(array, np.float32)
+        return report
 
     @staticmethod
     def _query_image(image):

@@ -8,6 +8,19 @@ category's embedding by :func:`level_cosine`; detections less similar than
 ``VERIFY_MIN_SIMILARITY`` are dropped (:meth:`.siamese.SiameseMaskRCNN.detect_embeddings`), so
 an absent category whose detections do not look like the reference gives an empty result.
 
+**Known-category rejection** (``VERIFY_KNOWN_MARGIN``): a model trained with the reference
+classification loss (:mod:`.reference_loss`) carries one learned prototype per category id,
+the columns of its cosine classifier ``reference_class_logits``, built from the training
+(background) categories. Most false positives of an absent category are objects of *other*
+categories, many of them categories the model knows. :func:`known_category_margins` measures,
+per detection, how much closer its embedding is to the nearest known prototype than to the
+reference (flattened P2..P6 vectors, cosine), leaving out the prototype nearest to the
+reference itself (so a reference of a known category is not rejected against its own
+category); detections with a margin above ``VERIFY_KNOWN_MARGIN`` are dropped: "this is a
+<known category>, not what you showed me". It uses no threshold calibrated on training
+categories, which is why it keeps the one-shot categories' true detections where a similarity
+cut does not (README "Open-world search").
+
 The similarity is only as good as the encoder's embedding: trained with the paper's losses
 alone, two objects of one category are hardly closer than two of different categories; the
 reference classification loss (:mod:`.reference_loss`) makes them so
@@ -28,6 +41,57 @@ def level_cosine(embeddings, reference):
     a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
     return (a * b[None]).sum(axis=-1).mean(axis=-1)
+
+
+#: The layer whose weights (``kernel [L * C, classes]``) are the known categories' prototypes.
+PROTOTYPES_LAYER = "reference_class_logits"
+
+
+def check_known_margin(margin):
+    """``margin`` as a float, or ``ValueError`` unless it is None (off) or a number in [-2, 2]
+    (a difference of two cosines)."""
+    if margin is None:
+        return None
+    if isinstance(margin, (bool, np.bool_)) or not isinstance(margin, (int, float, np.number)) \
+            or not -2.0 <= float(margin) <= 2.0:
+        raise ValueError(f"VERIFY_KNOWN_MARGIN must be None (off) or a difference of cosines in [-2, 2], "
+                         f"got {margin!r}")
+    return float(margin)
+
+
+def known_category_margins(embeddings, reference, prototypes):
+    """Known-category rejection's margin of each detection (see the module docstring).
+
+    Args:
+        embeddings: ``[N, L, C]`` the detections' crops embedded by the reference encoder.
+        reference: ``[L, C]`` the category's embedding.
+        prototypes: ``[L * C, K]`` the known categories' prototypes (the reference
+            classifier's kernel; K ≥ 2).
+
+    Returns ``[N]`` float64: ``max_{j ≠ j_r} cos(e, w_j) − cos(e, r)`` over the flattened
+    vectors, ``j_r`` the prototype nearest to the reference (positive: the detection is
+    closer to a known category than to the reference).
+
+    Raises:
+        ValueError: shapes that do not fit (``L * C`` rows) or fewer than two prototypes.
+    """
+    e = np.asarray(embeddings, np.float64)
+    r = np.asarray(reference, np.float64).reshape(-1)
+    w = np.asarray(prototypes, np.float64)
+    if w.ndim != 2 or w.shape[0] != r.size or w.shape[1] < 2:
+        raise ValueError(f"prototypes must be [{r.size}, K >= 2] for a reference of {r.size} values, "
+                         f"got shape {w.shape}")
+    e = e.reshape(len(e), -1) if e.size else e.reshape(0, r.size)
+    if e.shape[1] != r.size:
+        raise ValueError(f"embeddings of {e.shape[1]} values do not fit a reference of {r.size}")
+
+    def unit(x, axis):
+        return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+    e, r, w = unit(e, 1), unit(r, 0), unit(w, 0)
+    to_prototypes = e @ w  # [N, K]
+    to_prototypes[:, int(np.argmax(r @ w))] = -np.inf  # the reference's own category
+    return to_prototypes.max(axis=1) - e @ r
 
 
 def keep_detections(result, keep, similarities):

@@ -93,7 +93,8 @@ def test_demo_command_line_passes_arguments_to_run_demo(monkeypatch, tmp_path):
     assert calls == [dict(out_dir=str(tmp_path), dataset="omniglot", data_dir=str(tmp_path), steps=40,
                           minutes=0.5, threads=1, steps_per_epoch=3, num_train=60, num_val=12, seed=7, eval_limit=6,
                           config_overrides={}, transfer_scenes=20, deterministic=False,
-                          rendering="randomised", reference_loss=False, verify_keep=None, weights=None)]
+                          rendering="randomised", reference_loss=False, verify_keep=None, weights=None,
+                          known_margin=None)]
 
 
 def test_demo_command_line_open_world_flags(monkeypatch, tmp_path):
@@ -101,6 +102,8 @@ def test_demo_command_line_open_world_flags(monkeypatch, tmp_path):
     monkeypatch.setattr("siamese_mask_rcnn.demo.run_demo", lambda **kw: calls.append(kw) or {})
     assert cli.main(["demo", "--out", str(tmp_path), "--reference-loss", "--verify-keep", "0.8"]) == 0
     assert calls[0]["reference_loss"] is True and calls[0]["verify_keep"] == 0.8
+    assert cli.main(["demo", "--out", str(tmp_path), "--reference-loss", "--known-margin", "-0.2"]) == 0
+    assert calls[1]["known_margin"] == -0.2
 
 
 @pytest.mark.parametrize("flag, overrides", [([], {}), (["--presence-head"], {"PRESENCE_HEAD": True}),
@@ -133,6 +136,8 @@ def test_demo_command_line_presence_head_flags(flag, overrides, monkeypatch, tmp
     (["demo", "--verify-keep", "0"], "--verify-keep must be in (0, 1], got 0.0"),
     (["demo", "--verify-keep", "nan"], "--verify-keep must be in (0, 1], got nan"),
     (["demo", "--no-presence-gradient"], "--no-presence-gradient needs --presence-head"),
+    (["demo", "--known-margin", "0.1"], "--known-margin needs --reference-loss"),
+    (["demo", "--reference-loss", "--known-margin", "2.5"], "--known-margin must be in [-2, 2], got 2.5"),
     (["demo", "--config-override", "seed=3"], "expected KEY=VALUE with an UPPER_CASE key"),
     (["demo", "--config-override", "NO_SUCH_KEY=3"], "NO_SUCH_KEY"),
     (["demo", "--config-override", "LOSS_WEIGHTS={'no_such_loss': 1.0}"], "no_such_loss")])
@@ -396,9 +401,12 @@ def test_reference_loss_and_verification_in_a_tiny_job(tmp_path):
     with pytest.raises(ValueError, match="verify_keep must be in"):
         run_demo(out_dir=str(tmp_path / "bad"), verify_keep=0, verbose=0)
     assert not (tmp_path / "bad" / "checkpoints").exists()
-    summary = run_demo(out_dir=str(tmp_path), verbose=0, reference_loss=True, verify_keep=0.8,
+    with pytest.raises(ValueError, match="known_margin .* needs the reference classifier"):
+        run_demo(out_dir=str(tmp_path / "bad"), known_margin=0.1, verbose=0)
+    summary = run_demo(out_dir=str(tmp_path), verbose=0, reference_loss=True, verify_keep=0.8, known_margin=0.0,
                        **{**TINY_JOB, "steps": 2, "num_train": 20, "num_val": 4, "eval_limit": 1,
                           "transfer_scenes": 0})
+    assert summary["known_margin"] == 0.0
     saved = json.loads((tmp_path / "demo_summary.json").read_text())
     verification = saved["verification"]
     assert verification == summary["verification"]
@@ -408,6 +416,11 @@ def test_reference_loss_and_verification_in_a_tiny_job(tmp_path):
     _, val = make_datasets("synthetic", num_train=1, num_val=1, seed=0)
     assert run_config["REFERENCE_CLASSES"] == val.num_classes
     assert run_config["VERIFY_MIN_SIMILARITY"] == pytest.approx(verification["min_similarity"], abs=1e-4)
+    assert run_config["VERIFY_KNOWN_MARGIN"] == 0.0  # predict rejects as the evaluation did
+    from siamese_mask_rcnn.predict import load_model
+    loaded = load_model(summary["checkpoint"])
+    assert loaded.config.VERIFY_KNOWN_MARGIN == 0.0
+    assert loaded.known_prototypes.shape == (5 * loaded.config.TOP_DOWN_PYRAMID_SIZE, val.num_classes)
     history = [json.loads(line) for line in open(os.path.join(os.path.dirname(summary["checkpoint"]),
                                                               "history.jsonl"))]
     assert all(np.isfinite(h["reference_class_loss"]) for h in history)
@@ -451,6 +464,8 @@ def test_evaluating_a_checkpoint_without_training_gives_the_runs_table(demo_run,
         run_demo(out_dir=str(tmp_path / "look"), weights=checkpoint, verbose=0, rendering="mixed", **job)
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         run_demo(out_dir=str(tmp_path / "gone"), weights=str(tmp_path / "none.h5"), verbose=0, **job)
+    with pytest.raises(ValueError, match="was trained without it"):
+        run_demo(out_dir=str(tmp_path / "known"), weights=checkpoint, verbose=0, known_margin=0.0, **job)
 
 
 def test_demo_command_line_weights_checks_before_any_work(demo_run, monkeypatch, tmp_path, capsys):

@@ -171,3 +171,130 @@ def test_predict_command_line_turns_verification_off_or_on(monkeypatch, tmp_path
     with pytest.raises(SystemExit) as info:
         cli.main(base + ["--min-similarity", "off"])
     assert info.value.code == 2 and "expected a number in [-1, 1] or 'none', got 'off'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- known-category rejection
+def test_known_category_margins_on_a_hand_made_case():
+    """Two levels of two channels (flattened: 4 values); three unit prototypes. The reference
+    is nearest to prototype 0, so only prototypes 1 and 2 can reject."""
+    from siamese_mask_rcnn.verification import known_category_margins
+
+    prototypes = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0]], np.float64) * 3.0  # scale is ignored
+    reference = np.array([[1.0, 0.0], [0.0, 0.0]])              # = prototype 0's direction
+    detections = np.array([[[1.0, 0.0], [0.0, 0.0]],            # the reference itself: margin 0 - 1 = -1
+                           [[0.0, 1.0], [0.0, 0.0]],            # prototype 1: 1 - 0 = 1
+                           [[1.0, 1.0], [0.0, 0.0]],            # between 0 and 1: 1/√2 - 1/√2 = 0
+                           [[0.0, 0.0], [0.0, 0.0]]])           # zero vector: 0 - 0 = 0
+    margins = known_category_margins(detections, reference, prototypes)
+    np.testing.assert_allclose(margins, [-1.0, 1.0, 0.0, 0.0], atol=1e-12)
+    # a reference nearest to prototype 1 lets prototype 0 reject instead
+    margins = known_category_margins(detections[:2], np.array([[0.0, 1.0], [0.0, 0.0]]), prototypes)
+    np.testing.assert_allclose(margins, [1.0, -1.0], atol=1e-12)
+    assert known_category_margins(np.zeros((0, 2, 2)), reference, prototypes).shape == (0,)
+    with pytest.raises(ValueError, match="prototypes must be"):
+        known_category_margins(detections, reference, prototypes[:3])
+    with pytest.raises(ValueError, match="prototypes must be"):
+        known_category_margins(detections, reference, prototypes[:, :1])
+    with pytest.raises(ValueError, match="do not fit"):
+        known_category_margins(np.zeros((1, 3, 2)), reference, prototypes)
+
+
+@pytest.mark.parametrize("bad", [2.5, -3, float("nan"), True, "0.1"])
+def test_config_and_check_refuse_a_bad_known_margin(bad):
+    from siamese_mask_rcnn.config import siamese_config
+    from siamese_mask_rcnn.verification import check_known_margin
+
+    with pytest.raises(ValueError, match="VERIFY_KNOWN_MARGIN"):
+        siamese_config("tiny", VERIFY_KNOWN_MARGIN=bad)
+    with pytest.raises(ValueError, match="VERIFY_KNOWN_MARGIN"):
+        check_known_margin(bad)
+    assert siamese_config("tiny", VERIFY_KNOWN_MARGIN=-0.2).VERIFY_KNOWN_MARGIN == -0.2
+    assert check_known_margin(None) is None and check_known_margin(0) == 0.0
+
+
+def test_detect_embeddings_rejects_detections_closer_to_a_known_category(tmp_path):
+    """With prototypes (as load_weights reads them), detections whose margin exceeds
+    VERIFY_KNOWN_MARGIN are dropped, the others keep their scores and report their margin;
+    without prototypes the setting is refused; load_weights reads the reference classifier's
+    kernel from a legacy .h5 file and leaves None for a file without it."""
+    keras = pytest.importorskip("keras")
+    import h5py
+
+    from siamese_mask_rcnn.config import siamese_config
+    from siamese_mask_rcnn.datasets.base import crop_box
+    from siamese_mask_rcnn.datasets.synthetic import make_train_val
+    from siamese_mask_rcnn.siamese import SiameseMaskRCNN
+    from siamese_mask_rcnn.verification import known_category_margins
+
+    _, val = make_train_val(num_categories=40, num_train=2, num_val=3, image_size=128, seed=3)
+    keras.utils.set_random_seed(2)
+    model = SiameseMaskRCNN("inference", siamese_config("tiny", DETECTION_MIN_CONFIDENCE=0.0),
+                            model_dir=str(tmp_path))
+    path = str(tmp_path / "w.h5")
+    model.save_weights(path)
+    model.load_weights(path, by_name=True)
+    assert model.known_prototypes is None  # no reference classifier in the file
+    width = 5 * model.config.TOP_DOWN_PYRAMID_SIZE
+    kernel = np.random.default_rng(0).normal(size=(width, 7)).astype(np.float32)
+    with h5py.File(path, "a") as f:
+        group = f.create_group("reference_class_logits")
+        group.attrs["weight_names"] = [b"reference_class_logits/kernel:0"]
+        group.create_dataset("reference_class_logits/kernel:0", data=kernel)
+        f.attrs["layer_names"] = list(f.attrs["layer_names"]) + [b"reference_class_logits"]
+    model.load_weights(path, by_name=True)
+    np.testing.assert_array_equal(model.known_prototypes, kernel)
+
+    image_id = val.image_ids[0]
+    image = val.load_image(image_id)
+    rng = np.random.default_rng(0)
+    embeddings = {c: model.embed_category([val.sample_reference(c, rng)]) for c in val.image_categories[image_id][:2]}
+    plain = model.detect_embeddings(image, embeddings, fold=False)
+    expected = {k: known_category_margins(model.encode_references([crop_box(image, b)[0] for b in r["rois"]]),
+                                          embeddings[k], kernel) for k, r in plain.items()}
+    values = np.concatenate(list(expected.values()))
+    assert len(values) >= 4 and len(np.unique(np.round(values, 5))) > 1
+    margin = float(np.median(values))
+    model.config.VERIFY_KNOWN_MARGIN = margin
+    try:
+        verified = model.detect_embeddings(image, embeddings, fold=False)
+        for key, result in verified.items():
+            keep = expected[key] <= margin
+            assert len(result["scores"]) == int(keep.sum()) == result["masks"].shape[-1]
+            np.testing.assert_allclose(result["known_margin"], expected[key][keep], atol=1e-4)
+            np.testing.assert_allclose(result["scores"], plain[key]["scores"][keep], rtol=1e-4, atol=1e-5)
+            assert result["verification_dropped"] == int((~keep).sum())
+            assert result["known_margin_threshold"] == margin and result["verification_threshold"] is None
+        model.known_prototypes = None
+        with pytest.raises(ValueError, match="needs the known categories' prototypes"):
+            model.detect_embeddings(image, embeddings, fold=False)
+    finally:
+        model.config.VERIFY_KNOWN_MARGIN = None
+
+
+def test_result_json_and_command_line_report_the_known_margin(monkeypatch, capsys):
+    from siamese_mask_rcnn import cli
+    from siamese_mask_rcnn.predict import result_to_json
+
+    result = keep_detections(_result(2), [True, True], [0.75, 0.5])
+    result.update(known_margin=np.array([-0.3, 0.05], np.float32), verification_dropped=1,
+                  verification_threshold=None, known_margin_threshold=0.1)
+    config = types.SimpleNamespace(DETECTION_MIN_CONFIDENCE=0.5, PRESENCE_GATING="multiply",
+                                   VERIFY_MIN_SIMILARITY=None, VERIFY_KNOWN_MARGIN=0.1)
+    payload = result_to_json(result, ["r.png"], "q.png", config=config)
+    assert [round(d["known_margin"], 3) for d in payload["detections"]] == [-0.3, 0.05]
+    assert payload["known_margin"] == 0.1 and "min_similarity" not in payload
+
+    calls = []
+    monkeypatch.setattr(cli, "predict", lambda *a, **k: calls.append(k["known_margin"]) or result)
+    monkeypatch.setattr(cli, "check_inputs", lambda *a, **k: None)
+    base = ["predict", "--weights", "w.h5", "--reference", "r.png", "--query", "q.png"]
+    assert cli.main(base + ["--known-margin", "0.1"]) == 0 and cli.main(base + ["--known-margin", "none"]) == 0
+    assert calls == [0.1, "none"]
+    out = capsys.readouterr().out
+    assert "1 dropped as closer to a known category than to the reference by more than 0.100 (--known-margin)" in out
+    assert "known margin -0.300" in out
+    for bad, message in (("3", "--known-margin must be in [-2, 2], got 3.0"),
+                         ("off", "expected a number in [-2, 2] or 'none', got 'off'")):
+        with pytest.raises(SystemExit) as info:
+            cli.main(base + ["--known-margin", bad])
+        assert info.value.code == 2 and message in capsys.readouterr().err

@@ -194,6 +194,31 @@ def _read_h5_weights(path):
     return result
 
 
+def read_h5_layer_weights(filepath, layer_name):
+    """The weights ``[(short weight name, np.ndarray), ...]`` of one top-level layer group
+    ``layer_name`` of a legacy-layout ``.h5`` file, or None when the file has no such group
+    or is a Keras 3 ``.weights.h5`` file (which is keyed by class counters, not layer names).
+    Reads only that group.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`read_h5_weights` (missing, not HDF5, corrupt).
+    """
+    path = os.fspath(filepath)
+    try:
+        with _open_h5(path) as h5file:
+            if weights_layout(h5file) == "keras3":
+                return None
+            root = _weights_root(h5file, path)
+            if layer_name not in root:
+                return None
+            return [(short, array) for _, short, array in _read_group_weights(root[layer_name], layer_name, path)]
+    except (FileNotFoundError, ValueError):
+        raise
+    except (OSError, RuntimeError, KeyError) as err:
+        raise ValueError(f"{path}: unreadable HDF5 weights file (truncated or corrupt?): "
+                         f"{type(err).__name__}: {err}") from None
+
+
 def read_h5_weight_shapes(filepath):
     """Like :func:`read_h5_weights` but without reading the arrays: ``layer name ->
     [(short weight name, shape tuple), ...]`` (fast on large files).
