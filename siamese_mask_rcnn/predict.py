@@ -298,7 +298,9 @@ def resolve_config(weights, config_path=None, preset=None, *, shapes=None, **ove
         loaded = SiameseConfig.load(path, strict=False)
         config = SiameseConfig.from_dict({**loaded.to_dict(), **overrides}, strict=False)
     except (ValueError, TypeError, OSError) as err:
-        raise InputError(f"config file {path} cannot be used: {err}") from None
+        message = str(err)  # the loader's messages may name the file already
+        raise InputError(message if str(path) in message else f"config file {path} cannot be used: {message}") \
+            from None
     unknown = sorted(getattr(loaded, "_extra_keys", ()))
     if unknown:  # kept for configs of other versions, but a misspelt key would do nothing
         print(f"config file {path}: unknown key(s) {', '.join(unknown)} ignored (misspelt, or "

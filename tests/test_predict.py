@@ -131,6 +131,11 @@ def test_resolve_config_reads_config_beside_weights(weights, tmp_path):
     lonely.write_bytes(b"")
     fallback = resolve_config(str(lonely), preset="small")
     assert list(fallback.IMAGE_SHAPE) == [512, 512, 3] and fallback.IMAGES_PER_GPU == 1
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(InputError) as info:  # the API path (no pre-check): the file named once
+        resolve_config(str(lonely), config_path=str(broken))
+    assert str(info.value).count(str(broken)) == 1 and "not valid JSON" in str(info.value)
 
 
 # ------------------------------------------------------------------- bad input: exit code 2
