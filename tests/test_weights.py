@@ -9,6 +9,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from siamese_mask_rcnn.mrcnn import weights as W  # noqa: E402
+from siamese_mask_rcnn.mrcnn.h5layout import read_str_list_attr  # noqa: E402
 from h5_fixtures import write_manifest_h5  # noqa: E402
 
 ALL_WEIGHTED = ["conv1", "bn_conv1", "rpn_conv_shared", "rpn_class_raw", "mrcnn_class_logits"]
@@ -299,7 +300,7 @@ def test_chunked_attribute_writer_round_trips(tmp_path):
     with h5py.File(tmp_path / "chunks.h5", "w") as f:
         W._write_str_list_attr(f, "layer_names", names)
         assert "layer_names" not in f.attrs and "layer_names0" in f.attrs and "layer_names1" in f.attrs
-        assert W._read_str_list_attr(f, "layer_names") == names
+        assert read_str_list_attr(f, "layer_names") == names
 
 
 def test_weights_layout_tells_the_four_kinds_of_hdf5_file_apart(tmp_path):

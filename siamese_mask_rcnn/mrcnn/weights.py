@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from .fileio import atomic_write
-from .h5layout import NO_WEIGHTS_MESSAGE, read_str_list_attr, to_str, weights_layout
+from .h5layout import NO_WEIGHTS_MESSAGE, read_str_list_attr, weights_layout
 
 #: Attributes larger than this many bytes are split into numbered chunks (HDF5 header limit).
 HDF5_ATTRIBUTE_LIMIT = 64512
@@ -50,8 +50,6 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
-_to_str = to_str
-_read_str_list_attr = read_str_list_attr
 
 
 def _open_h5(filepath, mode="r"):
@@ -133,7 +131,7 @@ def _split_weight_name(weight_name, group_name):
 
 def _read_group_weights(group, group_name, filepath):
     """Return [(leaf layer, short name, array)] for one per-layer group, in file order."""
-    weight_names = _read_str_list_attr(group, "weight_names") or []
+    weight_names = read_str_list_attr(group, "weight_names") or []
     entries = []
     for weight_name in weight_names:
         if weight_name not in group:
@@ -177,7 +175,7 @@ def _read_h5_weights(path):
     owner = {}
     with _open_h5(path) as h5file:
         root = _weights_root(h5file, path)
-        layer_names = _read_str_list_attr(root, "layer_names")
+        layer_names = read_str_list_attr(root, "layer_names")
         if layer_names is None:
             layer_names = list(root.keys())
         for group_name in layer_names:
@@ -230,12 +228,12 @@ def read_h5_weight_shapes(filepath):
     result = {}
     with _open_h5(path) as h5file:
         root = _weights_root(h5file, path)
-        layer_names = _read_str_list_attr(root, "layer_names") or list(root.keys())
+        layer_names = read_str_list_attr(root, "layer_names") or list(root.keys())
         for group_name in layer_names:
             if group_name not in root:
                 continue
             group = root[group_name]
-            for weight_name in _read_str_list_attr(group, "weight_names") or []:
+            for weight_name in read_str_list_attr(group, "weight_names") or []:
                 if weight_name in group:
                     layer, short = _split_weight_name(weight_name, group_name)
                     result.setdefault(layer, []).append((short, tuple(group[weight_name].shape)))
