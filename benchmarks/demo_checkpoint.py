@@ -51,15 +51,10 @@ def check_demo_checkpoint(parser, weights):
     """Exit through ``parser.error`` (status 2, naming the file) unless ``weights`` is an HDF5
     weights file with the run's ``config.json`` beside it whose values are usable. Needs no
     TensorFlow, so a wrong path is reported at once."""
-    from siamese_mask_rcnn.predict import InputError, check_config_file, check_weights_file, config_beside
+    from siamese_mask_rcnn.predict import InputError, check_demo_checkpoint as check
 
     try:
-        check_weights_file(weights)
-        beside = config_beside(weights)
-        if not os.path.isfile(beside):
-            raise InputError(f"no config.json beside {weights} (a siamese-mrcnn demo "
-                             "checkpoint keeps the run's config.json in its folder)")
-        check_config_file(beside)
+        check(weights)
     except InputError as err:
         parser.error(f"--weights: {err}")
 

@@ -134,24 +134,24 @@ def build_parser():
     return parser
 
 
-def _margin_or_none(text):
-    """``--known-margin``: a float, or ``"none"`` (known-category rejection off)."""
-    if text.strip().lower() == "none":
-        return "none"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [-2, 2] or 'none', got {text!r}") from None
+def _number_or_none(low, high, meaning):
+    """An argparse type: a float, or ``"none"`` (``meaning`` off); the range [low, high] is
+    checked after parsing, naming the flag."""
+    def parse(text):
+        if text.strip().lower() == "none":
+            return "none"
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in [{low}, {high}] or 'none', got {text!r}") from None
+    parse.__doc__ = f"a float in [{low}, {high}], or 'none' ({meaning} off)"
+    return parse
 
 
-def _similarity_or_none(text):
-    """``--min-similarity``: a float, or ``"none"`` (verification off)."""
-    if text.strip().lower() == "none":
-        return "none"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [-1, 1] or 'none', got {text!r}") from None
+#: ``predict --known-margin``: a float, or ``"none"`` (known-category rejection off).
+_margin_or_none = _number_or_none(-2, 2, "known-category rejection")
+#: ``predict --min-similarity``: a float, or ``"none"`` (verification off).
+_similarity_or_none = _number_or_none(-1, 1, "verification")
 
 
 def main(argv=None):
@@ -210,14 +210,9 @@ def main(argv=None):
             if given:
                 parser.error(f"--weights evaluates a trained checkpoint: training options ({', '.join(given)}) "
                              "do not apply (its config.json says how it was trained)")
-            from .predict import check_config_file, check_weights_file
+            from .predict import check_demo_checkpoint
             try:  # before TensorFlow starts
-                check_weights_file(args.weights)
-                beside = demo_job.config_beside_checkpoint(args.weights)
-                if not os.path.isfile(beside):
-                    raise InputError(f"no config.json beside {args.weights} (a siamese-mrcnn demo checkpoint "
-                                     "keeps the run's config.json in its folder)")
-                check_config_file(beside)
+                check_demo_checkpoint(args.weights)
             except InputError as err:
                 parser.error(f"--weights: {err}")
         overrides = ({} if args.negative_pairs is None

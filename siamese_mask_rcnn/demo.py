@@ -29,6 +29,7 @@ from . import evaluation
 from .cliargs import require_at_least
 from .config import SiameseConfig, siamese_config
 from .mrcnn.fileio import ensure_writable_dir, safe_filename
+from .predict import config_beside
 
 log = logging.getLogger(__name__)
 
@@ -383,11 +384,6 @@ def _counting(predict_fn, progress):
 RUN_RECORD = "demo_run.json"
 
 
-def config_beside_checkpoint(checkpoint):
-    """The run's ``config.json`` in the folder of ``checkpoint`` (whether or not it exists)."""
-    return os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.json")
-
-
 def write_run_record(checkpoint, **record):
     """Write ``record`` (the data options of the run: dataset, rendering, seed, training
     scenes) as :data:`RUN_RECORD` beside ``checkpoint``, atomically."""
@@ -420,7 +416,7 @@ def load_run_config(weights, dataset="synthetic", rendering="paper", seed=0):
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"weights file not found: {weights}" if not os.path.exists(weights)
                                 else f"weights file is a directory, not an .h5 file: {weights}")
-    path = config_beside_checkpoint(weights)
+    path = config_beside(weights)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no config.json beside {weights} (a siamese-mrcnn demo checkpoint keeps "
                                 "the run's config.json in its folder)")
@@ -638,7 +634,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         for key, flag in (("VERIFY_MIN_SIMILARITY", "--verify-keep"), ("VERIFY_KNOWN_MARGIN", "--known-margin")):
             saved = getattr(config, key, None)
             if saved is not None and verbose:
-                print(f"{config_beside_checkpoint(checkpoint)}: {key} {saved:g} not used (this evaluation "
+                print(f"{config_beside(checkpoint)}: {key} {saved:g} not used (this evaluation "
                       f"uses {flag} of the command)")
             setattr(config, key, None)
         inference_config = config  # load_run_config's: one image per call
@@ -650,7 +646,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         inference.config.VERIFY_KNOWN_MARGIN = known_margin
         config.VERIFY_KNOWN_MARGIN = known_margin
         if weights is None:  # predict rejects too
-            config.save(config_beside_checkpoint(checkpoint))
+            config.save(config_beside(checkpoint))
     verification = None
     if verify_keep is not None:
         from .verification import calibrate_min_similarity
@@ -661,7 +657,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         inference.config.VERIFY_MIN_SIMILARITY = threshold
         config.VERIFY_MIN_SIMILARITY = threshold
         if weights is None:  # predict verifies too; an evaluation of a checkpoint leaves its run as it was
-            config.save(config_beside_checkpoint(checkpoint))
+            config.save(config_beside(checkpoint))
         verification = {"keep": float(verify_keep), "min_similarity": round(threshold, 4), "objects": count,
                         "scenes": calibration_scenes}
     predict = _counting(inference.predict_fn(), progress)

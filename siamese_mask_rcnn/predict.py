@@ -112,6 +112,22 @@ def config_beside(weights):
     return os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
 
 
+def check_demo_checkpoint(weights):
+    """``weights`` is a usable weights file (:func:`check_weights_file`) with the run's
+    ``config.json`` beside it whose values are usable (:func:`check_config_file`), as every
+    ``siamese-mrcnn demo`` checkpoint has. No TensorFlow is imported.
+
+    Raises:
+        InputError: naming the file and what is wrong with it.
+    """
+    check_weights_file(weights)
+    beside = config_beside(weights)
+    if not os.path.isfile(beside):
+        raise InputError(f"no config.json beside {weights} (a siamese-mrcnn demo checkpoint keeps the run's "
+                         "config.json in its folder)")
+    check_config_file(beside)
+
+
 def check_weights_file(weights):
     """The weights file exists, is a readable file (not a directory) and opens as HDF5 with
     at least one weight array in a layout the loader reads (h5py only: no TensorFlow).
