@@ -86,7 +86,7 @@ def build_parser():
     demo.add_argument("--weights", metavar="CHECKPOINT",
                       help="evaluate this checkpoint of an earlier demo run (the run's config.json beside "
                            "it gives the model) instead of training: same scenes (--seed, --dataset, "
-                           "--rendering as trained), this command's inference options (--verify-keep); "
+                           "--rendering as trained), this command's inference options (--verify-keep, --known-margin); "
                            "the run's files are not changed and training options are not allowed")
     demo.add_argument("--known-margin", type=float, default=None, metavar="MARGIN",
                       help="known-category rejection (beyond the paper; needs --reference-loss, or --weights "
