@@ -371,7 +371,9 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
     Raises:
         InputError: missing, truncated or corrupt file, a file that does not fit the
             configuration (without a ``config.json``, the message says which preset was
-            assumed and how to pass ``--config``), or a partial file.
+            assumed and how to pass ``--config``), a partial file, or known-category rejection
+            (``known_margin`` / ``VERIFY_KNOWN_MARGIN``) with a file that holds no reference
+            classifier.
     """
     from .siamese import SiameseMaskRCNN
 
@@ -393,11 +395,6 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
     try:
         report = model.load_weights(weights, by_name=True, exclude=exclude)
         check_complete(weights, report, allow_partial)
-        if getattr(config, "VERIFY_KNOWN_MARGIN", None) is not None and model.known_prototypes is None:
-            raise ValueError(f"known-category rejection (VERIFY_KNOWN_MARGIN {config.VERIFY_KNOWN_MARGIN:g}) needs "
-                             "the reference classifier's weights (reference_class_logits), which this file does "
-                             "not hold: it was not trained with the reference classification loss "
-                             "(siamese-mrcnn demo --reference-loss); pass --known-margin none")
     except (OSError, ValueError) as err:
         message = str(err) if str(weights) in str(err) else f"{weights}: {err}"
         message = message.replace(" (pass skip_mismatch=True to skip these layers)", "")
@@ -408,6 +405,11 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
                        "if the weights come from another configuration, pass the config.json of the "
                        "run that wrote them with --config FILE (or another --preset)")
         raise InputError(message) from None
+    if getattr(config, "VERIFY_KNOWN_MARGIN", None) is not None and model.known_prototypes is None:
+        raise InputError(f"{weights}: known-category rejection (VERIFY_KNOWN_MARGIN {config.VERIFY_KNOWN_MARGIN:g}) "
+                         "needs the reference classifier's weights (reference_class_logits), which this file "
+                         "does not hold: it was not trained with the reference classification loss "
+                         "(siamese-mrcnn demo --reference-loss); pass --known-margin none")
     return model
 
 
