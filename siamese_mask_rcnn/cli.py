@@ -36,7 +36,7 @@ def build_parser():
     demo.add_argument("--out", default="logs/demo", help="output directory, created if missing (default: logs/demo)")
     demo.add_argument("--steps", type=int, default=demo_job.DEFAULT_STEPS,
                       help=f"training steps (default {demo_job.DEFAULT_STEPS}); the same seed gives the "
-                           "same result on every machine")
+                           "same result on the same kind of CPU, whatever its speed")
     demo.add_argument("--minutes", type=float, default=None,
                       help="optional cap on the training time; the result then depends on the machine")
     demo.add_argument("--steps-per-epoch", type=int, default=None,
@@ -91,8 +91,8 @@ def build_parser():
     demo.add_argument("--known-margin", type=float, default=None, metavar="MARGIN",
                       help="known-category rejection (beyond the paper; needs --reference-loss, or --weights "
                            "trained with it): drop detections closer by more than MARGIN (-2..2) to a known "
-                           "category's prototype than to the reference (VERIFY_KNOWN_MARGIN, written to the "
-                           "run's config.json; default: off)")
+                           "category's prototype than to the reference (VERIFY_KNOWN_MARGIN; a trained run "
+                           "writes it to its config.json, --weights leaves the run as it was; default: off)")
     demo.add_argument("--reference-loss", action="store_true",
                       help="also train the encoder to classify every training reference into its "
                            "category (REFERENCE_CLASSES, beyond the paper; default: off, the paper's training)")
@@ -201,6 +201,7 @@ def main(argv=None):
             parser.error(f"--hard-negatives must be in [0, 1], got {args.hard_negatives}")
         if args.weights is not None:
             given = [flag for flag, value in (
+                ("--steps", None if args.steps == demo_job.DEFAULT_STEPS else args.steps),
                 ("--minutes", args.minutes), ("--steps-per-epoch", args.steps_per_epoch),
                 ("--negative-pairs", args.negative_pairs), ("--hard-negatives", args.hard_negatives),
                 ("--presence-head/--no-presence-head", args.presence_head),

@@ -401,7 +401,7 @@ def checkpoint_epoch(checkpoint):
     return int(found.group(1)) if found else None
 
 
-def load_run_config(weights, dataset="synthetic", rendering="paper", seed=0):
+def load_run_config(weights, dataset="synthetic", rendering="paper", seed=0, verbose=1):
     """The inference config (``IMAGES_PER_GPU`` 1) of the demo checkpoint ``weights``, from
     the run's ``config.json`` beside it, checked against the data options of an evaluation.
 
@@ -410,6 +410,9 @@ def load_run_config(weights, dataset="synthetic", rendering="paper", seed=0):
         ValueError: the ``config.json`` cannot be used; its ``SEED`` is not ``seed``; the run's
             :data:`RUN_RECORD` (if there) names another ``dataset``, ``rendering`` or ``seed``
             (the one-shot split and the scenes come from them).
+
+    A checkpoint without :data:`RUN_RECORD` (written since ``demo --weights`` exists) has only
+    its seed checked; with ``verbose`` that is printed.
     """
     from .predict import resolve_config
 
@@ -434,6 +437,10 @@ def load_run_config(weights, dataset="synthetic", rendering="paper", seed=0):
         for key, value in given.items():
             if key in record and record[key] != value and not (key == "seed" and wrong):
                 wrong.append(f"{key} {record[key]} (given {value}; pass --{key} {record[key]})")
+    elif verbose:
+        print(f"no {RUN_RECORD} beside {weights} (a run older than demo --weights): only its seed can be "
+              f"checked; evaluating with --dataset {dataset} --rendering {rendering}, which must be those it was "
+              "trained with")
     if wrong:
         raise ValueError(f"{weights} was trained with " + ", ".join(wrong) + ": its one-shot categories "
                          "and scenes are those of its run")
@@ -549,14 +556,15 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     if rendering not in RENDERINGS:
         raise ValueError(f"unknown rendering {rendering!r}; choose one of {RENDERINGS}")
     t0 = time.time()
-    out_dir = pathlib.Path(ensure_writable_dir(out_dir, "demo output folder"))  # before any work
-    if weights is not None:
-        trained_config = load_run_config(weights, dataset=dataset, rendering=rendering, seed=seed)
+    if weights is not None:  # a refused checkpoint leaves no output folder behind
+        trained_config = load_run_config(weights, dataset=dataset, rendering=rendering, seed=seed,
+                                         verbose=verbose)
         if known_margin is not None and not int(getattr(trained_config, "REFERENCE_CLASSES", 0)):
             raise ValueError(f"known_margin (known-category rejection) needs the reference classifier, and "
                              f"{weights} was trained without it (REFERENCE_CLASSES 0 in its config.json; "
                              "siamese-mrcnn demo --reference-loss trains one)")
         steps, minutes, reference_loss = 1, None, False  # nothing is trained
+    out_dir = pathlib.Path(ensure_writable_dir(out_dir, "demo output folder"))  # before any work
     overrides = dataset_overrides(dataset, config_overrides)
     base = demo_config(**{**overrides, "SEED": seed})  # checks every value first
     if dataset in DATASET_OVERRIDES and verbose and weights is None:

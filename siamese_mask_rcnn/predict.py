@@ -409,7 +409,8 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
         raise InputError(f"{weights}: known-category rejection (VERIFY_KNOWN_MARGIN {config.VERIFY_KNOWN_MARGIN:g}) "
                          "needs the reference classifier's weights (reference_class_logits), which this file "
                          "does not hold: it was not trained with the reference classification loss "
-                         "(siamese-mrcnn demo --reference-loss); pass --known-margin none")
+                         "(siamese-mrcnn demo --reference-loss); leave out --known-margin (or pass --known-margin "
+                         "none when its config.json sets VERIFY_KNOWN_MARGIN)")
     return model
 
 
@@ -488,7 +489,7 @@ def result_to_json(result, reference_paths, query_path, config=None):
         if getattr(config, "VERIFY_MIN_SIMILARITY", None) is not None:
             payload["min_similarity"] = float(config.VERIFY_MIN_SIMILARITY)
         if getattr(config, "VERIFY_KNOWN_MARGIN", None) is not None:
-            payload["known_margin"] = float(config.VERIFY_KNOWN_MARGIN)
+            payload["max_known_margin"] = float(config.VERIFY_KNOWN_MARGIN)
     if "verification_dropped" in result:
         payload["verification_dropped"] = int(result["verification_dropped"])
     return payload

@@ -466,6 +466,15 @@ def test_evaluating_a_checkpoint_without_training_gives_the_runs_table(demo_run,
         run_demo(out_dir=str(tmp_path / "gone"), weights=str(tmp_path / "none.h5"), verbose=0, **job)
     with pytest.raises(ValueError, match="was trained without it"):
         run_demo(out_dir=str(tmp_path / "known"), weights=checkpoint, verbose=0, known_margin=0.0, **job)
+    assert not (tmp_path / "seed").exists() and not (tmp_path / "known").exists()  # refused: no folder left
+    os.remove(os.path.join(os.path.dirname(checkpoint), RUN_RECORD))  # a run older than the record
+    try:
+        with pytest.raises(ValueError, match="pass --seed 0"):
+            run_demo(out_dir=str(tmp_path / "old"), weights=checkpoint, verbose=1, **{**job, "seed": 1})
+        assert f"no {RUN_RECORD} beside" in capsys.readouterr().out
+    finally:
+        with open(os.path.join(os.path.dirname(checkpoint), RUN_RECORD), "w") as f:
+            json.dump(record, f)
 
 
 def test_demo_command_line_weights_checks_before_any_work(demo_run, monkeypatch, tmp_path, capsys):
@@ -484,6 +493,7 @@ def test_demo_command_line_weights_checks_before_any_work(demo_run, monkeypatch,
     for argv, message in ((["--weights", checkpoint, "--reference-loss", "--negative-pairs", "0.5"],
                            "training options (--negative-pairs, --reference-loss) do not apply"),
                           (["--weights", str(tmp_path / "none.h5")], "--weights: weights file not found"),
+                          (["--weights", checkpoint, "--steps", "500"], "training options (--steps) do not apply"),
                           (["--weights", str(lonely)], "no config.json beside")):
         with pytest.raises(SystemExit) as info:
             cli.main(["demo", "--out", str(tmp_path)] + argv)

@@ -282,7 +282,7 @@ def test_result_json_and_command_line_report_the_known_margin(monkeypatch, capsy
                                    VERIFY_MIN_SIMILARITY=None, VERIFY_KNOWN_MARGIN=0.1)
     payload = result_to_json(result, ["r.png"], "q.png", config=config)
     assert [round(d["known_margin"], 3) for d in payload["detections"]] == [-0.3, 0.05]
-    assert payload["known_margin"] == 0.1 and "min_similarity" not in payload
+    assert payload["max_known_margin"] == 0.1 and "min_similarity" not in payload
 
     calls = []
     monkeypatch.setattr(cli, "predict", lambda *a, **k: calls.append(k["known_margin"]) or result)
