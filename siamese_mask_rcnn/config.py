@@ -80,20 +80,42 @@ class SiameseConfig(PaperSettings, Config):
             raise ValueError(f"PRESENCE_GATING must be 'multiply' or 'none', got {self.PRESENCE_GATING!r}")
         if int(self.PRESENCE_CHANNELS) < 1:
             raise ValueError(f"PRESENCE_CHANNELS must be >= 1, got {self.PRESENCE_CHANNELS}")
-        verify = self.VERIFY_MIN_SIMILARITY
-        if verify is not None and (isinstance(verify, bool) or not isinstance(verify, (int, float, np.number))
-                                   or not -1.0 <= float(verify) <= 1.0):
-            raise ValueError(f"VERIFY_MIN_SIMILARITY must be None (off) or a cosine in [-1, 1], got {verify!r}")
-        margin = self.VERIFY_KNOWN_MARGIN
-        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float, np.number))
-                                   or not -2.0 <= float(margin) <= 2.0):
-            raise ValueError(f"VERIFY_KNOWN_MARGIN must be None (off) or a difference of cosines in [-2, 2], "
-                             f"got {margin!r}")
+        check_min_similarity(self.VERIFY_MIN_SIMILARITY)
+        check_known_margin(self.VERIFY_KNOWN_MARGIN)
         classes = self.REFERENCE_CLASSES
         if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 0 or classes == 1:
             raise ValueError(f"REFERENCE_CLASSES must be 0 (off) or the number of category ids (>= 2, "
                              f"background included), got {classes!r}")
         self.TARGET_SHAPE = np.array([self.TARGET_MAX_DIM, self.TARGET_MAX_DIM, self.IMAGE_CHANNEL_COUNT])
+
+
+def _number_in(value, low, high):
+    """Whether ``value`` is a real number (not a bool) in [low, high]."""
+    return (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.number))
+            and low <= float(value) <= high)
+
+
+def check_min_similarity(value):
+    """``VERIFY_MIN_SIMILARITY`` as a float (None: verification off), or ``ValueError`` unless
+    it is a cosine in [-1, 1]. Checked when a config is made and again at use (it may be set
+    afterwards)."""
+    if value is None:
+        return None
+    if not _number_in(value, -1.0, 1.0):
+        raise ValueError(f"VERIFY_MIN_SIMILARITY must be None (off) or a cosine in [-1, 1], got {value!r}")
+    return float(value)
+
+
+def check_known_margin(value):
+    """``VERIFY_KNOWN_MARGIN`` as a float (None: known-category rejection off), or
+    ``ValueError`` unless it is a difference of two cosines, in [-2, 2]. Checked when a config
+    is made and again at use."""
+    if value is None:
+        return None
+    if not _number_in(value, -2.0, 2.0):
+        raise ValueError(f"VERIFY_KNOWN_MARGIN must be None (off) or a difference of cosines in [-2, 2], "
+                         f"got {value!r}")
+    return float(value)
 
 
 def siamese_config(preset="paper", **overrides):

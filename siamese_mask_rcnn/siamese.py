@@ -51,8 +51,8 @@ from .mrcnn.targets import describe_image, prepare_gt
 from .mrcnn.winograd import conv3x3 as winograd_conv3x3, use_winograd, winograd_kernel
 from .presence import PresenceHead, PresenceLossParts, gate_detections
 from .reference_loss import ReferenceClassifier, ReferenceClassLossParts
-from .verification import (PROTOTYPES_LAYER, check_known_margin, detection_crops, keep_detections,
-                           known_category_margins, level_cosine)
+from .verification import (PROTOTYPES_LAYER, check_known_margin, check_min_similarity, detection_crops,
+                           keep_detections, known_category_margins, level_cosine)
 
 #: The pyramid levels that are matched, in order (the embedding's second axis).
 LEVELS = ("P2", "P3", "P4", "P5", "P6")
@@ -719,13 +719,7 @@ class SiameseMaskRCNN(MaskRCNN):
         may have been set after the model was built) is out of range, or when the margin is
         set and the loaded weights hold no reference classifier (``reference_class_logits``:
         a model trained with ``REFERENCE_CLASSES`` > 0)."""
-        threshold = self.config.VERIFY_MIN_SIMILARITY
-        if threshold is not None:
-            if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.number)) \
-                    or not -1.0 <= float(threshold) <= 1.0:
-                raise ValueError(f"VERIFY_MIN_SIMILARITY must be None (off) or a cosine in [-1, 1], "
-                                 f"got {threshold!r}")
-            threshold = float(threshold)
+        threshold = check_min_similarity(self.config.VERIFY_MIN_SIMILARITY)
         margin = check_known_margin(getattr(self.config, "VERIFY_KNOWN_MARGIN", None))
         prototypes = getattr(self, "known_prototypes", None)
         if margin is not None and prototypes is None:

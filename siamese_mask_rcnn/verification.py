@@ -30,6 +30,7 @@ categories' objects, compared with references of their category, on training sce
 """
 import numpy as np
 
+from .config import check_known_margin, check_min_similarity  # noqa: F401  (re-exported: checked at use)
 from .datasets.base import crop_box
 
 
@@ -45,18 +46,6 @@ def level_cosine(embeddings, reference):
 
 #: The layer whose weights (``kernel [L * C, classes]``) are the known categories' prototypes.
 PROTOTYPES_LAYER = "reference_class_logits"
-
-
-def check_known_margin(margin):
-    """``margin`` as a float, or ``ValueError`` unless it is None (off) or a number in [-2, 2]
-    (a difference of two cosines)."""
-    if margin is None:
-        return None
-    if isinstance(margin, (bool, np.bool_)) or not isinstance(margin, (int, float, np.number)) \
-            or not -2.0 <= float(margin) <= 2.0:
-        raise ValueError(f"VERIFY_KNOWN_MARGIN must be None (off) or a difference of cosines in [-2, 2], "
-                         f"got {margin!r}")
-    return float(margin)
 
 
 def known_category_margins(embeddings, reference, prototypes):
