@@ -1,5 +1,4 @@
 """Tests of the Omniglot one-shot data source on the real archives in ../shared/data/omniglot."""
-import time
 import zipfile
 
 import numpy as np
@@ -189,11 +188,3 @@ def test_determinism(dataset, omniglot_dir):
         np.testing.assert_array_equal(twin.load_image(image_id), dataset.load_image(image_id))
         np.testing.assert_array_equal(twin.load_mask(image_id)[0], dataset.load_mask(image_id)[0])
         assert not np.array_equal(other.load_image(image_id), dataset.load_image(image_id))
-
-
-def test_generation_speed_is_printed(dataset):
-    start = time.perf_counter()
-    for image_id in dataset.image_ids:
-        dataset.generate_scene(image_id)
-    per_scene = (time.perf_counter() - start) / len(dataset.image_ids) * 1000
-    print(f"\nomniglot: {per_scene:.2f} ms per 128x128 scene (glyphs cached)")

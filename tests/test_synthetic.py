@@ -1,7 +1,6 @@
 """Tests of the procedural one-shot dataset (siamese_mask_rcnn.datasets.synthetic)."""
 import math
 import pickle
-import time
 
 import numpy as np
 import pytest
@@ -294,16 +293,6 @@ def test_coco_export_and_pickle(dataset):
     clone = pickle.loads(pickle.dumps(dataset))
     np.testing.assert_array_equal(clone.load_image(4), dataset.load_image(4))
     assert "synthetic scene 4" in dataset.image_reference(4)
-
-
-def test_generation_speed_is_printed():
-    styles = styles_mod.make_category_styles(400, seed=0)
-    start = time.perf_counter()
-    n = 50
-    for index in range(n):
-        syn.generate_scene(styles, np.random.default_rng([11, index]))
-    per_scene = (time.perf_counter() - start) / n * 1000
-    print(f"\nsynthetic: {per_scene:.2f} ms per 128x128 scene")
 
 
 def _modules_loaded_by(imports, candidates):
