@@ -128,6 +128,41 @@ def check_demo_checkpoint(weights):
     check_config_file(beside)
 
 
+KNOWN_PROTOTYPES_MISSING = (
+    "{weights}: known-category rejection (VERIFY_KNOWN_MARGIN {margin:g}) needs the reference classifier's "
+    "weights (reference_class_logits), which this file does not hold: it was not trained with the reference "
+    "classification loss (siamese-mrcnn demo --reference-loss); leave out --known-margin (or pass "
+    "--known-margin none when its config.json sets VERIFY_KNOWN_MARGIN)")
+
+
+def check_known_prototypes(weights, known_margin=None, config_path=None):
+    """Before TensorFlow starts: known-category rejection (``known_margin``, else the
+    ``VERIFY_KNOWN_MARGIN`` of ``config_path`` or of the ``config.json`` beside ``weights``;
+    ``"none"`` turns it off) is only asked of a file that holds the reference classifier
+    (``reference_class_logits``). A Keras 3 ``*.weights.h5`` file stores no layer names and
+    is checked when it is loaded (:func:`load_model`). Call after :func:`check_inputs`.
+
+    Raises:
+        InputError: rejection is asked and the legacy-layout file has no reference classifier.
+    """
+    from .mrcnn.h5layout import legacy_layer_holds_arrays
+    from .verification import PROTOTYPES_LAYER
+
+    if known_margin == "none":
+        return
+    margin = known_margin
+    if margin is None:
+        path = config_path or config_beside(weights)
+        if not os.path.isfile(path):
+            return
+        with open(path, encoding="utf-8") as handle:
+            margin = json.load(handle).get("VERIFY_KNOWN_MARGIN")
+        if margin is None:
+            return
+    if legacy_layer_holds_arrays(weights, PROTOTYPES_LAYER) is False:
+        raise InputError(KNOWN_PROTOTYPES_MISSING.format(weights=weights, margin=float(margin)))
+
+
 def check_weights_file(weights):
     """The weights file exists, is a readable file (not a directory) and opens as HDF5 with
     at least one weight array in a layout the loader reads (h5py only: no TensorFlow).
@@ -406,11 +441,7 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
                        "run that wrote them with --config FILE (or another --preset)")
         raise InputError(message) from None
     if getattr(config, "VERIFY_KNOWN_MARGIN", None) is not None and model.known_prototypes is None:
-        raise InputError(f"{weights}: known-category rejection (VERIFY_KNOWN_MARGIN {config.VERIFY_KNOWN_MARGIN:g}) "
-                         "needs the reference classifier's weights (reference_class_logits), which this file "
-                         "does not hold: it was not trained with the reference classification loss "
-                         "(siamese-mrcnn demo --reference-loss); leave out --known-margin (or pass --known-margin "
-                         "none when its config.json sets VERIFY_KNOWN_MARGIN)")
+        raise InputError(KNOWN_PROTOTYPES_MISSING.format(weights=weights, margin=config.VERIFY_KNOWN_MARGIN))
     return model
 
 

@@ -69,3 +69,25 @@ def weights_layout(h5file):
     if isinstance(group, h5py.Group):
         return "keras3" if holds_arrays(group) else None
     return None
+
+
+def legacy_layer_holds_arrays(path, layer_name):
+    """Whether the legacy-layout weights file ``path`` holds at least one weight array of
+    the layer ``layer_name`` (h5py only: no TensorFlow). ``None`` when the file's layout
+    stores no layer names (a Keras 3 ``*.weights.h5`` or no weights): the question can
+    then only be answered by loading it into a model.
+
+    Raises:
+        OSError: the file cannot be opened as HDF5.
+    """
+    import h5py
+
+    with h5py.File(path, "r") as h5file:
+        layout = weights_layout(h5file)
+        if layout not in ("layer_names", "model_weights"):
+            return None
+        root = h5file if layout == "layer_names" else h5file["model_weights"]
+        if layer_name not in (read_str_list_attr(root, "layer_names") or []):
+            return False
+        group = root.get(layer_name)
+        return isinstance(group, h5py.Group) and holds_arrays(group)
