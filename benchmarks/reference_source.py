@@ -58,7 +58,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=["evaluate", "train"])
     parser.add_argument("--weights", help="evaluate: a siamese-mrcnn demo checkpoint")
-    parser.add_argument("--crop-fraction", type=float, default=0.5,
+    parser.add_argument("--crop-fraction", type=float, default=None,
                         help="train: probability that a pair's references are crops (default 0.5)")
     parser.add_argument("--dataset", choices=["synthetic", "omniglot"], default="synthetic")
     parser.add_argument("--data-dir")
@@ -67,10 +67,27 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.mode == "evaluate" and not args.weights:
         parser.error("evaluate needs --weights")
-    if args.mode == "train" and not 0 < args.crop_fraction <= 1:
-        parser.error(f"--crop-fraction must be in (0, 1], got {args.crop_fraction}")
-    if args.dataset == "omniglot" and not args.data_dir:
-        parser.error("--dataset omniglot needs --data-dir")
+    if args.mode == "evaluate" and args.crop_fraction is not None:
+        parser.error("--crop-fraction is for train (evaluate crops every in-distribution reference)")
+    if args.mode == "train" and args.weights:
+        parser.error("--weights is for evaluate (train starts from the demo's initial weights)")
+    if args.mode == "train":
+        args.crop_fraction = 0.5 if args.crop_fraction is None else args.crop_fraction
+        if not 0 < args.crop_fraction <= 1:
+            parser.error(f"--crop-fraction must be in (0, 1], got {args.crop_fraction}")
+    if args.dataset == "omniglot":
+        from siamese_mask_rcnn.datasets.omniglot import find_archives
+        if not args.data_dir:
+            parser.error("--dataset omniglot needs --data-dir")
+        try:
+            find_archives(args.data_dir)
+        except FileNotFoundError as err:
+            parser.error(f"--data-dir: {err}")
+    from siamese_mask_rcnn.mrcnn.fileio import UnwritableOutputError, check_folder_possible
+    try:
+        check_folder_possible(os.path.abspath(args.out))
+    except UnwritableOutputError as err:
+        parser.error(f"--out: {err}")
     if args.mode == "evaluate":
         from siamese_mask_rcnn.predict import InputError, check_demo_checkpoint
         try:
@@ -80,8 +97,12 @@ def main(argv=None):
         _patch(crop_evaluation=True)
     else:
         _patch(train_fraction=args.crop_fraction)
-    demo.run_demo(out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir, rendering=args.rendering,
-                  weights=args.weights if args.mode == "evaluate" else None)
+    try:
+        demo.run_demo(out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir, rendering=args.rendering,
+                      weights=args.weights if args.mode == "evaluate" else None)
+    except (UnwritableOutputError, FileNotFoundError, ValueError) as err:  # as siamese-mrcnn demo reports them
+        print(f"reference_source.py: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

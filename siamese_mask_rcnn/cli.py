@@ -16,7 +16,7 @@ from . import train_coco
 from .cliargs import require_at_least
 from .evaluation import cli as evaluation_cli
 from .mrcnn.fileio import UnwritableOutputError
-from .predict import InputError, check_inputs, check_known_prototypes, predict
+from .predict import InputError, check_inputs, predict
 from .presets import PRESET_NAMES
 
 #: Subcommands whose own parser takes every argument after the subcommand's name.
@@ -258,8 +258,7 @@ def main(argv=None):
     require_at_least(parser, args, 1, "threads", "inter_op_threads")  # argument errors first
     try:  # missing files are reported before TensorFlow is imported (seconds)
         check_inputs(args.weights, args.reference, args.query, args.out, args.json, config_path=args.config,
-                     decode=True)
-        check_known_prototypes(args.weights, args.known_margin, args.config)
+                     decode=True, known_margin=args.known_margin)
     except InputError as err:
         print(f"siamese-mrcnn predict: error: {err}", file=sys.stderr)
         return 2

@@ -59,12 +59,15 @@ def _check_readable(path, what):
         raise InputError(f"{what} {os.fspath(path)} cannot be read ({err.strerror or err})") from None
 
 
-def check_inputs(weights, references, query, out_png=None, out_json=None, config_path=None, decode=False):
+def check_inputs(weights, references, query, out_png=None, out_json=None, config_path=None, decode=False,
+                 known_margin=None):
     """The checks of :func:`predict` that need no model and no TensorFlow: the weights file
     and every reference and the query are local, readable files (not directories), the
     weights file opens as HDF5, ``config_path`` (if given; else the ``config.json`` beside
     ``weights`` if there is one, which :func:`resolve_config` would read) is a JSON file of valid
-    configuration values, ``out_png`` /
+    configuration values, known-category rejection (``known_margin`` or the config's
+    ``VERIFY_KNOWN_MARGIN``) is asked only of a file with the reference classifier
+    (:func:`check_known_prototypes`), ``out_png`` /
     ``out_json`` are not directories and their folders can be written (missing folders are
     created once every input and output passed the checks). ``decode=True`` also decodes every image file (the command line does, so that
     a corrupt image is reported before TensorFlow starts).
@@ -99,6 +102,8 @@ def check_inputs(weights, references, query, out_png=None, out_json=None, config
         config_path = beside if os.path.exists(beside) else None
     if config_path:
         check_config_file(config_path)
+    if weights is not None:
+        check_known_prototypes(weights, known_margin, config_path)
     try:
         for folder in folders:
             ensure_writable_dir(folder)
@@ -128,11 +133,14 @@ def check_demo_checkpoint(weights):
     check_config_file(beside)
 
 
-KNOWN_PROTOTYPES_MISSING = (
-    "{weights}: known-category rejection (VERIFY_KNOWN_MARGIN {margin:g}) needs the reference classifier's "
-    "weights (reference_class_logits), which this file does not hold: it was not trained with the reference "
-    "classification loss (siamese-mrcnn demo --reference-loss); leave out --known-margin (or pass "
-    "--known-margin none when its config.json sets VERIFY_KNOWN_MARGIN)")
+def known_prototypes_missing(weights, source):
+    """The refusal of known-category rejection for ``weights``, a file without the reference
+    classifier; ``source`` says where the margin came from (e.g. ``"--known-margin -0.2"``)."""
+    hint = ("leave out --known-margin" if source.startswith("--known-margin") else
+            "pass --known-margin none (or remove VERIFY_KNOWN_MARGIN from that config)")
+    return (f"{weights}: known-category rejection ({source}) needs the reference classifier "
+            "(reference_class_logits), which this file does not hold: it was not trained with "
+            f"siamese-mrcnn demo --reference-loss; {hint}")
 
 
 def check_known_prototypes(weights, known_margin=None, config_path=None):
@@ -140,7 +148,8 @@ def check_known_prototypes(weights, known_margin=None, config_path=None):
     ``VERIFY_KNOWN_MARGIN`` of ``config_path`` or of the ``config.json`` beside ``weights``;
     ``"none"`` turns it off) is only asked of a file that holds the reference classifier
     (``reference_class_logits``). A Keras 3 ``*.weights.h5`` file stores no layer names and
-    is checked when it is loaded (:func:`load_model`). Call after :func:`check_inputs`.
+    is checked when it is loaded (:func:`load_model`). :func:`check_inputs` calls it (after
+    the file and config checks, before any output folder is created).
 
     Raises:
         InputError: rejection is asked and the legacy-layout file has no reference classifier.
@@ -150,8 +159,9 @@ def check_known_prototypes(weights, known_margin=None, config_path=None):
 
     if known_margin == "none":
         return
-    margin = known_margin
-    if margin is None:
+    if known_margin is not None:
+        source = f"--known-margin {float(known_margin):g}"
+    else:
         path = config_path or config_beside(weights)
         if not os.path.isfile(path):
             return
@@ -159,8 +169,9 @@ def check_known_prototypes(weights, known_margin=None, config_path=None):
             margin = json.load(handle).get("VERIFY_KNOWN_MARGIN")
         if margin is None:
             return
+        source = f"VERIFY_KNOWN_MARGIN {float(margin):g} in {path}"
     if legacy_layer_holds_arrays(weights, PROTOTYPES_LAYER) is False:
-        raise InputError(KNOWN_PROTOTYPES_MISSING.format(weights=weights, margin=float(margin)))
+        raise InputError(known_prototypes_missing(weights, source))
 
 
 def check_weights_file(weights):
@@ -441,7 +452,9 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
                        "run that wrote them with --config FILE (or another --preset)")
         raise InputError(message) from None
     if getattr(config, "VERIFY_KNOWN_MARGIN", None) is not None and model.known_prototypes is None:
-        raise InputError(KNOWN_PROTOTYPES_MISSING.format(weights=weights, margin=config.VERIFY_KNOWN_MARGIN))
+        source = (f"--known-margin {float(known_margin):g}" if known_margin not in (None, "none")
+                  else f"VERIFY_KNOWN_MARGIN {config.VERIFY_KNOWN_MARGIN:g} of the config")
+        raise InputError(known_prototypes_missing(weights, source))
     return model
 
 
@@ -543,7 +556,8 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
             refuses, ``out_png`` / ``out_json`` is a directory or its folder cannot be
             written (checked before the model is loaded).
     """
-    check_inputs(weights if model is None else None, references, query, out_png, out_json)
+    check_inputs(weights if model is None else None, references, query, out_png, out_json,
+                 config_path=config_path if model is None else None, known_margin=known_margin)
     refs = references if isinstance(references, (list, tuple)) else [references]
     ref_images = [read_user_image(r, "reference") if not isinstance(r, np.ndarray) else r for r in refs]
     query_image = read_user_image(query, "query") if not isinstance(query, np.ndarray) else query

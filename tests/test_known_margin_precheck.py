@@ -51,13 +51,14 @@ def test_check_known_prototypes_follows_the_option_then_the_config(tmp_path):
     run.mkdir()
     without = _legacy_file(run / "mask_rcnn_demo_0001.h5", ["conv1"])
     with_classifier = _legacy_file(tmp_path / "w.h5", ["conv1", "reference_class_logits"])
-    with pytest.raises(InputError, match=r"mask_rcnn_demo_0001.h5: known-category rejection \(VERIFY_KNOWN_MARGIN -0.2\)"):
+    with pytest.raises(InputError, match=r"mask_rcnn_demo_0001.h5: known-category rejection \(--known-margin -0.2\)"
+                       r".*leave out --known-margin$"):
         check_known_prototypes(without, -0.2)
     check_known_prototypes(without)            # no option, no config: nothing asked
     check_known_prototypes(without, "none")
     check_known_prototypes(with_classifier, -0.2)
     (run / "config.json").write_text('{"VERIFY_KNOWN_MARGIN": 0.1}')
-    with pytest.raises(InputError, match=r"VERIFY_KNOWN_MARGIN 0.1\)"):
+    with pytest.raises(InputError, match=r"\(VERIFY_KNOWN_MARGIN 0.1 in .*config.json\).*pass --known-margin none"):
         check_known_prototypes(without)        # the run's config asks for it
     check_known_prototypes(without, "none")    # turned off on the command line
     other = tmp_path / "other.json"
@@ -78,9 +79,25 @@ def test_command_line_refuses_before_tensorflow(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), ROOT])}
     base = [sys.executable, "-m", "siamese_mask_rcnn.cli", "predict", "--weights", str(weights),
             "--reference", str(image), "--query", str(image)]
-    done = subprocess.run(base + ["--known-margin", "-0.2"], capture_output=True, text=True, env=env, timeout=120)
+    outputs = ["--out", str(tmp_path / "new" / "result.png"), "--json", str(tmp_path / "new2" / "result.json")]
+    done = subprocess.run(base + outputs + ["--known-margin", "-0.2"], capture_output=True, text=True, env=env,
+                          timeout=120)
     assert done.returncode == 2, done.stderr
-    assert "needs the reference classifier's weights (reference_class_logits)" in done.stderr
+    assert "(--known-margin -0.2) needs the reference classifier (reference_class_logits)" in done.stderr
     assert "imported" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "new").exists() and not (tmp_path / "new2").exists()  # no output folder made
     done = subprocess.run(base + ["--known-margin", "none"], capture_output=True, text=True, env=env, timeout=120)
     assert "tensorflow imported" in done.stderr or "keras imported" in done.stderr  # got past the check
+
+
+def test_python_predict_refuses_before_loading_and_makes_no_folder(tmp_path):
+    from PIL import Image
+
+    from siamese_mask_rcnn.predict import predict
+
+    weights = _legacy_file(tmp_path / "mask_rcnn_demo_0001.h5", ["conv1"])
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(image)
+    with pytest.raises(InputError, match=r"\(--known-margin 0.1\) needs the reference classifier"):
+        predict(str(weights), str(image), str(image), out_json=str(tmp_path / "new" / "r.json"), known_margin=0.1)
+    assert not (tmp_path / "new").exists()

@@ -38,12 +38,21 @@ def test_crop_fraction_chooses_the_reference_source(bench):
 @pytest.mark.parametrize("extra, words", [(["evaluate"], "evaluate needs --weights"),
                                           (["train", "--crop-fraction", "0"], "--crop-fraction must be in (0, 1]"),
                                           (["train", "--dataset", "omniglot"], "--dataset omniglot needs --data-dir"),
-                                          (["evaluate", "--weights", "missing.h5"], "missing.h5")])
+                                          (["evaluate", "--weights", "missing.h5"], "missing.h5"),
+                                          (["evaluate", "--weights", "w.h5", "--crop-fraction", "0.3"],
+                                           "--crop-fraction is for train"),
+                                          (["train", "--weights", "w.h5"], "--weights is for evaluate"),
+                                          (["train", "--dataset", "omniglot", "--data-dir", "no_such_dir"],
+                                           "--data-dir: Omniglot directory not found"),
+                                          (["train", "--out", "afile/sub"], "--out: ")])
 def test_bad_arguments_exit_2(extra, words, tmp_path):
     import pathlib
 
+    (tmp_path / "afile").write_text("a file where a folder would go")
     script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "reference_source.py"
-    done = subprocess.run([sys.executable, str(script), *extra, "--out", str(tmp_path / "out")],
+    out = [] if "--out" in extra else ["--out", str(tmp_path / "out")]
+    done = subprocess.run([sys.executable, str(script), *extra, *out],
                           capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert done.returncode == 2 and words in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()

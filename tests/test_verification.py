@@ -286,13 +286,12 @@ def test_result_json_and_command_line_report_the_known_margin(monkeypatch, capsy
 
     calls = []
     monkeypatch.setattr(cli, "predict", lambda *a, **k: calls.append(k["known_margin"]) or result)
-    monkeypatch.setattr(cli, "check_inputs", lambda *a, **k: None)
     checked = []
-    monkeypatch.setattr(cli, "check_known_prototypes", lambda *a: checked.append(a))
+    monkeypatch.setattr(cli, "check_inputs", lambda *a, **k: checked.append(k["known_margin"]))
     base = ["predict", "--weights", "w.h5", "--reference", "r.png", "--query", "q.png"]
     assert cli.main(base + ["--known-margin", "0.1"]) == 0 and cli.main(base + ["--known-margin", "none"]) == 0
     assert calls == [0.1, "none"]
-    assert checked == [("w.h5", 0.1, None), ("w.h5", "none", None)]  # before TensorFlow, with the option
+    assert checked == [0.1, "none"]  # the pre-TensorFlow checks see the option
     out = capsys.readouterr().out
     assert "1 dropped as closer to a known category than to the reference by more than 0.100 (--known-margin)" in out
     assert "known margin -0.300" in out
