@@ -75,6 +75,8 @@ def main(argv=None):
         args.crop_fraction = 0.5 if args.crop_fraction is None else args.crop_fraction
         if not 0 < args.crop_fraction <= 1:
             parser.error(f"--crop-fraction must be in (0, 1], got {args.crop_fraction}")
+    if args.data_dir and args.dataset != "omniglot":
+        parser.error("--data-dir is for --dataset omniglot (the embedded data need none)")
     if args.dataset == "omniglot":
         from siamese_mask_rcnn.datasets.omniglot import find_archives
         if not args.data_dir:

@@ -136,8 +136,9 @@ def check_demo_checkpoint(weights):
 def known_prototypes_missing(weights, source):
     """The refusal of known-category rejection for ``weights``, a file without the reference
     classifier; ``source`` says where the margin came from (e.g. ``"--known-margin -0.2"``)."""
-    hint = ("leave out --known-margin" if source.startswith("--known-margin") else
-            "pass --known-margin none (or remove VERIFY_KNOWN_MARGIN from that config)")
+    hint = ("leave out --known-margin (in Python: known_margin=None)" if source.startswith("--known-margin") else
+            "pass --known-margin none (in Python: known_margin=\"none\") or remove VERIFY_KNOWN_MARGIN "
+            "from that config")
     return (f"{weights}: known-category rejection ({source}) needs the reference classifier "
             "(reference_class_logits), which this file does not hold: it was not trained with "
             f"siamese-mrcnn demo --reference-loss; {hint}")
@@ -152,7 +153,8 @@ def check_known_prototypes(weights, known_margin=None, config_path=None):
     the file and config checks, before any output folder is created).
 
     Raises:
-        InputError: rejection is asked and the legacy-layout file has no reference classifier.
+        InputError: ``known_margin`` is neither ``"none"`` nor a number in [-2, 2], or
+            rejection is asked and the legacy-layout file has no reference classifier.
     """
     from .mrcnn.h5layout import legacy_layer_holds_arrays
     from .verification import PROTOTYPES_LAYER
@@ -160,7 +162,14 @@ def check_known_prototypes(weights, known_margin=None, config_path=None):
     if known_margin == "none":
         return
     if known_margin is not None:
-        source = f"--known-margin {float(known_margin):g}"
+        from .config import check_known_margin
+
+        try:
+            margin = check_known_margin(known_margin)
+        except ValueError:
+            raise InputError(f"known margin must be a number in [-2, 2] or 'none' (rejection off), "
+                             f"got {known_margin!r}") from None
+        source = f"--known-margin {margin:g}"
     else:
         path = config_path or config_beside(weights)
         if not os.path.isfile(path):

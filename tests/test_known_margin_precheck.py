@@ -52,7 +52,7 @@ def test_check_known_prototypes_follows_the_option_then_the_config(tmp_path):
     without = _legacy_file(run / "mask_rcnn_demo_0001.h5", ["conv1"])
     with_classifier = _legacy_file(tmp_path / "w.h5", ["conv1", "reference_class_logits"])
     with pytest.raises(InputError, match=r"mask_rcnn_demo_0001.h5: known-category rejection \(--known-margin -0.2\)"
-                       r".*leave out --known-margin$"):
+                       r".*leave out --known-margin \(in Python: known_margin=None\)$"):
         check_known_prototypes(without, -0.2)
     check_known_prototypes(without)            # no option, no config: nothing asked
     check_known_prototypes(without, "none")
@@ -101,3 +101,6 @@ def test_python_predict_refuses_before_loading_and_makes_no_folder(tmp_path):
     with pytest.raises(InputError, match=r"\(--known-margin 0.1\) needs the reference classifier"):
         predict(str(weights), str(image), str(image), out_json=str(tmp_path / "new" / "r.json"), known_margin=0.1)
     assert not (tmp_path / "new").exists()
+    for bad in ("abc", 3, True):
+        with pytest.raises(InputError, match=r"known margin must be a number in \[-2, 2\] or 'none'"):
+            predict(str(weights), str(image), str(image), known_margin=bad)

@@ -44,7 +44,8 @@ def test_crop_fraction_chooses_the_reference_source(bench):
                                           (["train", "--weights", "w.h5"], "--weights is for evaluate"),
                                           (["train", "--dataset", "omniglot", "--data-dir", "no_such_dir"],
                                            "--data-dir: Omniglot directory not found"),
-                                          (["train", "--out", "afile/sub"], "--out: ")])
+                                          (["train", "--out", "afile/sub"], "--out: "),
+                                          (["train", "--data-dir", "."], "--data-dir is for --dataset omniglot")])
 def test_bad_arguments_exit_2(extra, words, tmp_path):
     import pathlib
 
