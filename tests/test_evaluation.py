@@ -376,11 +376,14 @@ def test_write_outputs_and_cli(dataset, coco_subset_dir, coco_subset_annotations
     out_dir = tmp_path / "eval"
     summary = main(["--annotations", str(coco_subset_annotations),
                     "--images", str(coco_subset_dir / "images"), "--model", "gt",
-                    "--classes", "both", "--confusion", "--clutter", "--absent", "--quiet",
+                    "--classes", "both", "--confusion", "--clutter", "--absent", "--errors", "--quiet",
                     "--out", str(out_dir)])
     printed = capsys.readouterr().out
     assert "ground truth (one-shot)" in printed and "ground truth (background)" in printed
     assert "100.0" in printed
+    assert "target recall 100%" in printed  # --errors: ground truth finds every target, nothing else
+    errors = json.loads((out_dir / "errors.json").read_text())
+    assert errors["fractions"]["target"] == 1.0 and errors["n_pairs"] > 0
     assert summary["ground truth (background)"]["map50_bbox"] == pytest.approx(1.0)
     for name in ("summary.json", "table.txt", "confusion.png", "confusion.csv",
                  "confusion.json", "clutter.png", "clutter.json", "absent.json",
@@ -408,6 +411,8 @@ def test_cli_rejects_bad_arguments(coco_subset_annotations, coco_subset_dir, pro
         main(["--model", "gt"])  # no data
     with pytest.raises(SystemExit):
         main(base + ["--model", "gt", "--runs", "0"])
+    with pytest.raises(SystemExit):
+        main(base + ["--model", "gt", "--protocol", "open-world", "--errors"])
 
 
 def test_cli_random_baseline_runs(coco_subset_annotations, coco_subset_dir, tmp_path, capsys,

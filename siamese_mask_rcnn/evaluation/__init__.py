@@ -15,8 +15,9 @@ Protocol (paper §5.2) for a set of categories (a split's one-shot or background
 Repeated with several seeds, :func:`evaluate_runs` reports the mean and a 95% interval.
 Baselines (:mod:`.baselines`: :func:`ground_truth_predictor`, :func:`random_boxes_predictor`,
 paper §5.3), the confusion matrix (§6.4, :func:`confusion_matrix`), the clutter analysis
-(§6.5, :func:`clutter_analysis`) and a false-positive test with absent categories
-(:func:`absent_category_test`) (:mod:`.analyses`) use the same prediction interface:
+(§6.5, :func:`clutter_analysis`), a false-positive test with absent categories
+(:func:`absent_category_test`) and a breakdown of what each detection hit
+(:func:`error_breakdown`) (:mod:`.analyses`) use the same prediction interface:
 
 ``predict_fn(image, references) -> detections``
     ``image``: ``uint8 [H, W, 3]`` query; ``references``: ``{class_id: [uint8 crop, ...]}``
@@ -33,8 +34,9 @@ AP values are fractions in [0, 1]; tables print percentages. Same seed → same 
 No TensorFlow is imported by this package (only :mod:`.cli` does, for a trained model).
 """
 from ..cocoformat import IOU_TYPES
-from .analyses import (DEFAULT_CLUTTER_BINS, absent_category_test, clutter_analysis,
-                       confusion_matrix, instance_counts)
+from .analyses import (DEFAULT_CLUTTER_BINS, DETECTION_OUTCOMES, absent_category_test,
+                       classify_detections, clutter_analysis, confusion_matrix, error_breakdown,
+                       format_error_breakdown, instance_counts)
 from .baselines import ground_truth_predictor, random_boxes_predictor
 from .openworld import (evaluate_open_world, format_open_world, open_world_summary,
                         write_open_world)
@@ -53,6 +55,7 @@ __all__ = [
     "coco_ap50", "evaluation_ground_truth", "evaluate", "evaluate_runs", "confidence_interval95",
     "ground_truth_predictor", "random_boxes_predictor",
     "confusion_matrix", "clutter_analysis", "instance_counts", "absent_category_test",
+    "DETECTION_OUTCOMES", "classify_detections", "error_breakdown", "format_error_breakdown",
     "format_table", "summarize", "write_json", "write_outputs", "plot_per_category",
     "plot_confusion", "write_confusion_csv", "write_confusion_json", "plot_clutter",
     "write_clutter_csv", "write_absent_csv",

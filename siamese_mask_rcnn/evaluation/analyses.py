@@ -5,14 +5,18 @@
 * :func:`clutter_analysis`: mAP50 against the number of instances in the query (paper
   §6.5, Fig. 8);
 * :func:`absent_category_test`: detections when the searched category is absent from the
-  query (beyond the paper; every one is a false positive).
+  query (beyond the paper; every one is a false positive);
+* :func:`error_breakdown`: what each detection of a present category hit — the target, a
+  duplicate, an instance of another category, a near miss or background (beyond the paper;
+  a detector error analysis in the manner of Hoiem et al., ECCV 2012).
 """
 import numpy as np
 from tqdm import tqdm
 
 from ..cocoformat import IOU_TYPES
-from .pairs import _check_class_ids, _other_reference_images
-from .predictions import _call_predictor, _check_detections, _empty_detections
+from ..mrcnn.utils import compute_overlaps
+from .pairs import _check_class_ids, _ImageCache, _other_reference_images, _pair_crops, build_eval_pairs
+from .predictions import _call_predictor, _check_detections, _empty_detections, _group_by_image
 from .protocol import coco_ap50, evaluate
 
 #: Instance-count bins of the clutter analysis (inclusive bounds; ``None`` = no upper bound).
@@ -206,3 +210,134 @@ def absent_category_test(dataset, predict_fn, class_ids, seed=0, score_threshold
             "fraction_pairs_with_false_positive":
                 pairs_with_fp / n_pairs if n_pairs else float("nan"),
             "per_category": dict(sorted(per_category.items())), "per_image": per_image}
+
+
+############################################################
+#  Error breakdown (beyond the paper)
+############################################################
+
+#: What a detection of :func:`classify_detections` can be, in the order the cases are tried.
+DETECTION_OUTCOMES = ("target", "duplicate", "other_object", "near_miss", "background")
+
+
+def classify_detections(rois, scores, gt_boxes, gt_is_target, iou_threshold=0.5, near_miss_iou=0.3):
+    """Sort the detections of one (query, category) pair by what they hit.
+
+    ``rois [N, 4]`` and ``gt_boxes [G, 4]`` are ``(y1, x1, y2, x2)`` pixels, ``gt_is_target
+    bool [G]`` marks the instances of the searched category. Taken by decreasing score, a
+    detection is ``"target"`` when it overlaps a not yet found target instance with IoU ≥
+    ``iou_threshold`` (the best such one is found), ``"duplicate"`` when it only overlaps
+    target instances found before, ``"other_object"`` when it overlaps an instance of another
+    category that well, ``"near_miss"`` when its best IoU with any instance is in
+    ``[near_miss_iou, iou_threshold)`` (a box too loose, too tight or straddling objects) and
+    ``"background"`` otherwise. The ``"target"`` detections are the true positives of AP50.
+
+    Returns ``(outcomes, target_found, object_found)``: a list of :data:`DETECTION_OUTCOMES`
+    names in the order of ``rois``, ``bool [G]`` target instances found, and ``bool [G]``
+    instances of any category overlapped by some detection with IoU ≥ ``iou_threshold``.
+
+    Raises:
+        ValueError: ``gt_is_target`` does not have one entry per ground-truth box, or
+            ``near_miss_iou`` is not in ``[0, iou_threshold]``.
+    """
+    rois = np.asarray(rois, dtype=np.float64).reshape(-1, 4)
+    gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    is_target = np.asarray(gt_is_target, dtype=bool).reshape(-1)
+    if is_target.shape[0] != gt_boxes.shape[0]:
+        raise ValueError(f"gt_is_target has {is_target.shape[0]} entries for {gt_boxes.shape[0]} boxes")
+    if not 0.0 <= near_miss_iou <= iou_threshold:
+        raise ValueError(f"near_miss_iou must be in [0, iou_threshold={iou_threshold}], got {near_miss_iou}")
+    outcomes = [None] * len(rois)
+    target_found = np.zeros(len(gt_boxes), dtype=bool)
+    object_found = np.zeros(len(gt_boxes), dtype=bool)
+    if len(rois) and len(gt_boxes):
+        overlaps = compute_overlaps(rois, gt_boxes)
+    else:
+        overlaps = np.zeros((len(rois), len(gt_boxes)))
+    for k in np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="stable"):
+        hits = overlaps[k] >= iou_threshold
+        object_found |= hits
+        free = hits & is_target & ~target_found
+        if free.any():
+            best = int(np.argmax(np.where(free, overlaps[k], -1.0)))
+            target_found[best] = True
+            outcomes[k] = "target"
+        elif (hits & is_target).any():
+            outcomes[k] = "duplicate"
+        elif hits.any():
+            outcomes[k] = "other_object"
+        elif len(gt_boxes) and overlaps[k].max() >= near_miss_iou:
+            outcomes[k] = "near_miss"
+        else:
+            outcomes[k] = "background"
+    return outcomes, target_found, object_found
+
+
+def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None, iou_threshold=0.5,
+                    near_miss_iou=0.3, progress=True):
+    """Where the detections of the one-shot protocol's pairs go (beyond the paper).
+
+    The pairs (query image, present category, ``shots`` references) are those of
+    :func:`evaluate` with the same ``seed``, ``shots`` and ``limit``; every detection is
+    sorted by :func:`classify_detections` against the query's non-crowd instances (crowd
+    regions count as no instance). It tells a detector that misses or mis-draws boxes
+    (``near_miss``, ``background``, low ``object_recall``) from one that finds objects but
+    picks the wrong ones (``other_object``, low ``top1_target``).
+
+    Returns a dict: ``n_pairs``, ``n_detections``, ``detections_per_pair``, ``counts`` and
+    ``fractions`` (per outcome of :data:`DETECTION_OUTCOMES`, fractions of all detections;
+    nan without detections), ``target_recall`` (target instances found ÷ target instances),
+    ``object_recall`` (instances of any category overlapped by a detection ÷ instances, over
+    the pairs' queries, each counted once per pair), ``top1_target`` (fraction of pairs whose
+    highest-scoring detection is a ``"target"``), ``iou_threshold``, ``near_miss_iou``, ``seed``.
+
+    Raises:
+        ValueError: unknown class ids, a bad ``near_miss_iou``, or ``predict_fn`` returns
+            malformed detections (image and category named).
+    """
+    if not 0.0 <= near_miss_iou <= iou_threshold:
+        raise ValueError(f"near_miss_iou must be in [0, iou_threshold={iou_threshold}], got {near_miss_iou}")
+    pairs = build_eval_pairs(dataset, class_ids, seed, shots=shots, limit=limit, load_crops=False)
+    cache = _ImageCache(dataset)
+    counts = dict.fromkeys(DETECTION_OUTCOMES, 0)
+    targets = targets_found = objects = objects_found = top1 = 0
+    groups = _group_by_image(pairs)
+    for image_id, group in tqdm(groups.items(), total=len(groups), desc="error breakdown", unit="image",
+                                disable=not progress):
+        image = dataset.load_image(image_id)
+        references = {class_id: _pair_crops(pair, cache) for class_id, pair in group.items()}
+        output = _call_predictor(predict_fn, image, references, image_id)
+        annotations = [a for a in dataset.instance_annotations(image_id) if not a.get("iscrowd")]
+        gt_boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
+        gt_classes = np.array([int(a["class_id"]) for a in annotations], dtype=np.int64)
+        for class_id in group:
+            rois, scores, _ = _check_detections(output.get(class_id, _empty_detections(image.shape[:2])),
+                                                image.shape[:2], image_id, class_id)
+            outcomes, found, hit = classify_detections(rois, scores, gt_boxes, gt_classes == class_id,
+                                                       iou_threshold, near_miss_iou)
+            for outcome in outcomes:
+                counts[outcome] += 1
+            targets += int(np.sum(gt_classes == class_id))
+            targets_found += int(found.sum())
+            objects += len(gt_classes)
+            objects_found += int(hit.sum())
+            top1 += int(len(scores) > 0 and outcomes[int(np.argmax(scores))] == "target")
+    n_detections = sum(counts.values())
+    n_pairs = len(pairs)
+    return {"n_pairs": n_pairs, "n_detections": n_detections,
+            "detections_per_pair": n_detections / n_pairs if n_pairs else float("nan"),
+            "counts": counts,
+            "fractions": {k: (v / n_detections if n_detections else float("nan")) for k, v in counts.items()},
+            "target_recall": targets_found / targets if targets else float("nan"),
+            "object_recall": objects_found / objects if objects else float("nan"),
+            "top1_target": top1 / n_pairs if n_pairs else float("nan"),
+            "iou_threshold": float(iou_threshold), "near_miss_iou": float(near_miss_iou), "seed": seed}
+
+
+def format_error_breakdown(breakdown, label=""):
+    """One line of an :func:`error_breakdown` result (percentages)."""
+    f = breakdown["fractions"]
+    return (f"{label}{breakdown['n_pairs']} pairs, {breakdown['detections_per_pair']:.1f} detections per pair: "
+            + ", ".join(f"{k.replace('_', ' ')} {100 * f[k]:.0f}%" for k in DETECTION_OUTCOMES)
+            + f" | target recall {100 * breakdown['target_recall']:.0f}%, any-object recall "
+            f"{100 * breakdown['object_recall']:.0f}%, top detection is a target {100 * breakdown['top1_target']:.0f}%")

@@ -27,7 +27,8 @@ from ..datasets.coco import SPLIT_ALL, split_label
 from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
 from ..presets import PRESET_NAMES
 from ..train_coco import load_split_dataset
-from .analyses import absent_category_test, clutter_analysis, confusion_matrix
+from .analyses import (absent_category_test, clutter_analysis, confusion_matrix, error_breakdown,
+                       format_error_breakdown)
 from .baselines import ground_truth_predictor, random_boxes_predictor
 from .openworld import RESULTS_FILE, evaluate_open_world, format_open_world, write_open_world
 from .protocol import evaluate_runs
@@ -95,6 +96,10 @@ def build_parser(prog=None):
                           help="mAP50 vs number of instances (paper §6.5, Fig. 8)")
     analyses.add_argument("--absent", action="store_true",
                           help="false positives when the category is absent from the query")
+    analyses.add_argument("--errors", action="store_true",
+                          help="what each detection hit: the target, a duplicate, another "
+                               "category's instance, a near miss (IoU 0.3-0.5) or background "
+                               "(beyond the paper; errors.json)")
     analyses.add_argument("--score-threshold", type=float, default=0.7,
                           help="score above which a detection counts in --absent and in the "
                                "open-world false positives per absent pair (default 0.7, the "
@@ -122,8 +127,8 @@ def check_args(parser, args):
     require_file(parser, args.weights, "weights")
     require_at_least(parser, args, 1, "runs", "shots", "limit")
     require_at_least(parser, args, 0, "max_absent_per_image", "reference_min_size")
-    if args.protocol == "open-world" and (args.confusion or args.clutter or args.absent):
-        parser.error("--confusion, --clutter and --absent belong to the paper protocol; "
+    if args.protocol == "open-world" and (args.confusion or args.clutter or args.absent or args.errors):
+        parser.error("--confusion, --clutter, --absent and --errors belong to the paper protocol; "
                      "the open-world protocol reports false positives on absent categories itself")
     args.out = args.out or default_out_dir()
     try:
@@ -212,7 +217,7 @@ def main(argv=None, prog=None):
             limit=args.limit, progress=progress, predict_fn_for_seed=factory)
     first_set, first_ids = category_sets(args, dataset)[0]
     first = summary[ROW_LABELS[(args.model, first_set)]]["evaluations"][0]
-    confusion = clutter = absent = None
+    confusion = clutter = absent = errors = None
     if args.confusion:
         confusion = confusion_matrix(dataset, None, first_ids, evaluation=first)
     if args.clutter and first["coco_gt"] is not None:
@@ -223,6 +228,9 @@ def main(argv=None, prog=None):
             dataset, factory(args.seed), first_ids, seed=args.seed,
             score_threshold=args.score_threshold, limit=args.limit, shots=args.shots,
             progress=progress)
+    if args.errors:
+        errors = error_breakdown(dataset, factory(args.seed), first_ids, seed=args.seed, shots=args.shots,
+                                 limit=args.limit, progress=progress)
     title = (f"model {args.model}, split {split_label(args.split)}, {args.shots}-shot, "
              f"{args.runs} run(s) from seed {args.seed}"
              + (f", first {args.limit} images" if args.limit else ""))
@@ -230,12 +238,14 @@ def main(argv=None, prog=None):
     config = {k: v for k, v in vars(args).items()}
     config["out"] = out_dir
     write_outputs(out_dir, summary, confusion=confusion, clutter=clutter,
-                             absent=absent, config=config, title=title)
+                             absent=absent, errors=errors, config=config, title=title)
     print(format_table(summary, title=title), end="")
     if absent is not None:
         print(f"absent categories: {absent['mean_false_positives_per_image']:.2f} false "
               f"positives per image (score >= {absent['score_threshold']}), "
               f"{100 * absent['fraction_images_with_false_positive']:.1f}% of images with one")
+    if errors is not None:
+        print(format_error_breakdown(errors, f"detections ({first_set} categories, seed {args.seed}): "))
     print(f"outputs written to {out_dir}")
     return summary
 

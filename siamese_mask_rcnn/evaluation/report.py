@@ -302,7 +302,7 @@ def plot_per_category(entry, path=None, title="AP50 per category"):
 
 
 def write_outputs(out_dir, summary, confusion=None, clutter=None, absent=None, config=None,
-                  title=None):
+                  title=None, errors=None):
     """Write everything an evaluation produced to ``out_dir``; returns ``{name: path}``.
 
     * ``results_<row>_seed<S>.json``: the COCO results (RLE masks) of every run of every row,
@@ -311,7 +311,8 @@ def write_outputs(out_dir, summary, confusion=None, clutter=None, absent=None, c
       row's ``source_category_ids`` / ``source_image_ids`` in ``summary.json``);
     * ``summary.json``: the numbers of every row (+ ``config``), ``table.txt``: the table;
     * ``ap50_<row>.png``: per-category AP50;
-    * optional ``confusion.{png,csv,json}``, ``clutter.{png,csv,json}``, ``absent.{json,csv}``.
+    * optional ``confusion.{png,csv,json}``, ``clutter.{png,csv,json}``, ``absent.{json,csv}``,
+      ``errors.json`` (an :func:`.analyses.error_breakdown` result).
 
     Raises:
         OSError: ``out_dir`` or a file in it cannot be written.
@@ -349,4 +350,6 @@ def write_outputs(out_dir, summary, confusion=None, clutter=None, absent=None, c
     if absent is not None:
         written["absent_json"] = write_json(absent, out_dir / "absent.json")
         written["absent_csv"] = write_absent_csv(absent, out_dir / "absent.csv")
+    if errors is not None:
+        written["errors_json"] = write_json(errors, out_dir / "errors.json")
     return {k: pathlib.Path(v) for k, v in written.items()}

@@ -1,0 +1,128 @@
+"""Where do a checkpoint's detections go on transfer scenes (issue #17)? Run by hand.
+
+Usage::
+
+    python benchmarks/transfer_errors.py --weights RUN/mask_rcnn_demo_0030.h5 \\
+        --dataset omniglot --data-dir ../shared/data/omniglot --rendering randomised
+
+For a trained ``siamese-mrcnn demo`` checkpoint (``config.json`` beside it), on the one-shot
+categories, with the protocol's pairs (paper Section 5.2; the demo's evaluation scenes and
+seed), four rows, each with one-shot mAP50 (boxes / masks) and
+:func:`siamese_mask_rcnn.evaluation.error_breakdown` (what every detection hit: the target, a
+duplicate, an instance of another category, a near miss with IoU 0.3-0.5, background; target
+and any-object recall; how often the top detection is a target):
+
+1. the in-distribution evaluation scenes (``--rendering``, the training's), as the demo;
+2. the independent composer's scenes (``datasets.transfer``, the demo's transfer column);
+3. the composer's scenes with references cropped from composer scenes holding one instance
+   and nothing else (``present_categories`` 1, ``instances`` 1, ``distractors`` 0): clean
+   references in the composer's look;
+4. the in-distribution scenes with references cropped from the composer's scenes.
+
+Rows 3 and 4 separate the references from the query scenes: if the transfer gap were the
+cluttered reference crops, row 3 would recover and row 4 would fall. Prints the CPU it ran on.
+"""
+import argparse
+import logging
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no TensorFlow start-up and grappler warnings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+#: Composer ranges of the clean-reference scenes (row 3): one instance alone.
+ALONE = {"present_categories": (1, 1), "instances": (1, 1), "distractors": (0, 0)}
+
+
+def references_from(query_dataset, source_dataset):
+    """Make ``query_dataset`` draw its references from ``source_dataset`` (same class ids):
+    crops as ``source_dataset.sample_references`` cuts them, kept as images (their info has
+    no box, so the protocol does not re-cut them from the query dataset's images)."""
+    def sample_references(class_id, k, rng, exclude_image_id=None, return_info=False):
+        crops, infos = source_dataset.sample_references(class_id, k, rng, None, return_info=True)
+        infos = [dict(info, bbox=None, source="other dataset") for info in infos]
+        return (crops, infos) if return_info else crops
+
+    query_dataset.sample_references = sample_references
+    return query_dataset
+
+
+def check_args(parser, args):
+    """Every argument error before TensorFlow starts (``parser.error``: exit 2)."""
+    if not os.path.isfile(args.weights):
+        parser.error(f"--weights: no such file: {args.weights}")
+    if args.scenes < 1:
+        parser.error(f"--scenes must be >= 1, got {args.scenes}")
+    if args.data_dir and args.dataset != "omniglot":
+        parser.error("--data-dir is for --dataset omniglot (the embedded data need none)")
+    if args.dataset == "omniglot":
+        from siamese_mask_rcnn.datasets.omniglot import find_archives
+        if not args.data_dir:
+            parser.error("--dataset omniglot needs --data-dir")
+        try:
+            find_archives(args.data_dir)
+        except FileNotFoundError as err:
+            parser.error(f"--data-dir: {err}")
+    from siamese_mask_rcnn.predict import InputError, check_demo_checkpoint
+    try:
+        check_demo_checkpoint(args.weights)
+    except InputError as err:
+        parser.error(str(err))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", required=True, help="a siamese-mrcnn demo checkpoint (.h5)")
+    parser.add_argument("--dataset", choices=["synthetic", "omniglot"], default="synthetic")
+    parser.add_argument("--data-dir", help="Omniglot archives (--dataset omniglot)")
+    parser.add_argument("--rendering", choices=["paper", "randomised", "mixed"], default="paper",
+                        help="the in-distribution scenes' rendering (the checkpoint's training one)")
+    parser.add_argument("--scenes", type=int, default=150, help="scenes per set (default 150, as the demo)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+
+    from bench_inference import machine_description
+    from siamese_mask_rcnn import demo, evaluation
+    from siamese_mask_rcnn.datasets.transfer import transfer_dataset_like
+    from siamese_mask_rcnn.predict import InputError, load_model
+
+    demo.configure_threads(demo.DEFAULT_THREADS)
+    logging.getLogger("siamese_mask_rcnn.evaluation.protocol").setLevel(logging.ERROR)
+    try:
+        _, val = demo.make_datasets(args.dataset, args.data_dir, 1, args.scenes, 128, args.seed,
+                                    cache_size=None, rendering=args.rendering)
+        model = load_model(args.weights)
+    except (FileNotFoundError, InputError, ValueError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    predict = model.predict_fn()
+    transfer = transfer_dataset_like(val, num_images=args.scenes, seed=args.seed)
+    alone = transfer_dataset_like(val, num_images=2 * len(val.oneshot_class_ids), seed=args.seed + 1,
+                                  ranges=ALONE)
+    print(f"machine: {machine_description()}")
+    print(f"weights: {args.weights}; {args.dataset}, {args.rendering} rendering, {args.scenes} scenes, "
+          f"seed {args.seed}; one-shot categories", flush=True)
+
+    rows = [("in-distribution", val),
+            ("transfer", transfer),
+            ("transfer, references alone in composer scenes", references_from(
+                transfer_dataset_like(val, num_images=args.scenes, seed=args.seed), alone)),
+            ("in-distribution, references from transfer scenes", references_from(
+                demo.make_datasets(args.dataset, args.data_dir, 1, args.scenes, 128, args.seed, cache_size=None,
+                                   rendering=args.rendering)[1], transfer))]
+    for label, dataset in rows:
+        t0 = time.time()
+        classes = dataset.oneshot_class_ids
+        scores = evaluation.evaluate(dataset, predict, classes, seed=args.seed, progress=False)
+        breakdown = evaluation.error_breakdown(dataset, predict, classes, seed=args.seed, progress=False)
+        print(f"{label}: mAP50 {100 * scores['map50_bbox']:.1f} / {100 * scores['map50_segm']:.1f} "
+              f"({time.time() - t0:.0f} s)\n    {evaluation.format_error_breakdown(breakdown)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""evaluation.error_breakdown / classify_detections: what each detection of a pair hit."""
+import numpy as np
+import pytest
+
+from siamese_mask_rcnn import evaluation as ev
+
+GT = np.array([[0, 0, 20, 20],      # target
+               [0, 40, 20, 60],     # target
+               [40, 0, 60, 20]])    # another category
+IS_TARGET = np.array([True, True, False])
+
+
+def test_each_outcome_by_hand():
+    rois = np.array([[0, 0, 20, 20],      # target (first, highest score)
+                     [1, 1, 20, 20],      # same target again: duplicate
+                     [40, 0, 60, 20],     # the other category's instance
+                     [0, 40, 20, 48],     # IoU 0.4 with the second target: near miss
+                     [80, 80, 90, 90]])   # nothing
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    outcomes, found, hit = ev.classify_detections(rois, scores, GT, IS_TARGET)
+    assert outcomes == ["target", "duplicate", "other_object", "near_miss", "background"]
+    assert found.tolist() == [True, False, False]
+    assert hit.tolist() == [True, False, True]
+
+
+def test_score_order_decides_which_detection_is_the_true_positive():
+    rois = np.array([[1, 1, 20, 20], [0, 0, 20, 20]])
+    outcomes, _, _ = ev.classify_detections(rois, [0.3, 0.9], GT, IS_TARGET)
+    assert outcomes == ["duplicate", "target"]
+    # the near-miss band can be closed: then the same box is background
+    outcomes, _, _ = ev.classify_detections([[0, 40, 20, 48]], [1.0], GT, IS_TARGET, near_miss_iou=0.5)
+    assert outcomes == ["background"]
+
+
+def test_no_ground_truth_and_no_detections():
+    assert ev.classify_detections([[0, 0, 5, 5]], [1.0], np.zeros((0, 4)), [])[0] == ["background"]
+    outcomes, found, hit = ev.classify_detections(np.zeros((0, 4)), [], GT, IS_TARGET)
+    assert outcomes == [] and not found.any() and not hit.any()
+
+
+@pytest.mark.parametrize("kwargs, words", [({"gt_is_target": [True]}, "1 entries for 3 boxes"),
+                                           ({"near_miss_iou": 0.7}, "near_miss_iou must be in")])
+def test_bad_arguments_are_named(kwargs, words):
+    args = {"rois": [[0, 0, 5, 5]], "scores": [1.0], "gt_boxes": GT, "gt_is_target": IS_TARGET, **kwargs}
+    with pytest.raises(ValueError, match=words):
+        ev.classify_detections(**args)
+
+
+def test_breakdown_of_ground_truth_and_of_wrong_instances(coco_split1):
+    dataset = coco_split1
+    classes = dataset.oneshot_class_ids
+    pairs = ev.build_eval_pairs(dataset, classes, seed=0, load_crops=False)
+    perfect = ev.error_breakdown(dataset, ev.ground_truth_predictor(dataset), classes, seed=0, progress=False)
+    assert perfect["n_pairs"] == len(pairs) > 0
+    assert perfect["fractions"]["target"] == 1.0 and perfect["target_recall"] == 1.0
+    assert perfect["top1_target"] == 1.0
+    assert 0 < perfect["object_recall"] < 1  # the other categories' instances are not detected
+
+    def other_instances(image, references, image_id):
+        """Boxes of every instance NOT of the searched category (as a confused model would)."""
+        annotations = [a for a in dataset.instance_annotations(image_id) if not a.get("iscrowd")]
+        out = {}
+        for class_id in references:
+            boxes = np.array([a["bbox"] for a in annotations if a["class_id"] != class_id],
+                             dtype=float).reshape(-1, 4)
+            out[class_id] = {"rois": boxes, "scores": np.linspace(0.9, 0.5, len(boxes)),
+                             "masks": np.zeros(image.shape[:2] + (len(boxes),), bool)}
+        return out
+
+    confused = ev.error_breakdown(dataset, other_instances, classes, seed=0, progress=False)
+    assert confused["n_pairs"] == perfect["n_pairs"]
+    assert confused["counts"]["target"] == 0 and confused["target_recall"] == 0.0
+    assert confused["fractions"]["other_object"] > 0.9  # boxes of touching instances can overlap a target
+    assert confused["top1_target"] == 0.0
+    line = ev.format_error_breakdown(confused, "x: ")
+    assert line.startswith("x: ") and "other object" in line and "target recall 0%" in line
+
+
+def test_breakdown_rejects_a_bad_band_before_predicting(coco_split1):
+    def never(*_):
+        raise AssertionError("predict_fn must not run")
+
+    with pytest.raises(ValueError, match="near_miss_iou"):
+        ev.error_breakdown(coco_split1, never, coco_split1.oneshot_class_ids, near_miss_iou=-0.1)
