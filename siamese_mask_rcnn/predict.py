@@ -100,10 +100,9 @@ def check_inputs(weights, references, query, out_png=None, out_json=None, config
     if not config_path and weights is not None:  # resolve_config then reads the run's file
         beside = config_beside(weights)
         config_path = beside if os.path.exists(beside) else None
-    if config_path:
-        check_config_file(config_path)
+    saved = check_config_file(config_path) if config_path else None
     if weights is not None:
-        check_known_prototypes(weights, known_margin, config_path)
+        check_known_prototypes(weights, known_margin, config_path, config_values=saved)
     try:
         for folder in folders:
             ensure_writable_dir(folder)
@@ -144,17 +143,19 @@ def known_prototypes_missing(weights, source):
             f"siamese-mrcnn demo --reference-loss; {hint}")
 
 
-def check_known_prototypes(weights, known_margin=None, config_path=None):
+def check_known_prototypes(weights, known_margin=None, config_path=None, config_values=None):
     """Before TensorFlow starts: known-category rejection (``known_margin``, else the
     ``VERIFY_KNOWN_MARGIN`` of ``config_path`` or of the ``config.json`` beside ``weights``;
     ``"none"`` turns it off) is only asked of a file that holds the reference classifier
     (``reference_class_logits``). A Keras 3 ``*.weights.h5`` file stores no layer names and
     is checked when it is loaded (:func:`load_model`). :func:`check_inputs` calls it (after
-    the file and config checks, before any output folder is created).
+    the file and config checks, before any output folder is created), passing the values
+    :func:`check_config_file` read as ``config_values`` so the file is read once.
 
     Raises:
-        InputError: ``known_margin`` is neither ``"none"`` nor a number in [-2, 2], or
-            rejection is asked and the legacy-layout file has no reference classifier.
+        InputError: ``known_margin`` is neither ``"none"`` nor a number in [-2, 2], the config
+            file is unusable (:func:`check_config_file`), or rejection is asked and the
+            legacy-layout file has no reference classifier.
     """
     from .mrcnn.h5layout import legacy_layer_holds_arrays
     from .verification import PROTOTYPES_LAYER
@@ -172,10 +173,11 @@ def check_known_prototypes(weights, known_margin=None, config_path=None):
         source = f"--known-margin {margin:g}"
     else:
         path = config_path or config_beside(weights)
-        if not os.path.isfile(path):
-            return
-        with open(path, encoding="utf-8") as handle:
-            margin = json.load(handle).get("VERIFY_KNOWN_MARGIN")
+        if config_values is None:
+            if not os.path.isfile(path):
+                return
+            config_values = check_config_file(path)
+        margin = config_values.get("VERIFY_KNOWN_MARGIN")
         if margin is None:
             return
         source = f"VERIFY_KNOWN_MARGIN {float(margin):g} in {path}"
@@ -200,7 +202,8 @@ def check_weights_file(weights):
 
 def check_config_file(config_path):
     """``config_path`` is a JSON file whose values ``SiameseConfig`` accepts (unknown keys are
-    allowed, as :func:`resolve_config` ignores them); no TensorFlow is imported.
+    allowed, as :func:`resolve_config` ignores them); no TensorFlow is imported. Returns the
+    parsed JSON object (a dict).
 
     Raises:
         InputError: naming ``config_path`` and what is wrong with it.
@@ -228,6 +231,7 @@ def check_config_file(config_path):
         SiameseConfig.from_dict(saved, strict=False)
     except (ValueError, TypeError) as err:
         raise InputError(f"config file {config_path} cannot be used: {err}") from None
+    return saved
 
 
 def _check_hdf5(weights):

@@ -64,6 +64,10 @@ def test_check_known_prototypes_follows_the_option_then_the_config(tmp_path):
     other = tmp_path / "other.json"
     other.write_text('{"VERIFY_KNOWN_MARGIN": null}')
     check_known_prototypes(without, config_path=str(other))  # --config wins over the file beside
+    check_known_prototypes(without, config_values={})  # values already read by check_inputs: the file is not
+    (run / "config.json").write_text('{"VERIFY_KNOWN_MARGIN": ')  # broken JSON: named, not a raw json error
+    with pytest.raises(InputError, match=r"config.json cannot be used: not valid JSON"):
+        check_known_prototypes(without)
 
 
 def test_command_line_refuses_before_tensorflow(tmp_path):
