@@ -132,12 +132,17 @@ def check_demo_checkpoint(weights):
     check_config_file(beside)
 
 
-def known_prototypes_missing(weights, source):
+def known_prototypes_missing(weights, margin, config_place=None):
     """The refusal of known-category rejection for ``weights``, a file without the reference
-    classifier; ``source`` says where the margin came from (e.g. ``"--known-margin -0.2"``)."""
-    hint = ("leave out --known-margin (in Python: known_margin=None)" if source.startswith("--known-margin") else
-            "pass --known-margin none (in Python: known_margin=\"none\") or remove VERIFY_KNOWN_MARGIN "
-            "from that config")
+    classifier. The margin came from the ``--known-margin`` option (``config_place`` None) or
+    from ``VERIFY_KNOWN_MARGIN`` of a config (``config_place`` says which, e.g. ``"in
+    run/config.json"``); the message names it and how to turn rejection off."""
+    if config_place is None:
+        source, hint = f"--known-margin {float(margin):g}", "leave out --known-margin (in Python: known_margin=None)"
+    else:
+        source = f"VERIFY_KNOWN_MARGIN {float(margin):g} {config_place}"
+        hint = ("pass --known-margin none (in Python: known_margin=\"none\") or remove VERIFY_KNOWN_MARGIN "
+                "from that config")
     return (f"{weights}: known-category rejection ({source}) needs the reference classifier "
             "(reference_class_logits), which this file does not hold: it was not trained with "
             f"siamese-mrcnn demo --reference-loss; {hint}")
@@ -170,7 +175,7 @@ def check_known_prototypes(weights, known_margin=None, config_path=None, config_
         except ValueError:
             raise InputError(f"known margin must be a number in [-2, 2] or 'none' (rejection off), "
                              f"got {known_margin!r}") from None
-        source = f"--known-margin {margin:g}"
+        place = None
     else:
         path = config_path or config_beside(weights)
         if config_values is None:
@@ -180,9 +185,9 @@ def check_known_prototypes(weights, known_margin=None, config_path=None, config_
         margin = config_values.get("VERIFY_KNOWN_MARGIN")
         if margin is None:
             return
-        source = f"VERIFY_KNOWN_MARGIN {float(margin):g} in {path}"
+        place = f"in {path}"
     if legacy_layer_holds_arrays(weights, PROTOTYPES_LAYER) is False:
-        raise InputError(known_prototypes_missing(weights, source))
+        raise InputError(known_prototypes_missing(weights, margin, place))
 
 
 def check_weights_file(weights):
@@ -465,9 +470,9 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
                        "run that wrote them with --config FILE (or another --preset)")
         raise InputError(message) from None
     if getattr(config, "VERIFY_KNOWN_MARGIN", None) is not None and model.known_prototypes is None:
-        source = (f"--known-margin {float(known_margin):g}" if known_margin not in (None, "none")
-                  else f"VERIFY_KNOWN_MARGIN {config.VERIFY_KNOWN_MARGIN:g} of the config")
-        raise InputError(known_prototypes_missing(weights, source))
+        from_option = known_margin not in (None, "none")
+        raise InputError(known_prototypes_missing(weights, known_margin if from_option else config.VERIFY_KNOWN_MARGIN,
+                                                  None if from_option else "of the config"))
     return model
 
 

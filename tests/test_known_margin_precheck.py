@@ -108,3 +108,13 @@ def test_python_predict_refuses_before_loading_and_makes_no_folder(tmp_path):
     for bad in ("abc", 3, True):
         with pytest.raises(InputError, match=r"known margin must be a number in \[-2, 2\] or 'none'"):
             predict(str(weights), str(image), str(image), known_margin=bad)
+
+
+def test_refusal_names_where_the_margin_came_from():
+    from siamese_mask_rcnn.predict import known_prototypes_missing
+
+    option = known_prototypes_missing("w.h5", -0.2)
+    assert option.startswith("w.h5: known-category rejection (--known-margin -0.2) needs the reference classifier")
+    assert option.endswith("leave out --known-margin (in Python: known_margin=None)")
+    config = known_prototypes_missing("w.h5", 0.1, "in run/config.json")
+    assert "(VERIFY_KNOWN_MARGIN 0.1 in run/config.json)" in config and "pass --known-margin none" in config
