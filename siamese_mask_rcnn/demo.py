@@ -550,7 +550,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
     from .verification import check_known_margin
     known_margin = check_known_margin(known_margin)
     if known_margin is not None and not reference_loss and weights is None:
-        raise ValueError("known_margin (known-category rejection) needs the reference classifier: train with "
+        raise ValueError("known_margin / --known-margin (known-category rejection) needs the reference classifier: train with "
                          "reference_loss=True (siamese-mrcnn demo --reference-loss)")
     from .datasets.synthetic import RENDERINGS
     if rendering not in RENDERINGS:
@@ -560,7 +560,7 @@ def run_demo(out_dir="logs/demo", dataset="synthetic", data_dir=None, steps=DEFA
         trained_config = load_run_config(weights, dataset=dataset, rendering=rendering, seed=seed,
                                          verbose=verbose)
         if known_margin is not None and not int(getattr(trained_config, "REFERENCE_CLASSES", 0)):
-            raise ValueError(f"known_margin (known-category rejection) needs the reference classifier, and "
+            raise ValueError(f"known_margin / --known-margin (known-category rejection) needs the reference classifier, and "
                              f"{weights} was trained without it (REFERENCE_CLASSES 0 in its config.json; "
                              "siamese-mrcnn demo --reference-loss trains one)")
         steps, minutes, reference_loss = 1, None, False  # nothing is trained

@@ -464,7 +464,7 @@ def test_evaluating_a_checkpoint_without_training_gives_the_runs_table(demo_run,
         run_demo(out_dir=str(tmp_path / "look"), weights=checkpoint, verbose=0, rendering="mixed", **job)
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         run_demo(out_dir=str(tmp_path / "gone"), weights=str(tmp_path / "none.h5"), verbose=0, **job)
-    with pytest.raises(ValueError, match="was trained without it"):
+    with pytest.raises(ValueError, match="--known-margin .* was trained without it"):
         run_demo(out_dir=str(tmp_path / "known"), weights=checkpoint, verbose=0, known_margin=0.0, **job)
     assert not (tmp_path / "seed").exists() and not (tmp_path / "known").exists()  # refused: no folder left
     os.remove(os.path.join(os.path.dirname(checkpoint), RUN_RECORD))  # a run older than the record
