@@ -1,7 +1,8 @@
 """What the open-world benchmarks share: a ``siamese-mrcnn demo`` checkpoint checked before
 TensorFlow starts, and one fixed reference embedding per one-shot category.
 
-Used by ``open_world_calibration.py`` and ``open_world_confusions.py`` (run by hand).
+Used by ``open_world_calibration.py``, ``open_world_confusions.py``,
+``open_world_verification.py``, ``transfer_errors.py`` and ``reference_source.py`` (run by hand).
 """
 import os
 import sys
@@ -59,12 +60,29 @@ def check_demo_checkpoint(parser, weights):
         parser.error(f"--weights: {err}")
 
 
-def load(parser, args, num_train, min_confidence):
+def check_dataset_arguments(parser, args):
+    """Exit through ``parser.error`` (status 2) on a ``--data-dir`` without ``--dataset
+    omniglot``, or ``--dataset omniglot`` without a ``--data-dir`` holding the Omniglot
+    archives; before TensorFlow starts."""
+    if args.data_dir and args.dataset != "omniglot":
+        parser.error("--data-dir is for --dataset omniglot (the embedded data need none)")
+    if args.dataset == "omniglot":
+        from siamese_mask_rcnn.datasets.omniglot import find_archives
+        if not args.data_dir:
+            parser.error("--dataset omniglot needs --data-dir")
+        try:
+            find_archives(args.data_dir)
+        except FileNotFoundError as err:
+            parser.error(f"--data-dir: {err}")
+
+
+def load(parser, args, num_train, min_confidence=None, dataset="synthetic", data_dir=None, rendering="paper"):
     """``(train, val, model)``: ``num_train`` training scenes and ``args.scenes`` evaluation
-    scenes of the embedded data (seed ``args.seed``, as the demo makes them) and the
-    checkpoint ``args.weights`` for inference with score floor ``min_confidence``, on the
-    demo's fixed threads; prints the machine. Exits through ``parser.exit(2, ...)`` when
-    the checkpoint cannot be loaded."""
+    scenes of ``dataset`` (the embedded data, or Omniglot from ``data_dir``; ``rendering``;
+    seed ``args.seed``, as the demo makes them) and the checkpoint ``args.weights`` for
+    inference with score floor ``min_confidence`` (None: its config's), on the demo's fixed
+    threads; prints the machine. Exits through ``parser.exit(2, ...)`` when the data or the
+    checkpoint cannot be loaded."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_inference import machine_description
     from siamese_mask_rcnn import demo
@@ -72,8 +90,8 @@ def load(parser, args, num_train, min_confidence):
 
     demo.configure_threads(demo.DEFAULT_THREADS)
     try:
-        train, val = demo.make_datasets("synthetic", None, num_train, args.scenes, 128, args.seed,
-                                        cache_size=None)
+        train, val = demo.make_datasets(dataset, data_dir, num_train, args.scenes, 128, args.seed,
+                                        cache_size=None, rendering=rendering)
         model = load_model(args.weights, min_confidence=min_confidence)
     except (FileNotFoundError, InputError, ValueError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")

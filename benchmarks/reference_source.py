@@ -23,6 +23,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import demo_checkpoint  # noqa: E402  (the benchmarks' shared checks)
 
 from siamese_mask_rcnn import demo  # noqa: E402  (no TensorFlow until a model is built)
 from siamese_mask_rcnn.datasets import scenes  # noqa: E402
@@ -75,16 +78,7 @@ def main(argv=None):
         args.crop_fraction = 0.5 if args.crop_fraction is None else args.crop_fraction
         if not 0 < args.crop_fraction <= 1:
             parser.error(f"--crop-fraction must be in (0, 1], got {args.crop_fraction}")
-    if args.data_dir and args.dataset != "omniglot":
-        parser.error("--data-dir is for --dataset omniglot (the embedded data need none)")
-    if args.dataset == "omniglot":
-        from siamese_mask_rcnn.datasets.omniglot import find_archives
-        if not args.data_dir:
-            parser.error("--dataset omniglot needs --data-dir")
-        try:
-            find_archives(args.data_dir)
-        except FileNotFoundError as err:
-            parser.error(f"--data-dir: {err}")
+    demo_checkpoint.check_dataset_arguments(parser, args)
     from siamese_mask_rcnn.mrcnn.fileio import UnwritableOutputError, check_folder_possible
     try:
         check_folder_possible(os.path.abspath(args.out))

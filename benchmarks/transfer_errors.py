@@ -33,6 +33,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no TensorFlow start-up and
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import demo_checkpoint  # noqa: E402  (the benchmarks' shared checks and loading)
 
 #: Composer ranges of the clean-reference scenes (row 3): one instance alone.
 ALONE = {"present_categories": (1, 1), "instances": (1, 1), "distractors": (0, 0)}
@@ -57,21 +60,8 @@ def check_args(parser, args):
         parser.error(f"--weights: no such file: {args.weights}")
     if args.scenes < 1:
         parser.error(f"--scenes must be >= 1, got {args.scenes}")
-    if args.data_dir and args.dataset != "omniglot":
-        parser.error("--data-dir is for --dataset omniglot (the embedded data need none)")
-    if args.dataset == "omniglot":
-        from siamese_mask_rcnn.datasets.omniglot import find_archives
-        if not args.data_dir:
-            parser.error("--dataset omniglot needs --data-dir")
-        try:
-            find_archives(args.data_dir)
-        except FileNotFoundError as err:
-            parser.error(f"--data-dir: {err}")
-    from siamese_mask_rcnn.predict import InputError, check_demo_checkpoint
-    try:
-        check_demo_checkpoint(args.weights)
-    except InputError as err:
-        parser.error(str(err))
+    demo_checkpoint.check_dataset_arguments(parser, args)
+    demo_checkpoint.check_demo_checkpoint(parser, args.weights)
 
 
 def main(argv=None):
@@ -86,24 +76,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_args(parser, args)
 
-    from bench_inference import machine_description
     from siamese_mask_rcnn import demo, evaluation
     from siamese_mask_rcnn.datasets.transfer import transfer_dataset_like
-    from siamese_mask_rcnn.predict import InputError, load_model
 
-    demo.configure_threads(demo.DEFAULT_THREADS)
     logging.getLogger("siamese_mask_rcnn.evaluation.protocol").setLevel(logging.ERROR)
-    try:
-        _, val = demo.make_datasets(args.dataset, args.data_dir, 1, args.scenes, 128, args.seed,
-                                    cache_size=None, rendering=args.rendering)
-        model = load_model(args.weights)
-    except (FileNotFoundError, InputError, ValueError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    _, val, model = demo_checkpoint.load(parser, args, 1, dataset=args.dataset, data_dir=args.data_dir,
+                                         rendering=args.rendering)
     predict = model.predict_fn()
     transfer = transfer_dataset_like(val, num_images=args.scenes, seed=args.seed)
     alone = transfer_dataset_like(val, num_images=2 * len(val.oneshot_class_ids), seed=args.seed + 1,
                                   ranges=ALONE)
-    print(f"machine: {machine_description()}")
     print(f"weights: {args.weights}; {args.dataset}, {args.rendering} rendering, {args.scenes} scenes, "
           f"seed {args.seed}; one-shot categories", flush=True)
 
