@@ -20,7 +20,10 @@ and any-object recall; how often the top detection is a target):
 4. the in-distribution scenes with references cropped from the composer's scenes.
 
 Rows 3 and 4 separate the references from the query scenes: if the transfer gap were the
-cluttered reference crops, row 3 would recover and row 4 would fall. Prints the CPU it ran on.
+cluttered reference crops, row 3 would recover and row 4 would fall (their categories are
+those with an instance in the reference scenes; with few ``--scenes`` some have none). A
+checkpoint whose run record (``demo_run.json``) names another dataset, rendering or seed is
+refused, as ``siamese-mrcnn demo --weights`` refuses it. Prints the CPU it ran on.
 """
 import argparse
 import logging
@@ -36,6 +39,9 @@ if ROOT not in sys.path:
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import demo_checkpoint  # noqa: E402  (the benchmarks' shared checks and loading)
+
+#: Most scenes per set (all are rendered up front and kept in memory).
+MAX_SCENES = 10000
 
 #: Composer ranges of the clean-reference scenes (row 3): one instance alone.
 ALONE = {"present_categories": (1, 1), "instances": (1, 1), "distractors": (0, 0)}
@@ -58,8 +64,10 @@ def check_args(parser, args):
     """Every argument error before TensorFlow starts (``parser.error``: exit 2)."""
     if not os.path.isfile(args.weights):
         parser.error(f"--weights: no such file: {args.weights}")
-    if args.scenes < 1:
-        parser.error(f"--scenes must be >= 1, got {args.scenes}")
+    if not 1 <= args.scenes <= MAX_SCENES:
+        parser.error(f"--scenes must be in [1, {MAX_SCENES}] (every scene is kept in memory), got {args.scenes}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
     demo_checkpoint.check_dataset_arguments(parser, args)
     demo_checkpoint.check_demo_checkpoint(parser, args.weights)
 
@@ -80,6 +88,10 @@ def main(argv=None):
     from siamese_mask_rcnn.datasets.transfer import transfer_dataset_like
 
     logging.getLogger("siamese_mask_rcnn.evaluation.protocol").setLevel(logging.ERROR)
+    try:  # the run's record (demo_run.json) names the data it was trained on: refuse other data
+        demo.load_run_config(args.weights, dataset=args.dataset, rendering=args.rendering, seed=args.seed)
+    except (FileNotFoundError, ValueError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     _, val, model = demo_checkpoint.load(parser, args, 1, dataset=args.dataset, data_dir=args.data_dir,
                                          rendering=args.rendering)
     predict = model.predict_fn()
@@ -89,18 +101,27 @@ def main(argv=None):
     print(f"weights: {args.weights}; {args.dataset}, {args.rendering} rendering, {args.scenes} scenes, "
           f"seed {args.seed}; one-shot categories", flush=True)
 
-    rows = [("in-distribution", val),
-            ("transfer", transfer),
-            ("transfer, references alone in composer scenes", references_from(
-                transfer_dataset_like(val, num_images=args.scenes, seed=args.seed), alone)),
-            ("in-distribution, references from transfer scenes", references_from(
-                demo.make_datasets(args.dataset, args.data_dir, 1, args.scenes, 128, args.seed, cache_size=None,
-                                   rendering=args.rendering)[1], transfer))]
-    for label, dataset in rows:
+    rows = [("in-distribution", val, None),
+            ("transfer", transfer, None),
+            ("transfer, references alone in composer scenes",
+             transfer_dataset_like(val, num_images=args.scenes, seed=args.seed), alone),
+            ("in-distribution, references from transfer scenes",
+             demo.make_datasets(args.dataset, args.data_dir, 1, args.scenes, 128, args.seed, cache_size=None,
+                                rendering=args.rendering)[1], transfer)]
+    for label, dataset, source in rows:
         t0 = time.time()
-        classes = dataset.oneshot_class_ids
-        scores = evaluation.evaluate(dataset, predict, classes, seed=args.seed, progress=False)
-        breakdown = evaluation.error_breakdown(dataset, predict, classes, seed=args.seed, progress=False)
+        classes = [c for c in dataset.oneshot_class_ids if source is None or c in source.category_index]
+        if source is not None:
+            references_from(dataset, source)
+        try:
+            scores = evaluation.evaluate(dataset, predict, classes, seed=args.seed, progress=False)
+            breakdown = evaluation.error_breakdown(dataset, predict, classes, seed=args.seed, progress=False)
+        except ValueError as err:  # e.g. no category with a pair in a handful of scenes
+            print(f"{label}: not evaluated ({err})", flush=True)
+            continue
+        if not breakdown["n_pairs"]:
+            print(f"{label}: no evaluation pair in {args.scenes} scenes (raise --scenes)", flush=True)
+            continue
         print(f"{label}: mAP50 {100 * scores['map50_bbox']:.1f} / {100 * scores['map50_segm']:.1f} "
               f"({time.time() - t0:.0f} s)\n    {evaluation.format_error_breakdown(breakdown)}", flush=True)
     return 0

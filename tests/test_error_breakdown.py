@@ -18,7 +18,7 @@ def test_each_outcome_by_hand():
                      [80, 80, 90, 90]])   # nothing
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
     outcomes, found, hit = ev.classify_detections(rois, scores, GT, IS_TARGET)
-    assert outcomes == ["target", "duplicate", "other_object", "near_miss", "background"]
+    assert outcomes == ["target", "duplicate", "other_category", "near_miss", "background"]
     assert found.tolist() == [True, False, False]
     assert hit.tolist() == [True, False, True]
 
@@ -39,7 +39,17 @@ def test_no_ground_truth_and_no_detections():
 
 
 @pytest.mark.parametrize("kwargs, words", [({"gt_is_target": [True]}, "1 entries for 3 boxes"),
-                                           ({"near_miss_iou": 0.7}, "near_miss_iou must be in")])
+                                           ({"near_miss_iou": 0.7}, "near_miss_iou must be in"),
+                                           ({"scores": []}, "0 scores for 1 detections"),
+                                           ({"scores": [0.5, 0.4]}, "2 scores for 1 detections"),
+                                           ({"scores": [float("nan")]}, "score 0 is not finite"),
+                                           ({"rois": [[0, 10, 5, 2]]}, "detection box 0 is not"),
+                                           ({"rois": [[0, 0, float("inf"), 5]]}, "detection box 0 is not"),
+                                           ({"gt_boxes": [[0, 0, 5, 5], [9, 9, 1, 1], [0, 0, 1, 1]]},
+                                            "ground-truth box 1 is not"),
+                                           ({"iou_threshold": 0.0, "near_miss_iou": 0.0}, "iou_threshold must be in"),
+                                           ({"iou_threshold": 1.5}, "iou_threshold must be in"),
+                                           ({"iou_threshold": float("nan")}, "iou_threshold must be in")])
 def test_bad_arguments_are_named(kwargs, words):
     args = {"rois": [[0, 0, 5, 5]], "scores": [1.0], "gt_boxes": GT, "gt_is_target": IS_TARGET, **kwargs}
     with pytest.raises(ValueError, match=words):
@@ -54,7 +64,7 @@ def test_breakdown_of_ground_truth_and_of_wrong_instances(coco_split1):
     assert perfect["n_pairs"] == len(pairs) > 0
     assert perfect["fractions"]["target"] == 1.0 and perfect["target_recall"] == 1.0
     assert perfect["top1_target"] == 1.0
-    assert 0 < perfect["object_recall"] < 1  # the other categories' instances are not detected
+    assert 0 < perfect["instance_recall"] < 1  # the other categories' instances are not detected
 
     def other_instances(image, references, image_id):
         """Boxes of every instance NOT of the searched category (as a confused model would)."""
@@ -70,10 +80,10 @@ def test_breakdown_of_ground_truth_and_of_wrong_instances(coco_split1):
     confused = ev.error_breakdown(dataset, other_instances, classes, seed=0, progress=False)
     assert confused["n_pairs"] == perfect["n_pairs"]
     assert confused["counts"]["target"] == 0 and confused["target_recall"] == 0.0
-    assert confused["fractions"]["other_object"] > 0.9  # boxes of touching instances can overlap a target
+    assert confused["fractions"]["other_category"] > 0.9  # boxes of touching instances can overlap a target
     assert confused["top1_target"] == 0.0
     line = ev.format_error_breakdown(confused, "x: ")
-    assert line.startswith("x: ") and "other object" in line and "target recall 0%" in line
+    assert line.startswith("x: ") and "other category" in line and "target recall 0%" in line
 
 
 def test_breakdown_rejects_a_bad_band_before_predicting(coco_split1):
@@ -82,3 +92,44 @@ def test_breakdown_rejects_a_bad_band_before_predicting(coco_split1):
 
     with pytest.raises(ValueError, match="near_miss_iou"):
         ev.error_breakdown(coco_split1, never, coco_split1.oneshot_class_ids, near_miss_iou=-0.1)
+    with pytest.raises(ValueError, match="iou_threshold"):
+        ev.error_breakdown(coco_split1, never, coco_split1.oneshot_class_ids, iou_threshold=0, near_miss_iou=0)
+
+
+@pytest.mark.parametrize("output, words", [(None, "must return a dict"),
+                                           ("nan", "score 0 is not finite"),
+                                           ("inverted", "detection box 0 is not")])
+def test_breakdown_names_the_image_of_malformed_detections(coco_split1, output, words):
+    def predict(image, references):
+        if output is None:
+            return None
+        box = [[5, 5, 1, 1]] if output == "inverted" else [[1, 1, 5, 5]]
+        score = [float("nan")] if output == "nan" else [0.9]
+        return {c: {"rois": np.array(box, float), "scores": np.array(score),
+                    "masks": np.zeros(image.shape[:2] + (1,), bool)} for c in references}
+
+    with pytest.raises(ValueError, match=f"image .*{words}|{words}.* for image"):
+        ev.error_breakdown(coco_split1, predict, coco_split1.oneshot_class_ids, progress=False)
+
+
+def test_evaluate_errors_for_a_baseline_runs_without_tensorflow(coco_subset_annotations, coco_subset_dir, tmp_path):
+    """``siamese-mrcnn evaluate --model gt --errors``: the baselines need no TensorFlow (made
+    unimportable here), and errors.json says what it covers."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    for name in ("tensorflow", "keras"):
+        (tmp_path / "fake" / name).mkdir(parents=True)
+        (tmp_path / "fake" / name / "__init__.py").write_text(f"raise ImportError('{name} must not load')")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "fake"), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "siamese_mask_rcnn.cli", "evaluate", "--annotations",
+                           str(coco_subset_annotations), "--images", str(coco_subset_dir / "images"), "--model", "gt",
+                           "--runs", "1", "--limit", "3", "--errors", "--quiet", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, cwd=str(tmp_path), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "target recall 100%" in done.stdout
+    errors = json.loads((tmp_path / "out" / "errors.json").read_text())
+    assert errors["categories"] == "oneshot" and errors["limit"] == 3 and errors["shots"] == 1
+    assert errors["fractions"]["target"] == 1.0

@@ -38,7 +38,9 @@ def test_references_come_from_the_other_dataset(bench):
 
 
 @pytest.mark.parametrize("extra, words", [(["--weights", "missing.h5"], "missing.h5"),
-                                          (["--scenes", "0"], "--scenes must be >= 1"),
+                                          (["--scenes", "0"], "--scenes must be in [1, 10000]"),
+                                          (["--scenes", "100000000000"], "--scenes must be in [1, 10000]"),
+                                          (["--seed", "-1"], "--seed must be >= 0"),
                                           (["--dataset", "omniglot"], "--dataset omniglot needs --data-dir"),
                                           (["--dataset", "omniglot", "--data-dir", "no_such_dir"],
                                            "--data-dir: Omniglot directory not found"),

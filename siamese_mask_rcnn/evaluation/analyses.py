@@ -217,7 +217,7 @@ def absent_category_test(dataset, predict_fn, class_ids, seed=0, score_threshold
 ############################################################
 
 #: What a detection of :func:`classify_detections` can be, in the order the cases are tried.
-DETECTION_OUTCOMES = ("target", "duplicate", "other_object", "near_miss", "background")
+DETECTION_OUTCOMES = ("target", "duplicate", "other_category", "near_miss", "background")
 
 
 def classify_detections(rois, scores, gt_boxes, gt_is_target, iou_threshold=0.5, near_miss_iou=0.3):
@@ -227,7 +227,7 @@ def classify_detections(rois, scores, gt_boxes, gt_is_target, iou_threshold=0.5,
     bool [G]`` marks the instances of the searched category. Taken by decreasing score, a
     detection is ``"target"`` when it overlaps a not yet found target instance with IoU ≥
     ``iou_threshold`` (the best such one is found), ``"duplicate"`` when it only overlaps
-    target instances found before, ``"other_object"`` when it overlaps an instance of another
+    target instances found before, ``"other_category"`` when it overlaps an instance of another
     category that well, ``"near_miss"`` when its best IoU with any instance is in
     ``[near_miss_iou, iou_threshold)`` (a box too loose, too tight or straddling objects) and
     ``"background"`` otherwise. The ``"target"`` detections are the true positives of AP50.
@@ -237,16 +237,26 @@ def classify_detections(rois, scores, gt_boxes, gt_is_target, iou_threshold=0.5,
     instances of any category overlapped by some detection with IoU ≥ ``iou_threshold``.
 
     Raises:
-        ValueError: ``gt_is_target`` does not have one entry per ground-truth box, or
-            ``near_miss_iou`` is not in ``[0, iou_threshold]``.
+        ValueError: ``scores`` or ``gt_is_target`` does not have one entry per box, a box or
+            score is not finite or a box has ``y2 < y1`` or ``x2 < x1``, ``iou_threshold`` is not
+            in (0, 1], or ``near_miss_iou`` is not in ``[0, iou_threshold]``.
     """
+    check_iou_band(iou_threshold, near_miss_iou)
     rois = np.asarray(rois, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
     is_target = np.asarray(gt_is_target, dtype=bool).reshape(-1)
+    if scores.shape[0] != rois.shape[0]:
+        raise ValueError(f"{scores.shape[0]} scores for {rois.shape[0]} detections")
     if is_target.shape[0] != gt_boxes.shape[0]:
         raise ValueError(f"gt_is_target has {is_target.shape[0]} entries for {gt_boxes.shape[0]} boxes")
-    if not 0.0 <= near_miss_iou <= iou_threshold:
-        raise ValueError(f"near_miss_iou must be in [0, iou_threshold={iou_threshold}], got {near_miss_iou}")
+    for name, boxes in (("detection", rois), ("ground-truth", gt_boxes)):
+        bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+        if bad.any():
+            raise ValueError(f"{name} box {int(np.argmax(bad))} is not (y1, x1, y2, x2) with finite "
+                             f"y1 <= y2, x1 <= x2: {boxes[int(np.argmax(bad))].tolist()}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"score {int(np.argmax(~np.isfinite(scores)))} is not finite")
     outcomes = [None] * len(rois)
     target_found = np.zeros(len(gt_boxes), dtype=bool)
     object_found = np.zeros(len(gt_boxes), dtype=bool)
@@ -254,7 +264,7 @@ def classify_detections(rois, scores, gt_boxes, gt_is_target, iou_threshold=0.5,
         overlaps = compute_overlaps(rois, gt_boxes)
     else:
         overlaps = np.zeros((len(rois), len(gt_boxes)))
-    for k in np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="stable"):
+    for k in np.argsort(-scores, kind="stable"):
         hits = overlaps[k] >= iou_threshold
         object_found |= hits
         free = hits & is_target & ~target_found
@@ -265,12 +275,21 @@ def classify_detections(rois, scores, gt_boxes, gt_is_target, iou_threshold=0.5,
         elif (hits & is_target).any():
             outcomes[k] = "duplicate"
         elif hits.any():
-            outcomes[k] = "other_object"
+            outcomes[k] = "other_category"
         elif len(gt_boxes) and overlaps[k].max() >= near_miss_iou:
             outcomes[k] = "near_miss"
         else:
             outcomes[k] = "background"
     return outcomes, target_found, object_found
+
+
+def check_iou_band(iou_threshold, near_miss_iou):
+    """``ValueError`` unless ``0 < iou_threshold <= 1`` and ``0 <= near_miss_iou <= iou_threshold``
+    (nan fails both)."""
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    if not 0.0 <= near_miss_iou <= iou_threshold:
+        raise ValueError(f"near_miss_iou must be in [0, iou_threshold={iou_threshold}], got {near_miss_iou}")
 
 
 def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None, iou_threshold=0.5,
@@ -281,22 +300,23 @@ def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None,
     :func:`evaluate` with the same ``seed``, ``shots`` and ``limit``; every detection is
     sorted by :func:`classify_detections` against the query's non-crowd instances (crowd
     regions count as no instance). It tells a detector that misses or mis-draws boxes
-    (``near_miss``, ``background``, low ``object_recall``) from one that finds objects but
-    picks the wrong ones (``other_object``, low ``top1_target``).
+    (``near_miss``, ``background``, low ``instance_recall``) from one that finds objects but
+    picks the wrong ones (``other_category``; ``target_recall`` no higher than
+    ``instance_recall``; low ``top1_target``).
 
     Returns a dict: ``n_pairs``, ``n_detections``, ``detections_per_pair``, ``counts`` and
     ``fractions`` (per outcome of :data:`DETECTION_OUTCOMES`, fractions of all detections;
     nan without detections), ``target_recall`` (target instances found ÷ target instances),
-    ``object_recall`` (instances of any category overlapped by a detection ÷ instances, over
+    ``instance_recall`` (instances of any category overlapped by a detection ÷ instances, over
     the pairs' queries, each counted once per pair), ``top1_target`` (fraction of pairs whose
     highest-scoring detection is a ``"target"``), ``iou_threshold``, ``near_miss_iou``, ``seed``.
 
     Raises:
-        ValueError: unknown class ids, a bad ``near_miss_iou``, or ``predict_fn`` returns
-            malformed detections (image and category named).
+        ValueError: unknown class ids, a bad ``iou_threshold`` or ``near_miss_iou``
+            (:func:`check_iou_band`), or ``predict_fn`` returns malformed detections (not a
+            dict, mismatched shapes, non-finite or inverted boxes; image and category named).
     """
-    if not 0.0 <= near_miss_iou <= iou_threshold:
-        raise ValueError(f"near_miss_iou must be in [0, iou_threshold={iou_threshold}], got {near_miss_iou}")
+    check_iou_band(iou_threshold, near_miss_iou)
     pairs = build_eval_pairs(dataset, class_ids, seed, shots=shots, limit=limit, load_crops=False)
     cache = _ImageCache(dataset)
     counts = dict.fromkeys(DETECTION_OUTCOMES, 0)
@@ -307,14 +327,20 @@ def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None,
         image = dataset.load_image(image_id)
         references = {class_id: _pair_crops(pair, cache) for class_id, pair in group.items()}
         output = _call_predictor(predict_fn, image, references, image_id)
+        if not isinstance(output, dict):
+            raise ValueError(f"predict_fn must return a dict class_id -> detections, got "
+                             f"{type(output).__name__} for image {image_id}")
         annotations = [a for a in dataset.instance_annotations(image_id) if not a.get("iscrowd")]
         gt_boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
         gt_classes = np.array([int(a["class_id"]) for a in annotations], dtype=np.int64)
         for class_id in group:
             rois, scores, _ = _check_detections(output.get(class_id, _empty_detections(image.shape[:2])),
                                                 image.shape[:2], image_id, class_id)
-            outcomes, found, hit = classify_detections(rois, scores, gt_boxes, gt_classes == class_id,
-                                                       iou_threshold, near_miss_iou)
+            try:
+                outcomes, found, hit = classify_detections(rois, scores, gt_boxes, gt_classes == class_id,
+                                                           iou_threshold, near_miss_iou)
+            except ValueError as err:
+                raise ValueError(f"predict_fn output for image {image_id}, category {class_id}: {err}") from None
             for outcome in outcomes:
                 counts[outcome] += 1
             targets += int(np.sum(gt_classes == class_id))
@@ -329,7 +355,7 @@ def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None,
             "counts": counts,
             "fractions": {k: (v / n_detections if n_detections else float("nan")) for k, v in counts.items()},
             "target_recall": targets_found / targets if targets else float("nan"),
-            "object_recall": objects_found / objects if objects else float("nan"),
+            "instance_recall": objects_found / objects if objects else float("nan"),
             "top1_target": top1 / n_pairs if n_pairs else float("nan"),
             "iou_threshold": float(iou_threshold), "near_miss_iou": float(near_miss_iou), "seed": seed}
 
@@ -339,5 +365,5 @@ def format_error_breakdown(breakdown, label=""):
     f = breakdown["fractions"]
     return (f"{label}{breakdown['n_pairs']} pairs, {breakdown['detections_per_pair']:.1f} detections per pair: "
             + ", ".join(f"{k.replace('_', ' ')} {100 * f[k]:.0f}%" for k in DETECTION_OUTCOMES)
-            + f" | target recall {100 * breakdown['target_recall']:.0f}%, any-object recall "
-            f"{100 * breakdown['object_recall']:.0f}%, top detection is a target {100 * breakdown['top1_target']:.0f}%")
+            + f" | target recall {100 * breakdown['target_recall']:.0f}%, any-instance recall "
+            f"{100 * breakdown['instance_recall']:.0f}%, top detection is a target {100 * breakdown['top1_target']:.0f}%")

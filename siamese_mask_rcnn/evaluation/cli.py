@@ -99,7 +99,8 @@ def build_parser(prog=None):
     analyses.add_argument("--errors", action="store_true",
                           help="what each detection hit: the target, a duplicate, another "
                                "category's instance, a near miss (IoU 0.3-0.5) or background "
-                               "(beyond the paper; errors.json)")
+                               "(beyond the paper; first run, first category set of --classes; "
+                               "errors.json)")
     analyses.add_argument("--score-threshold", type=float, default=0.7,
                           help="score above which a detection counts in --absent and in the "
                                "open-world false positives per absent pair (default 0.7, the "
@@ -202,8 +203,11 @@ def main(argv=None, prog=None):
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     check_args(parser, args)
-    from ..demo import apply_thread_arguments
-    apply_thread_arguments(parser, args)
+    if args.model == "siamese":  # the baselines (gt, random) run without TensorFlow
+        from ..demo import apply_thread_arguments
+        apply_thread_arguments(parser, args)
+    else:
+        require_at_least(parser, args, 1, "threads", "inter_op_threads")
     logging.basicConfig(level=logging.WARNING)
     dataset = load_dataset(args)
     factory = make_predictor_factory(args, dataset)
@@ -231,6 +235,7 @@ def main(argv=None, prog=None):
     if args.errors:
         errors = error_breakdown(dataset, factory(args.seed), first_ids, seed=args.seed, shots=args.shots,
                                  limit=args.limit, progress=progress)
+        errors.update(categories=first_set, shots=args.shots, limit=args.limit)
     title = (f"model {args.model}, split {split_label(args.split)}, {args.shots}-shot, "
              f"{args.runs} run(s) from seed {args.seed}"
              + (f", first {args.limit} images" if args.limit else ""))
