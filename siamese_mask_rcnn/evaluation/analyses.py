@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..cocoformat import IOU_TYPES
-from ..mrcnn.utils import compute_overlaps
+from ..mrcnn.boxes import compute_overlaps
 from .pairs import _check_class_ids, _ImageCache, _other_reference_images, _pair_crops, build_eval_pairs
 from .predictions import _call_predictor, _check_detections, _empty_detections, _group_by_image
 from .protocol import coco_ap50, evaluate
