@@ -82,14 +82,16 @@ def load(parser, args, num_train, min_confidence=None, dataset="synthetic", data
     seed ``args.seed``, as the demo makes them) and the checkpoint ``args.weights`` for
     inference with score floor ``min_confidence`` (None: its config's), on the demo's fixed
     threads; prints the machine. Exits through ``parser.exit(2, ...)`` when the data or the
-    checkpoint cannot be loaded."""
+    checkpoint cannot be loaded, or the checkpoint's run record (``demo_run.json``) names
+    another dataset, rendering or seed (``demo.load_run_config``)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_inference import machine_description
     from siamese_mask_rcnn import demo
     from siamese_mask_rcnn.predict import InputError, load_model
 
     demo.configure_threads(demo.DEFAULT_THREADS)
-    try:
+    try:  # the run's record (demo_run.json, if there) must name this data, as demo --weights checks
+        demo.load_run_config(args.weights, dataset=dataset, rendering=rendering, seed=args.seed)
         train, val = demo.make_datasets(dataset, data_dir, num_train, args.scenes, 128, args.seed,
                                         cache_size=None, rendering=rendering)
         model = load_model(args.weights, min_confidence=min_confidence)

@@ -88,10 +88,6 @@ def main(argv=None):
     from siamese_mask_rcnn.datasets.transfer import transfer_dataset_like
 
     logging.getLogger("siamese_mask_rcnn.evaluation.protocol").setLevel(logging.ERROR)
-    try:  # the run's record (demo_run.json) names the data it was trained on: refuse other data
-        demo.load_run_config(args.weights, dataset=args.dataset, rendering=args.rendering, seed=args.seed)
-    except (FileNotFoundError, ValueError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
     _, val, model = demo_checkpoint.load(parser, args, 1, dataset=args.dataset, data_dir=args.data_dir,
                                          rendering=args.rendering)
     predict = model.predict_fn()

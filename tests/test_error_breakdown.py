@@ -98,7 +98,7 @@ def test_breakdown_rejects_a_bad_band_before_predicting(coco_split1):
 
 @pytest.mark.parametrize("output, words", [(None, "must return a dict"),
                                            ("nan", "score 0 is not finite"),
-                                           ("inverted", "detection box 0 is not")])
+                                           ("inverted", "roi 0 is not")])
 def test_breakdown_names_the_image_of_malformed_detections(coco_split1, output, words):
     def predict(image, references):
         if output is None:
@@ -110,6 +110,18 @@ def test_breakdown_names_the_image_of_malformed_detections(coco_split1, output, 
 
     with pytest.raises(ValueError, match=f"image .*{words}|{words}.* for image"):
         ev.error_breakdown(coco_split1, predict, coco_split1.oneshot_class_ids, progress=False)
+    if output is not None:  # the protocol's scoring refuses them too (a nan score would rank anywhere)
+        with pytest.raises(ValueError, match=f"image .*{words}"):
+            ev.evaluate(coco_split1, predict, coco_split1.oneshot_class_ids, progress=False)
+
+
+def test_boxes_must_be_n_by_4_and_an_empty_breakdown_says_so():
+    with pytest.raises(ValueError, match=r"rois must have shape \[N, 4\]"):
+        ev.classify_detections(np.zeros((4, 3)), [0.9, 0.8, 0.7], GT, IS_TARGET)
+    with pytest.raises(ValueError, match=r"gt_boxes must have shape \[N, 4\]"):
+        ev.classify_detections([[0, 0, 1, 1]], [0.9], [0, 0, 1, 1], [True])
+    empty = {"n_pairs": 0, "fractions": dict.fromkeys(ev.DETECTION_OUTCOMES, float("nan"))}
+    assert ev.format_error_breakdown(empty, "x: ").startswith("x: no evaluation pair")
 
 
 def test_evaluate_errors_for_a_baseline_runs_without_tensorflow(coco_subset_annotations, coco_subset_dir, tmp_path):

@@ -237,11 +237,16 @@ def classify_detections(rois, scores, gt_boxes, gt_is_target, iou_threshold=0.5,
     instances of any category overlapped by some detection with IoU ≥ ``iou_threshold``.
 
     Raises:
-        ValueError: ``scores`` or ``gt_is_target`` does not have one entry per box, a box or
+        ValueError: ``rois`` or ``gt_boxes`` is not ``[N, 4]``, ``scores`` or ``gt_is_target``
+            does not have one entry per box, a box or
             score is not finite or a box has ``y2 < y1`` or ``x2 < x1``, ``iou_threshold`` is not
             in (0, 1], or ``near_miss_iou`` is not in ``[0, iou_threshold]``.
     """
     check_iou_band(iou_threshold, near_miss_iou)
+    for name, boxes in (("rois", rois), ("gt_boxes", gt_boxes)):
+        shape = np.shape(boxes)
+        if np.size(boxes) and (len(shape) != 2 or shape[1] != 4):
+            raise ValueError(f"{name} must have shape [N, 4] (y1, x1, y2, x2), got {shape}")
     rois = np.asarray(rois, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
@@ -362,6 +367,8 @@ def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None,
 
 def format_error_breakdown(breakdown, label=""):
     """One line of an :func:`error_breakdown` result (percentages)."""
+    if not breakdown["n_pairs"]:
+        return f"{label}no evaluation pair (no query holds a searched category with a reference elsewhere)"
     f = breakdown["fractions"]
     return (f"{label}{breakdown['n_pairs']} pairs, {breakdown['detections_per_pair']:.1f} detections per pair: "
             + ", ".join(f"{k.replace('_', ' ')} {100 * f[k]:.0f}%" for k in DETECTION_OUTCOMES)

@@ -43,6 +43,12 @@ def _check_detections(detections, image_shape, image_id, class_id):
     if masks.ndim != 3 or masks.shape[:2] != tuple(image_shape) or masks.shape[2] != n:
         raise ValueError(f"{where}: masks must have shape {tuple(image_shape) + (n,)}, "
                          f"got {masks.shape}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{where}: score {int(np.argmax(~np.isfinite(scores)))} is not finite")
+    bad = ~np.isfinite(rois).all(axis=1) | (rois[:, 2] < rois[:, 0]) | (rois[:, 3] < rois[:, 1])
+    if bad.any():
+        raise ValueError(f"{where}: roi {int(np.argmax(bad))} is not (y1, x1, y2, x2) with finite "
+                         f"y1 <= y2, x1 <= x2: {rois[int(np.argmax(bad))].tolist()}")
     return rois, scores, masks.astype(bool, copy=False)
 
 
