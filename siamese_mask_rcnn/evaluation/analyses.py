@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from ..cocoformat import IOU_TYPES
 from ..mrcnn.boxes import compute_overlaps
-from .pairs import _check_class_ids, _ImageCache, _other_reference_images, _pair_crops, build_eval_pairs
-from .predictions import _call_predictor, _check_detections, _empty_detections, _group_by_image
+from .pairs import _check_class_ids, _other_reference_images, build_eval_pairs
+from .predictions import _call_predictor, _check_detections, _empty_detections, predict_by_image
 from .protocol import coco_ap50, evaluate
 
 #: Instance-count bins of the clutter analysis (inclusive bounds; ``None`` = no upper bound).
@@ -323,18 +323,10 @@ def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None,
     """
     check_iou_band(iou_threshold, near_miss_iou)
     pairs = build_eval_pairs(dataset, class_ids, seed, shots=shots, limit=limit, load_crops=False)
-    cache = _ImageCache(dataset)
     counts = dict.fromkeys(DETECTION_OUTCOMES, 0)
     targets = targets_found = objects = objects_found = top1 = 0
-    groups = _group_by_image(pairs)
-    for image_id, group in tqdm(groups.items(), total=len(groups), desc="error breakdown", unit="image",
-                                disable=not progress):
-        image = dataset.load_image(image_id)
-        references = {class_id: _pair_crops(pair, cache) for class_id, pair in group.items()}
-        output = _call_predictor(predict_fn, image, references, image_id)
-        if not isinstance(output, dict):
-            raise ValueError(f"predict_fn must return a dict class_id -> detections, got "
-                             f"{type(output).__name__} for image {image_id}")
+    for image_id, group, image, output in predict_by_image(dataset, predict_fn, pairs, "error breakdown",
+                                                            progress):
         annotations = [a for a in dataset.instance_annotations(image_id) if not a.get("iscrowd")]
         gt_boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
         gt_classes = np.array([int(a["class_id"]) for a in annotations], dtype=np.int64)

@@ -81,17 +81,8 @@ def run_predictions(dataset, predict_fn, pairs, progress=True):
             than a dict, misses a category or gives rois / scores / masks of mismatched
             shapes (image and category named).
     """
-    groups = _group_by_image(pairs)
-    cache = _ImageCache(dataset)
     results = []
-    for image_id, group in tqdm(groups.items(), total=len(groups), desc="predicting",
-                                unit="image", disable=not progress):
-        image = dataset.load_image(image_id)
-        references = {class_id: _pair_crops(pair, cache) for class_id, pair in group.items()}
-        output = _call_predictor(predict_fn, image, references, image_id)
-        if not isinstance(output, dict):
-            raise ValueError(f"predict_fn must return a dict class_id -> detections, got "
-                             f"{type(output).__name__} for image {image_id}")
+    for image_id, group, image, output in predict_by_image(dataset, predict_fn, pairs, "predicting", progress):
         for class_id in group:
             if class_id not in output:
                 raise ValueError(f"predict_fn returned no entry for category {class_id} "
@@ -100,6 +91,28 @@ def run_predictions(dataset, predict_fn, pairs, progress=True):
                                                     image_id, class_id)
             results.extend(detections_to_coco(image_id, class_id, rois, scores, masks))
     return results
+
+
+def predict_by_image(dataset, predict_fn, pairs, desc, progress=True):
+    """Yield ``(image_id, pairs of that image by class id, image, predict_fn output)``, one
+    ``predict_fn`` call per query image with all of its pairs' references (a progress bar
+    labelled ``desc``).
+
+    Raises:
+        ValueError: a pair occurs twice, or ``predict_fn`` returns something other than a dict
+            (image named).
+    """
+    groups = _group_by_image(pairs)
+    cache = _ImageCache(dataset)
+    for image_id, group in tqdm(groups.items(), total=len(groups), desc=desc, unit="image",
+                                disable=not progress):
+        image = dataset.load_image(image_id)
+        references = {class_id: _pair_crops(pair, cache) for class_id, pair in group.items()}
+        output = _call_predictor(predict_fn, image, references, image_id)
+        if not isinstance(output, dict):
+            raise ValueError(f"predict_fn must return a dict class_id -> detections, got "
+                             f"{type(output).__name__} for image {image_id}")
+        yield image_id, group, image, output
 
 
 def _empty_detections(image_shape):
