@@ -92,6 +92,11 @@ def load(parser, args, num_train, min_confidence=None, dataset="synthetic", data
     demo.configure_threads(demo.DEFAULT_THREADS)
     try:  # the run's record (demo_run.json, if there) must name this data, as demo --weights checks
         demo.load_run_config(args.weights, dataset=dataset, rendering=rendering, seed=args.seed)
+    except (FileNotFoundError, ValueError) as err:
+        if not hasattr(args, "dataset"):  # a benchmark of the embedded data's paper look only
+            err = f"{err}; {parser.prog} evaluates the embedded data in the paper look only"
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    try:
         train, val = demo.make_datasets(dataset, data_dir, num_train, args.scenes, 128, args.seed,
                                         cache_size=None, rendering=rendering)
         model = load_model(args.weights, min_confidence=min_confidence)

@@ -49,7 +49,9 @@ def test_no_ground_truth_and_no_detections():
                                             "ground-truth box 1 is not"),
                                            ({"iou_threshold": 0.0, "near_miss_iou": 0.0}, "iou_threshold must be in"),
                                            ({"iou_threshold": 1.5}, "iou_threshold must be in"),
-                                           ({"iou_threshold": float("nan")}, "iou_threshold must be in")])
+                                           ({"iou_threshold": float("nan")}, "iou_threshold must be in"),
+                                           ({"iou_threshold": None}, "iou_threshold must be a number"),
+                                           ({"near_miss_iou": "0.3"}, "near_miss_iou must be a number")])
 def test_bad_arguments_are_named(kwargs, words):
     args = {"rois": [[0, 0, 5, 5]], "scores": [1.0], "gt_boxes": GT, "gt_is_target": IS_TARGET, **kwargs}
     with pytest.raises(ValueError, match=words):

@@ -290,7 +290,10 @@ def classify_detections(rois, scores, gt_boxes, gt_is_target, iou_threshold=0.5,
 
 def check_iou_band(iou_threshold, near_miss_iou):
     """``ValueError`` unless ``0 < iou_threshold <= 1`` and ``0 <= near_miss_iou <= iou_threshold``
-    (nan fails both)."""
+    (nan, None and non-numbers fail both)."""
+    for name, value in (("iou_threshold", iou_threshold), ("near_miss_iou", near_miss_iou)):
+        if isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     if not 0.0 <= near_miss_iou <= iou_threshold:
