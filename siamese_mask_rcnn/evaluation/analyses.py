@@ -16,7 +16,8 @@ from tqdm import tqdm
 from ..cocoformat import IOU_TYPES
 from ..mrcnn.boxes import compute_overlaps
 from .pairs import _check_class_ids, _other_reference_images, build_eval_pairs
-from .predictions import _call_predictor, _check_detections, _empty_detections, predict_by_image
+from .predictions import (_call_predictor, _check_detections, _empty_detections, check_boxes,
+                          check_finite_scores, predict_by_image)
 from .protocol import coco_ap50, evaluate
 
 #: Instance-count bins of the clutter analysis (inclusive bounds; ``None`` = no upper bound).
@@ -255,13 +256,9 @@ def classify_detections(rois, scores, gt_boxes, gt_is_target, iou_threshold=0.5,
         raise ValueError(f"{scores.shape[0]} scores for {rois.shape[0]} detections")
     if is_target.shape[0] != gt_boxes.shape[0]:
         raise ValueError(f"gt_is_target has {is_target.shape[0]} entries for {gt_boxes.shape[0]} boxes")
-    for name, boxes in (("detection", rois), ("ground-truth", gt_boxes)):
-        bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
-        if bad.any():
-            raise ValueError(f"{name} box {int(np.argmax(bad))} is not (y1, x1, y2, x2) with finite "
-                             f"y1 <= y2, x1 <= x2: {boxes[int(np.argmax(bad))].tolist()}")
-    if not np.isfinite(scores).all():
-        raise ValueError(f"score {int(np.argmax(~np.isfinite(scores)))} is not finite")
+    check_boxes(rois, "detection box")
+    check_boxes(gt_boxes, "ground-truth box")
+    check_finite_scores(scores)
     outcomes = [None] * len(rois)
     target_found = np.zeros(len(gt_boxes), dtype=bool)
     object_found = np.zeros(len(gt_boxes), dtype=bool)

@@ -43,13 +43,26 @@ def _check_detections(detections, image_shape, image_id, class_id):
     if masks.ndim != 3 or masks.shape[:2] != tuple(image_shape) or masks.shape[2] != n:
         raise ValueError(f"{where}: masks must have shape {tuple(image_shape) + (n,)}, "
                          f"got {masks.shape}")
-    if not np.isfinite(scores).all():
-        raise ValueError(f"{where}: score {int(np.argmax(~np.isfinite(scores)))} is not finite")
-    bad = ~np.isfinite(rois).all(axis=1) | (rois[:, 2] < rois[:, 0]) | (rois[:, 3] < rois[:, 1])
-    if bad.any():
-        raise ValueError(f"{where}: roi {int(np.argmax(bad))} is not (y1, x1, y2, x2) with finite "
-                         f"y1 <= y2, x1 <= x2: {rois[int(np.argmax(bad))].tolist()}")
+    check_finite_scores(scores, f"{where}: ")
+    check_boxes(rois, "roi", f"{where}: ")
     return rois, scores, masks.astype(bool, copy=False)
+
+
+def check_finite_scores(scores, prefix=""):
+    """``ValueError`` (``prefix`` + which score) unless every score of ``scores [N]`` is finite."""
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        raise ValueError(f"{prefix}score {int(np.argmax(bad))} is not finite")
+
+
+def check_boxes(boxes, name, prefix=""):
+    """``ValueError`` (``prefix`` + ``name`` + which box) unless every row of ``boxes [N, 4]``
+    is ``(y1, x1, y2, x2)`` with finite ``y1 <= y2`` and ``x1 <= x2``."""
+    bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"{prefix}{name} {k} is not (y1, x1, y2, x2) with finite y1 <= y2, x1 <= x2: "
+                         f"{boxes[k].tolist()}")
 
 
 def detections_to_coco(image_id, class_id, rois, scores, masks):
