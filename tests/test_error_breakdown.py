@@ -66,6 +66,7 @@ def test_breakdown_of_ground_truth_and_of_wrong_instances(coco_split1):
     assert perfect["n_pairs"] == len(pairs) > 0
     assert perfect["fractions"]["target"] == 1.0 and perfect["target_recall"] == 1.0
     assert perfect["top1_target"] == 1.0
+    assert perfect["shots"] == 1 and perfect["limit"] is None and perfect["seed"] == 0
     assert 0 < perfect["instance_recall"] < 1  # the other categories' instances are not detected
 
     def other_instances(image, references, image_id):

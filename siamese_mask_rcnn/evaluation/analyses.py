@@ -314,7 +314,8 @@ def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None,
     nan without detections), ``target_recall`` (target instances found ÷ target instances),
     ``instance_recall`` (instances of any category overlapped by a detection ÷ instances, over
     the pairs' queries, each counted once per pair), ``top1_target`` (fraction of pairs whose
-    highest-scoring detection is a ``"target"``), ``iou_threshold``, ``near_miss_iou``, ``seed``.
+    highest-scoring detection is a ``"target"``), ``iou_threshold``, ``near_miss_iou``, ``seed``,
+    ``shots`` and ``limit``.
 
     Raises:
         ValueError: unknown class ids, a bad ``iou_threshold`` or ``near_miss_iou``
@@ -354,7 +355,8 @@ def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None,
             "target_recall": targets_found / targets if targets else float("nan"),
             "instance_recall": objects_found / objects if objects else float("nan"),
             "top1_target": top1 / n_pairs if n_pairs else float("nan"),
-            "iou_threshold": float(iou_threshold), "near_miss_iou": float(near_miss_iou), "seed": seed}
+            "iou_threshold": float(iou_threshold), "near_miss_iou": float(near_miss_iou), "seed": seed,
+            "shots": int(shots), "limit": limit}
 
 
 def format_error_breakdown(breakdown, label=""):

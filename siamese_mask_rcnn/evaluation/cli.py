@@ -235,8 +235,7 @@ def main(argv=None, prog=None):
     if args.errors:
         errors = error_breakdown(dataset, factory(args.seed), first_ids, seed=args.seed, shots=args.shots,
                                  limit=args.limit, progress=progress)
-        errors.update(model=args.model, split=split_label(args.split), categories=first_set, shots=args.shots,
-                      limit=args.limit)
+        errors.update(model=args.model, split=split_label(args.split), categories=first_set)
     title = (f"model {args.model}, split {split_label(args.split)}, {args.shots}-shot, "
              f"{args.runs} run(s) from seed {args.seed}"
              + (f", first {args.limit} images" if args.limit else ""))
