@@ -62,25 +62,19 @@ def references_from(query_dataset, source_dataset):
 
 def check_args(parser, args):
     """Every argument error before TensorFlow starts (``parser.error``: exit 2)."""
-    if not os.path.isfile(args.weights):
-        parser.error(f"--weights: no such file: {args.weights}")
     if not 1 <= args.scenes <= MAX_SCENES:
         parser.error(f"--scenes must be in [1, {MAX_SCENES}] (every scene is kept in memory), got {args.scenes}")
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
     demo_checkpoint.check_dataset_arguments(parser, args)
-    demo_checkpoint.check_demo_checkpoint(parser, args.weights)
+    demo_checkpoint.check_arguments(parser, args)  # --seed, and --weights a demo checkpoint
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", required=True, help="a siamese-mrcnn demo checkpoint (.h5)")
+    demo_checkpoint.add_arguments(parser)  # --weights, --scenes (per set), --seed
     parser.add_argument("--dataset", choices=["synthetic", "omniglot"], default="synthetic")
     parser.add_argument("--data-dir", help="Omniglot archives (--dataset omniglot)")
     parser.add_argument("--rendering", choices=["paper", "randomised", "mixed"], default="paper",
                         help="the in-distribution scenes' rendering (the checkpoint's training one)")
-    parser.add_argument("--scenes", type=int, default=150, help="scenes per set (default 150, as the demo)")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     check_args(parser, args)
 
