@@ -25,7 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import demo_checkpoint  # noqa: E402  (the benchmarks' shared checks)
+import demo_checkpoint  # noqa: E402  (the benchmarks' shared checks, TensorFlow-free)
 
 from siamese_mask_rcnn import demo  # noqa: E402  (no TensorFlow until a model is built)
 from siamese_mask_rcnn.datasets import scenes  # noqa: E402
@@ -85,11 +85,7 @@ def main(argv=None):
     except UnwritableOutputError as err:
         parser.error(f"--out: {err}")
     if args.mode == "evaluate":
-        from siamese_mask_rcnn.predict import InputError, check_demo_checkpoint
-        try:
-            check_demo_checkpoint(args.weights)
-        except InputError as err:
-            parser.error(str(err))
+        demo_checkpoint.check_demo_checkpoint(parser, args.weights)
         _patch(crop_evaluation=True)
     else:
         _patch(train_fraction=args.crop_fraction)
