@@ -10,7 +10,9 @@ categories, with the protocol's pairs (paper Section 5.2; the demo's evaluation 
 seed), four rows, each with one-shot mAP50 (boxes / masks) and
 :func:`siamese_mask_rcnn.evaluation.error_breakdown` (what every detection hit: the target, a
 duplicate, an instance of another category, a near miss with IoU 0.3-0.5, background; target
-and any-object recall; how often the top detection is a target):
+and any-object recall; how often the top detection is a target; any-object recall by box
+size, by the number of instances in the query and by overlap with another instance,
+``evaluation.format_recall_by``):
 
 1. the in-distribution evaluation scenes (``--rendering``, the training's), as the demo;
 2. the independent composer's scenes (``datasets.transfer``, the demo's transfer column);
@@ -113,7 +115,8 @@ def main(argv=None):
             print(f"{label}: no evaluation pair in {args.scenes} scenes (raise --scenes)", flush=True)
             continue
         print(f"{label}: mAP50 {100 * scores['map50_bbox']:.1f} / {100 * scores['map50_segm']:.1f} "
-              f"({time.time() - t0:.0f} s)\n    {evaluation.format_error_breakdown(breakdown)}", flush=True)
+              f"({time.time() - t0:.0f} s)\n    {evaluation.format_error_breakdown(breakdown)}\n"
+              f"{evaluation.format_recall_by(breakdown, '    ')}", flush=True)
     return 0
 
 

@@ -148,3 +148,57 @@ def test_evaluate_errors_for_a_baseline_runs_without_tensorflow(coco_subset_anno
     errors = json.loads((tmp_path / "out" / "errors.json").read_text())
     assert errors["categories"] == "oneshot" and errors["limit"] == 3 and errors["shots"] == 1
     assert errors["fractions"]["target"] == 1.0
+    assert errors["recall_by"]["crowding"][-1]["high"] is None  # the unbounded bin: inf written as null
+    assert "any-instance recall by instances in the query" in done.stdout
+
+
+def test_instance_factors_by_hand():
+    boxes = np.array([[0, 0, 20, 20],     # IoU 1/3 with the next (overlap 200 / 600)
+                      [0, 10, 20, 30],
+                      [50, 50, 60, 90]])  # alone; 40 px long on a 100 px image
+    factors = ev.instance_factors(boxes, (80, 100, 3))
+    assert np.allclose(factors["size"], [0.2, 0.2, 0.4])
+    assert factors["crowding"].tolist() == [3, 3, 3]
+    assert np.allclose(factors["overlap"], [1 / 3, 1 / 3, 0])
+    alone = ev.instance_factors([[0, 0, 5, 5]], (10, 10))
+    assert alone["overlap"].tolist() == [0.0] and alone["crowding"].tolist() == [1]
+    assert all(len(v) == 0 for v in ev.instance_factors(np.zeros((0, 4)), (10, 10)).values())
+    with pytest.raises(ValueError, match=r"gt_boxes must have shape \[G, 4\]"):
+        ev.instance_factors(np.zeros((2, 3)), (10, 10))
+    with pytest.raises(ValueError, match="ground-truth box 0 is not"):
+        ev.instance_factors([[5, 5, 1, 1]], (10, 10))
+    with pytest.raises(ValueError, match="positive height and width"):
+        ev.instance_factors([[0, 0, 1, 1]], (0, 10))
+
+
+def test_recall_by_factor_separates_found_from_missed_instances(coco_split1):
+    """A predictor that frames only the instances whose box touches no other one: recall 100 %
+    in the no-overlap bin, 0 % in the others; every instance-pair counted once per factor."""
+    dataset = coco_split1
+    classes = dataset.oneshot_class_ids
+
+    def lone_instances(image, references, image_id):
+        annotations = [a for a in dataset.instance_annotations(image_id) if not a.get("iscrowd")]
+        boxes = np.array([a["bbox"] for a in annotations], dtype=float).reshape(-1, 4)
+        keep = ev.instance_factors(boxes, image.shape)["overlap"] < 0.01
+        return {c: {"rois": boxes[keep], "scores": np.linspace(0.9, 0.5, int(keep.sum())),
+                    "masks": np.zeros(image.shape[:2] + (int(keep.sum()),), bool)} for c in references}
+
+    result = ev.error_breakdown(dataset, lone_instances, classes, seed=0, progress=False)
+    overlap = result["recall_by"]["overlap"]
+    assert [(r["low"], r["high"]) for r in overlap] == [tuple(map(float, b)) for b in ev.RECALL_FACTORS["overlap"]]
+    assert overlap[0]["instances"] > 0 and overlap[0]["recall"] == 1.0
+    crowded = [r for r in overlap[1:] if r["instances"]]
+    assert crowded and all(r["recall"] == 0.0 for r in crowded)
+    for factor in ev.RECALL_FACTORS:
+        rows = result["recall_by"][factor]
+        assert sum(r["instances"] for r in rows) == sum(r["instances"] for r in overlap)
+        found = sum(r["recall"] * r["instances"] for r in rows if r["instances"])
+        assert found / sum(r["instances"] for r in rows) == pytest.approx(result["instance_recall"])
+    text = ev.format_recall_by(result, "  ")
+    lines = text.splitlines()
+    assert len(lines) == len(ev.RECALL_FACTORS) and all(line.startswith("  any-instance recall by") for line in lines)
+    assert "[0, 0.01) 100%" in lines[2] and "∞)" in lines[2]
+    empty = [(f, k) for f, rows in result["recall_by"].items() for k, r in enumerate(rows) if not r["instances"]]
+    for factor, k in empty:  # an empty bin prints "-", not nan
+        assert " - (0)" in lines[list(ev.RECALL_FACTORS).index(factor)]

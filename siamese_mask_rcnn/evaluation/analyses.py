@@ -220,6 +220,65 @@ def absent_category_test(dataset, predict_fn, class_ids, seed=0, score_threshold
 #: What a detection of :func:`classify_detections` can be, in the order the cases are tried.
 DETECTION_OUTCOMES = ("target", "duplicate", "other_category", "near_miss", "background")
 
+#: The instance properties of :func:`instance_factors` and the bins ``[low, high)`` in which
+#: :func:`error_breakdown` reports recall: ``size`` the longer side of the instance's box ÷
+#: the longer side of the query image (normalised); ``crowding`` the number of (non-crowd)
+#: instances in the query; ``overlap`` the instance's largest box IoU with another instance
+#: of the query (below 0.01: practically none).
+RECALL_FACTORS = {
+    "size": ((0.0, 0.15), (0.15, 0.22), (0.22, 0.3), (0.3, float("inf"))),
+    "crowding": ((1, 5), (5, 8), (8, 11), (11, float("inf"))),
+    "overlap": ((0.0, 0.01), (0.01, 0.1), (0.1, 0.25), (0.25, float("inf"))),
+}
+
+
+def instance_factors(gt_boxes, image_shape):
+    """The properties of each instance that :func:`error_breakdown` bins recall by.
+
+    ``gt_boxes [G, 4]``: ``(y1, x1, y2, x2)`` pixels of the query's instances;
+    ``image_shape``: ``(height, width, ...)`` of the query in pixels. Returns a dict of
+    float arrays ``[G]`` keyed as :data:`RECALL_FACTORS`: ``size`` (the box's longer side ÷
+    the image's longer side), ``crowding`` (``G`` for every instance) and ``overlap`` (the
+    largest IoU with another instance's box, 0 for a lone instance).
+
+    Raises:
+        ValueError: ``gt_boxes`` is not ``[G, 4]`` finite boxes with ``y2 >= y1`` and ``x2 >= x1``
+            (:func:`check_boxes`), or ``image_shape`` has no positive height and width.
+    """
+    shape = np.shape(gt_boxes)
+    if np.size(gt_boxes) and (len(shape) != 2 or shape[1] != 4):
+        raise ValueError(f"gt_boxes must have shape [G, 4] (y1, x1, y2, x2), got {shape}")
+    boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    check_boxes(boxes, "ground-truth box")
+    if len(image_shape) < 2 or min(image_shape[:2]) <= 0:
+        raise ValueError(f"image_shape must start with a positive height and width, got {tuple(image_shape)}")
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    overlap = np.zeros(len(boxes))
+    if len(boxes) > 1:
+        iou = compute_overlaps(boxes, boxes)
+        np.fill_diagonal(iou, 0.0)
+        overlap = iou.max(axis=1)
+    return {"size": sides / float(max(image_shape[:2])),
+            "crowding": np.full(len(boxes), float(len(boxes))),
+            "overlap": overlap}
+
+
+def _recall_by(records):
+    """``{factor: [{"low", "high", "instances", "recall"}, ...]}`` from ``records[factor]``: lists
+    of ``(value, found)`` per instance and pair (recall nan in an empty bin)."""
+    table = {}
+    for factor, bins in RECALL_FACTORS.items():
+        values = np.array([v for v, _ in records[factor]], dtype=np.float64)
+        found = np.array([f for _, f in records[factor]], dtype=bool)
+        rows = []
+        for low, high in bins:
+            inside = (values >= low) & (values < high)
+            n = int(inside.sum())
+            rows.append({"low": float(low), "high": float(high), "instances": n,
+                         "recall": float(found[inside].mean()) if n else float("nan")})
+        table[factor] = rows
+    return table
+
 
 def classify_detections(rois, scores, gt_boxes, gt_is_target, iou_threshold=0.5, near_miss_iou=0.3):
     """Sort the detections of one (query, category) pair by what they hit.
@@ -314,8 +373,11 @@ def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None,
     nan without detections), ``target_recall`` (target instances found ÷ target instances),
     ``instance_recall`` (instances of any category overlapped by a detection ÷ instances, over
     the pairs' queries, each counted once per pair), ``top1_target`` (fraction of pairs whose
-    highest-scoring detection is a ``"target"``), ``iou_threshold``, ``near_miss_iou``, ``seed``,
-    ``shots`` and ``limit``.
+    highest-scoring detection is a ``"target"``), ``recall_by`` (that any-instance recall in the
+    bins of :data:`RECALL_FACTORS`: per factor a list of ``{"low", "high", "instances",
+    "recall"}``, the instance properties of :func:`instance_factors`; it tells, e.g., crowded
+    scenes or overlapping instances from small ones as the cause of a low recall),
+    ``iou_threshold``, ``near_miss_iou``, ``seed``, ``shots`` and ``limit``.
 
     Raises:
         ValueError: unknown class ids, a bad ``iou_threshold`` or ``near_miss_iou``
@@ -326,11 +388,13 @@ def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None,
     pairs = build_eval_pairs(dataset, class_ids, seed, shots=shots, limit=limit, load_crops=False)
     counts = dict.fromkeys(DETECTION_OUTCOMES, 0)
     targets = targets_found = objects = objects_found = top1 = 0
+    records = {factor: [] for factor in RECALL_FACTORS}
     for image_id, group, image, output in predict_by_image(dataset, predict_fn, pairs, "error breakdown",
                                                             progress):
         annotations = [a for a in dataset.instance_annotations(image_id) if not a.get("iscrowd")]
         gt_boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
         gt_classes = np.array([int(a["class_id"]) for a in annotations], dtype=np.int64)
+        factors = instance_factors(gt_boxes, image.shape)
         for class_id in group:
             rois, scores, _ = _check_detections(output.get(class_id, _empty_detections(image.shape[:2])),
                                                 image.shape[:2], image_id, class_id)
@@ -346,6 +410,8 @@ def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None,
             objects += len(gt_classes)
             objects_found += int(hit.sum())
             top1 += int(len(scores) > 0 and outcomes[int(np.argmax(scores))] == "target")
+            for factor, values in factors.items():
+                records[factor].extend(zip(values.tolist(), hit.tolist()))
     n_detections = sum(counts.values())
     n_pairs = len(pairs)
     return {"n_pairs": n_pairs, "n_detections": n_detections,
@@ -355,6 +421,7 @@ def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None,
             "target_recall": targets_found / targets if targets else float("nan"),
             "instance_recall": objects_found / objects if objects else float("nan"),
             "top1_target": top1 / n_pairs if n_pairs else float("nan"),
+            "recall_by": _recall_by(records),
             "iou_threshold": float(iou_threshold), "near_miss_iou": float(near_miss_iou), "seed": seed,
             "shots": int(shots), "limit": limit}
 
@@ -368,3 +435,26 @@ def format_error_breakdown(breakdown, label=""):
             + ", ".join(f"{k.replace('_', ' ')} {100 * f[k]:.0f}%" for k in DETECTION_OUTCOMES)
             + f" | target recall {100 * breakdown['target_recall']:.0f}%, any-instance recall "
             f"{100 * breakdown['instance_recall']:.0f}%, top detection is a target {100 * breakdown['top1_target']:.0f}%")
+
+
+#: How :func:`format_recall_by` names the factors of :data:`RECALL_FACTORS`.
+FACTOR_LABELS = {"size": "box side ÷ image side", "crowding": "instances in the query",
+                 "overlap": "largest IoU with another instance"}
+
+
+def format_recall_by(breakdown, indent=""):
+    """The ``recall_by`` table of an :func:`error_breakdown` result, one line per factor:
+    ``[low, high) recall% (instances)`` per bin ("-" for an empty bin).
+
+    Raises:
+        KeyError: ``breakdown`` has no ``recall_by`` (not a result of :func:`error_breakdown`).
+    """
+    lines = []
+    for factor, rows in breakdown["recall_by"].items():
+        cells = []
+        for row in rows:
+            low, high = f"{row['low']:g}", ("∞" if row["high"] == float("inf") else f"{row['high']:g}")
+            recall = "-" if not row["instances"] else f"{100 * row['recall']:.0f}%"
+            cells.append(f"[{low}, {high}) {recall} ({row['instances']})")
+        lines.append(f"{indent}any-instance recall by {FACTOR_LABELS.get(factor, factor)}: " + "; ".join(cells))
+    return "\n".join(lines)

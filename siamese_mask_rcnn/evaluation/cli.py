@@ -28,7 +28,7 @@ from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
 from ..presets import PRESET_NAMES
 from ..train_coco import load_split_dataset
 from .analyses import (absent_category_test, clutter_analysis, confusion_matrix, error_breakdown,
-                       format_error_breakdown)
+                       format_error_breakdown, format_recall_by)
 from .baselines import ground_truth_predictor, random_boxes_predictor
 from .openworld import RESULTS_FILE, evaluate_open_world, format_open_world, write_open_world
 from .protocol import evaluate_runs
@@ -251,6 +251,7 @@ def main(argv=None, prog=None):
               f"{100 * absent['fraction_images_with_false_positive']:.1f}% of images with one")
     if errors is not None:
         print(format_error_breakdown(errors, f"detections ({first_set} categories, seed {args.seed}): "))
+        print(format_recall_by(errors, "  "))
     print(f"outputs written to {out_dir}")
     return summary
 
