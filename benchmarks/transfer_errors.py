@@ -12,7 +12,8 @@ seed), four rows, each with one-shot mAP50 (boxes / masks) and
 duplicate, an instance of another category, a near miss with IoU 0.3-0.5, background; target
 and any-object recall; how often the top detection is a target; any-object recall by box
 size, by the number of instances in the query and by overlap with another instance,
-``evaluation.format_recall_by``):
+``evaluation.format_recall_by``; and the recall of the RPN's proposals before the heads,
+``evaluation.proposal_recall``):
 
 1. the in-distribution evaluation scenes (``--rendering``, the training's), as the demo;
 2. the independent composer's scenes (``datasets.transfer``, the demo's transfer column);
@@ -108,6 +109,8 @@ def main(argv=None):
         try:
             scores = evaluation.evaluate(dataset, predict, classes, seed=args.seed, progress=False)
             breakdown = evaluation.error_breakdown(dataset, predict, classes, seed=args.seed, progress=False)
+            proposals = evaluation.proposal_recall(dataset, model.proposal_fn(), classes, seed=args.seed,
+                                                   progress=False)
         except ValueError as err:  # e.g. no category with a pair in a handful of scenes
             print(f"{label}: not evaluated ({err})", flush=True)
             continue
@@ -116,7 +119,8 @@ def main(argv=None):
             continue
         print(f"{label}: mAP50 {100 * scores['map50_bbox']:.1f} / {100 * scores['map50_segm']:.1f} "
               f"({time.time() - t0:.0f} s)\n    {evaluation.format_error_breakdown(breakdown)}\n"
-              f"{evaluation.format_recall_by(breakdown, '    ')}", flush=True)
+              f"{evaluation.format_recall_by(breakdown, '    ')}\n"
+              f"    {evaluation.format_proposal_recall(proposals)}", flush=True)
     return 0
 
 

@@ -43,9 +43,10 @@ from keras import layers as KL
 from .mrcnn import utils
 from .mrcnn import weights as mweights
 from .mrcnn.backbone import build_backbone_fpn
+from .mrcnn.boxes import norm_boxes
 from .mrcnn.heads import FoldRois
 from .mrcnn.model import MaskRCNN, check_image_shape
-from .mrcnn.molding import mold_image
+from .mrcnn.molding import mold_image, unmold_boxes
 from .mrcnn.pipeline import SkipExample
 from .mrcnn.targets import describe_image, prepare_gt
 from .mrcnn.winograd import conv3x3 as winograd_conv3x3, use_winograd, winograd_kernel
@@ -854,6 +855,48 @@ class SiameseMaskRCNN(MaskRCNN):
                                  f"got {len(crops)}")
             molded_references.append(np.stack([mold_reference(self._query_image(r), self.config) for r in crops]))
         return self._detect_molded_batch(images, molded, metas, windows, extra=[np.stack(molded_references)])
+
+    def proposals(self, image, embedding):
+        """The region proposals of one (query, reference) pair, before the heads.
+
+        The RPN runs on the query's features matched with the reference (paper Section 4.3),
+        so its proposals depend on the reference. ``image``: as for :meth:`detect_embeddings`;
+        ``embedding``: ``[5, C]`` or ``[5 * C]`` (e.g. :meth:`embed_category`).
+
+        Returns int32 ``[N, 4]`` ``(y1, x1, y2, x2)`` original-image pixels, in the RPN's
+        score order, at most ``POST_NMS_ROIS_INFERENCE``, clipped to the image as detections
+        are (padding rows and boxes left with zero area dropped): what proposal recall (e.g. :func:`.evaluation.proposal_recall`) is measured on.
+
+        Raises:
+            RuntimeError: the model was built in training mode.
+            ValueError: an embedding of another shape or with non-finite values.
+            ImageLoadError: an unreadable image file or an array that is not an image.
+        """
+        if self.mode != "inference":
+            raise RuntimeError("create the model in inference mode to get proposals")
+        image = self._query_image(image)
+        embedding = self._check_embeddings({"reference": embedding})["reference"]
+        molded, metas, windows, maps = self.encode_query(image)
+
+        def rois(meta, embeddings, *levels):
+            return self.head_model([meta, embeddings] + list(levels), training=False)[4]
+
+        fn = self.cached_function("proposals", rois, self._head_signature())
+        normalised = fn(metas, embedding[None], *maps).numpy()[0]
+        normalised = normalised[np.any(normalised != 0, axis=1)]
+        # clipped to the image inside the molded square, as the detection layer clips its boxes
+        wy1, wx1, wy2, wx2 = norm_boxes(np.asarray(windows[0], dtype=np.float64)[None], molded[0].shape[:2])[0]
+        normalised = np.clip(normalised, [wy1, wx1, wy1, wx1], [wy2, wx2, wy2, wx2])
+        boxes = unmold_boxes(normalised, image.shape, molded[0].shape, windows[0])
+        return boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+
+    def proposal_fn(self):
+        """A ``proposal_fn(image, {class_id: [crops]}) → {class_id: boxes [N, 4]}`` of
+        :meth:`proposals` (one k-shot embedding per category) for
+        :func:`.evaluation.proposal_recall`."""
+        def proposals(image, references):
+            return {cid: self.proposals(image, self.embed_category(crops)) for cid, crops in references.items()}
+        return proposals
 
     def predict_fn(self):
         """A ``predict_fn(image, {class_id: [crops]}) → {class_id: result}`` for

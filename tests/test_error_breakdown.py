@@ -202,3 +202,37 @@ def test_recall_by_factor_separates_found_from_missed_instances(coco_split1):
     empty = [(f, k) for f, rows in result["recall_by"].items() for k, r in enumerate(rows) if not r["instances"]]
     for factor, k in empty:  # an empty bin prints "-", not nan
         assert " - (0)" in lines[list(ev.RECALL_FACTORS).index(factor)]
+
+
+def test_proposal_recall_of_exact_boxes_and_of_shifted_ones(coco_split1):
+    """Proposals equal to every instance's box frame all (recall 1 at IoU 0.5 and 0.7); boxes
+    shifted by 40 % of their width frame none at 0.7 and the same count at both thresholds
+    for the unshifted; a malformed answer is named with its image."""
+    dataset = coco_split1
+    classes = dataset.oneshot_class_ids
+
+    def boxes_of(image_id, shift):
+        annotations = [a for a in dataset.instance_annotations(image_id) if not a.get("iscrowd")]
+        boxes = np.array([a["bbox"] for a in annotations], dtype=float).reshape(-1, 4)
+        dx = shift * (boxes[:, 3] - boxes[:, 1])
+        return boxes + np.stack([0 * dx, dx, 0 * dx, dx], axis=1)
+
+    exact = ev.proposal_recall(dataset, lambda image, refs, image_id: {c: boxes_of(image_id, 0.0) for c in refs},
+                               classes, progress=False)
+    assert exact["n_pairs"] > 0 and exact["target_recall"] == {0.5: 1.0, 0.7: 1.0}
+    assert exact["instance_recall"] == {0.5: 1.0, 0.7: 1.0}
+    shifted = ev.proposal_recall(dataset, lambda image, refs, image_id: {c: boxes_of(image_id, 0.4) for c in refs},
+                                 classes, progress=False, iou_thresholds=(0.3, 0.7))
+    assert shifted["target_recall"][0.7] == 0.0 and shifted["target_recall"][0.3] > 0.5
+    assert shifted["proposals_per_pair"] == exact["proposals_per_pair"]
+    line = ev.format_proposal_recall(shifted, "p: ")
+    assert line.startswith("p: ") and "IoU ≥ 0.7: target 0%" in line
+    with pytest.raises(ValueError, match="image .*proposal 0 is not"):
+        ev.proposal_recall(dataset, lambda image, refs: {c: np.array([[5.0, 5, 1, 1]]) for c in refs},
+                           classes, progress=False)
+    with pytest.raises(ValueError, match=r"image .*shape \[N, 4\]"):
+        ev.proposal_recall(dataset, lambda image, refs: {c: np.zeros((2, 3)) for c in refs}, classes, progress=False)
+    with pytest.raises(ValueError, match="iou_threshold must be in"):
+        ev.proposal_recall(dataset, lambda image, refs: {}, classes, iou_thresholds=(0.5, 1.5))
+    with pytest.raises(ValueError, match="at least one threshold"):
+        ev.proposal_recall(dataset, lambda image, refs: {}, classes, iou_thresholds=())

@@ -446,3 +446,31 @@ def test_training_graph_keeps_tensorflow_convolutions():
     assert not isinstance(heads.get_layer("mrcnn_class_conv1"), WindowConv2D)
     inference = SiameseMaskRCNN("inference", _config(), model_dir="logs/test_inference_fast")
     assert isinstance(inference.head_model.get_layer("mrcnn_class_conv1"), WindowConv2D)
+
+
+def test_proposals_hold_every_detection_box(model, images):
+    """With zero box refinements every detection box is its proposal: the proposals mapped to
+    the (non-square) query's pixels must contain each detection box exactly."""
+    query, references = images
+    embedding = model.embed_category([references[0]])
+    proposals = model.proposals(query, embedding)
+    assert proposals.dtype == np.int32 and proposals.ndim == 2 and proposals.shape[1] == 4
+    assert 0 < len(proposals) <= model.config.POST_NMS_ROIS_INFERENCE
+    assert np.all(proposals[:, 2] > proposals[:, 0]) and np.all(proposals[:, 3] > proposals[:, 1])
+    detections = model.detect_embeddings(query, {"a": embedding})["a"]["rois"]
+    assert len(detections) > 0
+    as_rows = {tuple(box) for box in proposals.tolist()}
+    assert all(tuple(box) in as_rows for box in detections.tolist())
+    # the flat [5 * C] embedding and proposal_fn give the same boxes
+    np.testing.assert_array_equal(model.proposals(query, embedding.reshape(-1)), proposals)
+    by_class = model.proposal_fn()(query, {3: [references[0]]})
+    np.testing.assert_array_equal(by_class[3], proposals)
+
+
+def test_proposals_refuse_bad_input(model, images):
+    import types
+    query, _ = images
+    with pytest.raises(ValueError, match="has shape"):
+        model.proposals(query, np.zeros((3, 4), np.float32))
+    with pytest.raises(RuntimeError, match="inference mode"):
+        SiameseMaskRCNN.proposals(types.SimpleNamespace(mode="training"), query, None)

@@ -36,8 +36,8 @@ No TensorFlow is imported by this package (only :mod:`.cli` does, for a trained 
 from ..cocoformat import IOU_TYPES
 from .analyses import (DEFAULT_CLUTTER_BINS, DETECTION_OUTCOMES, RECALL_FACTORS, absent_category_test,
                        classify_detections, clutter_analysis, confusion_matrix, error_breakdown,
-                       format_error_breakdown, format_recall_by, instance_counts,
-                       instance_factors)
+                       format_error_breakdown, format_proposal_recall, format_recall_by,
+                       instance_counts, instance_factors, proposal_recall)
 from .baselines import ground_truth_predictor, random_boxes_predictor
 from .openworld import (evaluate_open_world, format_open_world, open_world_summary,
                         write_open_world)
@@ -57,7 +57,7 @@ __all__ = [
     "ground_truth_predictor", "random_boxes_predictor",
     "confusion_matrix", "clutter_analysis", "instance_counts", "absent_category_test",
     "DETECTION_OUTCOMES", "classify_detections", "error_breakdown", "format_error_breakdown",
-    "format_recall_by", "instance_factors", "RECALL_FACTORS",
+    "format_recall_by", "instance_factors", "RECALL_FACTORS", "proposal_recall", "format_proposal_recall",
     "format_table", "summarize", "write_json", "write_outputs", "plot_per_category",
     "plot_confusion", "write_confusion_csv", "write_confusion_json", "plot_clutter",
     "write_clutter_csv", "write_absent_csv",

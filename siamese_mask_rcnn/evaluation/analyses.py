@@ -8,7 +8,10 @@
   query (beyond the paper; every one is a false positive);
 * :func:`error_breakdown`: what each detection of a present category hit — the target, a
   duplicate, an instance of another category, a near miss or background (beyond the paper;
-  a detector error analysis in the manner of Hoiem et al., ECCV 2012).
+  a detector error analysis in the manner of Hoiem et al., ECCV 2012), with recall by box
+  size, crowding and overlap (:func:`instance_factors`);
+* :func:`proposal_recall`: how many instances the region proposals frame before the heads
+  (beyond the paper).
 """
 import numpy as np
 from tqdm import tqdm
@@ -435,6 +438,78 @@ def format_error_breakdown(breakdown, label=""):
             + ", ".join(f"{k.replace('_', ' ')} {100 * f[k]:.0f}%" for k in DETECTION_OUTCOMES)
             + f" | target recall {100 * breakdown['target_recall']:.0f}%, any-instance recall "
             f"{100 * breakdown['instance_recall']:.0f}%, top detection is a target {100 * breakdown['top1_target']:.0f}%")
+
+
+def proposal_recall(dataset, proposal_fn, class_ids, seed=0, shots=1, limit=None, iou_thresholds=(0.5, 0.7),
+                    progress=True):
+    """How many instances the region proposals frame, before the heads (beyond the paper).
+
+    The pairs are those of :func:`evaluate` with the same ``seed``, ``shots`` and ``limit``;
+    ``proposal_fn(image, {class_id: [crops]}) → {class_id: boxes [N, 4]}`` (``(y1, x1, y2,
+    x2)`` query pixels; e.g. ``SiameseMaskRCNN.proposal_fn()``). An instance is framed when some
+    proposal of its pair overlaps it with IoU ≥ the threshold. Beside :func:`error_breakdown`
+    it separates the two stages of a low recall: instances the RPN never proposes, and
+    proposed instances the heads drop or mis-draw.
+
+    Returns a dict: ``n_pairs``, ``proposals_per_pair``, ``target_recall`` and
+    ``instance_recall`` (``{threshold: fraction}``; targets of the pair's category, and
+    instances of any category counted once per pair), ``iou_thresholds``, ``seed``, ``shots``,
+    ``limit``.
+
+    Raises:
+        ValueError: unknown class ids, a threshold not in (0, 1], or ``proposal_fn`` returns
+            something other than a dict, or boxes that are not finite ``[N, 4]`` with
+            ``y2 >= y1`` and ``x2 >= x1`` (image and category named).
+    """
+    thresholds = tuple(iou_thresholds)
+    if not thresholds:
+        raise ValueError("iou_thresholds must name at least one threshold")
+    for threshold in thresholds:
+        check_iou_band(threshold, 0.0)
+    pairs = build_eval_pairs(dataset, class_ids, seed, shots=shots, limit=limit, load_crops=False)
+    found_targets = dict.fromkeys(thresholds, 0)
+    found_objects = dict.fromkeys(thresholds, 0)
+    targets = objects = n_proposals = 0
+    for image_id, group, image, output in predict_by_image(dataset, proposal_fn, pairs, "proposal recall",
+                                                            progress):
+        annotations = [a for a in dataset.instance_annotations(image_id) if not a.get("iscrowd")]
+        gt_boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
+        gt_classes = np.array([int(a["class_id"]) for a in annotations], dtype=np.int64)
+        for class_id in group:
+            boxes = output.get(class_id, np.zeros((0, 4)))
+            shape = np.shape(boxes)
+            if np.size(boxes) and (len(shape) != 2 or shape[1] != 4):
+                raise ValueError(f"proposal_fn output for image {image_id}, category {class_id}: "
+                                 f"boxes must have shape [N, 4], got {shape}")
+            boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+            try:
+                check_boxes(boxes, "proposal")
+            except ValueError as err:
+                raise ValueError(f"proposal_fn output for image {image_id}, category {class_id}: {err}") from None
+            n_proposals += len(boxes)
+            best = (compute_overlaps(gt_boxes, boxes).max(axis=1) if len(boxes) and len(gt_boxes)
+                    else np.zeros(len(gt_boxes)))
+            is_target = gt_classes == class_id
+            targets += int(is_target.sum())
+            objects += len(gt_boxes)
+            for threshold in thresholds:
+                found_targets[threshold] += int(np.sum(best[is_target] >= threshold))
+                found_objects[threshold] += int(np.sum(best >= threshold))
+    n_pairs = len(pairs)
+    return {"n_pairs": n_pairs,
+            "proposals_per_pair": n_proposals / n_pairs if n_pairs else float("nan"),
+            "target_recall": {t: (found_targets[t] / targets if targets else float("nan")) for t in thresholds},
+            "instance_recall": {t: (found_objects[t] / objects if objects else float("nan")) for t in thresholds},
+            "iou_thresholds": [float(t) for t in thresholds], "seed": seed, "shots": int(shots), "limit": limit}
+
+
+def format_proposal_recall(result, label=""):
+    """One line of a :func:`proposal_recall` result (percentages)."""
+    if not result["n_pairs"]:
+        return f"{label}no evaluation pair (no query holds a searched category with a reference elsewhere)"
+    cells = [f"IoU ≥ {t:g}: target {100 * result['target_recall'][t]:.0f}%, any instance "
+             f"{100 * result['instance_recall'][t]:.0f}%" for t in result["target_recall"]]
+    return f"{label}{result['proposals_per_pair']:.0f} proposals per pair framing " + "; ".join(cells)
 
 
 #: How :func:`format_recall_by` names the factors of :data:`RECALL_FACTORS`.

@@ -96,20 +96,27 @@ def unmold_detections(detections, masks, original_image_shape, image_shape, wind
         else:
             masks = masks[np.arange(len(valid)), :, :, class_ids]
 
+    boxes = unmold_boxes(boxes, original_image_shape, image_shape, window)
+    keep = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0
+    boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
+
+    return boxes, class_ids, scores, unmold_masks(masks, boxes, original_image_shape)
+
+
+def unmold_boxes(boxes, original_image_shape, image_shape, window):
+    """Boxes ``[N, (y1, x1, y2, x2)]`` normalised to the molded image → int32 pixel boxes of
+    the original image (``original_image_shape`` ``[H, W, ...]``; ``image_shape`` and ``window``
+    as for :func:`unmold_detections`). Boxes outside the window are not clipped."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     # normalised window in the molded image -> boxes relative to the window
     wy1, wx1, wy2, wx2 = norm_boxes(np.asarray(window, dtype=np.float64)[None], image_shape[:2])[0]
     shift = np.array([wy1, wx1, wy1, wx1], dtype=np.float64)
     window_h, window_w = wy2 - wy1, wx2 - wx1
     if window_h > 0 and window_w > 0:
         scale = np.array([window_h, window_w, window_h, window_w], dtype=np.float64)
-        boxes = denorm_boxes((boxes - shift) / scale, original_image_shape[:2])
-    else:  # a 1-pixel-thin window (extreme aspect ratio): map through pixel coordinates
-        boxes = _window_pixels_to_original(boxes, image_shape, window, original_image_shape)
-
-    keep = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0
-    boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
-
-    return boxes, class_ids, scores, unmold_masks(masks, boxes, original_image_shape)
+        return denorm_boxes((boxes - shift) / scale, original_image_shape[:2])
+    # a 1-pixel-thin window (extreme aspect ratio): map through pixel coordinates
+    return _window_pixels_to_original(boxes, image_shape, window, original_image_shape)
 
 
 def _window_pixels_to_original(boxes, image_shape, window, original_image_shape):
