@@ -865,7 +865,8 @@ class SiameseMaskRCNN(MaskRCNN):
 
         Returns int32 ``[N, 4]`` ``(y1, x1, y2, x2)`` original-image pixels, in the RPN's
         score order, at most ``POST_NMS_ROIS_INFERENCE``, clipped to the image as detections
-        are (padding rows and boxes left with zero area dropped): what proposal recall (e.g. :func:`.evaluation.proposal_recall`) is measured on.
+        are (padding rows and boxes left with zero area dropped): what proposal recall
+        (:func:`.evaluation.proposal_recall`) is measured on.
 
         Raises:
             RuntimeError: the model was built in training mode.
