@@ -138,7 +138,7 @@ def known_prototypes_missing(weights, margin, config_place=None):
     from ``VERIFY_KNOWN_MARGIN`` of a config (``config_place`` says which, e.g. ``"in
     run/config.json"``); the message names it and how to turn rejection off."""
     if config_place is None:
-        source, hint = f"--known-margin {float(margin):g}", "leave out --known-margin (in Python: known_margin=None)"
+        source, hint = f"--known-margin {float(margin) + 0.0:g}", "leave out --known-margin (in Python: known_margin=None)"
     else:
         source = f"VERIFY_KNOWN_MARGIN {float(margin):g} {config_place}"
         hint = ("pass --known-margin none (in Python: known_margin=\"none\") or remove VERIFY_KNOWN_MARGIN "

@@ -54,6 +54,8 @@ def test_check_known_prototypes_follows_the_option_then_the_config(tmp_path):
     with pytest.raises(InputError, match=r"mask_rcnn_demo_0001.h5: known-category rejection \(--known-margin -0.2\)"
                        r".*leave out --known-margin \(in Python: known_margin=None\)$"):
         check_known_prototypes(without, -0.2)
+    with pytest.raises(InputError, match=r"\(--known-margin 0\)"):  # -0 is printed as 0
+        check_known_prototypes(without, -0.0)
     check_known_prototypes(without)            # no option, no config: nothing asked
     check_known_prototypes(without, "none")
     check_known_prototypes(with_classifier, -0.2)
