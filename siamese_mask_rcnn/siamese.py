@@ -876,7 +876,10 @@ class SiameseMaskRCNN(MaskRCNN):
         if self.mode != "inference":
             raise RuntimeError("create the model in inference mode to get proposals")
         image = self._query_image(image)
-        embedding = self._check_embeddings({"reference": embedding})["reference"]
+        try:
+            embedding = self._check_embeddings({"reference": embedding})["reference"]
+        except ValueError as err:  # the check names dict keys; here there is one embedding
+            raise ValueError(str(err).replace("embedding 'reference'", "the embedding", 1)) from None
         molded, metas, windows, maps = self.encode_query(image)
 
         def rois(meta, embeddings, *levels):

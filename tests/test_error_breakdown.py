@@ -236,3 +236,58 @@ def test_proposal_recall_of_exact_boxes_and_of_shifted_ones(coco_split1):
         ev.proposal_recall(dataset, lambda image, refs: {}, classes, iou_thresholds=(0.5, 1.5))
     with pytest.raises(ValueError, match="at least one threshold"):
         ev.proposal_recall(dataset, lambda image, refs: {}, classes, iou_thresholds=())
+
+
+def test_a_category_missing_from_the_output_is_an_error_not_zero_recall(coco_split1):
+    """Every analysis refuses a predictor that leaves out a category (as evaluate does) instead
+    of scoring it as if it had detected nothing."""
+    dataset = coco_split1
+    classes = dataset.oneshot_class_ids
+    gt = ev.ground_truth_predictor(dataset)
+
+    def string_keys(image, references, image_id):
+        return {str(c): v for c, v in gt(image, references, image_id=image_id).items()}
+
+    def empty(image, references):
+        return {}
+
+    for run in (lambda p: ev.error_breakdown(dataset, p, classes, progress=False),
+                lambda p: ev.evaluate(dataset, p, classes, progress=False),
+                lambda p: ev.absent_category_test(dataset, p, dataset.class_ids[1:], limit=3, progress=False)):
+        for predictor in (string_keys, empty):
+            with pytest.raises(ValueError, match=r"no entry for category \d+ of image \d+"):
+                run(predictor)
+    with pytest.raises(ValueError, match=r"no entry for category \d+ of image \d+"):
+        ev.proposal_recall(dataset, empty, classes, progress=False)
+
+
+def test_proposal_recall_thresholds_and_ragged_boxes(coco_split1):
+    dataset = coco_split1
+    classes = dataset.oneshot_class_ids
+
+    def exact(image, references, image_id):
+        annotations = [a for a in dataset.instance_annotations(image_id) if not a.get("iscrowd")]
+        boxes = [list(a["bbox"]) for a in annotations]  # a list, not an array: accepted
+        return {c: boxes for c in references}
+
+    one = ev.proposal_recall(dataset, exact, classes, iou_thresholds=0.5, progress=False)
+    assert one["target_recall"] == {0.5: 1.0} and one["iou_thresholds"] == [0.5]
+    for bad, words in (((0.5, 0.5), "repeats a threshold"), ("0.5", "a number or a sequence"),
+                       (None, "a number or a sequence"), (True, "a number or a sequence")):
+        with pytest.raises(ValueError, match=words):
+            ev.proposal_recall(dataset, exact, classes, iou_thresholds=bad, progress=False)
+    with pytest.raises(ValueError, match=r"proposal_fn output for image \d+, category \d+"):
+        ev.proposal_recall(dataset, lambda image, refs: {c: [[0, 0, 10, 10], [0, 0, 10]] for c in refs},
+                           classes, progress=False)
+
+
+def test_no_detection_at_all_is_said_not_nan(coco_split1):
+    dataset = coco_split1
+
+    def nothing(image, references):
+        return {c: {"rois": np.zeros((0, 4)), "scores": np.zeros(0), "masks": np.zeros(image.shape[:2] + (0,), bool)}
+                for c in references}
+
+    result = ev.error_breakdown(dataset, nothing, dataset.oneshot_class_ids, progress=False)
+    line = ev.format_error_breakdown(result)
+    assert "no detection" in line and "nan" not in line and "target recall 0%" in line

@@ -470,7 +470,7 @@ def test_proposals_hold_every_detection_box(model, images):
 def test_proposals_refuse_bad_input(model, images):
     import types
     query, _ = images
-    with pytest.raises(ValueError, match="has shape"):
+    with pytest.raises(ValueError, match=r"^the embedding has shape \(3, 4\)"):
         model.proposals(query, np.zeros((3, 4), np.float32))
     with pytest.raises(RuntimeError, match="inference mode"):
         SiameseMaskRCNN.proposals(types.SimpleNamespace(mode="training"), query, None)

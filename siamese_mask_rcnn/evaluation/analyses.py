@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..cocoformat import IOU_TYPES
 from ..mrcnn.boxes import compute_overlaps
 from .pairs import _check_class_ids, _other_reference_images, build_eval_pairs
-from .predictions import (_call_predictor, _check_detections, _empty_detections, check_boxes,
+from .predictions import (_call_predictor, _check_detections, check_boxes,
                           check_finite_scores, predict_by_image)
 from .protocol import coco_ap50, evaluate
 
@@ -158,8 +158,9 @@ def absent_category_test(dataset, predict_fn, class_ids, seed=0, score_threshold
     ``per_image`` (image_id, n_categories, false_positives, max_score).
 
     Raises:
-        ValueError: unknown class ids, or ``predict_fn`` returns malformed detections
-            (image and category named).
+        ValueError: unknown class ids, or ``predict_fn`` returns malformed detections or no
+            entry for one of the image's absent categories (image and category named; an
+            empty result must still be given).
     """
     class_ids = _check_class_ids(dataset, class_ids)
     rng = np.random.default_rng(seed)
@@ -182,9 +183,14 @@ def absent_category_test(dataset, predict_fn, class_ids, seed=0, score_threshold
         image = dataset.load_image(image_id)
         output = _call_predictor(predict_fn, image, references, image_id)
         total, max_score = 0, 0.0
+        if not isinstance(output, dict):
+            raise ValueError(f"predict_fn must return a dict class_id -> detections, got "
+                             f"{type(output).__name__} for image {image_id}")
+        missing = [c for c in absent if c not in output]
+        if missing:
+            raise ValueError(f"predict_fn returned no entry for category {missing[0]} of image {image_id}")
         for class_id in absent:
-            _, scores, _ = _check_detections(output.get(class_id, _empty_detections(image.shape[:2])),
-                                             image.shape[:2], image_id, class_id)
+            _, scores, _ = _check_detections(output[class_id], image.shape[:2], image_id, class_id)
             false_positives = int(np.sum(scores >= score_threshold))
             total += false_positives
             max_score = max([max_score] + [float(s) for s in scores])
@@ -253,15 +259,19 @@ def instance_factors(gt_boxes, image_shape):
         raise ValueError(f"gt_boxes must have shape [G, 4] (y1, x1, y2, x2), got {shape}")
     boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
     check_boxes(boxes, "ground-truth box")
-    if len(image_shape) < 2 or min(image_shape[:2]) <= 0:
-        raise ValueError(f"image_shape must start with a positive height and width, got {tuple(image_shape)}")
+    try:
+        height, width = (float(v) for v in tuple(image_shape)[:2])
+    except (TypeError, ValueError):
+        height = width = float("nan")
+    if not (height > 0 and width > 0 and np.isfinite(height) and np.isfinite(width)):
+        raise ValueError(f"image_shape must start with a positive height and width, got {image_shape!r}")
     sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     overlap = np.zeros(len(boxes))
     if len(boxes) > 1:
         iou = compute_overlaps(boxes, boxes)
         np.fill_diagonal(iou, 0.0)
         overlap = iou.max(axis=1)
-    return {"size": sides / float(max(image_shape[:2])),
+    return {"size": sides / max(height, width),
             "crowding": np.full(len(boxes), float(len(boxes))),
             "overlap": overlap}
 
@@ -378,7 +388,9 @@ def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None,
     the pairs' queries, each counted once per pair), ``top1_target`` (fraction of pairs whose
     highest-scoring detection is a ``"target"``), ``recall_by`` (that any-instance recall in the
     bins of :data:`RECALL_FACTORS`: per factor a list of ``{"low", "high", "instances",
-    "recall"}``, the instance properties of :func:`instance_factors`; it tells, e.g., crowded
+    "recall"}``, ``instances`` counting instance-pairs as ``instance_recall`` does (an instance
+    once per pair of its query), ``recall`` nan in an empty bin, the instance properties of
+    :func:`instance_factors`; it tells, e.g., crowded
     scenes or overlapping instances from small ones as the cause of a low recall),
     ``iou_threshold``, ``near_miss_iou``, ``seed``, ``shots`` and ``limit``.
 
@@ -399,8 +411,7 @@ def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None,
         gt_classes = np.array([int(a["class_id"]) for a in annotations], dtype=np.int64)
         factors = instance_factors(gt_boxes, image.shape)
         for class_id in group:
-            rois, scores, _ = _check_detections(output.get(class_id, _empty_detections(image.shape[:2])),
-                                                image.shape[:2], image_id, class_id)
+            rois, scores, _ = _check_detections(output[class_id], image.shape[:2], image_id, class_id)
             try:
                 outcomes, found, hit = classify_detections(rois, scores, gt_boxes, gt_classes == class_id,
                                                            iou_threshold, near_miss_iou)
@@ -434,8 +445,10 @@ def format_error_breakdown(breakdown, label=""):
     if not breakdown["n_pairs"]:
         return f"{label}no evaluation pair (no query holds a searched category with a reference elsewhere)"
     f = breakdown["fractions"]
+    shares = (", ".join(f"{k.replace('_', ' ')} {100 * f[k]:.0f}%" for k in DETECTION_OUTCOMES)
+              if breakdown.get("n_detections", 1) else "no detection")
     return (f"{label}{breakdown['n_pairs']} pairs, {breakdown['detections_per_pair']:.1f} detections per pair: "
-            + ", ".join(f"{k.replace('_', ' ')} {100 * f[k]:.0f}%" for k in DETECTION_OUTCOMES)
+            + shares
             + f" | target recall {100 * breakdown['target_recall']:.0f}%, any-instance recall "
             f"{100 * breakdown['instance_recall']:.0f}%, top detection is a target {100 * breakdown['top1_target']:.0f}%")
 
@@ -456,16 +469,15 @@ def proposal_recall(dataset, proposal_fn, class_ids, seed=0, shots=1, limit=None
     instances of any category counted once per pair), ``iou_thresholds``, ``seed``, ``shots``,
     ``limit``.
 
+    ``iou_thresholds``: a number or a sequence of distinct numbers in (0, 1].
+
     Raises:
-        ValueError: unknown class ids, a threshold not in (0, 1], or ``proposal_fn`` returns
-            something other than a dict, or boxes that are not finite ``[N, 4]`` with
+        ValueError: unknown class ids, a bad ``iou_thresholds`` (not numbers in (0, 1], empty,
+            repeated), or ``proposal_fn`` returns something other than a dict, a dict without
+            one of the image's categories, or boxes that are not finite ``[N, 4]`` with
             ``y2 >= y1`` and ``x2 >= x1`` (image and category named).
     """
-    thresholds = tuple(iou_thresholds)
-    if not thresholds:
-        raise ValueError("iou_thresholds must name at least one threshold")
-    for threshold in thresholds:
-        check_iou_band(threshold, 0.0)
+    thresholds = _check_thresholds(iou_thresholds)
     pairs = build_eval_pairs(dataset, class_ids, seed, shots=shots, limit=limit, load_crops=False)
     found_targets = dict.fromkeys(thresholds, 0)
     found_objects = dict.fromkeys(thresholds, 0)
@@ -476,15 +488,13 @@ def proposal_recall(dataset, proposal_fn, class_ids, seed=0, shots=1, limit=None
         gt_boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
         gt_classes = np.array([int(a["class_id"]) for a in annotations], dtype=np.int64)
         for class_id in group:
-            boxes = output.get(class_id, np.zeros((0, 4)))
-            shape = np.shape(boxes)
-            if np.size(boxes) and (len(shape) != 2 or shape[1] != 4):
-                raise ValueError(f"proposal_fn output for image {image_id}, category {class_id}: "
-                                 f"boxes must have shape [N, 4], got {shape}")
-            boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
             try:
+                boxes = np.asarray(output[class_id], dtype=np.float64)
+                if boxes.size and (boxes.ndim != 2 or boxes.shape[1] != 4):
+                    raise ValueError(f"boxes must have shape [N, 4], got {boxes.shape}")
+                boxes = boxes.reshape(-1, 4)
                 check_boxes(boxes, "proposal")
-            except ValueError as err:
+            except (TypeError, ValueError) as err:
                 raise ValueError(f"proposal_fn output for image {image_id}, category {class_id}: {err}") from None
             n_proposals += len(boxes)
             best = (compute_overlaps(gt_boxes, boxes).max(axis=1) if len(boxes) and len(gt_boxes)
@@ -503,6 +513,24 @@ def proposal_recall(dataset, proposal_fn, class_ids, seed=0, shots=1, limit=None
             "iou_thresholds": [float(t) for t in thresholds], "seed": seed, "shots": int(shots), "limit": limit}
 
 
+def _check_thresholds(iou_thresholds):
+    """``iou_thresholds`` (a number or a sequence of distinct numbers in (0, 1]) as a tuple, or
+    ``ValueError`` naming what is wrong."""
+    if isinstance(iou_thresholds, (int, float, np.integer, np.floating)) and not isinstance(iou_thresholds, bool):
+        iou_thresholds = (iou_thresholds,)
+    if isinstance(iou_thresholds, (str, bytes)) or not hasattr(iou_thresholds, "__iter__"):
+        raise ValueError(f"iou_thresholds must be a number or a sequence of numbers in (0, 1], "
+                         f"got {iou_thresholds!r}")
+    thresholds = tuple(iou_thresholds)
+    if not thresholds:
+        raise ValueError("iou_thresholds must name at least one threshold")
+    for threshold in thresholds:
+        check_iou_band(threshold, 0.0)
+    if len(set(thresholds)) != len(thresholds):
+        raise ValueError(f"iou_thresholds repeats a threshold: {thresholds}")
+    return thresholds
+
+
 def format_proposal_recall(result, label=""):
     """One line of a :func:`proposal_recall` result (percentages)."""
     if not result["n_pairs"]:
@@ -519,7 +547,7 @@ FACTOR_LABELS = {"size": "box side ÷ image side", "crowding": "instances in the
 
 def format_recall_by(breakdown, indent=""):
     """The ``recall_by`` table of an :func:`error_breakdown` result, one line per factor:
-    ``[low, high) recall% (instances)`` per bin ("-" for an empty bin).
+    ``[low, high) recall% (instance-pairs)`` per bin ("-" for an empty bin).
 
     Raises:
         KeyError: ``breakdown`` has no ``recall_by`` (not a result of :func:`error_breakdown`).

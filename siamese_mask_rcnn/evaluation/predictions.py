@@ -97,9 +97,6 @@ def run_predictions(dataset, predict_fn, pairs, progress=True):
     results = []
     for image_id, group, image, output in predict_by_image(dataset, predict_fn, pairs, "predicting", progress):
         for class_id in group:
-            if class_id not in output:
-                raise ValueError(f"predict_fn returned no entry for category {class_id} "
-                                 f"of image {image_id}")
             rois, scores, masks = _check_detections(output[class_id], image.shape[:2],
                                                     image_id, class_id)
             results.extend(detections_to_coco(image_id, class_id, rois, scores, masks))
@@ -113,7 +110,8 @@ def predict_by_image(dataset, predict_fn, pairs, desc, progress=True):
 
     Raises:
         ValueError: a pair occurs twice, or ``predict_fn`` returns something other than a dict
-            (image named).
+            or a dict without an entry for one of the image's categories (image and category
+            named; an empty result must still be given, e.g. ``rois`` of shape ``[0, 4]``).
     """
     groups = _group_by_image(pairs)
     cache = _ImageCache(dataset)
@@ -125,6 +123,10 @@ def predict_by_image(dataset, predict_fn, pairs, desc, progress=True):
         if not isinstance(output, dict):
             raise ValueError(f"predict_fn must return a dict class_id -> detections, got "
                              f"{type(output).__name__} for image {image_id}")
+        for class_id in group:
+            if class_id not in output:
+                raise ValueError(f"predict_fn returned no entry for category {class_id} "
+                                 f"of image {image_id} (its keys: {sorted(map(repr, output))[:5]})")
         yield image_id, group, image, output
 
 
