@@ -232,7 +232,7 @@ def test_proposal_recall_of_exact_boxes_and_of_shifted_ones(coco_split1):
                            classes, progress=False)
     with pytest.raises(ValueError, match=r"image .*shape \[N, 4\]"):
         ev.proposal_recall(dataset, lambda image, refs: {c: np.zeros((2, 3)) for c in refs}, classes, progress=False)
-    with pytest.raises(ValueError, match="iou_threshold must be in"):
+    with pytest.raises(ValueError, match=r"iou_thresholds must be numbers in \(0, 1\], got 1.5"):
         ev.proposal_recall(dataset, lambda image, refs: {}, classes, iou_thresholds=(0.5, 1.5))
     with pytest.raises(ValueError, match="at least one threshold"):
         ev.proposal_recall(dataset, lambda image, refs: {}, classes, iou_thresholds=())
@@ -291,3 +291,81 @@ def test_no_detection_at_all_is_said_not_nan(coco_split1):
     result = ev.error_breakdown(dataset, nothing, dataset.oneshot_class_ids, progress=False)
     line = ev.format_error_breakdown(result)
     assert "no detection" in line and "nan" not in line and "target recall 0%" in line
+
+
+@pytest.mark.parametrize("rois, n, words", [([[0, 0], [10, 10]], 1, r"rois must have shape \[N, 4\]"),
+                                            (np.zeros((4, 5)), 5, r"rois must have shape \[N, 4\]"),
+                                            ([[0, 0, 10, 10, 3]], 1, r"rois must have shape \[N, 4\]"),
+                                            (None, 0, r"rois must have shape \[N, 4\]"),
+                                            ([[0, 0, 10, 10], [0, 0, 10]], 2, "must be arrays of numbers")])
+def test_malformed_rois_are_refused_with_image_and_category(coco_split1, rois, n, words):
+    dataset = coco_split1
+
+    def predict(image, references):
+        return {c: {"rois": rois, "scores": np.ones(n), "masks": np.zeros(image.shape[:2] + (n,), bool)}
+                for c in references}
+
+    for run in (lambda: ev.evaluate(dataset, predict, dataset.oneshot_class_ids, progress=False),
+                lambda: ev.error_breakdown(dataset, predict, dataset.oneshot_class_ids, progress=False),
+                lambda: ev.absent_category_test(dataset, predict, dataset.class_ids[1:], limit=2, progress=False)):
+        with pytest.raises(ValueError, match=rf"image \d+, category \d+: .*{words}"):
+            run()
+
+
+@pytest.mark.parametrize("kwargs, words", [({"limit": 0}, "limit must be a positive"),
+                                           ({"limit": -1}, "limit must be a positive"),
+                                           ({"score_threshold": float("nan")}, "score_threshold must be a finite"),
+                                           ({"score_threshold": None}, "score_threshold must be a finite"),
+                                           ({"score_threshold": "0.5"}, "score_threshold must be a finite"),
+                                           ({"max_categories_per_image": 0}, "max_categories_per_image must be"),
+                                           ({"max_categories_per_image": "2"}, "max_categories_per_image must be"),
+                                           ({"shots": 0}, "shots must be >= 1")])
+def test_absent_test_arguments_are_checked_before_predicting(coco_split1, kwargs, words):
+    def never(*_):
+        raise AssertionError("predict_fn must not run")
+
+    with pytest.raises(ValueError, match=words):
+        ev.absent_category_test(coco_split1, never, coco_split1.class_ids[1:], progress=False, **kwargs)
+
+
+def test_recall_tables_read_their_json_copies(coco_split1):
+    """format_recall_by / format_proposal_recall print a result written to JSON and read back
+    (null for inf and nan, string keys) as they print the result itself."""
+    import json
+
+    from siamese_mask_rcnn.evaluation.report import _jsonable
+
+    dataset = coco_split1
+    gt = ev.ground_truth_predictor(dataset)
+    breakdown = ev.error_breakdown(dataset, gt, dataset.oneshot_class_ids, progress=False)
+    copy = json.loads(json.dumps(_jsonable(breakdown)))
+    assert copy["recall_by"]["size"][-1]["high"] is None
+    assert ev.format_recall_by(copy) == ev.format_recall_by(breakdown)
+
+    def props(image, references, image_id):
+        boxes = np.array([a["bbox"] for a in dataset.instance_annotations(image_id)], float).reshape(-1, 4)
+        return {c: boxes for c in references}
+
+    result = ev.proposal_recall(dataset, props, dataset.oneshot_class_ids,
+                                iou_thresholds=[np.float32(0.5), 0.7], progress=False)
+    assert list(result["target_recall"]) == [0.5, 0.7] and all(type(t) is float for t in result["target_recall"])
+    copy = json.loads(json.dumps(_jsonable(result)))
+    assert ev.format_proposal_recall(copy) == ev.format_proposal_recall(result)
+    with pytest.raises(ValueError, match="repeats a threshold"):
+        ev.proposal_recall(dataset, props, dataset.oneshot_class_ids, iou_thresholds=[0.7, np.float32(0.7)])
+    assert ev.proposal_recall(dataset, props, dataset.oneshot_class_ids, iou_thresholds=np.array(0.5),
+                              progress=False)["iou_thresholds"] == [0.5]
+
+
+def test_evaluate_refuses_a_nan_score_threshold_before_any_work(coco_subset_annotations, coco_subset_dir, tmp_path,
+                                                                capsys):
+    from siamese_mask_rcnn.evaluation import cli as evaluation_cli
+
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation_cli.main(["--annotations", str(coco_subset_annotations), "--images", str(coco_subset_dir / "images"),
+                             "--model", "gt", "--runs", "1", "--absent", "--score-threshold", "nan", "--quiet",
+                             "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "--score-threshold must be a finite number" in capsys.readouterr().err
+    assert not out.exists()  # refused before the output folder is made

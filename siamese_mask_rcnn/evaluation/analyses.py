@@ -158,14 +158,27 @@ def absent_category_test(dataset, predict_fn, class_ids, seed=0, score_threshold
     ``per_image`` (image_id, n_categories, false_positives, max_score).
 
     Raises:
-        ValueError: unknown class ids, or ``predict_fn`` returns malformed detections or no
-            entry for one of the image's absent categories (image and category named; an
-            empty result must still be given).
+        ValueError: unknown class ids, a ``score_threshold`` that is not a finite number,
+            ``shots`` < 1, ``limit`` < 1, ``max_categories_per_image`` not None or an integer
+            ≥ 1, or ``predict_fn`` returns malformed detections or no entry for one of the
+            image's absent categories (image and category named; an empty result must still be
+            given).
     """
     class_ids = _check_class_ids(dataset, class_ids)
+    if isinstance(score_threshold, (bool, str)) or not isinstance(score_threshold, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(score_threshold):
+        raise ValueError(f"score_threshold must be a finite number, got {score_threshold!r}")
+    if int(shots) < 1:
+        raise ValueError(f"shots must be >= 1, got {shots}")
+    if max_categories_per_image is not None and (
+            isinstance(max_categories_per_image, bool) or not isinstance(max_categories_per_image, (int, np.integer))
+            or max_categories_per_image < 1):
+        raise ValueError(f"max_categories_per_image must be None or an integer >= 1, got {max_categories_per_image!r}")
     rng = np.random.default_rng(seed)
     image_ids = [int(i) for i in sorted(dataset.image_ids)]
     if limit is not None:
+        if int(limit) < 1:
+            raise ValueError(f"limit must be a positive number of query images, got {limit}")
         image_ids = image_ids[:int(limit)]
     per_image, per_category = [], {}
     for image_id in tqdm(image_ids, desc="absent categories", unit="image",
@@ -396,8 +409,9 @@ def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None,
 
     Raises:
         ValueError: unknown class ids, a bad ``iou_threshold`` or ``near_miss_iou``
-            (:func:`check_iou_band`), or ``predict_fn`` returns malformed detections (not a
-            dict, mismatched shapes, non-finite or inverted boxes; image and category named).
+            (:func:`check_iou_band`), ``shots`` or ``limit`` < 1, or ``predict_fn`` returns
+            malformed detections (not a dict, no entry for one of the image's categories,
+            mismatched shapes, non-finite or inverted boxes; image and category named).
     """
     check_iou_band(iou_threshold, near_miss_iou)
     pairs = build_eval_pairs(dataset, class_ids, seed, shots=shots, limit=limit, load_crops=False)
@@ -516,6 +530,8 @@ def proposal_recall(dataset, proposal_fn, class_ids, seed=0, shots=1, limit=None
 def _check_thresholds(iou_thresholds):
     """``iou_thresholds`` (a number or a sequence of distinct numbers in (0, 1]) as a tuple, or
     ``ValueError`` naming what is wrong."""
+    if isinstance(iou_thresholds, np.ndarray) and iou_thresholds.ndim == 0:
+        iou_thresholds = iou_thresholds.item()
     if isinstance(iou_thresholds, (int, float, np.integer, np.floating)) and not isinstance(iou_thresholds, bool):
         iou_thresholds = (iou_thresholds,)
     if isinstance(iou_thresholds, (str, bytes)) or not hasattr(iou_thresholds, "__iter__"):
@@ -525,8 +541,13 @@ def _check_thresholds(iou_thresholds):
     if not thresholds:
         raise ValueError("iou_thresholds must name at least one threshold")
     for threshold in thresholds:
-        check_iou_band(threshold, 0.0)
-    if len(set(thresholds)) != len(thresholds):
+        try:
+            check_iou_band(threshold, 0.0)
+        except ValueError:
+            raise ValueError(f"iou_thresholds must be numbers in (0, 1], got {threshold!r} "
+                             f"in {iou_thresholds!r}") from None
+    thresholds = tuple(float(t) for t in thresholds)  # plain floats: JSON keys, one value per threshold
+    if len({round(t, 6) for t in thresholds}) != len(thresholds):  # float32 0.7 repeats 0.7
         raise ValueError(f"iou_thresholds repeats a threshold: {thresholds}")
     return thresholds
 
@@ -535,9 +556,16 @@ def format_proposal_recall(result, label=""):
     """One line of a :func:`proposal_recall` result (percentages)."""
     if not result["n_pairs"]:
         return f"{label}no evaluation pair (no query holds a searched category with a reference elsewhere)"
-    cells = [f"IoU ≥ {t:g}: target {100 * result['target_recall'][t]:.0f}%, any instance "
-             f"{100 * result['instance_recall'][t]:.0f}%" for t in result["target_recall"]]
+    cells = [f"IoU ≥ {float(t):g}: target {_percent(result['target_recall'][t])}, any instance "
+             f"{_percent(result['instance_recall'][t])}" for t in result["target_recall"]]
     return f"{label}{result['proposals_per_pair']:.0f} proposals per pair framing " + "; ".join(cells)
+
+
+def _percent(fraction):
+    """A fraction as ``"42%"``; ``"-"`` for None or nan (as a JSON copy of a result holds them)."""
+    if fraction is None or not np.isfinite(fraction):
+        return "-"
+    return f"{100 * fraction:.0f}%"
 
 
 #: How :func:`format_recall_by` names the factors of :data:`RECALL_FACTORS`.
@@ -547,7 +575,8 @@ FACTOR_LABELS = {"size": "box side ÷ image side", "crowding": "instances in the
 
 def format_recall_by(breakdown, indent=""):
     """The ``recall_by`` table of an :func:`error_breakdown` result, one line per factor:
-    ``[low, high) recall% (instance-pairs)`` per bin ("-" for an empty bin).
+    ``[low, high) recall% (instance-pairs)`` per bin ("-" for an empty bin). Reads a result
+    or its JSON copy (``errors.json``, where an unbounded ``high`` is null).
 
     Raises:
         KeyError: ``breakdown`` has no ``recall_by`` (not a result of :func:`error_breakdown`).
@@ -555,9 +584,10 @@ def format_recall_by(breakdown, indent=""):
     lines = []
     for factor, rows in breakdown["recall_by"].items():
         cells = []
-        for row in rows:
-            low, high = f"{row['low']:g}", ("∞" if row["high"] == float("inf") else f"{row['high']:g}")
-            recall = "-" if not row["instances"] else f"{100 * row['recall']:.0f}%"
+        for row in rows:  # a JSON copy (errors.json) holds null for an unbounded high and an empty bin's recall
+            high = row["high"]
+            low, high = f"{row['low']:g}", ("∞" if high is None or high == float("inf") else f"{high:g}")
+            recall = "-" if not row["instances"] else _percent(row["recall"])
             cells.append(f"[{low}, {high}) {recall} ({row['instances']})")
         lines.append(f"{indent}any-instance recall by {FACTOR_LABELS.get(factor, factor)}: " + "; ".join(cells))
     return "\n".join(lines)

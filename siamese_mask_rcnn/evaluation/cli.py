@@ -19,6 +19,7 @@ requested, confusion / clutter / absent-category files. The table is printed.
 """
 import datetime
 import logging
+import math
 import os
 import sys
 
@@ -117,7 +118,8 @@ def check_args(parser, args):
 
     Raises:
         SystemExit: (status 2, via ``parser.error``) no data, ``--model siamese`` without
-            weights, a weights file not found, a non-positive count, or an output folder
+            weights, a weights file not found, a non-positive count, a ``--score-threshold``
+            that is not finite, or an output folder
             (``--out``, default ``logs/eval_<timestamp>``) that cannot be written: checked
             (and created) here, before any prediction, so no evaluation is lost.
     """
@@ -128,6 +130,8 @@ def check_args(parser, args):
     require_file(parser, args.weights, "weights")
     require_at_least(parser, args, 1, "runs", "shots", "limit")
     require_at_least(parser, args, 0, "max_absent_per_image", "reference_min_size")
+    if not math.isfinite(args.score_threshold):  # nan would count no false positive at all
+        parser.error(f"--score-threshold must be a finite number, got {args.score_threshold}")
     if args.protocol == "open-world" and (args.confusion or args.clutter or args.absent or args.errors):
         parser.error("--confusion, --clutter, --absent and --errors belong to the paper protocol; "
                      "the open-world protocol reports false positives on absent categories itself")

@@ -32,9 +32,15 @@ def _check_detections(detections, image_shape, image_id, class_id):
     if not isinstance(detections, dict) or not {"rois", "scores", "masks"} <= set(detections):
         raise ValueError(f"{where}: expected a dict with rois, scores and masks, "
                          f"got {type(detections).__name__}")
-    rois = np.asarray(detections["rois"], dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(detections["scores"], dtype=np.float64).reshape(-1)
-    masks = np.asarray(detections["masks"])
+    try:
+        rois = np.asarray(detections["rois"], dtype=np.float64)
+        scores = np.asarray(detections["scores"], dtype=np.float64).reshape(-1)
+        masks = np.asarray(detections["masks"])
+    except (TypeError, ValueError) as err:  # None, ragged lists, strings
+        raise ValueError(f"{where}: rois, scores and masks must be arrays of numbers ({err})") from None
+    if rois.size and (rois.ndim != 2 or rois.shape[1] != 4):
+        raise ValueError(f"{where}: rois must have shape [N, 4] (y1, x1, y2, x2), got {rois.shape}")
+    rois = rois.reshape(-1, 4)
     n = rois.shape[0]
     if masks.size == 0 and n == 0:
         masks = np.zeros(tuple(image_shape) + (0,), dtype=bool)
