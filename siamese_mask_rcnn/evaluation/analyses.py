@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..cocoformat import IOU_TYPES
 from ..mrcnn.boxes import compute_overlaps
 from .pairs import _check_class_ids, _other_reference_images, build_eval_pairs
-from .predictions import (_call_predictor, _check_detections, check_boxes,
+from .predictions import (_call_predictor, _check_detections, as_boxes, check_boxes, check_entries,
                           check_finite_scores, predict_by_image)
 from .protocol import coco_ap50, evaluate
 
@@ -196,12 +196,7 @@ def absent_category_test(dataset, predict_fn, class_ids, seed=0, score_threshold
         image = dataset.load_image(image_id)
         output = _call_predictor(predict_fn, image, references, image_id)
         total, max_score = 0, 0.0
-        if not isinstance(output, dict):
-            raise ValueError(f"predict_fn must return a dict class_id -> detections, got "
-                             f"{type(output).__name__} for image {image_id}")
-        missing = [c for c in absent if c not in output]
-        if missing:
-            raise ValueError(f"predict_fn returned no entry for category {missing[0]} of image {image_id}")
+        check_entries(output, absent, image_id)
         for class_id in absent:
             _, scores, _ = _check_detections(output[class_id], image.shape[:2], image_id, class_id)
             false_positives = int(np.sum(scores >= score_threshold))
@@ -267,10 +262,7 @@ def instance_factors(gt_boxes, image_shape):
         ValueError: ``gt_boxes`` is not ``[G, 4]`` finite boxes with ``y2 >= y1`` and ``x2 >= x1``
             (:func:`check_boxes`), or ``image_shape`` has no positive height and width.
     """
-    shape = np.shape(gt_boxes)
-    if np.size(gt_boxes) and (len(shape) != 2 or shape[1] != 4):
-        raise ValueError(f"gt_boxes must have shape [G, 4] (y1, x1, y2, x2), got {shape}")
-    boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    boxes = as_boxes(gt_boxes, "gt_boxes", rows="G")
     check_boxes(boxes, "ground-truth box")
     try:
         height, width = (float(v) for v in tuple(image_shape)[:2])
@@ -329,13 +321,9 @@ def classify_detections(rois, scores, gt_boxes, gt_is_target, iou_threshold=0.5,
             in (0, 1], or ``near_miss_iou`` is not in ``[0, iou_threshold]``.
     """
     check_iou_band(iou_threshold, near_miss_iou)
-    for name, boxes in (("rois", rois), ("gt_boxes", gt_boxes)):
-        shape = np.shape(boxes)
-        if np.size(boxes) and (len(shape) != 2 or shape[1] != 4):
-            raise ValueError(f"{name} must have shape [N, 4] (y1, x1, y2, x2), got {shape}")
-    rois = np.asarray(rois, dtype=np.float64).reshape(-1, 4)
+    rois = as_boxes(rois, "rois")
+    gt_boxes = as_boxes(gt_boxes, "gt_boxes")
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
     is_target = np.asarray(gt_is_target, dtype=bool).reshape(-1)
     if scores.shape[0] != rois.shape[0]:
         raise ValueError(f"{scores.shape[0]} scores for {rois.shape[0]} detections")
@@ -382,6 +370,14 @@ def check_iou_band(iou_threshold, near_miss_iou):
         raise ValueError(f"near_miss_iou must be in [0, iou_threshold={iou_threshold}], got {near_miss_iou}")
 
 
+def _query_instances(dataset, image_id):
+    """``(gt_boxes float64 [G, 4] (y1, x1, y2, x2) pixels, class ids int64 [G])`` of the
+    query's non-crowd instances (crowd regions count as no instance)."""
+    annotations = [a for a in dataset.instance_annotations(image_id) if not a.get("iscrowd")]
+    return (np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4),
+            np.array([int(a["class_id"]) for a in annotations], dtype=np.int64))
+
+
 def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None, iou_threshold=0.5,
                     near_miss_iou=0.3, progress=True):
     """Where the detections of the one-shot protocol's pairs go (beyond the paper).
@@ -420,9 +416,7 @@ def error_breakdown(dataset, predict_fn, class_ids, seed=0, shots=1, limit=None,
     records = {factor: [] for factor in RECALL_FACTORS}
     for image_id, group, image, output in predict_by_image(dataset, predict_fn, pairs, "error breakdown",
                                                             progress):
-        annotations = [a for a in dataset.instance_annotations(image_id) if not a.get("iscrowd")]
-        gt_boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
-        gt_classes = np.array([int(a["class_id"]) for a in annotations], dtype=np.int64)
+        gt_boxes, gt_classes = _query_instances(dataset, image_id)
         factors = instance_factors(gt_boxes, image.shape)
         for class_id in group:
             rois, scores, _ = _check_detections(output[class_id], image.shape[:2], image_id, class_id)
@@ -498,17 +492,12 @@ def proposal_recall(dataset, proposal_fn, class_ids, seed=0, shots=1, limit=None
     targets = objects = n_proposals = 0
     for image_id, group, image, output in predict_by_image(dataset, proposal_fn, pairs, "proposal recall",
                                                             progress):
-        annotations = [a for a in dataset.instance_annotations(image_id) if not a.get("iscrowd")]
-        gt_boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
-        gt_classes = np.array([int(a["class_id"]) for a in annotations], dtype=np.int64)
+        gt_boxes, gt_classes = _query_instances(dataset, image_id)
         for class_id in group:
             try:
-                boxes = np.asarray(output[class_id], dtype=np.float64)
-                if boxes.size and (boxes.ndim != 2 or boxes.shape[1] != 4):
-                    raise ValueError(f"boxes must have shape [N, 4], got {boxes.shape}")
-                boxes = boxes.reshape(-1, 4)
+                boxes = as_boxes(output[class_id], "proposals")
                 check_boxes(boxes, "proposal")
-            except (TypeError, ValueError) as err:
+            except ValueError as err:
                 raise ValueError(f"proposal_fn output for image {image_id}, category {class_id}: {err}") from None
             n_proposals += len(boxes)
             best = (compute_overlaps(gt_boxes, boxes).max(axis=1) if len(boxes) and len(gt_boxes)

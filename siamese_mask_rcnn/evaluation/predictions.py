@@ -38,9 +38,10 @@ def _check_detections(detections, image_shape, image_id, class_id):
         masks = np.asarray(detections["masks"])
     except (TypeError, ValueError) as err:  # None, ragged lists, strings
         raise ValueError(f"{where}: rois, scores and masks must be arrays of numbers ({err})") from None
-    if rois.size and (rois.ndim != 2 or rois.shape[1] != 4):
-        raise ValueError(f"{where}: rois must have shape [N, 4] (y1, x1, y2, x2), got {rois.shape}")
-    rois = rois.reshape(-1, 4)
+    try:
+        rois = as_boxes(rois, "rois")
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
     n = rois.shape[0]
     if masks.size == 0 and n == 0:
         masks = np.zeros(tuple(image_shape) + (0,), dtype=bool)
@@ -59,6 +60,34 @@ def check_finite_scores(scores, prefix=""):
     bad = ~np.isfinite(scores)
     if bad.any():
         raise ValueError(f"{prefix}score {int(np.argmax(bad))} is not finite")
+
+
+def as_boxes(boxes, name, rows="N"):
+    """``boxes`` as float64 ``[N, 4]`` ``(y1, x1, y2, x2)`` (an empty input gives ``[0, 4]``).
+
+    Raises:
+        ValueError: ``boxes`` is not numbers (ragged lists, None, strings) or not ``[N, 4]``
+            (the message names ``name`` and, as ``[rows, 4]``, the expected shape).
+    """
+    try:
+        array = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be an array of numbers ({err})") from None
+    if array.size and (array.ndim != 2 or array.shape[1] != 4):
+        raise ValueError(f"{name} must have shape [{rows}, 4] (y1, x1, y2, x2), got {array.shape}")
+    return array.reshape(-1, 4)
+
+
+def check_entries(output, class_ids, image_id):
+    """``ValueError`` unless a predictor's ``output`` for query ``image_id`` is a dict with an
+    entry for every one of ``class_ids`` (an empty result must still be given)."""
+    if not isinstance(output, dict):
+        raise ValueError(f"predict_fn must return a dict class_id -> detections, got "
+                         f"{type(output).__name__} for image {image_id}")
+    for class_id in class_ids:
+        if class_id not in output:
+            raise ValueError(f"predict_fn returned no entry for category {class_id} "
+                             f"of image {image_id} (its keys: {sorted(map(repr, output))[:5]})")
 
 
 def check_boxes(boxes, name, prefix=""):
@@ -126,13 +155,7 @@ def predict_by_image(dataset, predict_fn, pairs, desc, progress=True):
         image = dataset.load_image(image_id)
         references = {class_id: _pair_crops(pair, cache) for class_id, pair in group.items()}
         output = _call_predictor(predict_fn, image, references, image_id)
-        if not isinstance(output, dict):
-            raise ValueError(f"predict_fn must return a dict class_id -> detections, got "
-                             f"{type(output).__name__} for image {image_id}")
-        for class_id in group:
-            if class_id not in output:
-                raise ValueError(f"predict_fn returned no entry for category {class_id} "
-                                 f"of image {image_id} (its keys: {sorted(map(repr, output))[:5]})")
+        check_entries(output, group, image_id)
         yield image_id, group, image, output
 
 
