@@ -788,24 +788,25 @@ class SiameseMaskRCNN(MaskRCNN):
         naming the key."""
         if not isinstance(embeddings, dict):
             raise ValueError(f"embeddings must be a dict {{key: embedding [5, C]}}, got {type(embeddings).__name__}")
+        return {key: self._check_embedding(emb, f"embedding {key!r}") for key, emb in embeddings.items()}
+
+    def _check_embedding(self, emb, label):
+        """One embedding ``[5, C]`` or ``[5 * C]`` → float32 ``[5, C]``, or ``ValueError``
+        starting with ``label``."""
         depth = self.config.TOP_DOWN_PYRAMID_SIZE
         shape = (len(LEVELS), depth)
-        checked = {}
-        for key, emb in embeddings.items():
-            try:
-                if emb is None or isinstance(emb, (str, bytes)):
-                    raise TypeError("expected an array")
-                emb = np.asarray(emb, np.float32)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"embedding {key!r} is not an array of numbers "
-                                 f"({type(emb).__name__}: {exc})") from None
-            if emb.shape != shape and emb.shape != (len(LEVELS) * depth,):
-                raise ValueError(f"embedding {key!r} has shape {emb.shape}, expected {shape} "
-                                 f"(P2..P6 x TOP_DOWN_PYRAMID_SIZE) or ({len(LEVELS) * depth},)")
-            if not np.all(np.isfinite(emb)):
-                raise ValueError(f"embedding {key!r} has {int(np.sum(~np.isfinite(emb)))} non-finite values")
-            checked[key] = emb.reshape(shape)
-        return checked
+        try:
+            if emb is None or isinstance(emb, (str, bytes)):
+                raise TypeError("expected an array")
+            emb = np.asarray(emb, np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{label} is not an array of numbers ({type(emb).__name__}: {exc})") from None
+        if emb.shape != shape and emb.shape != (len(LEVELS) * depth,):
+            raise ValueError(f"{label} has shape {emb.shape}, expected {shape} "
+                             f"(P2..P6 x TOP_DOWN_PYRAMID_SIZE) or ({len(LEVELS) * depth},)")
+        if not np.all(np.isfinite(emb)):
+            raise ValueError(f"{label} has {int(np.sum(~np.isfinite(emb)))} non-finite values")
+        return emb.reshape(shape)
 
     def _detect_molded_batch(self, images, molded, metas, windows, extra):
         """Matterport's batch detection, with the presence gating when the model has the head."""
@@ -876,10 +877,7 @@ class SiameseMaskRCNN(MaskRCNN):
         if self.mode != "inference":
             raise RuntimeError("create the model in inference mode to get proposals")
         image = self._query_image(image)
-        try:
-            embedding = self._check_embeddings({"reference": embedding})["reference"]
-        except ValueError as err:  # the check names dict keys; here there is one embedding
-            raise ValueError(str(err).replace("embedding 'reference'", "the embedding", 1)) from None
+        embedding = self._check_embedding(embedding, "the embedding")
         molded, metas, windows, maps = self.encode_query(image)
 
         def rois(meta, embeddings, *levels):
