@@ -877,27 +877,35 @@ class SiameseMaskRCNN(MaskRCNN):
         if self.mode != "inference":
             raise RuntimeError("create the model in inference mode to get proposals")
         image = self._query_image(image)
-        embedding = self._check_embedding(embedding, "the embedding")
+        return self._proposals(image, {"reference": self._check_embedding(embedding, "the embedding")})["reference"]
+
+    def _proposals(self, image, embeddings):
+        """:meth:`proposals` of a uint8 query ``[H, W, 3]`` for checked embeddings ``{key: [5, C]}``,
+        the query encoded once."""
         molded, metas, windows, maps = self.encode_query(image)
 
-        def rois(meta, embeddings, *levels):
-            return self.head_model([meta, embeddings] + list(levels), training=False)[4]
+        def rois(meta, batch, *levels):
+            return self.head_model([meta, batch] + list(levels), training=False)[4]
 
         fn = self.cached_function("proposals", rois, self._head_signature())
-        normalised = fn(metas, embedding[None], *maps).numpy()[0]
-        normalised = normalised[np.any(normalised != 0, axis=1)]
         # clipped to the image inside the molded square, as the detection layer clips its boxes
         wy1, wx1, wy2, wx2 = norm_boxes(np.asarray(windows[0], dtype=np.float64)[None], molded[0].shape[:2])[0]
-        normalised = np.clip(normalised, [wy1, wx1, wy1, wx1], [wy2, wx2, wy2, wx2])
-        boxes = unmold_boxes(normalised, image.shape, molded[0].shape, windows[0])
-        return boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+        results = {}
+        for key, embedding in embeddings.items():
+            normalised = fn(metas, embedding[None], *maps).numpy()[0]
+            normalised = normalised[np.any(normalised != 0, axis=1)]
+            normalised = np.clip(normalised, [wy1, wx1, wy1, wx1], [wy2, wx2, wy2, wx2])
+            boxes = unmold_boxes(normalised, image.shape, molded[0].shape, windows[0])
+            results[key] = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+        return results
 
     def proposal_fn(self):
         """A ``proposal_fn(image, {class_id: [crops]}) → {class_id: boxes [N, 4]}`` of
-        :meth:`proposals` (one k-shot embedding per category) for
+        :meth:`proposals` (one k-shot embedding per category, the query encoded once) for
         :func:`.evaluation.proposal_recall`."""
         def proposals(image, references):
-            return {cid: self.proposals(image, self.embed_category(crops)) for cid, crops in references.items()}
+            return self._proposals(self._query_image(image), {cid: self._check_embedding(self.embed_category(crops), "the embedding")
+                                           for cid, crops in references.items()})
         return proposals
 
     def predict_fn(self):

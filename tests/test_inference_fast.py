@@ -463,8 +463,9 @@ def test_proposals_hold_every_detection_box(model, images):
     assert all(tuple(box) in as_rows for box in detections.tolist())
     # the flat [5 * C] embedding and proposal_fn give the same boxes
     np.testing.assert_array_equal(model.proposals(query, embedding.reshape(-1)), proposals)
-    by_class = model.proposal_fn()(query, {3: [references[0]]})
+    by_class = model.proposal_fn()(query, {3: [references[0]], 5: [references[1]]})  # the query encoded once
     np.testing.assert_array_equal(by_class[3], proposals)
+    np.testing.assert_array_equal(by_class[5], model.proposals(query, model.embed_category([references[1]])))
 
 
 def test_proposals_refuse_bad_input(model, images):
