@@ -624,6 +624,34 @@ def test_detection_layer_max_instances_and_all_background_in_graph_mode():
     assert empty.shape == (1, 6, 6) and np.all(empty == 0)
 
 
+def test_detection_score_rule_foreground_keeps_rois_the_background_outscores():
+    """matterport's argmax drops a ROI whose background is most probable; "foreground" scores it
+    by its best object class, so a floor below 0.5 keeps it (DETECTION_SCORE_RULE)."""
+    rois = np.array([[[0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 0.7, 0.7], [0.1, 0.6, 0.3, 0.9]]], np.float32)
+    probs = np.array([[[0.55, 0.15, 0.30], [0.90, 0.06, 0.04], [0.10, 0.85, 0.05]]], np.float32)
+    deltas = np.zeros((1, 3, 3, 4), np.float32)
+    meta = mmeta.compose_image_meta(0, (128, 128, 3), (128, 128, 3), (0, 0, 128, 128), 1.0, np.ones(3))
+    inputs = [tf.constant(x) for x in (rois, probs, deltas, meta[None].astype(np.float32))]
+
+    def detect(rule, floor):
+        layer = L.DetectionLayer(6, floor, 0.3, STD, score_rule=rule)
+        out = layer(inputs).numpy()[0]
+        return out[out[:, 5] > 0][:, 4:]
+
+    np.testing.assert_allclose(detect("argmax", 0.2), [[1, 0.85]], atol=1e-6)
+    # ROI 0: best object class 2 (0.30), kept at floor 0.2; ROI 1's best (0.06) is below it
+    np.testing.assert_allclose(detect("foreground", 0.2), [[1, 0.85], [2, 0.30]], atol=1e-6)
+    np.testing.assert_allclose(detect("foreground", 0.05), [[1, 0.85], [2, 0.30], [1, 0.06]], atol=1e-6)
+    np.testing.assert_allclose(detect("foreground", 0.5), detect("argmax", 0.5), atol=1e-6)
+    clone = L.DetectionLayer.from_config(L.DetectionLayer(6, 0.2, 0.3, STD, score_rule="foreground").get_config())
+    assert clone.score_rule == "foreground"
+    with pytest.raises(ValueError, match="score_rule"):
+        L.DetectionLayer(6, 0.2, 0.3, STD, score_rule="max")
+    with pytest.raises(ValueError, match="DETECTION_SCORE_RULE"):
+        Config(DETECTION_SCORE_RULE="fg")
+    assert Config(DETECTION_SCORE_RULE="foreground").DETECTION_SCORE_RULE == "foreground"
+
+
 # ----------------------------------------------------------------------------------------
 # losses
 # ----------------------------------------------------------------------------------------

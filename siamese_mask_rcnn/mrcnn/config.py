@@ -34,6 +34,8 @@ CALLABLE_PREFIX = "<callable:"
 
 #: Attributes computed in :meth:`Config.__init__`; never read back from a dict.
 DERIVED_ATTRIBUTES = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE")
+#: The values of ``DETECTION_SCORE_RULE`` (see :class:`Config`).
+DETECTION_SCORE_RULES = ("argmax", "foreground")
 #: matterport's ``IMAGE_RESIZE_MODE`` values (implemented by :func:`.resizing.resize_image`).
 RESIZE_MODES = ("none", "square", "pad64", "crop")
 
@@ -202,6 +204,14 @@ class Config:
     DETECTION_MAX_INSTANCES = 100
     DETECTION_MIN_CONFIDENCE = 0.7
     DETECTION_NMS_THRESHOLD = 0.3
+    # Which class a detection ROI gets (an addition; matterport's rule is the default):
+    # "argmax": the ROI's most probable class, dropped if that is the background, then kept
+    #   if its probability is >= DETECTION_MIN_CONFIDENCE (matterport, the official release);
+    # "foreground": the ROI's most probable non-background class and its probability, kept if
+    #   >= DETECTION_MIN_CONFIDENCE even when the background is more probable. With a floor
+    #   below 0.5 this keeps the lower-ranked ROIs an AP curve can still use (for the Siamese
+    #   two-class head: every ROI scored by its match probability).
+    DETECTION_SCORE_RULE = "argmax"
 
     # SGD hyper-parameters.
     LEARNING_RATE = 0.001
@@ -311,6 +321,9 @@ class Config:
             side = self.IMAGE_MAX_DIM
         self.IMAGE_SHAPE = np.array([side, side, self.IMAGE_CHANNEL_COUNT])
         self.IMAGE_META_SIZE = image_meta_size(self.NUM_CLASSES)
+        if getattr(self, "DETECTION_SCORE_RULE", "argmax") not in DETECTION_SCORE_RULES:
+            raise ValueError(f"DETECTION_SCORE_RULE must be one of {DETECTION_SCORE_RULES}, "
+                             f"got {self.DETECTION_SCORE_RULE!r}")
         if self.LOSS_NORMALIZATION not in ("release", "per_image"):
             raise ValueError(f"LOSS_NORMALIZATION must be 'release' or 'per_image', "
                              f"got {self.LOSS_NORMALIZATION!r}")

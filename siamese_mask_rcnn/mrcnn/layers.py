@@ -571,10 +571,21 @@ class DetectionLayer(Float32Layer):
         min_confidence: class score below which a ROI is dropped (``DETECTION_MIN_CONFIDENCE``).
         nms_threshold: per-class NMS IoU threshold (``DETECTION_NMS_THRESHOLD``).
         bbox_std_dev: 4 values the predicted deltas are multiplied by (``BBOX_STD_DEV``).
+        score_rule: ``"argmax"`` (matterport: each ROI's most probable class; background
+            drops it) or ``"foreground"`` (each ROI's most probable non-background class and
+            its probability, even when the background is more probable), then
+            ``min_confidence`` applies (``DETECTION_SCORE_RULE``).
+
+    Raises:
+        ValueError: an unknown ``score_rule``.
     """
 
-    def __init__(self, max_instances, min_confidence, nms_threshold, bbox_std_dev, **kwargs):
+    def __init__(self, max_instances, min_confidence, nms_threshold, bbox_std_dev, score_rule="argmax",
+                 **kwargs):
         super().__init__(**kwargs)
+        if score_rule not in ("argmax", "foreground"):
+            raise ValueError(f"score_rule must be 'argmax' or 'foreground', got {score_rule!r}")
+        self.score_rule = score_rule
         self.max_instances = int(max_instances)
         self.min_confidence = float(min_confidence)
         self.nms_threshold = float(nms_threshold)
@@ -583,11 +594,14 @@ class DetectionLayer(Float32Layer):
     def get_config(self):
         return {**super().get_config(), "max_instances": self.max_instances,
                 "min_confidence": self.min_confidence, "nms_threshold": self.nms_threshold,
-                "bbox_std_dev": self.bbox_std_dev.tolist()}
+                "bbox_std_dev": self.bbox_std_dev.tolist(), "score_rule": self.score_rule}
 
     def _one(self, args):
         rois, probs, deltas, window = args
-        class_ids = tf.argmax(probs, axis=1, output_type=tf.int32)
+        ranked = probs
+        if self.score_rule == "foreground":  # the background column can never win
+            ranked = tf.concat([tf.fill([tf.shape(probs)[0], 1], -1.0), probs[:, 1:]], axis=1)
+        class_ids = tf.argmax(ranked, axis=1, output_type=tf.int32)
         index = tf.stack([tf.range(tf.shape(probs)[0]), class_ids], axis=1)
         scores = tf.gather_nd(probs, index)
         deltas = tf.gather_nd(deltas, index) * self.bbox_std_dev

@@ -319,6 +319,7 @@ class MaskRCNN:
             class_agnostic_bbox=self.class_agnostic_bbox(), window_matmul=True)
         detections = DetectionLayer(config.DETECTION_MAX_INSTANCES, config.DETECTION_MIN_CONFIDENCE,
                                     config.DETECTION_NMS_THRESHOLD, config.BBOX_STD_DEV,
+                                    getattr(config, "DETECTION_SCORE_RULE", "argmax"),
                                     name="mrcnn_detection")([rpn_rois, class_probs, bbox, input_image_meta])
         det_boxes = SliceDetectionBoxes(name="detection_boxes")(detections)
         masks = build_fpn_mask_graph(det_boxes, mrcnn_maps, input_image_meta, config.MASK_POOL_SIZE,
