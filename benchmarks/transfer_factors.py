@@ -3,7 +3,8 @@
 Run by hand (not part of the tests)::
 
     python benchmarks/transfer_factors.py --weights logs/demo/checkpoints/<run>/mask_rcnn_demo_0030.h5 \
-        [--rendering paper] [--scenes 150] [--no-factors] [--dataset omniglot --data-dir DIR]
+        [--rendering paper] [--scenes 150] [--no-factors] [--dataset omniglot --data-dir DIR] \
+        [--score-rule foreground --min-confidence 0.05 --max-detections 30]
 
 It evaluates the checkpoint (a ``siamese-mrcnn demo`` model, ``config.json`` beside it) with the
 paper's one-shot protocol (Section 5.2) on the one-shot categories of:
@@ -74,6 +75,10 @@ def main(argv=None):
                         help="rendering of the in-distribution evaluation scenes (the model's training one)")
     parser.add_argument("--scenes", type=int, default=150, help="scenes per evaluation (default 150)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--score-rule", choices=["argmax", "foreground"],
+                        help="DETECTION_SCORE_RULE for this evaluation (default: the checkpoint's config)")
+    parser.add_argument("--min-confidence", type=float, help="DETECTION_MIN_CONFIDENCE (default: the config's)")
+    parser.add_argument("--max-detections", type=int, help="DETECTION_MAX_INSTANCES (default: the config's)")
     args = parser.parse_args(argv)
     if not pathlib.Path(args.weights).is_file():
         parser.error(f"--weights: no such file: {args.weights}")
@@ -81,6 +86,10 @@ def main(argv=None):
         parser.error("--dataset omniglot needs --data-dir")
     if args.scenes < 1:
         parser.error(f"--scenes must be >= 1, got {args.scenes}")
+    if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
+        parser.error(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
+    if args.max_detections is not None and args.max_detections < 1:
+        parser.error(f"--max-detections must be >= 1, got {args.max_detections}")
 
     from bench_inference import machine_description
     from siamese_mask_rcnn import demo, evaluation
@@ -95,12 +104,16 @@ def main(argv=None):
     try:
         _, val = demo.make_datasets(args.dataset, args.data_dir, 1, args.scenes, 128, args.seed,
                                     cache_size=None, rendering=args.rendering)
-        model = load_model(args.weights)
+        model = load_model(args.weights, min_confidence=args.min_confidence, score_rule=args.score_rule,
+                           max_detections=args.max_detections)
     except (FileNotFoundError, InputError, ValueError) as err:  # user errors: no traceback
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     predict = model.predict_fn()
     print(f"machine: {machine_description()}")
-    print(f"weights: {args.weights}; {args.scenes} scenes, seed {args.seed}; one-shot mAP50 (%)")
+    c = model.config
+    print(f"weights: {args.weights}; {args.scenes} scenes, seed {args.seed}; detections: "
+          f"{c.DETECTION_SCORE_RULE} rule, score >= {c.DETECTION_MIN_CONFIDENCE:g}, at most "
+          f"{c.DETECTION_MAX_INSTANCES}; one-shot mAP50 (%)")
 
     def show(label, dataset):
         t0 = time.time()

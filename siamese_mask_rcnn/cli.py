@@ -113,6 +113,10 @@ def build_parser():
     pred.add_argument("--min-confidence", type=float,
                       help="score threshold (default: the config's); with the presence head it applies "
                            "to the scores multiplied by the presence")
+    pred.add_argument("--score-rule", choices=["argmax", "foreground"],
+                      help="argmax (matterport: a ROI the background outscores is dropped) or foreground "
+                           "(every ROI scored by its match probability, kept from --min-confidence on); "
+                           "default: the config's DETECTION_SCORE_RULE")
     pred.add_argument("--min-similarity", type=_similarity_or_none,
                       help="verify every detection against the reference and drop those whose crop's "
                            "embedding is less similar (cosine, -1..1; default: the config's "
@@ -267,7 +271,7 @@ def main(argv=None):
         result = predict(args.weights, args.reference, args.query, out_png=args.out, out_json=args.json,
                          config_path=args.config, preset=args.preset, min_confidence=args.min_confidence,
                          allow_partial=args.allow_partial, min_similarity=args.min_similarity,
-                         known_margin=args.known_margin)
+                         known_margin=args.known_margin, score_rule=args.score_rule)
     except InputError as err:
         print(f"siamese-mrcnn predict: error: {err}", file=sys.stderr)
         return 2

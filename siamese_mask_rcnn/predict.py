@@ -419,7 +419,7 @@ def with_presence_head_of(weights, config, shapes=None):
 
 
 def load_model(weights, config_path=None, preset=None, min_confidence=None, allow_partial=False,
-               exclude=None, min_similarity=None, known_margin=None):
+               exclude=None, min_similarity=None, known_margin=None, score_rule=None, max_detections=None):
     """An inference ``SiameseMaskRCNN`` with ``weights`` loaded by layer name.
 
     ``weights``: a legacy-layout ``.h5`` (this project's checkpoints, matterport, the
@@ -430,7 +430,9 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
     ``min_confidence`` / ``min_similarity`` override the config's ``DETECTION_MIN_CONFIDENCE``
     / ``VERIFY_MIN_SIMILARITY`` (verification, :mod:`.verification`; ``"none"`` turns it off);
     ``known_margin`` the config's ``VERIFY_KNOWN_MARGIN`` (known-category rejection; ``"none"``
-    turns it off).
+    turns it off). ``score_rule`` / ``max_detections`` override ``DETECTION_SCORE_RULE``
+    (``"argmax"`` or ``"foreground"``, see :class:`.mrcnn.config.Config`) /
+    ``DETECTION_MAX_INSTANCES``.
 
     Raises:
         InputError: missing, truncated or corrupt file, a file that does not fit the
@@ -448,6 +450,10 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
         overrides["VERIFY_MIN_SIMILARITY"] = None if min_similarity == "none" else float(min_similarity)
     if known_margin is not None:
         overrides["VERIFY_KNOWN_MARGIN"] = None if known_margin == "none" else float(known_margin)
+    if score_rule is not None:
+        overrides["DETECTION_SCORE_RULE"] = score_rule
+    if max_detections is not None:
+        overrides["DETECTION_MAX_INSTANCES"] = max_detections
     beside = config_beside(weights)
     # Without a config the file's shapes give the preset and tell whether it holds a
     # presence head: read them once for both.
@@ -501,18 +507,26 @@ def check_complete(weights, report, allow_partial=False):
             "anyway, or, from Python, exclude=[...] for layers you mean to leave out")
 
 
-def build_predictor(weights, config=None, preset=None, allow_partial=False):
+def build_predictor(weights, config=None, preset=None, allow_partial=False, **detection):
     """Load an inference model from ``weights`` and return its evaluation ``predict_fn``
     (``predict_fn(image, {class_id: [crops]}) → {class_id: result}``, see
     ``SiameseMaskRCNN.predict_fn``).
 
     The config is ``config``, else the ``config.json`` training wrote beside the weights,
     else the ``preset``, else the preset inferred from the file (:func:`infer_preset`).
+    ``detection``: ``min_confidence``, ``score_rule``, ``max_detections`` as in
+    :func:`load_model` (without ``config``; None keeps the config's).
     Raises ``InputError`` naming a missing, unreadable or partial weights file (see
-    :func:`load_model`; ``allow_partial`` as there).
+    :func:`load_model`; ``allow_partial`` as there); ``TypeError`` for another keyword or
+    for ``detection`` given with ``config``.
     """
+    unknown = set(detection) - {"min_confidence", "score_rule", "max_detections"}
+    if unknown:
+        raise TypeError(f"build_predictor() got unexpected keyword(s) {sorted(unknown)}")
     if config is None:
-        return load_model(weights, preset=preset, allow_partial=allow_partial).predict_fn()
+        return load_model(weights, preset=preset, allow_partial=allow_partial, **detection).predict_fn()
+    if any(v is not None for v in detection.values()):
+        raise TypeError("build_predictor(): set min_confidence / score_rule / max_detections in the config given")
     from .siamese import SiameseMaskRCNN
 
     if not os.path.exists(weights):
@@ -546,6 +560,7 @@ def result_to_json(result, reference_paths, query_path, config=None):
         payload["presence"] = float(result["presence"])
     if config is not None:  # what the scores mean
         payload["min_confidence"] = float(config.DETECTION_MIN_CONFIDENCE)
+        payload["score_rule"] = str(getattr(config, "DETECTION_SCORE_RULE", "argmax"))
         if "presence" in result:
             payload["presence_gating"] = str(config.PRESENCE_GATING)
         if getattr(config, "VERIFY_MIN_SIMILARITY", None) is not None:
@@ -558,7 +573,8 @@ def result_to_json(result, reference_paths, query_path, config=None):
 
 
 def predict(weights, references, query, out_png=None, out_json=None, config_path=None, preset=None,
-            min_confidence=None, model=None, allow_partial=False, min_similarity=None, known_margin=None):
+            min_confidence=None, model=None, allow_partial=False, min_similarity=None, known_margin=None,
+            score_rule=None):
     """Find every instance of the references' category in ``query``.
 
     ``references``: one path/array or a list (k-shot: their embeddings are averaged).
@@ -568,6 +584,8 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
     verification is on (``min_similarity`` or the config's ``VERIFY_MIN_SIMILARITY``),
     ``"similarity"`` per detection (and ``"known_margin"`` with known-category rejection,
     ``known_margin`` or the config's ``VERIFY_KNOWN_MARGIN``); writes a picture and/or JSON.
+    ``score_rule``: ``DETECTION_SCORE_RULE`` of the model loaded here (``"foreground"`` keeps
+    ROIs the background outscores from ``min_confidence`` on; see :func:`load_model`).
 
     Raises:
         InputError: a missing, unreadable or URL image, a weights file :func:`load_model`
@@ -581,7 +599,7 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
     query_image = read_user_image(query, "query") if not isinstance(query, np.ndarray) else query
     if model is None:
         model = load_model(weights, config_path, preset, min_confidence, allow_partial=allow_partial,
-                           min_similarity=min_similarity, known_margin=known_margin)
+                           min_similarity=min_similarity, known_margin=known_margin, score_rule=score_rule)
     result = model.detect_embeddings(query_image, {0: model.embed_category(ref_images)})[0]
     if out_png:
         import matplotlib.pyplot as plt

@@ -53,10 +53,10 @@ TINY_INFERENCE = dict(IMAGES_PER_GPU=1, DETECTION_MAX_INSTANCES=5)
 MATCH_SCORE = 0.75
 
 
-@pytest.fixture(scope="session")
-def always_match_checkpoint(tmp_path_factory):
-    """An untrained tiny Siamese checkpoint whose classifier scores every proposal as a match
-    with probability exactly ``MATCH_SCORE``, with the ``config.json`` training writes beside it."""
+def constant_score_checkpoint(run_dir, score):
+    """Write an untrained tiny Siamese checkpoint whose classifier scores every proposal as a
+    match with probability exactly ``score`` (and ``config.json`` beside it, as training
+    does) into ``run_dir``; returns the weights' path."""
     import math
 
     import numpy as np
@@ -67,17 +67,23 @@ def always_match_checkpoint(tmp_path_factory):
     import keras
 
     keras.utils.set_random_seed(0)  # the same weights whichever test builds the checkpoint first
-    run_dir = tmp_path_factory.mktemp("always_match_run")
     config = demo_config(preset="tiny", **TINY_INFERENCE)
     model = SiameseMaskRCNN("inference", config, model_dir=str(run_dir))
     (kernel,) = [w for w in model.keras_model.weights if w.path == "mrcnn_class_logits/kernel"]
     (bias,) = [w for w in model.keras_model.weights if w.path == "mrcnn_class_logits/bias"]
     kernel.assign(np.zeros(kernel.shape, np.float32))
-    bias.assign(np.array([0.0, math.log(MATCH_SCORE / (1 - MATCH_SCORE))], np.float32))
+    bias.assign(np.array([0.0, math.log(score / (1 - score))], np.float32))
     path = run_dir / "mask_rcnn_demo_0001.h5"
     model.save_weights(str(path))
     config.save(str(run_dir / "config.json"))
     return path
+
+
+@pytest.fixture(scope="session")
+def always_match_checkpoint(tmp_path_factory):
+    """An untrained tiny Siamese checkpoint whose classifier scores every proposal as a match
+    with probability exactly ``MATCH_SCORE``, with the ``config.json`` training writes beside it."""
+    return constant_score_checkpoint(tmp_path_factory.mktemp("always_match_run"), MATCH_SCORE)
 
 
 @pytest.fixture(scope="module")

@@ -33,3 +33,55 @@ def test_evaluate_cli_runs_a_trained_model_through_the_protocol(project_root, co
     for name in ("table.txt", "absent.json", "confusion.png", "confusion.csv", "confusion.json",
                  "clutter.png", "clutter.csv", "clutter.json"):
         assert (out / name).exists(), name
+
+
+def _one_shot_results(out):
+    return json.loads(next(out.glob("results_one_shot_seed*.json")).read_text())
+
+
+def test_evaluate_detection_flags_reach_the_model(coco_subset_annotations, coco_subset_dir, tmp_path):
+    """A classifier unsure of every proposal (match probability 0.3 < the background's 0.7):
+    matterport's argmax rule detects nothing; ``--score-rule foreground`` keeps the ROIs from
+    ``--min-confidence`` on, at most ``--max-detections`` per (query, category)."""
+    from conftest import constant_score_checkpoint
+
+    weights = constant_score_checkpoint(tmp_path / "unsure_run", 0.3)
+    common = ["--annotations", str(coco_subset_annotations), "--images", str(coco_subset_dir / "images"),
+              "--split", "1", "--weights", str(weights), "--runs", "1", "--limit", "3", "--quiet"]
+    cli.main(common + ["--out", str(tmp_path / "argmax")])
+    assert _one_shot_results(tmp_path / "argmax") == []
+    cli.main(common + ["--score-rule", "foreground", "--min-confidence", "0.2", "--max-detections", "2",
+                       "--out", str(tmp_path / "fg")])
+    results = _one_shot_results(tmp_path / "fg")
+    assert results and [r["score"] for r in results] == pytest.approx([0.3] * len(results), abs=1e-5)
+    per_pair = {}
+    for r in results:
+        per_pair[(r["image_id"], r["category_id"])] = per_pair.get((r["image_id"], r["category_id"]), 0) + 1
+    assert max(per_pair.values()) == 2
+    cli.main(common + ["--score-rule", "foreground", "--min-confidence", "0.35", "--out", str(tmp_path / "hi")])
+    assert _one_shot_results(tmp_path / "hi") == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--min-confidence", "1.5"], "--min-confidence must be in [0, 1], got 1.5"),
+    (["--min-confidence", "nan"], "--min-confidence must be in [0, 1], got nan"),
+    (["--max-detections", "0"], "--max-detections"),
+    (["--model", "gt", "--score-rule", "foreground"], "--score-rule set the Siamese model's detections; --model gt"),
+])
+def test_evaluate_detection_flags_are_checked(coco_subset_annotations, coco_subset_dir, weights, tmp_path,
+                                              capsys, extra, message):
+    argv = ["--annotations", str(coco_subset_annotations), "--images", str(coco_subset_dir / "images"),
+            "--weights", str(weights), "--out", str(tmp_path / "o")] + extra
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_build_predictor_refuses_unknown_or_conflicting_detection_keywords(weights):
+    from siamese_mask_rcnn.predict import build_predictor
+
+    with pytest.raises(TypeError, match="min_confidnce"):
+        build_predictor(str(weights), min_confidnce=0.2)
+    with pytest.raises(TypeError, match="in the config given"):
+        build_predictor(str(weights), config=object(), score_rule="foreground")

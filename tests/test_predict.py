@@ -86,6 +86,23 @@ def test_cli_min_confidence_above_every_score_finds_nothing(weights, images, tmp
     assert capsys.readouterr().out.startswith("0 detections")
 
 
+def test_cli_score_rule_foreground_keeps_what_the_background_outscores(images, tmp_path, capsys):
+    from conftest import constant_score_checkpoint
+
+    unsure = constant_score_checkpoint(tmp_path / "unsure_run", 0.3)  # match 0.3, background 0.7
+    args = ("--weights", unsure, "--reference", images["reference"], "--query", images["query"])
+    assert run_cli(*args, "--json", tmp_path / "argmax.json", "--min-confidence", "0.2") == 0
+    assert json.loads((tmp_path / "argmax.json").read_text())["count"] == 0
+    assert run_cli(*args, "--json", tmp_path / "fg.json", "--min-confidence", "0.2", "--score-rule", "foreground") == 0
+    payload = json.loads((tmp_path / "fg.json").read_text())
+    assert payload["count"] >= 1 and payload["score_rule"] == "foreground"
+    assert [d["score"] for d in payload["detections"]] == pytest.approx([0.3] * payload["count"], abs=1e-5)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run_cli(*args, "--score-rule", "best")
+    assert "invalid choice: 'best'" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------ Python API
 def test_python_predict_returns_image_sized_masks(model, images):
     result = predict(None, images["reference"], images["query"], model=model)

@@ -25,6 +25,7 @@ import sys
 
 from ..cliargs import coco_parser, require_at_least, require_file
 from ..datasets.coco import SPLIT_ALL, split_label
+from ..mrcnn.config import DETECTION_SCORE_RULES
 from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
 from ..presets import PRESET_NAMES
 from ..train_coco import load_split_dataset
@@ -68,6 +69,15 @@ def build_parser(prog=None):
                             "weights (default: inferred from the weights' shapes)")
     model.add_argument("--allow-partial", action="store_true",
                        help="evaluate even if --weights leaves some layers of the model unfilled")
+    detections = parser.add_argument_group("detections (--model siamese; default: the config's)")
+    detections.add_argument("--min-confidence", type=float, metavar="P",
+                            help="detection score floor 0..1 (DETECTION_MIN_CONFIDENCE)")
+    detections.add_argument("--score-rule", choices=list(DETECTION_SCORE_RULES),
+                            help="argmax (matterport: a ROI the background outscores is dropped) or "
+                                 "foreground (every ROI scored by its match probability, kept from "
+                                 "--min-confidence on; DETECTION_SCORE_RULE)")
+    detections.add_argument("--max-detections", type=int, metavar="N",
+                            help="detections per (query, category) (DETECTION_MAX_INSTANCES)")
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument("--protocol", choices=["paper", "open-world"], default="paper",
                           help="paper: search each query only for categories present in it "
@@ -119,7 +129,9 @@ def check_args(parser, args):
     Raises:
         SystemExit: (status 2, via ``parser.error``) no data, ``--model siamese`` without
             weights, a weights file not found, a non-positive count, a ``--score-threshold``
-            that is not finite, or an output folder
+            that is not finite, a ``--min-confidence`` outside [0, 1], detection flags
+            (``--min-confidence``, ``--score-rule``, ``--max-detections``) with ``--model gt`` or
+            ``random``, or an output folder
             (``--out``, default ``logs/eval_<timestamp>``) that cannot be written: checked
             (and created) here, before any prediction, so no evaluation is lost.
     """
@@ -128,7 +140,15 @@ def check_args(parser, args):
     if args.model == "siamese" and not args.weights:
         parser.error("--model siamese needs --weights FILE (or use --model gt / random)")
     require_file(parser, args.weights, "weights")
-    require_at_least(parser, args, 1, "runs", "shots", "limit")
+    require_at_least(parser, args, 1, "runs", "shots", "limit", "max_detections")
+    if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:  # nan fails too
+        parser.error(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
+    if args.model != "siamese":
+        given = [flag for flag, value in (("--min-confidence", args.min_confidence),
+                                          ("--score-rule", args.score_rule),
+                                          ("--max-detections", args.max_detections)) if value is not None]
+        if given:
+            parser.error(f"{', '.join(given)} set the Siamese model's detections; --model {args.model} has none")
     require_at_least(parser, args, 0, "max_absent_per_image", "reference_min_size")
     if not math.isfinite(args.score_threshold):  # nan would count no false positive at all
         parser.error(f"--score-threshold must be a finite number, got {args.score_threshold}")
@@ -172,7 +192,9 @@ def make_predictor_factory(args, dataset):
         return lambda seed: random_boxes_predictor(dataset, seed)
     # imported here so that the baselines run without TensorFlow
     from ..predict import build_predictor
-    predictor = build_predictor(args.weights, preset=args.preset, allow_partial=args.allow_partial)
+    predictor = build_predictor(args.weights, preset=args.preset, allow_partial=args.allow_partial,
+                                min_confidence=args.min_confidence, score_rule=args.score_rule,
+                                max_detections=args.max_detections)
     return lambda seed: predictor
 
 
