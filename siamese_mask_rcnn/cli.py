@@ -15,6 +15,7 @@ from . import demo as demo_job
 from . import train_coco
 from .cliargs import require_at_least
 from .evaluation import cli as evaluation_cli
+from .mrcnn.config import DETECTION_SCORE_RULES
 from .mrcnn.fileio import UnwritableOutputError
 from .predict import InputError, check_inputs, predict
 from .presets import PRESET_NAMES
@@ -113,7 +114,7 @@ def build_parser():
     pred.add_argument("--min-confidence", type=float,
                       help="score threshold (default: the config's); with the presence head it applies "
                            "to the scores multiplied by the presence")
-    pred.add_argument("--score-rule", choices=["argmax", "foreground"],
+    pred.add_argument("--score-rule", choices=list(DETECTION_SCORE_RULES),
                       help="argmax (matterport: a ROI the background outscores is dropped) or foreground "
                            "(every ROI scored by its match probability, kept from --min-confidence on); "
                            "default: the config's DETECTION_SCORE_RULE")

@@ -8,6 +8,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
+from .config import DETECTION_SCORE_RULES
 from .image_meta import parse_image_meta_graph
 
 
@@ -583,8 +584,8 @@ class DetectionLayer(Float32Layer):
     def __init__(self, max_instances, min_confidence, nms_threshold, bbox_std_dev, score_rule="argmax",
                  **kwargs):
         super().__init__(**kwargs)
-        if score_rule not in ("argmax", "foreground"):
-            raise ValueError(f"score_rule must be 'argmax' or 'foreground', got {score_rule!r}")
+        if score_rule not in DETECTION_SCORE_RULES:
+            raise ValueError(f"score_rule must be one of {DETECTION_SCORE_RULES}, got {score_rule!r}")
         self.score_rule = score_rule
         self.max_instances = int(max_instances)
         self.min_confidence = float(min_confidence)
