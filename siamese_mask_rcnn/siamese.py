@@ -417,9 +417,13 @@ class SiameseMaskRCNN(MaskRCNN):
         ``utils.to_uint8_rgb``, any size) or image file paths; a single path or a single
         crop array (``[h, w]`` or ``[h, w, 1..4]``) counts as one reference, and an array
         ``[N, h, w, 3]`` (or ``[N, h, w]`` of grey crops wider than 4 pixels) as N. Raises
-        ``ValueError`` for an empty list or an empty crop, ``ImageLoadError`` for an unreadable
-        file.
+        ``ValueError`` for an empty list or an empty crop, ``TypeError`` for anything that is
+        not a path, an array or a list / tuple of them (``None`` included), ``ImageLoadError``
+        for an unreadable file.
         """
+        if not isinstance(references, (str, bytes, os.PathLike, np.ndarray, list, tuple)):
+            raise TypeError(f"references must be a crop array, an image file path or a list of them, "
+                            f"got {type(references).__name__}")
         if isinstance(references, (str, bytes, os.PathLike)):
             references = [references]
         elif isinstance(references, np.ndarray) and (

@@ -430,6 +430,11 @@ def test_cli_random_baseline_runs(coco_subset_annotations, coco_subset_dir, tmp_
 def test_unknown_class_id_is_named(dataset):
     with pytest.raises(ValueError, match=r"unknown class ids \[999\]"):
         ev.build_eval_pairs(dataset, [1, 999], seed=0)
+    for bad in (1.7, float("nan"), True, "3"):  # 1.7 used to be truncated to category 1
+        with pytest.raises(ValueError, match="class ids must be whole numbers"):
+            ev.build_eval_pairs(dataset, [1, bad], seed=0)
+    whole = ev.build_eval_pairs(dataset, [np.int64(1), 2.0], seed=0, load_crops=False)
+    assert whole and whole == ev.build_eval_pairs(dataset, [1, 2], seed=0, load_crops=False)
 
 
 def test_sample_script_is_a_thin_wrapper_that_still_runs(project_root):

@@ -161,6 +161,11 @@ def test_detect_accepts_the_release_positional_call_and_checks_counts(three_shot
         three_shot_model.detect_embeddings(query, {"bad": np.zeros(7, np.float32)})
     with pytest.raises(ValueError, match="at least one reference"):
         three_shot_model.encode_references([])
+    for bad in (None, 3, {"crop": refs[0]}):  # used to fail inside len() or np.stack
+        with pytest.raises(TypeError, match=f"a list of them, got {type(bad).__name__}"):
+            three_shot_model.encode_references(bad)
+    with pytest.raises(TypeError, match="got NoneType"):
+        three_shot_model.proposal_fn()(query, {1: None})
 
 
 # --------------------------------------------------------------------------- custom layers

@@ -5,6 +5,8 @@ For every query image and every evaluated category with a non-crowd instance in 
 query itself, never a crowd annotation). Ids are the dataset's internal ids.
 """
 import logging
+import math
+import numbers
 from collections import OrderedDict, namedtuple
 
 import numpy as np
@@ -35,9 +37,22 @@ def _query_images(dataset, class_ids, limit):
     return images
 
 
+def _whole_class_id(value):
+    """``value`` as an int class id; ``ValueError`` for 1.7, nan, a bool or a string (``int``
+    would truncate 1.7 to 1 and evaluate another category)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, numbers.Real)):
+        raise ValueError(f"class ids must be whole numbers, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if not math.isfinite(float(value)) or float(value) != int(value):
+        raise ValueError(f"class ids must be whole numbers, got {value!r}")
+    return int(value)
+
+
 def _check_class_ids(dataset, class_ids):
-    """Sorted unique class ids; raises ``ValueError`` naming ids the dataset does not have."""
-    class_ids = sorted(set(int(c) for c in class_ids))
+    """Sorted unique class ids; raises ``ValueError`` naming ids the dataset does not have,
+    or an id that is not a whole number."""
+    class_ids = sorted(set(_whole_class_id(c) for c in class_ids))
     unknown = [c for c in class_ids if not 0 < c < dataset.num_classes]
     if unknown:
         raise ValueError(f"unknown class ids {unknown} (valid: 1..{dataset.num_classes - 1})")
@@ -87,8 +102,8 @@ def build_eval_pairs(dataset, class_ids, seed, shots=1, limit=None, load_crops=T
     re-cut from ``reference_info`` when predicting, which keeps memory flat on large sets.
 
     Raises:
-        ValueError: ``shots`` < 1, ``limit`` < 1 or class ids the dataset does not
-            have (named).
+        ValueError: ``shots`` < 1, ``limit`` < 1, class ids the dataset does not have
+            (named) or a class id that is not a whole number (1.7, nan, a bool, a string).
     """
     pairs, _ = _draw_pairs(dataset, class_ids, seed, shots, limit, load_crops)
     return pairs
