@@ -85,3 +85,17 @@ def test_build_predictor_refuses_unknown_or_conflicting_detection_keywords(weigh
         build_predictor(str(weights), min_confidnce=0.2)
     with pytest.raises(TypeError, match="in the config given"):
         build_predictor(str(weights), config=object(), score_rule="foreground")
+
+
+def test_a_failed_model_load_leaves_no_empty_output_folder(coco_subset_annotations, coco_subset_dir, tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not an HDF5 file at all")
+    argv = ["--annotations", str(coco_subset_annotations), "--images", str(coco_subset_dir / "images"),
+            "--weights", str(bad), "--quiet"]
+    with pytest.raises(ValueError, match="bad.h5"):
+        cli.main(argv + ["--out", str(tmp_path / "new" / "eval")])
+    assert not (tmp_path / "new" / "eval").exists()  # made by the argument checks, removed again
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ValueError, match="bad.h5"):
+        cli.main(argv + ["--out", str(tmp_path / "mine")])
+    assert (tmp_path / "mine").is_dir()  # the user's own folder stays

@@ -26,7 +26,7 @@ import sys
 from ..cliargs import coco_parser, require_at_least, require_file
 from ..datasets.coco import SPLIT_ALL, split_label
 from ..mrcnn.config import DETECTION_SCORE_RULES
-from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
+from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir, remove_if_empty
 from ..presets import PRESET_NAMES
 from ..train_coco import load_split_dataset
 from .analyses import (absent_category_test, clutter_analysis, confusion_matrix, error_breakdown,
@@ -223,12 +223,24 @@ def main(argv=None, prog=None):
 
     Raises:
         SystemExit: bad arguments (status 2, see :func:`check_args`).
-        FileNotFoundError, ValueError: unusable data or weights (the message names them).
+        FileNotFoundError, ValueError: unusable data or weights (the message names them);
+            an output folder this call created is removed again if it is still empty.
     """
     os.environ.setdefault("MPLBACKEND", "Agg")  # plots are written to files, never shown
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    existed = args.out is not None and os.path.isdir(args.out)
     check_args(parser, args)
+    try:
+        return _evaluate(parser, args)
+    except BaseException:
+        if not existed:  # no empty logs/eval_<timestamp> left behind by a failed load
+            remove_if_empty(args.out)
+        raise
+
+
+def _evaluate(parser, args):
+    """:func:`main` after the argument checks."""
     if args.model == "siamese":  # the baselines (gt, random) run without TensorFlow
         from ..demo import apply_thread_arguments
         apply_thread_arguments(parser, args)

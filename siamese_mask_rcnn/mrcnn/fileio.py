@@ -96,6 +96,15 @@ def check_folder_possible(path, what="output folder"):
     return path
 
 
+def remove_if_empty(path):
+    """Remove the folder ``path`` if it exists and is empty (a folder made for outputs that
+    never came); anything else, including a failure to remove it, is left as it is."""
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
 def ensure_writable_dir(path, what="output folder"):
     """Create the folder ``path`` if needed and check a file can be written in it (a probe file
     is created and removed). Call it before any long work.
