@@ -66,6 +66,8 @@ GROUPS = {
 
 
 def main(argv=None):
+    from siamese_mask_rcnn.mrcnn.config import DETECTION_SCORE_RULES  # numpy only, no TensorFlow
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, help="a demo checkpoint (.h5) with config.json beside it")
     parser.add_argument("--dataset", choices=["synthetic", "omniglot"], default="synthetic")
@@ -75,7 +77,7 @@ def main(argv=None):
                         help="rendering of the in-distribution evaluation scenes (the model's training one)")
     parser.add_argument("--scenes", type=int, default=150, help="scenes per evaluation (default 150)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--score-rule", choices=["argmax", "foreground"],
+    parser.add_argument("--score-rule", choices=list(DETECTION_SCORE_RULES),
                         help="DETECTION_SCORE_RULE for this evaluation (default: the checkpoint's config)")
     parser.add_argument("--min-confidence", type=float, help="DETECTION_MIN_CONFIDENCE (default: the config's)")
     parser.add_argument("--max-detections", type=int, help="DETECTION_MAX_INSTANCES (default: the config's)")

@@ -116,8 +116,11 @@ def build_parser():
                            "to the scores multiplied by the presence")
     pred.add_argument("--score-rule", choices=list(DETECTION_SCORE_RULES),
                       help="argmax (matterport: a ROI the background outscores is dropped) or foreground "
-                           "(every ROI scored by its match probability, kept from --min-confidence on); "
-                           "default: the config's DETECTION_SCORE_RULE")
+                           "(every ROI scored by its match probability, kept from --min-confidence on: "
+                           "different only with --min-confidence below 0.5); default: the config's "
+                           "DETECTION_SCORE_RULE")
+    pred.add_argument("--max-detections", type=int, metavar="N",
+                      help="at most N detections (default: the config's DETECTION_MAX_INSTANCES)")
     pred.add_argument("--min-similarity", type=_similarity_or_none,
                       help="verify every detection against the reference and drop those whose crop's "
                            "embedding is less similar (cosine, -1..1; default: the config's "
@@ -260,7 +263,7 @@ def main(argv=None):
         parser.error(f"--min-similarity must be in [-1, 1], got {args.min_similarity}")
     if args.known_margin not in (None, "none") and not -2 <= args.known_margin <= 2:
         parser.error(f"--known-margin must be in [-2, 2], got {args.known_margin}")
-    require_at_least(parser, args, 1, "threads", "inter_op_threads")  # argument errors first
+    require_at_least(parser, args, 1, "threads", "inter_op_threads", "max_detections")  # argument errors first
     try:  # missing files are reported before TensorFlow is imported (seconds)
         check_inputs(args.weights, args.reference, args.query, args.out, args.json, config_path=args.config,
                      decode=True, known_margin=args.known_margin)
@@ -272,7 +275,8 @@ def main(argv=None):
         result = predict(args.weights, args.reference, args.query, out_png=args.out, out_json=args.json,
                          config_path=args.config, preset=args.preset, min_confidence=args.min_confidence,
                          allow_partial=args.allow_partial, min_similarity=args.min_similarity,
-                         known_margin=args.known_margin, score_rule=args.score_rule)
+                         known_margin=args.known_margin, score_rule=args.score_rule,
+                         max_detections=args.max_detections)
     except InputError as err:
         print(f"siamese-mrcnn predict: error: {err}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ classifier width (``FPN_CLASSIF_FC_LAYERS_SIZE``) matches the file: the official
 get ``paper``.
 """
 import json
+import numbers
 import os
 import pathlib
 import sys
@@ -418,6 +419,29 @@ def with_presence_head_of(weights, config, shapes=None):
     return SiameseConfig.from_dict({**config.to_dict(), "PRESENCE_HEAD": True}, strict=False)
 
 
+def check_detection_arguments(min_confidence=None, score_rule=None, max_detections=None):
+    """Check :func:`load_model`'s detection arguments (None: keep the config's) before any
+    file is read, naming the argument.
+
+    Raises:
+        ValueError: ``min_confidence`` not a number in [0, 1] (nan included), ``score_rule``
+            not one of :data:`.mrcnn.config.DETECTION_SCORE_RULES`, ``max_detections`` not a
+            whole number >= 1.
+    """
+    from .mrcnn.config import DETECTION_SCORE_RULES
+
+    if min_confidence is not None:
+        if isinstance(min_confidence, bool) or not isinstance(min_confidence, numbers.Real) \
+                or not 0.0 <= float(min_confidence) <= 1.0:
+            raise ValueError(f"min_confidence must be a number in [0, 1], got {min_confidence!r}")
+    if score_rule is not None and score_rule not in DETECTION_SCORE_RULES:
+        raise ValueError(f"score_rule must be one of {DETECTION_SCORE_RULES}, got {score_rule!r}")
+    if max_detections is not None:
+        if isinstance(max_detections, bool) or not isinstance(max_detections, numbers.Integral) \
+                or max_detections < 1:
+            raise ValueError(f"max_detections must be a whole number >= 1, got {max_detections!r}")
+
+
 def load_model(weights, config_path=None, preset=None, min_confidence=None, allow_partial=False,
                exclude=None, min_similarity=None, known_margin=None, score_rule=None, max_detections=None):
     """An inference ``SiameseMaskRCNN`` with ``weights`` loaded by layer name.
@@ -435,6 +459,8 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
     ``DETECTION_MAX_INSTANCES``.
 
     Raises:
+        ValueError: a bad ``min_confidence``, ``score_rule`` or ``max_detections``
+            (:func:`check_detection_arguments`, before any file is read).
         InputError: missing, truncated or corrupt file, a file that does not fit the
             configuration (without a ``config.json``, the message says which preset was
             assumed and how to pass ``--config``), a partial file, or known-category rejection
@@ -443,6 +469,7 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
     """
     from .siamese import SiameseMaskRCNN
 
+    check_detection_arguments(min_confidence, score_rule, max_detections)
     if not os.path.exists(weights):
         raise InputError(f"weights file not found: {weights}")
     overrides = {} if min_confidence is None else {"DETECTION_MIN_CONFIDENCE": float(min_confidence)}
@@ -561,6 +588,7 @@ def result_to_json(result, reference_paths, query_path, config=None):
     if config is not None:  # what the scores mean
         payload["min_confidence"] = float(config.DETECTION_MIN_CONFIDENCE)
         payload["score_rule"] = str(getattr(config, "DETECTION_SCORE_RULE", "argmax"))
+        payload["max_detections"] = int(config.DETECTION_MAX_INSTANCES)
         if "presence" in result:
             payload["presence_gating"] = str(config.PRESENCE_GATING)
         if getattr(config, "VERIFY_MIN_SIMILARITY", None) is not None:
@@ -574,7 +602,7 @@ def result_to_json(result, reference_paths, query_path, config=None):
 
 def predict(weights, references, query, out_png=None, out_json=None, config_path=None, preset=None,
             min_confidence=None, model=None, allow_partial=False, min_similarity=None, known_margin=None,
-            score_rule=None):
+            score_rule=None, max_detections=None):
     """Find every instance of the references' category in ``query``.
 
     ``references``: one path/array or a list (k-shot: their embeddings are averaged).
@@ -584,14 +612,27 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
     verification is on (``min_similarity`` or the config's ``VERIFY_MIN_SIMILARITY``),
     ``"similarity"`` per detection (and ``"known_margin"`` with known-category rejection,
     ``known_margin`` or the config's ``VERIFY_KNOWN_MARGIN``); writes a picture and/or JSON.
-    ``score_rule``: ``DETECTION_SCORE_RULE`` of the model loaded here (``"foreground"`` keeps
-    ROIs the background outscores from ``min_confidence`` on; see :func:`load_model`).
+    ``score_rule`` / ``max_detections``: ``DETECTION_SCORE_RULE`` / ``DETECTION_MAX_INSTANCES``
+    of the model loaded here (``"foreground"`` keeps ROIs the background outscores, which
+    matters only with a ``min_confidence`` below 0.5; see :func:`load_model`). With ``model``
+    (already loaded) these and ``min_confidence``, ``min_similarity``, ``known_margin`` cannot
+    apply: set them when loading it.
 
     Raises:
         InputError: a missing, unreadable or URL image, a weights file :func:`load_model`
             refuses, ``out_png`` / ``out_json`` is a directory or its folder cannot be
             written (checked before the model is loaded).
+        ValueError: a loading option (``min_confidence``, ``score_rule``, ``max_detections``,
+            ``min_similarity``, ``known_margin``) given with ``model``, or a bad value of one
+            (named as the argument).
     """
+    if model is not None:
+        given = [name for name, value in (("min_confidence", min_confidence), ("score_rule", score_rule),
+                                          ("max_detections", max_detections), ("min_similarity", min_similarity),
+                                          ("known_margin", known_margin)) if value is not None]
+        if given:
+            raise ValueError(f"predict(model=...): {', '.join(given)} apply when the model is loaded; "
+                             f"pass them to load_model(...) instead")
     check_inputs(weights if model is None else None, references, query, out_png, out_json,
                  config_path=config_path if model is None else None, known_margin=known_margin)
     refs = references if isinstance(references, (list, tuple)) else [references]
@@ -599,7 +640,8 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
     query_image = read_user_image(query, "query") if not isinstance(query, np.ndarray) else query
     if model is None:
         model = load_model(weights, config_path, preset, min_confidence, allow_partial=allow_partial,
-                           min_similarity=min_similarity, known_margin=known_margin, score_rule=score_rule)
+                           min_similarity=min_similarity, known_margin=known_margin, score_rule=score_rule,
+                           max_detections=max_detections)
     result = model.detect_embeddings(query_image, {0: model.embed_category(ref_images)})[0]
     if out_png:
         import matplotlib.pyplot as plt

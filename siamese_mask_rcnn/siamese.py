@@ -915,10 +915,11 @@ class SiameseMaskRCNN(MaskRCNN):
     def predict_fn(self):
         """A ``predict_fn(image, {class_id: [crops]}) → {class_id: result}`` for
         ``siamese_mask_rcnn.evaluation`` (one k-shot embedding per category, the query
-        encoded once)."""
+        encoded once); its ``config`` attribute is the model's config."""
         def predict(image, references):
             embeddings = {cid: self.embed_category(crops) for cid, crops in references.items()}
             return self.detect_embeddings(image, embeddings)
+        predict.config = self.config  # what the detections follow (thresholds, cap, score rule)
         return predict
 
 

@@ -50,6 +50,9 @@ def test_evaluate_detection_flags_reach_the_model(coco_subset_annotations, coco_
               "--split", "1", "--weights", str(weights), "--runs", "1", "--limit", "3", "--quiet"]
     cli.main(common + ["--out", str(tmp_path / "argmax")])
     assert _one_shot_results(tmp_path / "argmax") == []
+    recorded = json.loads((tmp_path / "argmax" / "summary.json").read_text())["config"]
+    # the settings in effect (the checkpoint's config), not the flags' None
+    assert (recorded["score_rule"], recorded["min_confidence"], recorded["max_detections"]) == ("argmax", 0.5, 5)
     cli.main(common + ["--score-rule", "foreground", "--min-confidence", "0.2", "--max-detections", "2",
                        "--out", str(tmp_path / "fg")])
     results = _one_shot_results(tmp_path / "fg")
@@ -66,7 +69,9 @@ def test_evaluate_detection_flags_reach_the_model(coco_subset_annotations, coco_
     (["--min-confidence", "1.5"], "--min-confidence must be in [0, 1], got 1.5"),
     (["--min-confidence", "nan"], "--min-confidence must be in [0, 1], got nan"),
     (["--max-detections", "0"], "--max-detections"),
-    (["--model", "gt", "--score-rule", "foreground"], "--score-rule set the Siamese model's detections; --model gt"),
+    (["--model", "gt", "--score-rule", "foreground"], "--score-rule sets the Siamese model's detections; --model gt"),
+    (["--model", "random", "--score-rule", "foreground", "--max-detections", "3"],
+     "--score-rule, --max-detections set the Siamese model's detections; --model random"),
 ])
 def test_evaluate_detection_flags_are_checked(coco_subset_annotations, coco_subset_dir, weights, tmp_path,
                                               capsys, extra, message):

@@ -97,10 +97,38 @@ def test_cli_score_rule_foreground_keeps_what_the_background_outscores(images, t
     payload = json.loads((tmp_path / "fg.json").read_text())
     assert payload["count"] >= 1 and payload["score_rule"] == "foreground"
     assert [d["score"] for d in payload["detections"]] == pytest.approx([0.3] * payload["count"], abs=1e-5)
+    assert payload["max_detections"] == TINY_INFERENCE["DETECTION_MAX_INSTANCES"]
+    assert run_cli(*args, "--json", tmp_path / "cap.json", "--min-confidence", "0.2", "--score-rule", "foreground",
+                   "--max-detections", "1") == 0
+    capped = json.loads((tmp_path / "cap.json").read_text())
+    assert capped["count"] == 1 and capped["max_detections"] == 1
     capsys.readouterr()
     with pytest.raises(SystemExit):
         run_cli(*args, "--score-rule", "best")
     assert "invalid choice: 'best'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli(*args, "--max-detections", "0")
+    assert "--max-detections must be >= 1" in capsys.readouterr().err
+
+
+def test_python_predict_refuses_loading_options_with_a_loaded_model(model, images):
+    for option in ({"min_confidence": 0.9}, {"score_rule": "argmax"}, {"max_detections": 3},
+                   {"min_similarity": 0.5}, {"known_margin": 0.1}):
+        with pytest.raises(ValueError, match=f"{next(iter(option))} apply when the model is loaded"):
+            predict(None, images["reference"], images["query"], model=model, **option)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"score_rule": "fg"}, "score_rule must be one of ('argmax', 'foreground'), got 'fg'"),
+    ({"min_confidence": float("nan")}, "min_confidence must be a number in [0, 1], got nan"),
+    ({"min_confidence": 2}, "min_confidence must be a number in [0, 1], got 2"),
+    ({"max_detections": 0}, "max_detections must be a whole number >= 1, got 0"),
+    ({"max_detections": 2.5}, "max_detections must be a whole number >= 1, got 2.5"),
+])
+def test_load_model_names_the_bad_argument_not_the_config_file(weights, kwargs, message):
+    with pytest.raises(ValueError) as info:
+        predict_module.load_model(str(weights), **kwargs)
+    assert str(info.value) == message
 
 
 # ------------------------------------------------------------------------------ Python API

@@ -148,7 +148,8 @@ def check_args(parser, args):
                                           ("--score-rule", args.score_rule),
                                           ("--max-detections", args.max_detections)) if value is not None]
         if given:
-            parser.error(f"{', '.join(given)} set the Siamese model's detections; --model {args.model} has none")
+            verb = "sets" if len(given) == 1 else "set"
+            parser.error(f"{', '.join(given)} {verb} the Siamese model's detections; --model {args.model} has none")
     require_at_least(parser, args, 0, "max_absent_per_image", "reference_min_size")
     if not math.isfinite(args.score_threshold):  # nan would count no false positive at all
         parser.error(f"--score-threshold must be a finite number, got {args.score_threshold}")
@@ -195,6 +196,10 @@ def make_predictor_factory(args, dataset):
     predictor = build_predictor(args.weights, preset=args.preset, allow_partial=args.allow_partial,
                                 min_confidence=args.min_confidence, score_rule=args.score_rule,
                                 max_detections=args.max_detections)
+    config = predictor.config  # the settings in effect, recorded in summary.json and the title
+    args.min_confidence = float(config.DETECTION_MIN_CONFIDENCE)
+    args.score_rule = str(config.DETECTION_SCORE_RULE)
+    args.max_detections = int(config.DETECTION_MAX_INSTANCES)
     return lambda seed: predictor
 
 
@@ -276,7 +281,9 @@ def _evaluate(parser, args):
         errors.update(model=args.model, split=split_label(args.split), categories=first_set)
     title = (f"model {args.model}, split {split_label(args.split)}, {args.shots}-shot, "
              f"{args.runs} run(s) from seed {args.seed}"
-             + (f", first {args.limit} images" if args.limit else ""))
+             + (f", first {args.limit} images" if args.limit else "")
+             + (f"; detections: {args.score_rule} rule, score >= {args.min_confidence:g}, at most "
+                f"{args.max_detections}" if args.model == "siamese" else ""))
     out_dir = args.out  # checked writable by check_args
     config = {k: v for k, v in vars(args).items()}
     config["out"] = out_dir
