@@ -561,7 +561,8 @@ class DetectionTargetLayer(Float32Layer):
 
 
 class DetectionLayer(Float32Layer):
-    """Final detections: refine ROIs by class, drop background and weak scores, per-class NMS.
+    """Final detections: refine ROIs by class, drop background ROIs (``score_rule``) and weak
+    scores, per-class NMS.
 
     Inputs: ``[rois [B, N, 4], mrcnn_class [B, N, C], mrcnn_bbox [B, N, C, 4], image_meta]``.
     Output: ``[B, max_instances, 6]`` rows ``(y1, x1, y2, x2, class_id, score)``
