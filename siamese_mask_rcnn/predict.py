@@ -588,7 +588,8 @@ def result_to_json(result, reference_paths, query_path, config=None):
     if config is not None:  # what the scores mean
         payload["min_confidence"] = float(config.DETECTION_MIN_CONFIDENCE)
         payload["score_rule"] = str(getattr(config, "DETECTION_SCORE_RULE", "argmax"))
-        payload["max_detections"] = int(config.DETECTION_MAX_INSTANCES)
+        if getattr(config, "DETECTION_MAX_INSTANCES", None) is not None:
+            payload["max_detections"] = int(config.DETECTION_MAX_INSTANCES)
         if "presence" in result:
             payload["presence_gating"] = str(config.PRESENCE_GATING)
         if getattr(config, "VERIFY_MIN_SIMILARITY", None) is not None:
