@@ -460,7 +460,8 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
 
     Raises:
         ValueError: a bad ``min_confidence``, ``score_rule`` or ``max_detections``
-            (:func:`check_detection_arguments`, before any file is read).
+            (:func:`check_detection_arguments`, before any file is read), or a
+            ``max_detections`` above the config's ``POST_NMS_ROIS_INFERENCE``.
         InputError: missing, truncated or corrupt file, a file that does not fit the
             configuration (without a ``config.json``, the message says which preset was
             assumed and how to pass ``--config``), a partial file, or known-category rejection
@@ -488,6 +489,10 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
               and not os.path.exists(beside) else None)
     config = with_presence_head_of(
         weights, resolve_config(weights, config_path, preset, shapes=shapes, **overrides), shapes)
+    if max_detections is not None and max_detections > config.POST_NMS_ROIS_INFERENCE:
+        # more slots than scored proposals only pads (and a huge cap fills memory with padding)
+        raise ValueError(f"max_detections must be at most the {config.POST_NMS_ROIS_INFERENCE} proposals "
+                         f"the model scores (POST_NMS_ROIS_INFERENCE), got {max_detections}")
     model = SiameseMaskRCNN("inference", config, model_dir=os.path.dirname(os.path.abspath(weights)))
     try:
         report = model.load_weights(weights, by_name=True, exclude=exclude)
@@ -632,8 +637,9 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
                                           ("max_detections", max_detections), ("min_similarity", min_similarity),
                                           ("known_margin", known_margin)) if value is not None]
         if given:
-            raise ValueError(f"predict(model=...): {', '.join(given)} apply when the model is loaded; "
-                             f"pass them to load_model(...) instead")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ValueError(f"predict(model=...): {', '.join(given)} {verb} when the model is loaded; "
+                             f"pass {'it' if len(given) == 1 else 'them'} to load_model(...) instead")
     check_inputs(weights if model is None else None, references, query, out_png, out_json,
                  config_path=config_path if model is None else None, known_margin=known_margin)
     refs = references if isinstance(references, (list, tuple)) else [references]

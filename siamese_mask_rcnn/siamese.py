@@ -908,17 +908,32 @@ class SiameseMaskRCNN(MaskRCNN):
         :meth:`proposals` (one k-shot embedding per category, the query encoded once) for
         :func:`.evaluation.proposal_recall`."""
         def proposals(image, references):
-            return self._proposals(self._query_image(image), {cid: self._check_embedding(self.embed_category(crops), "the embedding")
-                                           for cid, crops in references.items()})
+            return self._proposals(self._query_image(image), self._embed_categories(references))
         return proposals
+
+    def _embed_categories(self, references):
+        """``{class_id: embedding}`` of ``{class_id: crops}`` (checked).
+
+        Raises:
+            TypeError: ``references`` is not a dict, or a category's crops are not a crop, a
+                path or a list of them (the class id named).
+        """
+        if not isinstance(references, dict):
+            raise TypeError(f"references must be a dict {{class_id: crops}}, got {type(references).__name__}")
+        embeddings = {}
+        for cid, crops in references.items():
+            try:
+                embeddings[cid] = self._check_embedding(self.embed_category(crops), "the embedding")
+            except TypeError as err:
+                raise TypeError(f"category {cid!r}: {err}") from None
+        return embeddings
 
     def predict_fn(self):
         """A ``predict_fn(image, {class_id: [crops]}) → {class_id: result}`` for
         ``siamese_mask_rcnn.evaluation`` (one k-shot embedding per category, the query
         encoded once); its ``config`` attribute is the model's config."""
         def predict(image, references):
-            embeddings = {cid: self.embed_category(crops) for cid, crops in references.items()}
-            return self.detect_embeddings(image, embeddings)
+            return self.detect_embeddings(image, self._embed_categories(references))
         predict.config = self.config  # what the detections follow (thresholds, cap, score rule)
         return predict
 

@@ -98,8 +98,9 @@ def test_a_failed_model_load_leaves_no_empty_output_folder(coco_subset_annotatio
     argv = ["--annotations", str(coco_subset_annotations), "--images", str(coco_subset_dir / "images"),
             "--weights", str(bad), "--quiet"]
     with pytest.raises(ValueError, match="bad.h5"):
-        cli.main(argv + ["--out", str(tmp_path / "new" / "eval")])
-    assert not (tmp_path / "new" / "eval").exists()  # made by the argument checks, removed again
+        cli.main(argv + ["--out", str(tmp_path / "new" / "deeper" / "eval")])
+    assert not (tmp_path / "new").exists()  # made by the argument checks, removed again, parents too
+    assert tmp_path.is_dir()
     (tmp_path / "mine").mkdir()
     with pytest.raises(ValueError, match="bad.h5"):
         cli.main(argv + ["--out", str(tmp_path / "mine")])

@@ -433,6 +433,10 @@ def test_unknown_class_id_is_named(dataset):
     for bad in (1.7, float("nan"), True, "3"):  # 1.7 used to be truncated to category 1
         with pytest.raises(ValueError, match="class ids must be whole numbers"):
             ev.build_eval_pairs(dataset, [1, bad], seed=0)
+    with pytest.raises(ValueError, match=r"shots must be >= 1 \(a whole number\), got 1.5"):
+        ev.build_eval_pairs(dataset, [1], seed=0, shots=1.5)  # was run as 1 shot
+    with pytest.raises(ValueError, match=r"limit must be a positive number of query images \(a whole number\), got 2.7"):
+        ev.build_eval_pairs(dataset, [1], seed=0, limit=2.7)  # was cut to 2 images
     whole = ev.build_eval_pairs(dataset, [np.int64(1), 2.0], seed=0, load_crops=False)
     assert whole and whole == ev.build_eval_pairs(dataset, [1, 2], seed=0, load_crops=False)
 

@@ -114,7 +114,7 @@ def test_cli_score_rule_foreground_keeps_what_the_background_outscores(images, t
 def test_python_predict_refuses_loading_options_with_a_loaded_model(model, images):
     for option in ({"min_confidence": 0.9}, {"score_rule": "argmax"}, {"max_detections": 3},
                    {"min_similarity": 0.5}, {"known_margin": 0.1}):
-        with pytest.raises(ValueError, match=f"{next(iter(option))} apply when the model is loaded"):
+        with pytest.raises(ValueError, match=f"{next(iter(option))} applies when the model is loaded"):
             predict(None, images["reference"], images["query"], model=model, **option)
 
 
@@ -124,6 +124,8 @@ def test_python_predict_refuses_loading_options_with_a_loaded_model(model, image
     ({"min_confidence": 2}, "min_confidence must be a number in [0, 1], got 2"),
     ({"max_detections": 0}, "max_detections must be a whole number >= 1, got 0"),
     ({"max_detections": 2.5}, "max_detections must be a whole number >= 1, got 2.5"),
+    ({"max_detections": 10 ** 6}, "max_detections must be at most the 50 proposals the model scores "
+                                  "(POST_NMS_ROIS_INFERENCE), got 1000000"),
 ])
 def test_load_model_names_the_bad_argument_not_the_config_file(weights, kwargs, message):
     with pytest.raises(ValueError) as info:

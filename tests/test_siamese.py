@@ -164,8 +164,11 @@ def test_detect_accepts_the_release_positional_call_and_checks_counts(three_shot
     for bad in (None, 3, {"crop": refs[0]}):  # used to fail inside len() or np.stack
         with pytest.raises(TypeError, match=f"a list of them, got {type(bad).__name__}"):
             three_shot_model.encode_references(bad)
-    with pytest.raises(TypeError, match="got NoneType"):
+    with pytest.raises(TypeError, match="category 1: references must be .* got NoneType"):
         three_shot_model.proposal_fn()(query, {1: None})
+    for fn in (three_shot_model.proposal_fn(), three_shot_model.predict_fn()):
+        with pytest.raises(TypeError, match="references must be a dict"):
+            fn(query, None)
 
 
 # --------------------------------------------------------------------------- custom layers

@@ -26,7 +26,7 @@ import sys
 from ..cliargs import coco_parser, require_at_least, require_file
 from ..datasets.coco import SPLIT_ALL, split_label
 from ..mrcnn.config import DETECTION_SCORE_RULES
-from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir, remove_if_empty
+from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir, first_missing_dir, remove_created_dirs
 from ..presets import PRESET_NAMES
 from ..train_coco import load_split_dataset
 from .analyses import (absent_category_test, clutter_analysis, confusion_matrix, error_breakdown,
@@ -229,18 +229,20 @@ def main(argv=None, prog=None):
     Raises:
         SystemExit: bad arguments (status 2, see :func:`check_args`).
         FileNotFoundError, ValueError: unusable data or weights (the message names them);
-            an output folder this call created is removed again if it is still empty.
+            the output folder and the parents this call created are removed again while
+            empty.
     """
     os.environ.setdefault("MPLBACKEND", "Agg")  # plots are written to files, never shown
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    existed = args.out is not None and os.path.isdir(args.out)
+    args.out = args.out or default_out_dir()
+    missing = first_missing_dir(args.out)
     check_args(parser, args)
     try:
         return _evaluate(parser, args)
     except BaseException:
-        if not existed:  # no empty logs/eval_<timestamp> left behind by a failed load
-            remove_if_empty(args.out)
+        # no empty logs/eval_<timestamp> (nor the parents made for it) left by a failed load
+        remove_created_dirs(args.out, missing)
         raise
 
 

@@ -31,22 +31,27 @@ def _query_images(dataset, class_ids, limit):
     images = [int(img) for img in sorted(dataset.image_ids)
               if wanted.intersection(dataset.image_categories.get(int(img), []))]
     if limit is not None:
-        if int(limit) < 1:
+        if _whole(limit, "limit must be a positive number of query images (a whole number)") < 1:
             raise ValueError(f"limit must be a positive number of query images, got {limit}")
         images = images[:int(limit)]
     return images
 
 
-def _whole_class_id(value):
-    """``value`` as an int class id; ``ValueError`` for 1.7, nan, a bool or a string (``int``
-    would truncate 1.7 to 1 and evaluate another category)."""
+def _whole(value, what):
+    """``value`` as an int, or ``ValueError`` "<what> must be whole numbers, got ..." for 1.7,
+    nan, a bool or a string (``int`` would truncate 1.7 to 1)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, numbers.Real)):
-        raise ValueError(f"class ids must be whole numbers, got {value!r}")
+        raise ValueError(f"{what}, got {value!r}")
     if isinstance(value, numbers.Integral):
         return int(value)
     if not math.isfinite(float(value)) or float(value) != int(value):
-        raise ValueError(f"class ids must be whole numbers, got {value!r}")
+        raise ValueError(f"{what}, got {value!r}")
     return int(value)
+
+
+def _whole_class_id(value):
+    """``value`` as an int class id (see :func:`_whole`)."""
+    return _whole(value, "class ids must be whole numbers")
 
 
 def _check_class_ids(dataset, class_ids):
@@ -65,7 +70,7 @@ def _draw_pairs(dataset, class_ids, seed, shots, limit, load_crops):
     ``skipped`` lists the ``(image_id, class_id)`` combinations for which no other image
     holds a usable reference instance (they are left out of the evaluation).
     """
-    if int(shots) < 1:
+    if _whole(shots, "shots must be >= 1 (a whole number)") < 1:
         raise ValueError(f"shots must be >= 1, got {shots}")
     class_ids = _check_class_ids(dataset, class_ids)
     rng = np.random.default_rng(seed)
@@ -102,7 +107,7 @@ def build_eval_pairs(dataset, class_ids, seed, shots=1, limit=None, load_crops=T
     re-cut from ``reference_info`` when predicting, which keeps memory flat on large sets.
 
     Raises:
-        ValueError: ``shots`` < 1, ``limit`` < 1, class ids the dataset does not have
+        ValueError: ``shots`` or ``limit`` < 1 or not a whole number, class ids the dataset does not have
             (named) or a class id that is not a whole number (1.7, nan, a bool, a string).
     """
     pairs, _ = _draw_pairs(dataset, class_ids, seed, shots, limit, load_crops)

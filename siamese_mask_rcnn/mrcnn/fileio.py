@@ -96,13 +96,35 @@ def check_folder_possible(path, what="output folder"):
     return path
 
 
-def remove_if_empty(path):
-    """Remove the folder ``path`` if it exists and is empty (a folder made for outputs that
-    never came); anything else, including a failure to remove it, is left as it is."""
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
+def first_missing_dir(path):
+    """The outermost folder on the way to ``path`` that does not exist yet (absolute), or None
+    when ``path`` exists: what creating ``path`` would add, for :func:`remove_created_dirs`."""
+    path = os.path.abspath(path)
+    missing = None
+    while not os.path.exists(path):
+        missing = path
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def remove_created_dirs(path, first_missing):
+    """Remove the folder ``path`` and its parents up to ``first_missing`` (from
+    :func:`first_missing_dir` before they were made) while each is empty: folders made for
+    outputs that never came. Anything not empty, or not removable, stays."""
+    if first_missing is None:
+        return
+    path = os.path.abspath(path)
+    while True:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+        if path == first_missing or os.path.dirname(path) == path:
+            return
+        path = os.path.dirname(path)
 
 
 def ensure_writable_dir(path, what="output folder"):
