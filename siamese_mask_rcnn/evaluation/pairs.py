@@ -38,8 +38,8 @@ def _query_images(dataset, class_ids, limit):
 
 
 def _whole(value, what):
-    """``value`` as an int, or ``ValueError`` "<what> must be whole numbers, got ..." for 1.7,
-    nan, a bool or a string (``int`` would truncate 1.7 to 1)."""
+    """``value`` as an int, or ``ValueError`` "<what>, got <value>" for 1.7, nan, a bool or a
+    string (``int`` would truncate 1.7 to 1)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, numbers.Real)):
         raise ValueError(f"{what}, got {value!r}")
     if isinstance(value, numbers.Integral):
