@@ -460,9 +460,9 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
 
     Raises:
         ValueError: a bad ``min_confidence``, ``score_rule`` or ``max_detections``
-            (:func:`check_detection_arguments`, before any file is read), or a
-            ``max_detections`` above the config's ``POST_NMS_ROIS_INFERENCE``.
-        InputError: missing, truncated or corrupt file, a file that does not fit the
+            (:func:`check_detection_arguments`, before any file is read).
+        InputError: a ``max_detections`` above the config's ``POST_NMS_ROIS_INFERENCE``,
+            a missing, truncated or corrupt file, a file that does not fit the
             configuration (without a ``config.json``, the message says which preset was
             assumed and how to pass ``--config``), a partial file, or known-category rejection
             (``known_margin`` / ``VERIFY_KNOWN_MARGIN``) with a file that holds no reference
@@ -491,7 +491,7 @@ def load_model(weights, config_path=None, preset=None, min_confidence=None, allo
         weights, resolve_config(weights, config_path, preset, shapes=shapes, **overrides), shapes)
     if max_detections is not None and max_detections > config.POST_NMS_ROIS_INFERENCE:
         # more slots than scored proposals only pads (and a huge cap fills memory with padding)
-        raise ValueError(f"max_detections must be at most the {config.POST_NMS_ROIS_INFERENCE} proposals "
+        raise InputError(f"max_detections must be at most the {config.POST_NMS_ROIS_INFERENCE} proposals "
                          f"the model scores (POST_NMS_ROIS_INFERENCE), got {max_detections}")
     model = SiameseMaskRCNN("inference", config, model_dir=os.path.dirname(os.path.abspath(weights)))
     try:

@@ -917,6 +917,8 @@ class SiameseMaskRCNN(MaskRCNN):
         Raises:
             TypeError: ``references`` is not a dict, or a category's crops are not a crop, a
                 path or a list of them (the class id named).
+            ValueError: a category without crops or with an empty crop (the class id named).
+            ImageLoadError: an unreadable reference file (the file named).
         """
         if not isinstance(references, dict):
             raise TypeError(f"references must be a dict {{class_id: crops}}, got {type(references).__name__}")
@@ -924,8 +926,10 @@ class SiameseMaskRCNN(MaskRCNN):
         for cid, crops in references.items():
             try:
                 embeddings[cid] = self._check_embedding(self.embed_category(crops), "the embedding")
-            except TypeError as err:
-                raise TypeError(f"category {cid!r}: {err}") from None
+            except (TypeError, ValueError) as err:
+                if type(err) not in (TypeError, ValueError):  # e.g. an unreadable file: names itself
+                    raise
+                raise type(err)(f"category {cid!r}: {err}") from None
         return embeddings
 
     def predict_fn(self):

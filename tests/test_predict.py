@@ -109,6 +109,8 @@ def test_cli_score_rule_foreground_keeps_what_the_background_outscores(images, t
     with pytest.raises(SystemExit):
         run_cli(*args, "--max-detections", "0")
     assert "--max-detections must be >= 1" in capsys.readouterr().err
+    assert run_cli(*args, "--max-detections", "51") == 2  # the tiny model scores 50 proposals
+    assert "max_detections must be at most the 50 proposals" in capsys.readouterr().err
 
 
 def test_python_predict_refuses_loading_options_with_a_loaded_model(model, images):
@@ -477,3 +479,12 @@ def test_the_weights_layout_check_runs_without_tensorflow(project_root, tmp_path
             "    raise AssertionError('accepted')\n"
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'tensorflow imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=project_root)
+
+
+def test_cli_leaves_no_output_folders_when_the_model_fails_to_load(images, tmp_path, capsys):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not an HDF5 file")
+    code = run_cli("--weights", bad, "--reference", images["reference"], "--query", images["query"],
+                   "--json", tmp_path / "new" / "deeper" / "out.json", "--out", tmp_path / "pics" / "out.png")
+    assert code == 2 and "bad.h5" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists() and not (tmp_path / "pics").exists()

@@ -169,6 +169,8 @@ def test_detect_accepts_the_release_positional_call_and_checks_counts(three_shot
     for fn in (three_shot_model.proposal_fn(), three_shot_model.predict_fn()):
         with pytest.raises(TypeError, match="references must be a dict"):
             fn(query, None)
+        with pytest.raises(ValueError, match="category 4: encode_references needs at least one"):
+            fn(query, {4: []})
 
 
 # --------------------------------------------------------------------------- custom layers
