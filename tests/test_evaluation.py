@@ -437,6 +437,12 @@ def test_unknown_class_id_is_named(dataset):
         ev.build_eval_pairs(dataset, [1], seed=0, shots=1.5)  # was run as 1 shot
     with pytest.raises(ValueError, match=r"limit must be a positive number of query images \(a whole number\), got 2.7"):
         ev.build_eval_pairs(dataset, [1], seed=0, limit=2.7)  # was cut to 2 images
+    never_called = lambda image, references: pytest.fail("the arguments are checked before predicting")  # noqa: E731
+    for analysis in (ev.absent_category_test, ev.evaluate_open_world):  # the same checks as the pairs'
+        with pytest.raises(ValueError, match=r"shots must be >= 1 \(a whole number\), got 1.5"):
+            analysis(dataset, never_called, [1], shots=1.5)
+        with pytest.raises(ValueError, match=r"\(a whole number\), got 2.7"):
+            analysis(dataset, never_called, [1], limit=2.7)
     whole = ev.build_eval_pairs(dataset, [np.int64(1), 2.0], seed=0, load_crops=False)
     assert whole and whole == ev.build_eval_pairs(dataset, [1, 2], seed=0, load_crops=False)
 

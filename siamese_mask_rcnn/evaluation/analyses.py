@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..cocoformat import IOU_TYPES
 from ..mrcnn.boxes import compute_overlaps
-from .pairs import _check_class_ids, _other_reference_images, build_eval_pairs
+from .pairs import _check_class_ids, _check_shots, _first_images, _other_reference_images, build_eval_pairs
 from .predictions import (_call_predictor, _check_detections, as_boxes, check_boxes, check_entries,
                           check_finite_scores, predict_by_image)
 from .protocol import coco_ap50, evaluate
@@ -159,7 +159,7 @@ def absent_category_test(dataset, predict_fn, class_ids, seed=0, score_threshold
 
     Raises:
         ValueError: unknown class ids, a ``score_threshold`` that is not a finite number,
-            ``shots`` < 1, ``limit`` < 1, ``max_categories_per_image`` not None or an integer
+            ``shots`` or ``limit`` < 1 or not a whole number, ``max_categories_per_image`` not None or an integer
             ≥ 1, or ``predict_fn`` returns malformed detections or no entry for one of the
             image's absent categories (image and category named; an empty result must still be
             given).
@@ -168,18 +168,13 @@ def absent_category_test(dataset, predict_fn, class_ids, seed=0, score_threshold
     if isinstance(score_threshold, (bool, str)) or not isinstance(score_threshold, (int, float, np.integer, np.floating)) \
             or not np.isfinite(score_threshold):
         raise ValueError(f"score_threshold must be a finite number, got {score_threshold!r}")
-    if int(shots) < 1:
-        raise ValueError(f"shots must be >= 1, got {shots}")
+    _check_shots(shots)
     if max_categories_per_image is not None and (
             isinstance(max_categories_per_image, bool) or not isinstance(max_categories_per_image, (int, np.integer))
             or max_categories_per_image < 1):
         raise ValueError(f"max_categories_per_image must be None or an integer >= 1, got {max_categories_per_image!r}")
     rng = np.random.default_rng(seed)
-    image_ids = [int(i) for i in sorted(dataset.image_ids)]
-    if limit is not None:
-        if int(limit) < 1:
-            raise ValueError(f"limit must be a positive number of query images, got {limit}")
-        image_ids = image_ids[:int(limit)]
+    image_ids = _first_images([int(i) for i in sorted(dataset.image_ids)], limit)
     per_image, per_category = [], {}
     for image_id in tqdm(image_ids, desc="absent categories", unit="image",
                          disable=not progress):

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from ..cocoformat import IOU_TYPES, box_xywh_to_yxyx, coco_from_dict
 from ..mrcnn.boxes import compute_overlaps
-from .pairs import _check_class_ids, _other_reference_images
+from .pairs import _check_class_ids, _check_shots, _first_images, _other_reference_images
 from .predictions import _call_predictor, _check_detections, _empty_detections, detections_to_coco
 from .protocol import coco_ap50
 from .report import _csv_number, _finish_figure, _write_csv, write_json
@@ -252,17 +252,12 @@ def evaluate_open_world(dataset, predict_fn, class_ids, seed=0, shots=1, limit=N
     results) and the settings.
 
     Raises:
-        ValueError: unknown class ids, ``shots`` < 1, ``limit`` < 1, a results file written
+        ValueError: unknown class ids, ``shots`` or ``limit`` < 1 or not a whole number, a results file written
             with other settings (named), or malformed detections (image and category named).
     """
     class_ids = _check_class_ids(dataset, class_ids)
-    if int(shots) < 1:
-        raise ValueError(f"shots must be >= 1, got {shots}")
-    image_ids = [int(i) for i in sorted(dataset.image_ids)]
-    if limit is not None:
-        if int(limit) < 1:
-            raise ValueError(f"limit must be a positive number of query images, got {limit}")
-        image_ids = image_ids[:int(limit)]
+    _check_shots(shots)
+    image_ids = _first_images([int(i) for i in sorted(dataset.image_ids)], limit)
     header = {"kind": "header", "protocol": "open-world", "seed": int(seed), "shots": int(shots),
               "class_ids": class_ids, "max_absent_per_image": max_absent_per_image,
               "limit": None if limit is None else int(limit)}

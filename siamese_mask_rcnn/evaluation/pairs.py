@@ -30,11 +30,24 @@ def _query_images(dataset, class_ids, limit):
     wanted = set(int(c) for c in class_ids)
     images = [int(img) for img in sorted(dataset.image_ids)
               if wanted.intersection(dataset.image_categories.get(int(img), []))]
-    if limit is not None:
-        if _whole(limit, "limit must be a positive number of query images (a whole number)") < 1:
-            raise ValueError(f"limit must be a positive number of query images, got {limit}")
-        images = images[:int(limit)]
-    return images
+    return _first_images(images, limit)
+
+
+def _first_images(image_ids, limit):
+    """The first ``limit`` of ``image_ids`` (all of them for None), or ``ValueError`` for a
+    ``limit`` that is not a whole number >= 1."""
+    if limit is None:
+        return image_ids
+    if _whole(limit, "limit must be a positive number of query images (a whole number)") < 1:
+        raise ValueError(f"limit must be a positive number of query images, got {limit}")
+    return image_ids[:int(limit)]
+
+
+def _check_shots(shots):
+    """``shots`` as an int, or ``ValueError`` unless it is a whole number >= 1."""
+    if _whole(shots, "shots must be >= 1 (a whole number)") < 1:
+        raise ValueError(f"shots must be >= 1, got {shots}")
+    return int(shots)
 
 
 def _whole(value, what):
@@ -70,8 +83,7 @@ def _draw_pairs(dataset, class_ids, seed, shots, limit, load_crops):
     ``skipped`` lists the ``(image_id, class_id)`` combinations for which no other image
     holds a usable reference instance (they are left out of the evaluation).
     """
-    if _whole(shots, "shots must be >= 1 (a whole number)") < 1:
-        raise ValueError(f"shots must be >= 1, got {shots}")
+    _check_shots(shots)
     class_ids = _check_class_ids(dataset, class_ids)
     rng = np.random.default_rng(seed)
     pairs, skipped = [], []
