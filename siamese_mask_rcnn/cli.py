@@ -16,7 +16,7 @@ from . import train_coco
 from .cliargs import require_at_least
 from .evaluation import cli as evaluation_cli
 from .mrcnn.config import DETECTION_SCORE_RULES
-from .mrcnn.fileio import UnwritableOutputError, first_missing_dir, remove_created_dirs
+from .mrcnn.fileio import UnwritableOutputError, removed_if_failed
 from .predict import InputError, check_inputs, predict
 from .presets import PRESET_NAMES
 
@@ -264,21 +264,18 @@ def main(argv=None):
     if args.known_margin not in (None, "none") and not -2 <= args.known_margin <= 2:
         parser.error(f"--known-margin must be in [-2, 2], got {args.known_margin}")
     require_at_least(parser, args, 1, "threads", "inter_op_threads", "max_detections")  # argument errors first
-    # the output files' folders that the checks below create, removed again if nothing is written
-    made = [(os.path.dirname(os.path.abspath(f)), first_missing_dir(os.path.dirname(os.path.abspath(f))))
-            for f in (args.out, args.json) if f]
-    try:  # missing files are reported before TensorFlow is imported (seconds)
-        check_inputs(args.weights, args.reference, args.query, args.out, args.json, config_path=args.config,
-                     decode=True, known_margin=args.known_margin)
-        demo_job.apply_thread_arguments(parser, args)
-        result = predict(args.weights, args.reference, args.query, out_png=args.out, out_json=args.json,
-                         config_path=args.config, preset=args.preset, min_confidence=args.min_confidence,
-                         allow_partial=args.allow_partial, min_similarity=args.min_similarity,
-                         known_margin=args.known_margin, score_rule=args.score_rule,
-                         max_detections=args.max_detections)
+    try:  # the output files' folders the checks create are removed again if loading fails
+        with removed_if_failed(*(os.path.dirname(os.path.abspath(f)) for f in (args.out, args.json) if f)):
+            # missing files are reported before TensorFlow is imported (seconds)
+            check_inputs(args.weights, args.reference, args.query, args.out, args.json, config_path=args.config,
+                         decode=True, known_margin=args.known_margin)
+            demo_job.apply_thread_arguments(parser, args)
+            result = predict(args.weights, args.reference, args.query, out_png=args.out, out_json=args.json,
+                             config_path=args.config, preset=args.preset, min_confidence=args.min_confidence,
+                             allow_partial=args.allow_partial, min_similarity=args.min_similarity,
+                             known_margin=args.known_margin, score_rule=args.score_rule,
+                             max_detections=args.max_detections)
     except InputError as err:
-        for folder, missing in made:
-            remove_created_dirs(folder, missing)
         print(f"siamese-mrcnn predict: error: {err}", file=sys.stderr)
         return 2
     presence = (f" (presence of the category: {result['presence']:.3f})" if "presence" in result else "")

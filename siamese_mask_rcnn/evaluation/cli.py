@@ -26,7 +26,7 @@ import sys
 from ..cliargs import coco_parser, require_at_least, require_file
 from ..datasets.coco import SPLIT_ALL, split_label
 from ..mrcnn.config import DETECTION_SCORE_RULES
-from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir, first_missing_dir, remove_created_dirs
+from ..mrcnn.fileio import UnwritableOutputError, ensure_writable_dir, removed_if_failed
 from ..presets import PRESET_NAMES
 from ..train_coco import load_split_dataset
 from .analyses import (absent_category_test, clutter_analysis, confusion_matrix, error_breakdown,
@@ -236,14 +236,9 @@ def main(argv=None, prog=None):
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     args.out = args.out or default_out_dir()
-    missing = first_missing_dir(args.out)
-    check_args(parser, args)
-    try:
+    with removed_if_failed(args.out):  # no empty logs/eval_<timestamp> left by a failed load
+        check_args(parser, args)
         return _evaluate(parser, args)
-    except BaseException:
-        # no empty logs/eval_<timestamp> (nor the parents made for it) left by a failed load
-        remove_created_dirs(args.out, missing)
-        raise
 
 
 def _evaluate(parser, args):

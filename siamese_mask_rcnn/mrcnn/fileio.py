@@ -96,9 +96,9 @@ def check_folder_possible(path, what="output folder"):
     return path
 
 
-def first_missing_dir(path):
+def _first_missing_dir(path):
     """The outermost folder on the way to ``path`` that does not exist yet (absolute), or None
-    when ``path`` exists: what creating ``path`` would add, for :func:`remove_created_dirs`."""
+    when ``path`` exists."""
     path = os.path.abspath(path)
     missing = None
     while not os.path.exists(path):
@@ -110,21 +110,26 @@ def first_missing_dir(path):
     return missing
 
 
-def remove_created_dirs(path, first_missing):
-    """Remove the folder ``path`` and its parents up to ``first_missing`` (from
-    :func:`first_missing_dir` before they were made) while each is empty: folders made for
-    outputs that never came. Anything not empty, or not removable, stays."""
-    if first_missing is None:
-        return
-    path = os.path.abspath(path)
-    while True:
-        try:
-            os.rmdir(path)
-        except OSError:
-            return
-        if path == first_missing or os.path.dirname(path) == path:
-            return
-        path = os.path.dirname(path)
+@contextlib.contextmanager
+def removed_if_failed(*folders):
+    """Run the block; if it raises, remove again every one of ``folders`` (and the parents
+    made for it) that did not exist before the block and is still empty: output folders made
+    by an early writability check, when the work that would fill them never came. Anything
+    not empty, or not removable, stays; the exception propagates."""
+    before = [(os.path.abspath(f), _first_missing_dir(f)) for f in folders if f]
+    try:
+        yield
+    except BaseException:
+        for path, first_missing in before:
+            while first_missing is not None:
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    break
+                if path == first_missing or os.path.dirname(path) == path:
+                    break
+                path = os.path.dirname(path)
+        raise
 
 
 def ensure_writable_dir(path, what="output folder"):
