@@ -88,10 +88,12 @@ def main(argv=None):
         parser.error("--dataset omniglot needs --data-dir")
     if args.scenes < 1:
         parser.error(f"--scenes must be >= 1, got {args.scenes}")
-    if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
-        parser.error(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
-    if args.max_detections is not None and args.max_detections < 1:
-        parser.error(f"--max-detections must be >= 1, got {args.max_detections}")
+    from siamese_mask_rcnn.predict import check_detection_arguments  # no TensorFlow yet
+
+    try:  # before the scenes are made; load_model checks the same
+        check_detection_arguments(args.min_confidence, args.score_rule, args.max_detections)
+    except ValueError as err:
+        parser.error(str(err))
 
     from bench_inference import machine_description
     from siamese_mask_rcnn import demo, evaluation
