@@ -539,22 +539,21 @@ def check_complete(weights, report, allow_partial=False):
             "anyway, or, from Python, exclude=[...] for layers you mean to leave out")
 
 
-def build_predictor(weights, config=None, preset=None, allow_partial=False, **detection):
+def build_predictor(weights, config=None, preset=None, allow_partial=False, min_confidence=None,
+                    score_rule=None, max_detections=None):
     """Load an inference model from ``weights`` and return its evaluation ``predict_fn``
     (``predict_fn(image, {class_id: [crops]}) → {class_id: result}``, see
     ``SiameseMaskRCNN.predict_fn``).
 
     The config is ``config``, else the ``config.json`` training wrote beside the weights,
     else the ``preset``, else the preset inferred from the file (:func:`infer_preset`).
-    ``detection``: ``min_confidence``, ``score_rule``, ``max_detections`` as in
-    :func:`load_model` (without ``config``; None keeps the config's).
+    ``min_confidence``, ``score_rule``, ``max_detections`` as in :func:`load_model` (without
+    ``config``; None keeps the config's).
     Raises ``InputError`` naming a missing, unreadable or partial weights file (see
-    :func:`load_model`; ``allow_partial`` as there); ``TypeError`` for another keyword or
-    for ``detection`` given with ``config``.
+    :func:`load_model`; ``allow_partial`` as there); ``TypeError`` for those three given with
+    ``config``.
     """
-    unknown = set(detection) - {"min_confidence", "score_rule", "max_detections"}
-    if unknown:
-        raise TypeError(f"build_predictor() got unexpected keyword(s) {sorted(unknown)}")
+    detection = dict(min_confidence=min_confidence, score_rule=score_rule, max_detections=max_detections)
     if config is None:
         return load_model(weights, preset=preset, allow_partial=allow_partial, **detection).predict_fn()
     if any(v is not None for v in detection.values()):
