@@ -63,7 +63,7 @@ WORK_SECONDS = {"scene": 0.005, "reference": 0.0006, "build": 20.0, "step": 0.17
 
 
 #: Config settings the demo uses for one dataset before the caller's overrides. Omniglot: the
-#: mask loss weighs 3 (the paper's 1 for the embedded data). Measured (README "Transfer"): with
+#: mask loss weighs 3 (the paper's 1 for the embedded data). Measured (docs/transfer.md): with
 #: randomised rendering the masks of thin strokes fail at weight 1 (one-shot segmentation 6.0
 #: mAP50 against 23.3 detection; a mask head twice as wide did no better, 4.7) and hold at 3
 #: (17.1 against 21.3): in 3,000 steps the mask head of the small model is under-trained, not

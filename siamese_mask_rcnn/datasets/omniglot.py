@@ -229,7 +229,7 @@ def boxes_overlap_fraction(box, boxes):
 #: scene side (paper look: 20-38 %), rotation +-25 degrees, 2-5 distractors, randomised finish
 #: and letterboxing; the paper look's number of present characters, occlusion limits and
 #: stroke width (``thickening`` 0). Measured with the demo's Omniglot mask loss weight 3
-#: (README "Transfer"): one-shot detection / segmentation 21.3 / 17.1 mAP50 in distribution;
+#: (docs/transfer.md): one-shot detection / segmentation 21.3 / 17.1 mAP50 in distribution;
 #: with strokes grown by 0-1 px at random and 2-6 distractors 16.0 / 12.7, and no better on the
 #: transfer scenes (11.6 against 12.4); with strokes of random width (``stroke_threshold``
 #: (0.3, 0.85), 1-3 px) 18.5 / 11.1, and 11.4 on the transfer scenes (one run, AVX2).
