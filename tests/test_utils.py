@@ -113,6 +113,14 @@ def test_to_uint8_rgb_refuses_non_finite_floats(value):
         utils.to_uint8_rgb(image, path="q.png")
 
 
+@pytest.mark.parametrize("value, shown", [(None, "NoneType None"), (3, "int 3"),
+                                          ("query.png", "str 'query.png'"), ("x" * 200, "str 'xxx")])
+def test_to_uint8_rgb_names_what_was_given_instead_of_an_array(value, shown):
+    with pytest.raises(utils.ImageLoadError, match=r"expected an image array.*got " + shown) as info:
+        utils.to_uint8_rgb(value)
+    assert len(str(info.value)) < 140  # a long value is shortened, not printed whole
+
+
 def test_to_uint8_rgb_refuses_non_numeric_data():
     with pytest.raises(utils.ImageLoadError, match="data type"):
         utils.to_uint8_rgb(np.full((2, 2, 3), "a"))

@@ -38,9 +38,14 @@ def to_uint8_rgb(image, path=None):
     floats in [0, 1] by 255 and other floats clipped to [0, 255].
 
     Raises:
-        ImageLoadError: the array does not look like an image, has NaN or infinite values,
+        ImageLoadError: ``image`` is not an array (None, a number, a string: the message
+            names it), does not look like an image, has NaN or infinite values,
             or a data type that is not bool, integer or float (``path`` named).
     """
+    if image is None or np.ndim(image) == 0:  # None, a number, a string: name what was given
+        shown = repr(image) if len(repr(image)) <= 60 else repr(image)[:57] + "..."
+        raise ImageLoadError(path, f"expected an image array [H, W] or [H, W, C], got "
+                                   f"{type(image).__name__} {shown}")
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
