@@ -20,6 +20,7 @@ import os
 import pathlib
 import sys
 import re
+import warnings
 
 import numpy as np
 
@@ -33,6 +34,37 @@ class InputError(ValueError):
 
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class SmallImageWarning(UserWarning):
+    """A query or reference image too small to hold an object the model can see (it still runs)."""
+
+
+#: A query whose shorter side is below this (pixels) is enlarged many times to the model's input
+#: size: it holds no object the model can resolve, yet the model may fire on the enlarged pixels.
+SMALL_QUERY_SIDE = 32
+#: A reference whose shorter side is below this (pixels) shows little more than its colours.
+SMALL_REFERENCE_SIDE = 8
+
+
+def small_image_warnings(ref_images, query_image, ref_names=None, query_name="<array>"):
+    """The warnings (strings) for images smaller than :data:`SMALL_QUERY_SIDE` (query) or
+    :data:`SMALL_REFERENCE_SIDE` (reference) pixels on their shorter side; ``[]`` when none is.
+    ``ref_images`` / ``query_image``: decoded ``[H, W, ...]`` arrays; the names (file paths)
+    are only for the messages."""
+    notes = []
+    names = list(ref_names) if ref_names is not None else ["<array>"] * len(ref_images)
+    for image, name in zip(ref_images, names):
+        h, w = np.shape(image)[:2]
+        if min(h, w) < SMALL_REFERENCE_SIDE:
+            notes.append(f"reference image {name} is {h}x{w} px (shorter side under {SMALL_REFERENCE_SIDE} px): "
+                         "its embedding describes little more than its colours")
+    h, w = np.shape(query_image)[:2]
+    if min(h, w) < SMALL_QUERY_SIDE:
+        notes.append(f"query image {query_name} is {h}x{w} px (shorter side under {SMALL_QUERY_SIDE} px): it is "
+                     "enlarged to the model's input size and holds no object the model can resolve; its "
+                     "detections, if any, describe the enlarged pixels")
+    return notes
 
 
 def check_user_image_path(path, role):
@@ -623,6 +655,11 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
     (already loaded) these and ``min_confidence``, ``min_similarity``, ``known_margin`` cannot
     apply: set them when loading it.
 
+    A query smaller than :data:`SMALL_QUERY_SIDE` px or a reference smaller than
+    :data:`SMALL_REFERENCE_SIDE` px on its shorter side still runs, with a
+    :class:`SmallImageWarning` (also under ``"warnings"`` in the JSON): the model may fire on
+    a few enlarged pixels.
+
     Raises:
         InputError: a missing, unreadable or URL image, a weights file :func:`load_model`
             refuses, ``out_png`` / ``out_json`` is a directory or its folder cannot be
@@ -644,6 +681,11 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
     refs = references if isinstance(references, (list, tuple)) else [references]
     ref_images = [read_user_image(r, "reference") if not isinstance(r, np.ndarray) else r for r in refs]
     query_image = read_user_image(query, "query") if not isinstance(query, np.ndarray) else query
+    names = [r if not isinstance(r, np.ndarray) else "<array>" for r in refs]
+    query_name = query if not isinstance(query, np.ndarray) else "<array>"
+    notes = small_image_warnings(ref_images, query_image, names, query_name)
+    for note in notes:
+        warnings.warn(note, SmallImageWarning, stacklevel=2)
     if model is None:
         model = load_model(weights, config_path, preset, min_confidence, allow_partial=allow_partial,
                            min_similarity=min_similarity, known_margin=known_margin, score_rule=score_rule,
@@ -659,9 +701,9 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
         visualize.save_figure(fig, out_png)
         plt.close(fig)
     if out_json:
-        names = [r if not isinstance(r, np.ndarray) else "<array>" for r in refs]
-        payload = result_to_json(result, names, query if not isinstance(query, np.ndarray) else "<array>",
-                                 config=model.config)
+        payload = result_to_json(result, names, query_name, config=model.config)
+        if notes:
+            payload["warnings"] = notes
         pathlib.Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(out_json).write_text(json.dumps(payload, indent=2))
     return result

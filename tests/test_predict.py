@@ -488,3 +488,42 @@ def test_cli_leaves_no_output_folders_when_the_model_fails_to_load(images, tmp_p
                    "--json", tmp_path / "new" / "deeper" / "out.json", "--out", tmp_path / "pics" / "out.png")
     assert code == 2 and "bad.h5" in capsys.readouterr().err
     assert not (tmp_path / "new").exists() and not (tmp_path / "pics").exists()
+
+
+# ------------------------------------------------------------------ images too small to hold an object
+@pytest.mark.parametrize("query_side, ref_side, expected", [
+    (predict_module.SMALL_QUERY_SIDE, predict_module.SMALL_REFERENCE_SIDE, []),
+    (predict_module.SMALL_QUERY_SIDE - 1, predict_module.SMALL_REFERENCE_SIDE, ["query"]),
+    (500, predict_module.SMALL_REFERENCE_SIDE - 1, ["reference"]),
+    (1, 1, ["reference", "query"]),
+])
+def test_small_image_warnings_name_the_small_image_and_its_size(query_side, ref_side, expected):
+    query = np.zeros((query_side, query_side + 40, 3), np.uint8)  # the shorter side decides
+    reference = np.zeros((ref_side + 9, ref_side, 3), np.uint8)
+    notes = predict_module.small_image_warnings([reference], query, ["ref.png"], "scene.png")
+    assert [note.split()[0] for note in notes] == expected
+    for note in notes:
+        if note.startswith("query"):
+            assert f"query image scene.png is {query_side}x{query_side + 40} px" in note
+        else:
+            assert f"reference image ref.png is {ref_side + 9}x{ref_side} px" in note
+
+
+def test_a_one_pixel_query_runs_with_a_warning_on_stderr_and_in_the_json(weights, images, tmp_path, capsys):
+    from skimage import io as skio
+
+    tiny = tmp_path / "one.png"
+    skio.imsave(tiny, np.full((1, 1, 3), 200, np.uint8), check_contrast=False)
+    out_json = tmp_path / "one.json"
+    code = run_cli("--weights", weights, "--reference", images["reference"], "--query", tiny, "--json", out_json)
+    assert code == 0
+    err = capsys.readouterr().err
+    assert f"siamese-mrcnn predict: warning: query image {tiny} is 1x1 px" in err
+    assert "UserWarning" not in err  # one plain line, not Python's warning decoration
+    payload = json.loads(out_json.read_text())
+    assert len(payload["warnings"]) == 1 and payload["warnings"][0].startswith(f"query image {tiny} is 1x1 px")
+
+
+def test_python_predict_warns_about_a_tiny_reference(model, images):
+    with pytest.warns(predict_module.SmallImageWarning, match=r"reference image <array> is 3x3 px"):
+        predict(None, np.full((3, 3, 3), 90, np.uint8), images["query_array"], model=model)
