@@ -271,18 +271,21 @@ def main(argv=None):
             check_inputs(args.weights, args.reference, args.query, args.out, args.json, config_path=args.config,
                          decode=True, known_margin=args.known_margin)
             demo_job.apply_thread_arguments(parser, args)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", SmallImageWarning)
-                result = predict(args.weights, args.reference, args.query, out_png=args.out, out_json=args.json,
-                                 config_path=args.config, preset=args.preset, min_confidence=args.min_confidence,
-                                 allow_partial=args.allow_partial, min_similarity=args.min_similarity,
-                                 known_margin=args.known_margin, score_rule=args.score_rule,
-                                 max_detections=args.max_detections)
-            for item in caught:  # one line each, without Python's file:line decoration
-                if issubclass(item.category, SmallImageWarning):
-                    print(f"siamese-mrcnn predict: warning: {item.message}", file=sys.stderr)
-                else:
-                    warnings.showwarning(item.message, item.category, item.filename, item.lineno)
+            caught = []
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", SmallImageWarning)
+                    result = predict(args.weights, args.reference, args.query, out_png=args.out,
+                                     out_json=args.json, config_path=args.config, preset=args.preset,
+                                     min_confidence=args.min_confidence, allow_partial=args.allow_partial,
+                                     min_similarity=args.min_similarity, known_margin=args.known_margin,
+                                     score_rule=args.score_rule, max_detections=args.max_detections)
+            finally:  # shown even when loading then fails
+                for item in caught:  # ours one line each, without Python's file:line decoration
+                    if issubclass(item.category, SmallImageWarning):
+                        print(f"siamese-mrcnn predict: warning: {item.message}", file=sys.stderr)
+                    else:
+                        warnings.showwarning(item.message, item.category, item.filename, item.lineno)
     except InputError as err:
         print(f"siamese-mrcnn predict: error: {err}", file=sys.stderr)
         return 2

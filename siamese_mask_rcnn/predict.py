@@ -57,11 +57,13 @@ def small_image_warnings(ref_images, query_image, ref_names=None, query_name="<a
     for image, name in zip(ref_images, names):
         h, w = np.shape(image)[:2]
         if min(h, w) < SMALL_REFERENCE_SIDE:
-            notes.append(f"reference image {name} is {h}x{w} px (shorter side under {SMALL_REFERENCE_SIDE} px): "
+            notes.append(f"reference image {name} is {w} px wide and {h} px high (shorter side under "
+                         f"{SMALL_REFERENCE_SIDE} px): "
                          "its embedding describes little more than its colours")
     h, w = np.shape(query_image)[:2]
     if min(h, w) < SMALL_QUERY_SIDE:
-        notes.append(f"query image {query_name} is {h}x{w} px (shorter side under {SMALL_QUERY_SIDE} px): it is "
+        notes.append(f"query image {query_name} is {w} px wide and {h} px high (shorter side under "
+                     f"{SMALL_QUERY_SIDE} px): it is "
                      "enlarged to the model's input size and holds no object the model can resolve; its "
                      "detections, if any, describe the enlarged pixels")
     return notes
@@ -657,8 +659,8 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
 
     A query smaller than :data:`SMALL_QUERY_SIDE` px or a reference smaller than
     :data:`SMALL_REFERENCE_SIDE` px on its shorter side still runs, with a
-    :class:`SmallImageWarning` (also under ``"warnings"`` in the JSON): the model may fire on
-    a few enlarged pixels.
+    :class:`SmallImageWarning` (also in the JSON's ``"warnings"`` list, empty otherwise): the
+    model may fire on a few enlarged pixels.
 
     Raises:
         InputError: a missing, unreadable or URL image, a weights file :func:`load_model`
@@ -702,8 +704,7 @@ def predict(weights, references, query, out_png=None, out_json=None, config_path
         plt.close(fig)
     if out_json:
         payload = result_to_json(result, names, query_name, config=model.config)
-        if notes:
-            payload["warnings"] = notes
+        payload["warnings"] = notes  # [] when no image is small
         pathlib.Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(out_json).write_text(json.dumps(payload, indent=2))
     return result

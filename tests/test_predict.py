@@ -59,7 +59,7 @@ def test_cli_writes_png_and_json(weights, images, tmp_path, capsys):
     assert code == 0
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     payload = json.loads(out_json.read_text())
-    assert set(payload) >= {"query", "references", "count", "detections"}
+    assert set(payload) >= {"query", "references", "count", "detections"} and payload["warnings"] == []
     assert payload["query"] == str(images["query"]) and payload["references"] == [str(images["reference"])]
     assert 1 <= payload["count"] == len(payload["detections"]) <= TINY_INFERENCE["DETECTION_MAX_INSTANCES"]
     assert f"{payload['count']} detections" in capsys.readouterr().out
@@ -504,9 +504,9 @@ def test_small_image_warnings_name_the_small_image_and_its_size(query_side, ref_
     assert [note.split()[0] for note in notes] == expected
     for note in notes:
         if note.startswith("query"):
-            assert f"query image scene.png is {query_side}x{query_side + 40} px" in note
+            assert f"query image scene.png is {query_side + 40} px wide and {query_side} px high" in note
         else:
-            assert f"reference image ref.png is {ref_side + 9}x{ref_side} px" in note
+            assert f"reference image ref.png is {ref_side} px wide and {ref_side + 9} px high" in note
 
 
 def test_a_one_pixel_query_runs_with_a_warning_on_stderr_and_in_the_json(weights, images, tmp_path, capsys):
@@ -518,12 +518,28 @@ def test_a_one_pixel_query_runs_with_a_warning_on_stderr_and_in_the_json(weights
     code = run_cli("--weights", weights, "--reference", images["reference"], "--query", tiny, "--json", out_json)
     assert code == 0
     err = capsys.readouterr().err
-    assert f"siamese-mrcnn predict: warning: query image {tiny} is 1x1 px" in err
+    assert f"siamese-mrcnn predict: warning: query image {tiny} is 1 px wide and 1 px high" in err
     assert "UserWarning" not in err  # one plain line, not Python's warning decoration
     payload = json.loads(out_json.read_text())
-    assert len(payload["warnings"]) == 1 and payload["warnings"][0].startswith(f"query image {tiny} is 1x1 px")
+    assert len(payload["warnings"]) == 1 and payload["warnings"][0].startswith(f"query image {tiny} is 1 px wide")
 
 
 def test_python_predict_warns_about_a_tiny_reference(model, images):
-    with pytest.warns(predict_module.SmallImageWarning, match=r"reference image <array> is 3x3 px"):
+    with pytest.warns(predict_module.SmallImageWarning, match=r"reference image <array> is 3 px wide and 3 px high"):
         predict(None, np.full((3, 3, 3), 90, np.uint8), images["query_array"], model=model)
+
+
+def test_small_image_warnings_are_shown_even_when_loading_then_fails(weights, images, tmp_path, capsys,
+                                                                    monkeypatch):
+    from skimage import io as skio
+
+    tiny = tmp_path / "one.png"
+    skio.imsave(tiny, np.full((1, 1, 3), 200, np.uint8), check_contrast=False)
+
+    def failing_load(*args, **kwargs):
+        raise InputError("the model could not be loaded (simulated)")
+    monkeypatch.setattr(predict_module, "load_model", failing_load)
+    code = run_cli("--weights", weights, "--reference", images["reference"], "--query", tiny)
+    err = capsys.readouterr().err
+    assert code == 2 and "could not be loaded (simulated)" in err
+    assert f"siamese-mrcnn predict: warning: query image {tiny} is 1 px wide and 1 px high" in err
