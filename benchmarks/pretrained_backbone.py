@@ -6,14 +6,17 @@ before the Siamese training, with no label of a one-shot category. The demo trai
 backbone from scratch. This benchmark transposes the paper's step: the demo's
 ``tiny_backbone`` is first trained to classify the demo's *training* categories (never the
 held-out one-shot ones) from isolated renders drawn like the demo's references
-(``render_reference_image``: for Omniglot other drawers, randomised looks), then the demo runs
+(``render_reference_image``: one character by one of its drawers, with ``--rendering
+randomised`` a randomised look), then the demo runs
 from those weights (``demo.run_demo``; same scenes, seed and tables as ``siamese-mrcnn demo``).
 
 Pre-training: ``--renders`` images per category at 48 x 48 px (the render centred on a
 square of its mean colour), a held-out set of 2 more renders per category to report the
 accuracy, global average pooling of C4 and C5 and a linear classifier, SGD with momentum
 0.9 and a cosine learning rate from 0.05 over ``--pretrain-steps`` steps of 128 images,
-inputs minus the config's ``MEAN_PIXEL`` as the detector's. Every ``tiny_*`` layer's weights
+inputs minus the config's ``MEAN_PIXEL`` as the detector's. The held-out renders are new
+looks of the same categories (for Omniglot drawn by any of the character's drawers, so they
+are new renders of drawings the training also saw, not new drawers). Every ``tiny_*`` layer's weights
 (convolutions and batch normalisation) are then copied by name into the Siamese model before
 its training starts.
 
@@ -39,6 +42,7 @@ from siamese_mask_rcnn import demo  # noqa: E402  (no TensorFlow until a model i
 SIZE = 48          # pixels, the classifier's input side
 BATCH = 128
 HELD_OUT = 2       # renders per category for the reported accuracy
+EPOCHS = 5         # the pre-training steps run in this many equal epochs (accuracy after each)
 
 
 def square(image, size=SIZE):
@@ -96,9 +100,8 @@ def pretrain(args):
     mean = np.asarray(demo.demo_config().MEAN_PIXEL, np.float32)
     data = (tf.data.Dataset.from_tensor_slices((x.astype(np.float32) - mean, y))
             .shuffle(len(x), seed=args.seed).repeat().batch(BATCH))
-    epochs = 5
     t0 = time.time()
-    model.fit(data, steps_per_epoch=max(1, args.pretrain_steps // epochs), epochs=epochs, verbose=2,
+    model.fit(data, steps_per_epoch=args.pretrain_steps // EPOCHS, epochs=EPOCHS, verbose=2,
               validation_data=(x_held.astype(np.float32) - mean, y_held))
     print(f"pre-training: {args.pretrain_steps} steps in {time.time() - t0:.0f} s", flush=True)
     return {layer.name: layer.get_weights() for layer in model.layers if layer.name.startswith("tiny_")}
@@ -106,21 +109,27 @@ def pretrain(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", choices=["synthetic", "omniglot"], default="synthetic")
-    parser.add_argument("--data-dir")
-    parser.add_argument("--rendering", choices=["paper", "randomised", "mixed"], default="paper")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset", choices=["synthetic", "omniglot"], default="synthetic",
+                        help="the demo's data: the embedded procedural categories or Omniglot")
+    parser.add_argument("--data-dir", help="directory with the Omniglot zip archives (--dataset omniglot)")
+    parser.add_argument("--rendering", choices=["paper", "randomised", "mixed"], default="paper",
+                        help="the demo's --rendering, for the pre-training renders and the demo alike")
+    parser.add_argument("--seed", type=int, default=0, help="the demo's --seed (>= 0; renders and weights too)")
     parser.add_argument("--renders", type=int, default=100, help="renders per training category (default 100)")
-    parser.add_argument("--pretrain-steps", type=int, default=3000, help="classification steps (default 3000)")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--pretrain-steps", type=int, default=3000,
+                        help=f"classification steps of 128 renders, a multiple of {EPOCHS} (default 3000)")
+    parser.add_argument("--out", required=True, help="the demo's output folder (created first)")
     args = parser.parse_args(argv)
-    if args.renders < 1 or args.pretrain_steps < 5:
-        parser.error(f"--renders must be >= 1 and --pretrain-steps >= 5, got {args.renders} and "
-                     f"{args.pretrain_steps}")
+    if args.renders < 1:
+        parser.error(f"--renders must be >= 1, got {args.renders}")
+    if args.pretrain_steps < EPOCHS or args.pretrain_steps % EPOCHS:
+        parser.error(f"--pretrain-steps must be a positive multiple of {EPOCHS}, got {args.pretrain_steps}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
     demo_checkpoint.check_dataset_arguments(parser, args)
-    from siamese_mask_rcnn.mrcnn.fileio import UnwritableOutputError, check_folder_possible
-    try:
-        check_folder_possible(os.path.abspath(args.out))
+    from siamese_mask_rcnn.mrcnn.fileio import UnwritableOutputError, ensure_writable_dir
+    try:  # before the pre-training, as siamese-mrcnn demo does before its work
+        ensure_writable_dir(os.path.abspath(args.out))
     except UnwritableOutputError as err:
         parser.error(f"--out: {err}")
     weights = pretrain(args)

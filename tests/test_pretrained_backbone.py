@@ -39,7 +39,9 @@ def test_render_labels_only_the_given_training_categories(bench):
 
 
 @pytest.mark.parametrize("extra, words", [(["--renders", "0"], "--renders must be >= 1"),
-                                          (["--pretrain-steps", "2"], "--pretrain-steps >= 5"),
+                                          (["--pretrain-steps", "2"], "--pretrain-steps must be a positive multiple of 5"),
+                                          (["--pretrain-steps", "7"], "--pretrain-steps must be a positive multiple of 5"),
+                                          (["--seed", "-1"], "--seed must be >= 0"),
                                           (["--dataset", "omniglot"], "--dataset omniglot needs --data-dir"),
                                           (["--dataset", "omniglot", "--data-dir", "no_such_dir"],
                                            "--data-dir: Omniglot directory not found"),
@@ -54,3 +56,15 @@ def test_bad_arguments_exit_2_before_any_training(extra, words, tmp_path):
     assert done.returncode == 2 and words in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_that_cannot_be_created_is_refused_before_any_work(tmp_path):
+    """/proc takes no new folders, even for root (the helper who found this ran the whole
+    pre-training before the demo refused the folder)."""
+    if not pathlib.Path("/proc/self").exists():
+        pytest.skip("needs Linux's /proc")
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "pretrained_backbone.py"
+    done = subprocess.run([sys.executable, str(script), "--out", "/proc/siamese_mask_rcnn_test_out"],
+                          capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert done.returncode == 2 and "--out: " in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "renders" not in done.stdout  # nothing was rendered or trained
