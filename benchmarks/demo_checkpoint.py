@@ -1,8 +1,9 @@
-"""What the open-world benchmarks share: a ``siamese-mrcnn demo`` checkpoint checked before
+"""What the benchmarks on demo checkpoints share: a ``siamese-mrcnn demo`` checkpoint checked before
 TensorFlow starts, and one fixed reference embedding per one-shot category.
 
 Used by ``open_world_calibration.py``, ``open_world_confusions.py``,
-``open_world_verification.py``, ``transfer_errors.py`` and ``reference_source.py`` (run by hand).
+``open_world_verification.py``, ``transfer_errors.py``, ``reference_source.py`` and
+``pretrained_backbone.py`` (run by hand); the last two also run the demo through :func:`run_demo`.
 """
 import os
 import sys
@@ -121,3 +122,18 @@ def one_shot_embeddings(model, dataset, seed):
             continue
         embeddings[c] = model.embed_category([crop])
     return embeddings
+
+
+def run_demo(script, **kwargs):
+    """``demo.run_demo(**kwargs)``; returns 0, or 2 after printing ``<script>: error: ...`` for
+    the user errors ``siamese-mrcnn demo`` reports the same way (an unwritable output folder,
+    missing Omniglot archives, a bad option value) instead of a traceback."""
+    from siamese_mask_rcnn import demo
+    from siamese_mask_rcnn.mrcnn.fileio import UnwritableOutputError
+
+    try:
+        demo.run_demo(**kwargs)
+    except (UnwritableOutputError, FileNotFoundError, ValueError) as err:
+        print(f"{script}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

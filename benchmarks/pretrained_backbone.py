@@ -151,13 +151,8 @@ def main(argv=None):
         return train_from_scratch(self, *a, **k)
 
     siamese.SiameseMaskRCNN.train = train_from_pretrained
-    try:
-        demo.run_demo(out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir, rendering=args.rendering,
-                      seed=args.seed)
-    except (UnwritableOutputError, FileNotFoundError, ValueError) as err:  # as siamese-mrcnn demo reports them
-        print(f"pretrained_backbone.py: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return demo_checkpoint.run_demo("pretrained_backbone.py", out_dir=args.out, dataset=args.dataset,
+                                    data_dir=args.data_dir, rendering=args.rendering, seed=args.seed)
 
 
 if __name__ == "__main__":

@@ -89,13 +89,9 @@ def main(argv=None):
         _patch(crop_evaluation=True)
     else:
         _patch(train_fraction=args.crop_fraction)
-    try:
-        demo.run_demo(out_dir=args.out, dataset=args.dataset, data_dir=args.data_dir, rendering=args.rendering,
-                      weights=args.weights if args.mode == "evaluate" else None)
-    except (UnwritableOutputError, FileNotFoundError, ValueError) as err:  # as siamese-mrcnn demo reports them
-        print(f"reference_source.py: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return demo_checkpoint.run_demo("reference_source.py", out_dir=args.out, dataset=args.dataset,
+                                    data_dir=args.data_dir, rendering=args.rendering,
+                                    weights=args.weights if args.mode == "evaluate" else None)
 
 
 if __name__ == "__main__":

@@ -132,3 +132,22 @@ def load_benchmark(name):
     finally:
         sys.path.remove(str(path.parent))
     return module
+
+
+def assert_benchmark_refuses(name, extra, words, tmp_path):
+    """Run ``benchmarks/<name>.py`` with the arguments ``extra`` (plus ``--out tmp_path/out``
+    unless ``extra`` has an ``--out``) in ``tmp_path``, where ``afile`` is a file (for an
+    ``--out`` under a file); assert exit status 2, ``words`` on stderr, no traceback and no
+    output folder."""
+    import subprocess
+    import sys
+
+    (tmp_path / "afile").write_text("a file where a folder would go")
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    out = [] if "--out" in extra else ["--out", str(tmp_path / "out")]
+    done = subprocess.run([sys.executable, str(script), *extra, *out],
+                          capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert done.returncode == 2 and words in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+    return done

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import load_benchmark  # noqa: E402
+from conftest import assert_benchmark_refuses, load_benchmark  # noqa: E402
 
 from siamese_mask_rcnn.datasets.synthetic import make_train_val
 
@@ -48,14 +48,7 @@ def test_render_labels_only_the_given_training_categories(bench):
                                           (["--data-dir", "."], "--data-dir is for --dataset omniglot"),
                                           (["--out", "afile/sub"], "--out: ")])
 def test_bad_arguments_exit_2_before_any_training(extra, words, tmp_path):
-    (tmp_path / "afile").write_text("a file where a folder would go")
-    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "pretrained_backbone.py"
-    out = [] if "--out" in extra else ["--out", str(tmp_path / "out")]
-    done = subprocess.run([sys.executable, str(script), *extra, *out],
-                          capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
-    assert done.returncode == 2 and words in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
-    assert not (tmp_path / "out").exists()
+    assert_benchmark_refuses("pretrained_backbone", extra, words, tmp_path)
 
 
 def test_an_output_folder_that_cannot_be_created_is_refused_before_any_work(tmp_path):

@@ -1,11 +1,9 @@
 """The numpy parts of benchmarks/reference_source.py (the benchmark itself is run by hand)."""
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import load_benchmark  # noqa: E402
+from conftest import assert_benchmark_refuses, load_benchmark  # noqa: E402
 
 from siamese_mask_rcnn.datasets.synthetic import make_train_val
 
@@ -47,13 +45,4 @@ def test_crop_fraction_chooses_the_reference_source(bench):
                                           (["train", "--out", "afile/sub"], "--out: "),
                                           (["train", "--data-dir", "."], "--data-dir is for --dataset omniglot")])
 def test_bad_arguments_exit_2(extra, words, tmp_path):
-    import pathlib
-
-    (tmp_path / "afile").write_text("a file where a folder would go")
-    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "reference_source.py"
-    out = [] if "--out" in extra else ["--out", str(tmp_path / "out")]
-    done = subprocess.run([sys.executable, str(script), *extra, *out],
-                          capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
-    assert done.returncode == 2 and words in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
-    assert not (tmp_path / "out").exists()
+    assert_benchmark_refuses("reference_source", extra, words, tmp_path)
