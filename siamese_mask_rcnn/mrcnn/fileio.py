@@ -121,7 +121,9 @@ def removed_if_failed(*folders):
         yield
     except BaseException:
         for path, first_missing in before:
-            while first_missing is not None:
+            if first_missing is None:  # existed before the block: never removed
+                continue
+            while True:  # the folder, then its parents up to the first one the block made
                 try:
                     os.rmdir(path)
                 except OSError:
