@@ -53,11 +53,9 @@ def _check_shots(shots):
 def _whole(value, what):
     """``value`` as an int, or ``ValueError`` "<what>, got <value>" for 1.7, nan, a bool or a
     string (``int`` would truncate 1.7 to 1)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, numbers.Real)):
-        raise ValueError(f"{what}, got {value!r}")
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if not math.isfinite(float(value)) or float(value) != int(value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or (
+            not isinstance(value, numbers.Integral)
+            and (not math.isfinite(float(value)) or float(value) != int(value))):
         raise ValueError(f"{what}, got {value!r}")
     return int(value)
 
