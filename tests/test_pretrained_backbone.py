@@ -1,7 +1,5 @@
 """The numpy parts and argument checks of benchmarks/pretrained_backbone.py (run by hand)."""
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -56,8 +54,6 @@ def test_an_output_folder_that_cannot_be_created_is_refused_before_any_work(tmp_
     pre-training before the demo refused the folder)."""
     if not pathlib.Path("/proc/self").exists():
         pytest.skip("needs Linux's /proc")
-    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "pretrained_backbone.py"
-    done = subprocess.run([sys.executable, str(script), "--out", "/proc/siamese_mask_rcnn_test_out"],
-                          capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
-    assert done.returncode == 2 and "--out: " in done.stderr and "Traceback" not in done.stderr, done.stderr
+    done = assert_benchmark_refuses("pretrained_backbone", ["--out", "/proc/siamese_mask_rcnn_test_out"],
+                                    "--out: ", tmp_path)
     assert "renders" not in done.stdout  # nothing was rendered or trained
